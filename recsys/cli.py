@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="CTR ranking over long user-behavior sequences.")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 class DatasetFormat(str, Enum):

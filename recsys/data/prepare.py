@@ -27,6 +27,7 @@ from recsys.data.validate import FILE_COLUMN, ROW_COLUMN, ValidatedLog, validate
 FORMAT_VERSION = 1
 SPLITS = ("train", "valid", "test")
 CANDIDATE_PREFIX = "cand_"
+ENCODED_PREFIX = "__enc__"  # encoded rows live beside the raw ids until the stores are written
 
 
 @dataclass
@@ -102,16 +103,17 @@ def encode_fields(log: pl.DataFrame, spec: FeatureSpec, vocabularies: dict[str, 
     for f in spec.fields:
         table = spec.table(f.table)
         if table.encoding == "vocab":
-            encoded.append(encode_with_vocabulary(log[f.column], vocabularies[table.name]).cast(pl.Int32))
+            rows = encode_with_vocabulary(log[f.column], vocabularies[table.name])
         else:
-            encoded.append(hash_rows(log[f.column], table.buckets or 2).cast(pl.Int32))
+            rows = hash_rows(log[f.column], table.buckets or 2)
+        encoded.append(rows.cast(pl.Int32).rename(ENCODED_PREFIX + f.column))
     return log.with_columns(encoded)
 
 
 def _sort_and_index(log: pl.DataFrame, spec: FeatureSpec) -> pl.DataFrame:
     """Sort by user and time (input order breaks ties) and compute each row's history end."""
     log = log.sort(["user_id", "timestamp", FILE_COLUMN, ROW_COLUMN])
-    is_history = ~pl.col("__raw_action").cast(pl.String).is_in(list(spec.history.exclude_actions))
+    is_history = ~pl.col("action").cast(pl.String).is_in(list(spec.history.exclude_actions))
     return (
         log.with_columns(is_history.alias("__is_history"))
         .with_columns(
@@ -140,7 +142,9 @@ def _fingerprint(files: list[str]) -> str:
 
 def _write_stores(log: pl.DataFrame, spec: FeatureSpec, out: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     sequence_columns = [f.column for f in spec.fields_with_role("sequence")]
-    events = log.filter(pl.col("__is_history")).select(["user_index", *sequence_columns, "timestamp"])
+    events = log.filter(pl.col("__is_history")).select(
+        "user_index", *[pl.col(ENCODED_PREFIX + c).alias(c) for c in sequence_columns], "timestamp"
+    )
     user_counts = events.group_by("user_index").len(name="count")
     users = (
         log.group_by("user_index", maintain_order=True)
@@ -158,8 +162,8 @@ def _write_stores(log: pl.DataFrame, spec: FeatureSpec, out: Path) -> tuple[pl.D
         pl.col("hist_end").cast(pl.Int64),
         "split",
         "label",
-        *[pl.col(c).alias(CANDIDATE_PREFIX + c) for c in candidate_columns],
-        *side_columns,
+        *[pl.col(ENCODED_PREFIX + c).alias(CANDIDATE_PREFIX + c) for c in candidate_columns],
+        *[pl.col(ENCODED_PREFIX + c).alias(c) for c in side_columns],
     )
     # One chunk per column, uncompressed: the loader memory-maps these files zero-copy.
     events.drop("user_index").rechunk().write_ipc(out / "events.arrow", compression="uncompressed")
@@ -190,7 +194,7 @@ def _summary(validated: ValidatedLog, log: pl.DataFrame, samples: pl.DataFrame, 
         "events": log.height,
         "history_events": events.height,
         "users": log["user_id"].n_unique(),
-        "items": log["__raw_item"].n_unique(),
+        "items": log["item_id"].n_unique(),
         "samples": per_split,
         "rows_not_samples": log.height - samples.height,
     }
@@ -211,11 +215,7 @@ def prepare_dataset(spec: FeatureSpec, input_path: str | Path, out_dir: str | Pa
 
     report("labels, split and vocabularies")
     log = _harmonise_table_dtypes(validated.accepted, spec)
-    log = log.with_columns(
-        label_expr(spec).alias("label"),
-        pl.col("action").alias("__raw_action"),
-        pl.col("item_id").alias("__raw_item"),
-    )
+    log = log.with_columns(label_expr(spec).alias("__label")).drop("label", strict=False).rename({"__label": "label"})
     cutoffs = resolve_cutoffs(spec, log["timestamp"])
     log = log.with_columns(
         pl.when(pl.col("timestamp") < cutoffs["valid_start"]).then(0)
