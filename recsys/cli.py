@@ -101,6 +101,35 @@ def prepare(
     console.print(f"prepare: wrote {out} in {time.perf_counter() - started:.1f}s; stages: {json.dumps(summary['stage_seconds'])}")
 
 
+@app.command()
+def batches(
+    dataset: Path = typer.Argument(..., help="A prepared dataset directory."),
+    split: str = typer.Option("train", "--split"),
+    batch_size: int = typer.Option(256, "--batch-size", min=1),
+    workers: int = typer.Option(2, "--workers", min=0),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Stream one epoch of a split through the loader: layout of the first batch and throughput."""
+    from tqdm import tqdm
+
+    from recsys.data.loader import SplitBatches, make_loader
+
+    split_batches = SplitBatches(str(dataset), split, batch_size, seed=seed)
+    started, samples, first = time.perf_counter(), 0, None
+    for batch in tqdm(make_loader(split_batches, num_workers=workers), total=len(split_batches), unit="batch", disable=None):
+        first = first or batch
+        samples += int(batch.weights.sum())
+    elapsed = time.perf_counter() - started
+    if first is None:
+        _fail(f"split {split!r} of {dataset} has no samples")
+        return
+    kjt = first.sparse_features
+    console.print(f"first batch: keys {kjt.keys()}, history lengths {first.history_lengths[:8].tolist()}..., "
+                  f"padded width {first.history_timestamps.shape[1]}, chunks {first.chunk_valid.shape[1]}, "
+                  f"label rate {first.labels.mean():.3f}")
+    console.print(f"batches: {samples:,} {split} samples in {len(split_batches)} batches, {elapsed:.1f}s, {samples / elapsed:,.0f} samples/s")
+
+
 def main() -> None:
     app()
 

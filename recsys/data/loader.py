@@ -231,6 +231,11 @@ class SplitBatches(IterableDataset):
                 yield builder.build(sample_ids, weights)
 
 
+def _single_threaded_worker(worker_id: int) -> None:
+    # Workers are processes already; intra-op threads in each would fight over the same cores.
+    torch.set_num_threads(1)
+
+
 def make_loader(batches: SplitBatches, num_workers: int = 2, pin_memory: bool = False) -> DataLoader:
     return DataLoader(
         batches,
@@ -239,4 +244,5 @@ def make_loader(batches: SplitBatches, num_workers: int = 2, pin_memory: bool = 
         pin_memory=pin_memory,
         persistent_workers=False,
         prefetch_factor=4 if num_workers else None,
+        worker_init_fn=_single_threaded_worker if num_workers else None,
     )

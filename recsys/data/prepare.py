@@ -110,12 +110,12 @@ def encode_fields(log: pl.DataFrame, spec: FeatureSpec, vocabularies: dict[str, 
     return log.with_columns(encoded)
 
 
-def _sort_and_index(log: pl.DataFrame, spec: FeatureSpec) -> pl.DataFrame:
+def _sort_and_index(log: pl.DataFrame) -> pl.DataFrame:
     """Sort by user and time (input order breaks ties) and compute each row's history end."""
     log = log.sort(["user_id", "timestamp", FILE_COLUMN, ROW_COLUMN])
-    is_history = ~pl.col("action").cast(pl.String).is_in(list(spec.history.exclude_actions))
+    new_user = pl.col("user_id").ne_missing(pl.col("user_id").shift(1))
     return (
-        log.with_columns(is_history.alias("__is_history"))
+        log.with_columns((new_user.cast(pl.Int64).cum_sum() - 1).alias("user_index"))
         .with_columns(
             (pl.col("__is_history").cast(pl.Int64).cum_sum().over("user_id") - pl.col("__is_history").cast(pl.Int64)).alias("__before"),
         )
@@ -194,7 +194,6 @@ def _summary(validated: ValidatedLog, log: pl.DataFrame, samples: pl.DataFrame, 
         "events": log.height,
         "history_events": events.height,
         "users": log["user_id"].n_unique(),
-        "items": log["item_id"].n_unique(),
         "samples": per_split,
         "rows_not_samples": log.height - samples.height,
     }
@@ -226,13 +225,19 @@ def prepare_dataset(spec: FeatureSpec, input_path: str | Path, out_dir: str | Pa
     timer.lap("label_split_vocab")
 
     report("encoding ids")
+    item_count = log["item_id"].n_unique()
     log = encode_fields(log, spec, vocabularies)
-    user_ids = log["user_id"].unique().sort()
-    log = log.join(pl.DataFrame({"user_id": user_ids, "user_index": pl.int_range(len(user_ids), eager=True)}), on="user_id")
+    # Keep only what the stores need before the sort, which copies every column it carries.
+    is_history = ~pl.col("action").cast(pl.String).is_in(list(spec.history.exclude_actions))
+    log = log.select(
+        "user_id", "timestamp", FILE_COLUMN, ROW_COLUMN, "label", "split",
+        is_history.alias("__is_history"), pl.col(f"^{ENCODED_PREFIX}.*$"),
+    )
+    validated.accepted = log.clear()
     timer.lap("encode")
 
     report("sorting and indexing histories")
-    log = _sort_and_index(log, spec)
+    log = _sort_and_index(log)
     timer.lap("sort_index")
 
     report("writing event store and sample index")
@@ -244,6 +249,7 @@ def prepare_dataset(spec: FeatureSpec, input_path: str | Path, out_dir: str | Pa
     timer.lap("write")
 
     summary = _summary(validated, log, samples, events, spec)
+    summary["items"] = item_count
     metadata = _metadata(spec, vocabularies, cutoffs, log, validated)
     summary["stage_seconds"] = timer.seconds
     (out / "dataset.json").write_text(json.dumps(metadata, indent=2, sort_keys=True, default=str))

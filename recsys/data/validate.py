@@ -121,7 +121,8 @@ def _read_file(path: Path, spec: FeatureSpec, index: int) -> pl.DataFrame:
         raise InputError(f"{path}: unreadable Parquet ({exc})") from exc
     _check_schema(path, parquet.schema_arrow, spec)
     try:
-        frame = pl.read_parquet(path)
+        # Only the columns the spec reads: quarantine re-reads whole rejected rows from the file.
+        frame = pl.read_parquet(path, columns=spec.input_columns)
     except Exception as exc:  # polars raises its own exception family for corrupt pages
         raise InputError(f"{path}: unreadable Parquet ({exc})") from exc
     return frame.with_columns(
@@ -177,15 +178,26 @@ def validate_log(path: str | Path, spec: FeatureSpec, on_bad_rows: str = "fail")
             f"{rejected.height} of {log.height} input rows are invalid "
             f"(use --on-bad-rows quarantine to set them aside):\n{_first_bad_rows_message(rejected, files)}"
         )
-    accepted = log.filter(pl.col(REASON_COLUMN).is_null()).drop(REASON_COLUMN)
+    # Filtering copies every column; skip the copy in the common all-good case.
+    accepted = log.filter(pl.col(REASON_COLUMN).is_null()) if rejected.height else log
+    accepted = accepted.drop(REASON_COLUMN)
+    rejected = rejected.select(FILE_COLUMN, ROW_COLUMN, REASON_COLUMN)
     accepted = accepted.with_columns(_seconds_expr(spec.source.timestamp_unit).alias("timestamp"))
     return ValidatedLog(accepted=accepted, rejected=rejected, input_rows=log.height, files=files, empty_files=empty_files)
 
 
 def write_quarantine(validated: ValidatedLog, path: Path) -> None:
-    """Rejected rows, unchanged, plus `reason`, the source file and its 0-based row."""
-    quarantine = validated.rejected.with_columns(
-        pl.col(FILE_COLUMN).map_elements(lambda i: validated.files[i], return_dtype=pl.String).alias("source_file"),
-        pl.col(ROW_COLUMN).alias("source_row"),
-    ).drop(FILE_COLUMN, ROW_COLUMN)
-    quarantine.write_parquet(path)
+    """Rejected rows, unchanged and with all their columns, plus `reason`, source file and 0-based row."""
+    parts = []
+    for file_index, rejected in validated.rejected.partition_by(FILE_COLUMN, as_dict=True).items():
+        source = validated.files[file_index[0]]
+        rows = rejected.select(ROW_COLUMN, REASON_COLUMN)
+        original = pl.read_parquet(source).with_row_index(ROW_COLUMN).with_columns(pl.col(ROW_COLUMN).cast(pl.Int64))
+        parts.append(
+            original.join(rows, on=ROW_COLUMN, how="inner", maintain_order="left")
+            .with_columns(pl.lit(source).alias("source_file"))
+            .rename({ROW_COLUMN: "source_row"})
+        )
+    quarantine = pl.concat(parts, how="diagonal_relaxed")
+    ordered = [c for c in quarantine.columns if c not in ("reason", "source_file", "source_row")]
+    quarantine.select(*ordered, "reason", "source_file", "source_row").write_parquet(path)
