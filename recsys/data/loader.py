@@ -40,6 +40,7 @@ class Batch:
     chunk_start: torch.Tensor  # [B, P] int64
     chunk_end: torch.Tensor  # [B, P] int64
     chunk_valid: torch.Tensor  # [B, P] bool
+    history_labels: torch.Tensor  # [B, L] float32 labels of history events (dense supervision), -1 = none
     request_timestamps: torch.Tensor  # [B] int64, the candidate's time
     labels: torch.Tensor  # [B] float32
     weights: torch.Tensor  # [B] float32, 0 for rank-padding samples
@@ -122,6 +123,7 @@ class BatchBuilder:
         self.side_columns = dataset.side_columns
         self.event_columns = {c: dataset.event_column(c) for c in self.sequence_columns}
         self.event_timestamps = dataset.event_column("timestamp")
+        self.event_labels = dataset.event_column("label")
         self.user_offsets = dataset.user_offsets
         self.sample_user = dataset.sample_column("user_index")
         self.sample_hist_end = dataset.sample_column("hist_end")
@@ -154,6 +156,8 @@ class BatchBuilder:
         padded_times[slots_t] = torch.from_numpy(self.event_timestamps[event_rows])
         padded_times = padded_times.view(batch_size, width)
         chunk_id, chunk_start, chunk_end, chunk_valid = personalized_chunks(padded_times, lengths_t, self.num_chunks)
+        padded_labels = torch.full((batch_size * width,), -1.0)
+        padded_labels[slots_t] = torch.from_numpy(self.event_labels[event_rows].astype(np.float32))
 
         ones = np.ones(batch_size, dtype=np.int64)
         values = [self.event_columns[c][event_rows] for c in self.sequence_columns]
@@ -175,6 +179,7 @@ class BatchBuilder:
             chunk_start=chunk_start,
             chunk_end=chunk_end,
             chunk_valid=chunk_valid,
+            history_labels=padded_labels.view(batch_size, width),
             request_timestamps=torch.from_numpy(self.sample_timestamp[sample_ids].astype(np.int64)),
             labels=torch.from_numpy(self.sample_label[sample_ids].astype(np.float32)),
             weights=torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32)),

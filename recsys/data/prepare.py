@@ -24,7 +24,7 @@ from recsys.data.encode import Vocabulary, build_vocabulary, encode_with_vocabul
 from recsys.data.spec import FeatureSpec, parse_label_rule
 from recsys.data.validate import FILE_COLUMN, ROW_COLUMN, ValidatedLog, validate_log, write_quarantine
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SPLITS = ("train", "valid", "test")
 CANDIDATE_PREFIX = "cand_"
 ENCODED_PREFIX = "__enc__"  # encoded rows live beside the raw ids until the stores are written
@@ -143,7 +143,11 @@ def _fingerprint(files: list[str]) -> str:
 def _write_stores(log: pl.DataFrame, spec: FeatureSpec, out: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     sequence_columns = [f.column for f in spec.fields_with_role("sequence")]
     events = log.filter(pl.col("__is_history")).select(
-        "user_index", *[pl.col(ENCODED_PREFIX + c).alias(c) for c in sequence_columns], "timestamp"
+        "user_index",
+        *[pl.col(ENCODED_PREFIX + c).alias(c) for c in sequence_columns],
+        "timestamp",
+        # Targets for GRAB's dense supervision only; never a model input (-1: not a sample).
+        pl.col("label").fill_null(-1).cast(pl.Int8),
     )
     user_counts = events.group_by("user_index").len(name="count")
     users = (

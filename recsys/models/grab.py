@@ -1,0 +1,215 @@
+"""GRAB (Chen et al., 2026; ../shared/specs/GRAB.md): sequence-first ranking with CamA.
+
+Each event is one token from its content embeddings, `Linear(LayerNorm(concat(fields)))`, never its
+own outcome; the action embedding `a_j` enters keys and values of action channels only. Candidates
+follow the history; the profile/context fields form one context token per user. Blocks are pre-norm
+CamA + SwiGLU. The head `MLP(LN(h_i))`, clamped to ±15, scores every history event (dense
+supervision) and every candidate.
+
+Two layouts give the same outputs: padded (`[B, L + M]`, one context token per row) and packed
+(all users of the batch concatenated without padding, one context token per user, masks keeping
+users apart). Options in `GRABConfig`: `channels` ((name, heads, action group) triples; default:
+half the heads on content, the rest split over the spec's action groups), `attention` softmax |
+pointwise, `position_bias`, `num_buckets`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Literal, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from recsys.models.base import ModelOutput, RankingModel, SequenceInputs
+from recsys.models.embedding import EmbeddedBatch, EmbeddingLayout
+from recsys.models.layers import MLP, SwiGLU
+from recsys.ops.cama import cama_attention, cama_attention_reference, cama_mask, cama_pointwise_attention
+from recsys.ops.temporal import log_bucket
+
+CONTENT_CHANNEL = "all"
+LOGIT_CLAMP = 15.0
+
+
+@dataclass(frozen=True)
+class GRABConfig:
+    d_model: int = 64
+    heads: int = 4
+    layers: int = 2
+    channels: Optional[Tuple[Tuple[str, int], ...]] = None  # (group name or "all", heads)
+    attention: Literal["softmax", "pointwise", "reference"] = "softmax"
+    num_buckets: int = 128
+    position_bias: bool = False
+    max_position: int = 1024
+    head_hidden: Tuple[int, ...] = field(default=(128,))
+    dropout: float = 0.0
+    history_loss_weight: float = 1.0
+
+
+def default_channels(heads: int, groups: List[str]) -> Tuple[Tuple[str, int], ...]:
+    """Half the heads (at least one) on content, the rest spread over the action groups."""
+    if not groups:
+        return ((CONTENT_CHANNEL, heads),)
+    content = max(1, heads // 2)
+    rest = heads - content
+    usable = groups[: max(rest, 0)] if rest else []
+    if not usable:
+        return ((CONTENT_CHANNEL, heads),)
+    per_group = [rest // len(usable) + (1 if i < rest % len(usable) else 0) for i in range(len(usable))]
+    return ((CONTENT_CHANNEL, content),) + tuple((g, n) for g, n in zip(usable, per_group))
+
+
+@dataclass
+class FlatSequence:
+    """The layout CamA runs on: B rows of N positions, S context tokens per row."""
+
+    tokens: Tensor  # [B, N, d]
+    actions: Tensor  # [B, N, action_dim]
+    action_ids: Tensor  # [B, N]
+    times: Tensor  # [B, N]
+    position: Tensor  # [B, N]
+    segment: Tensor  # [B, N]
+    real: Tensor  # [B, N]
+    is_candidate: Tensor  # [B, N]
+    context: Tensor  # [B, S, d]
+
+
+class CamA(nn.Module):
+    def __init__(self, cfg: GRABConfig, action_dim: int, head_groups: List[Tensor], action_heads: Tensor):
+        super().__init__()
+        self.heads, self.head_dim = cfg.heads, cfg.d_model // cfg.heads
+        self.q = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.kv = nn.Linear(cfg.d_model, 2 * cfg.d_model, bias=False)
+        self.action_kv = nn.Linear(action_dim, 2 * cfg.d_model, bias=False)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.time_bias = nn.Embedding(cfg.num_buckets + 1, cfg.heads)
+        nn.init.zeros_(self.time_bias.weight)
+        self.position_bias = nn.Embedding(cfg.max_position + 1, cfg.heads) if cfg.position_bias else None
+        self.max_position = cfg.max_position
+        self.num_buckets = cfg.num_buckets
+        self.attention = cfg.attention
+        self.head_groups = head_groups
+        self.register_buffer("action_heads", action_heads.view(1, cfg.heads, 1, 1).float(), persistent=False)
+
+    def _split(self, x: Tensor) -> Tensor:
+        return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, x: Tensor, context: Tensor, seq: FlatSequence) -> Tensor:
+        batch, length, width = x.shape
+        q = self._split(self.q(x))
+        k, v = (self._split(t) for t in self.kv(x).chunk(2, dim=-1))
+        action_k, action_v = (self._split(t) for t in self.action_kv(seq.actions).chunk(2, dim=-1))
+        # Only action-channel heads see the action: K_c = X W_k^c + a_j U_k^c.
+        k = k + action_k * self.action_heads
+        v = v + action_v * self.action_heads
+        context_k, context_v = (self._split(t) for t in self.kv(context).chunk(2, dim=-1))
+        keys, values = torch.cat([context_k, k], dim=2), torch.cat([context_v, v], dim=2)
+        mask = cama_mask(seq.segment, seq.position, seq.times, seq.real, seq.is_candidate, seq.action_ids, self.head_groups, context.shape[1])
+        delta = (seq.times.unsqueeze(2) - seq.times.unsqueeze(1)).clamp_min(0)
+        bias = self.time_bias(log_bucket(delta, self.num_buckets)).permute(0, 3, 1, 2)  # [B, H, N, N]
+        if self.position_bias is not None:
+            gap = (seq.position.unsqueeze(2) - seq.position.unsqueeze(1)).clamp(0, self.max_position)
+            bias = bias + self.position_bias(gap).permute(0, 3, 1, 2)
+        bias = torch.cat([bias.new_zeros(batch, self.heads, length, context.shape[1]), bias], dim=3)
+        if self.attention == "reference":
+            out = cama_attention_reference(q, keys, values, mask, bias)
+        elif self.attention == "pointwise":
+            out = cama_pointwise_attention(q, keys, values, mask, bias, self.max_position)
+        else:
+            out = cama_attention(q, keys, values, mask, bias)
+        return self.out(out.transpose(1, 2).reshape(batch, length, width))
+
+
+class GRABBlock(nn.Module):
+    def __init__(self, cfg: GRABConfig, action_dim: int, head_groups: List[Tensor], action_heads: Tensor):
+        super().__init__()
+        self.attention_norm = nn.LayerNorm(cfg.d_model)
+        self.attention = CamA(cfg, action_dim, head_groups, action_heads)
+        self.ffn_norm = nn.LayerNorm(cfg.d_model)
+        self.ffn = SwiGLU(cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, context: Tensor, seq: FlatSequence) -> Tensor:
+        x = x + self.dropout(self.attention(self.attention_norm(x), self.attention_norm(context), seq))
+        return x + self.dropout(self.ffn(self.ffn_norm(x)))
+
+
+class GRAB(RankingModel):
+    def __init__(self, layout: EmbeddingLayout, cfg: GRABConfig, packed: bool = False):
+        super().__init__(layout)
+        self.cfg = cfg
+        self.packed = packed
+        if cfg.d_model % cfg.heads:
+            raise ValueError(f"d_model {cfg.d_model} is not a multiple of heads {cfg.heads}")
+        channels = cfg.channels or default_channels(cfg.heads, sorted(layout.action_group_rows))
+        if sum(n for _, n in channels) != cfg.heads:
+            raise ValueError(f"channels {channels} do not add up to {cfg.heads} heads")
+        unknown = [name for name, _ in channels if name != CONTENT_CHANNEL and name not in layout.action_group_rows]
+        if unknown:
+            raise ValueError(f"channels {unknown} are not action groups of the feature spec ({sorted(layout.action_group_rows)})")
+        self.channels = channels
+        head_groups: List[Tensor] = []
+        for name, count in channels:
+            rows = torch.tensor(layout.action_group_rows.get(name, ()), dtype=torch.int64) if name != CONTENT_CHANNEL else torch.zeros(0, dtype=torch.int64)
+            head_groups += [rows] * count
+        action_heads = torch.tensor([group.numel() > 0 for group in head_groups])
+        self.token_norm = nn.LayerNorm(layout.content_dim)
+        self.token = nn.Linear(layout.content_dim, cfg.d_model)
+        self.context = nn.Linear(layout.side_dim, cfg.d_model) if layout.side_dim else None
+        self.context_token = nn.Parameter(torch.zeros(1, 1, cfg.d_model).normal_(0, 0.02))
+        self.blocks = nn.ModuleList([GRABBlock(cfg, layout.action_dim, head_groups, action_heads) for _ in range(cfg.layers)])
+        self.head_norm = nn.LayerNorm(cfg.d_model)
+        self.head = MLP(cfg.d_model, cfg.head_hidden, 1, cfg.dropout)
+
+    def score(self, embedded: EmbeddedBatch, inputs: SequenceInputs) -> ModelOutput:
+        batch, length = inputs.history_times.shape
+        candidates = embedded.candidate_content.shape[1]
+        content = torch.cat([embedded.history_content, embedded.candidate_content], dim=1)
+        tokens = self.token(self.token_norm(content))
+        context = self.context_token.expand(batch, 1, -1)
+        if self.context is not None:
+            context = context + self.context(embedded.side).unsqueeze(1)
+        actions = torch.cat([embedded.history_action, embedded.candidate_action.expand(batch, candidates, -1)], dim=1)
+        action_ids = torch.cat([embedded.history_action_ids, embedded.history_action_ids.new_zeros(batch, candidates)], dim=1)
+        real = torch.cat([inputs.history_valid, inputs.history_valid.new_ones(batch, candidates)], dim=1)
+        is_candidate = torch.arange(length + candidates, device=tokens.device).view(1, -1).expand(batch, -1) >= length
+        seq = FlatSequence(tokens, actions, action_ids, inputs.all_times(candidates),
+                           torch.arange(length + candidates, device=tokens.device).view(1, -1).expand(batch, -1),
+                           torch.zeros_like(action_ids), real, is_candidate, context)
+        if self.packed:
+            seq, unpack = pack(seq)
+        hidden = self._encode(seq)
+        if self.packed:
+            hidden = unpack(hidden)
+        logits = self.head(self.head_norm(hidden)).squeeze(-1).clamp(-LOGIT_CLAMP, LOGIT_CLAMP)
+        return ModelOutput(logits=logits[:, length:], history_logits=logits[:, :length])
+
+    def _encode(self, seq: FlatSequence) -> Tensor:
+        x, context = seq.tokens, seq.context
+        for block in self.blocks:
+            x = block(x, context, seq)
+        return x
+
+
+def pack(seq: FlatSequence):
+    """Padded rows -> one padding-free row (jagged, like cu_seqlens); returns an `unpack` for outputs."""
+    batch, length = seq.real.shape
+    keep = seq.real.flatten()
+    flat_index = keep.nonzero().flatten()
+    rows = torch.arange(batch, device=keep.device).repeat_interleave(length)[flat_index]
+
+    def take(t: Tensor) -> Tensor:
+        return t.reshape(batch * length, *t.shape[2:])[flat_index].unsqueeze(0)
+
+    packed = FlatSequence(
+        tokens=take(seq.tokens), actions=take(seq.actions), action_ids=take(seq.action_ids), times=take(seq.times),
+        position=take(seq.position), segment=rows.unsqueeze(0), real=take(seq.real), is_candidate=take(seq.is_candidate),
+        context=seq.context.reshape(1, batch, -1),
+    )
+
+    def unpack(hidden: Tensor) -> Tensor:
+        out = hidden.new_zeros(batch * length, hidden.shape[-1])
+        return out.index_copy(0, flat_index, hidden[0]).view(batch, length, -1)
+
+    return packed, unpack
+

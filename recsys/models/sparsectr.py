@@ -1,0 +1,194 @@
+"""SparseCTR (Lai et al., 2026; ../shared/specs/SPARSECTR.md), readable top to bottom.
+
+Tokens: history event = Linear(concat(item, category, ..., action embeddings)); candidate = the
+same projection with a learned "candidate" action. The profile fields form e_U and one profile
+token, an always-visible key of the local branch. `SparseBlock`s apply EvoAttention (three sparse
+branches with RelTemporal biases, fused by gates) and a SwiGLU FFN, pre-norm with residuals. The
+head scores each candidate from its final state, e_U and its own embedding.
+
+Options ([summary]/[ours] choices of the spec), all in `SparseCTRConfig`:
+`fusion` gate (sigmoid per position and head, as NSA) | softmax (over the three branches);
+`compression` mean | mlp (a learned per-token map averaged over the chunk);
+`weekend_rule` same_type (b_wkd = 0 when both days are of one type) | both_weekend;
+`attention` structural (the linear-cost kernels) | reference (dense masks, tests) | full (every
+earlier event: the `transformer` baseline); `temporal_bias` on/off; `tail`, `window`, `num_chunks`
+default to the feature spec's chunking section.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from recsys.models.base import ModelOutput, RankingModel, SequenceInputs
+from recsys.models.embedding import EmbeddedBatch, EmbeddingLayout
+from recsys.models.layers import PredictionHead, SwiGLU
+from recsys.ops.evo_attention import evo_branches, evo_branches_reference
+from recsys.ops.temporal import WEEKEND_BOTH, WEEKEND_SAME_TYPE, alibi_scales, composite_temporal_bias
+
+
+@dataclass(frozen=True)
+class SparseCTRConfig:
+    d_model: int = 64
+    heads: int = 4
+    layers: int = 2
+    tail: Optional[int] = None
+    window: Optional[int] = None
+    fusion: Literal["gate", "softmax"] = "gate"
+    compression: Literal["mean", "mlp"] = "mean"
+    weekend_rule: Literal["same_type", "both_weekend"] = "same_type"
+    attention: Literal["structural", "reference", "full"] = "structural"
+    temporal_bias: bool = True
+    head_hidden: Tuple[int, ...] = field(default=(128, 64))
+    dropout: float = 0.0
+
+
+@dataclass
+class AttentionContext:
+    times: Tensor  # [B, T]
+    inputs: SequenceInputs
+    tail: int
+    window: int
+    utc_offset: int
+    weekend_rule: int
+
+
+class EvoAttention(nn.Module):
+    """Shared Q, K, V; three sparse branches; per-position, per-head fusion."""
+
+    def __init__(self, cfg: SparseCTRConfig):
+        super().__init__()
+        if cfg.d_model % cfg.heads:
+            raise ValueError(f"d_model {cfg.d_model} is not a multiple of heads {cfg.heads}")
+        self.heads, self.head_dim = cfg.heads, cfg.d_model // cfg.heads
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.gate = nn.Linear(cfg.d_model, 3 * cfg.heads)
+        self.fusion = cfg.fusion
+        self.reference = cfg.attention == "reference"
+        self.scales = nn.Parameter(alibi_scales(cfg.heads), requires_grad=cfg.temporal_bias)
+        if not cfg.temporal_bias:
+            self.scales.data.zero_()
+        self.compress: Optional[nn.Module] = None
+        if cfg.compression == "mlp":
+            self.compress = nn.Sequential(nn.Linear(self.head_dim, self.head_dim), nn.SiLU(), nn.Linear(self.head_dim, self.head_dim))
+
+    def _heads(self, x: Tensor) -> Tensor:
+        return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, x: Tensor, profile: Tensor, ctx: AttentionContext) -> Tensor:
+        batch, total, width = x.shape
+        q, k, v = (self._heads(t) for t in self.qkv(x).chunk(3, dim=-1))
+        _, k_profile, v_profile = (self._heads(t) for t in self.qkv(profile).chunk(3, dim=-1))
+        k_summary = self.compress(k) if self.compress is not None else k
+        v_summary = self.compress(v) if self.compress is not None else v
+        kernel = evo_branches_reference if self.reference else evo_branches
+        inputs = ctx.inputs
+        branches = kernel(q, k, v, k_profile, v_profile, k_summary, v_summary, ctx.times, inputs.chunk_id, inputs.chunk_start,
+                          inputs.chunk_end, inputs.chunk_valid, ctx.tail, ctx.window, self.scales, ctx.utc_offset, ctx.weekend_rule)
+        gate_logits = self.gate(x).view(batch, total, 3, self.heads)
+        gates = torch.sigmoid(gate_logits) if self.fusion == "gate" else torch.softmax(gate_logits, dim=2)
+        gates = gates.permute(2, 0, 3, 1).unsqueeze(-1)  # [3, B, H, T, 1]
+        fused = gates[0] * branches[0] + gates[1] * branches[1] + gates[2] * branches[2]
+        return self.out(fused.transpose(1, 2).reshape(batch, total, width))
+
+
+class FullAttention(nn.Module):
+    """What SparseCTR sparsifies: every earlier history event and the profile token, via SDPA.
+
+    History is causal over real events; a candidate sees the history and itself. Without the
+    temporal bias the mask is boolean, which keeps SDPA on its fused kernels."""
+
+    def __init__(self, cfg: SparseCTRConfig):
+        super().__init__()
+        self.heads, self.head_dim = cfg.heads, cfg.d_model // cfg.heads
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.temporal_bias = cfg.temporal_bias
+        self.scales = nn.Parameter(alibi_scales(cfg.heads), requires_grad=cfg.temporal_bias)
+
+    def forward(self, x: Tensor, profile: Tensor, ctx: AttentionContext) -> Tensor:
+        batch, total, width = x.shape
+        length = ctx.inputs.chunk_id.shape[1]
+        keys_in = torch.cat([profile, x], dim=1)
+        q = self.qkv(x).chunk(3, dim=-1)[0]
+        _, k, v = self.qkv(keys_in).chunk(3, dim=-1)
+        q, k, v = (t.view(batch, -1, self.heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        position = torch.arange(total, device=x.device)
+        causal = position.view(1, -1) <= position.view(-1, 1)
+        candidate_rows = position.view(-1, 1) >= length
+        history_keys = position.view(1, -1) < length
+        allowed = torch.where(candidate_rows, history_keys | (position.view(1, -1) == position.view(-1, 1)), causal)
+        real = torch.cat([ctx.inputs.history_valid, ctx.inputs.history_valid.new_ones(batch, total - length)], dim=1)
+        visible = allowed.unsqueeze(0) & real.unsqueeze(1)
+        visible = torch.cat([visible.new_ones(batch, total, 1), visible], dim=2).unsqueeze(1)  # profile key first
+        if self.temporal_bias:
+            bias = composite_temporal_bias(ctx.times, ctx.times, self.scales, ctx.utc_offset, ctx.weekend_rule)
+            mask = torch.cat([bias.new_zeros(batch, self.heads, total, 1), bias], dim=3).masked_fill(~visible, float("-inf"))
+        else:
+            mask = visible
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out(out.transpose(1, 2).reshape(batch, total, width))
+
+
+class SparseBlock(nn.Module):
+    def __init__(self, cfg: SparseCTRConfig):
+        super().__init__()
+        self.attention_norm = nn.RMSNorm(cfg.d_model)
+        self.attention = FullAttention(cfg) if cfg.attention == "full" else EvoAttention(cfg)
+        self.ffn_norm = nn.RMSNorm(cfg.d_model)
+        self.ffn = SwiGLU(cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, profile: Tensor, ctx: AttentionContext) -> Tensor:
+        x = x + self.dropout(self.attention(self.attention_norm(x), self.attention_norm(profile), ctx))
+        return x + self.dropout(self.ffn(self.ffn_norm(x)))
+
+
+class SparseCTR(RankingModel):
+    def __init__(self, layout: EmbeddingLayout, cfg: SparseCTRConfig, chunking: dict, utc_offset_seconds: int = 0):
+        super().__init__(layout)
+        self.cfg = cfg
+        self.tail = cfg.tail or int(chunking["tail_length"])
+        self.window = cfg.window or int(chunking["window"])
+        self.utc_offset = utc_offset_seconds
+        self.weekend_rule = WEEKEND_BOTH if cfg.weekend_rule == "both_weekend" else WEEKEND_SAME_TYPE
+        self.token = nn.Linear(layout.content_dim + layout.action_dim, cfg.d_model)
+        self.profile = nn.Linear(layout.side_dim, cfg.d_model) if layout.side_dim else None
+        self.profile_token = nn.Parameter(torch.zeros(1, 1, cfg.d_model))
+        self.blocks = nn.ModuleList([SparseBlock(cfg) for _ in range(cfg.layers)])
+        self.final_norm = nn.RMSNorm(cfg.d_model)
+        self.head = PredictionHead(cfg.d_model, layout.side_dim, layout.content_dim, cfg.head_hidden, cfg.dropout)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        for block in self.blocks:
+            # Residual projections start small, as in GPT-2, so deep stacks begin near identity.
+            nn.init.normal_(block.attention.out.weight, std=0.02 / math.sqrt(2 * len(self.blocks)))
+
+    def score(self, embedded: EmbeddedBatch, inputs: SequenceInputs) -> ModelOutput:
+        batch, length = inputs.history_times.shape
+        candidates = embedded.candidate_content.shape[1]
+        history = self.token(torch.cat([embedded.history_content, embedded.history_action], dim=-1))
+        history = history * inputs.history_valid.unsqueeze(-1).to(history.dtype)
+        candidate_action = embedded.candidate_action.expand(batch, candidates, -1)
+        candidate = self.token(torch.cat([embedded.candidate_content, candidate_action], dim=-1))
+        x = torch.cat([history, candidate], dim=1)
+        profile = self.profile_token.expand(batch, 1, -1)
+        if self.profile is not None:
+            profile = profile + self.profile(embedded.side).unsqueeze(1)
+        ctx = AttentionContext(inputs.all_times(candidates), inputs, self.tail, self.window, self.utc_offset, self.weekend_rule)
+        for block in self.blocks:
+            x = block(x, profile, ctx)
+        state = self.final_norm(x[:, length:])
+        return ModelOutput(self.head(state, embedded.side, embedded.candidate_content))

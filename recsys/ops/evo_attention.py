@@ -1,0 +1,244 @@
+"""SparseCTR's three sparse attention branches (§3), structural kernels and a dense reference.
+
+Sequence layout: T = L + M positions, the left-padded history `[0, L)` then M candidates. Per
+query position i and branch:
+
+* global: one key per chunk (the masked mean of the chunk's keys and values, timed at the chunk's
+  last event); a history query sees chunks that ended before it (`chunk_end <= i`), a candidate sees
+  every non-empty chunk.
+* transition: the last `tail` events of every chunk, with the same visibility rule.
+* local: keys `j` with `i - window < j <= i` among real history events, plus the profile token
+  (always visible, bias 0). A candidate sees the last `window` history positions and itself, never
+  another candidate.
+
+A query with no visible key in a branch gets a zero output from that branch. Every logit gets the
+RelTemporal bias. The structural kernels never build a `T x T` mask: global and transition attend
+over `[B, H, T, P]` / `[B, H, T, P·tail]` keys, local over blocks `[B, H, L/w, w, 2w + 1]`.
+`evo_branches_reference` builds the dense masks instead and is the ground truth for tests.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from recsys.ops.temporal import composite_temporal_bias
+
+NEG_INF = float("-inf")
+
+
+def chunk_summaries(values: Tensor, chunk_id: Tensor, num_chunks: int) -> Tensor:
+    """Masked mean of `values` `[B, H, L, D]` per chunk -> `[B, H, P, D]` (zeros for empty chunks)."""
+    batch, heads, length, dim = values.shape
+    index = chunk_id.view(batch, 1, length, 1).expand(batch, heads, length, dim)
+    sums = values.new_zeros(batch, heads, num_chunks + 1, dim).scatter_add(2, index, values)
+    counts = values.new_zeros(batch, num_chunks + 1).scatter_add(1, chunk_id, torch.ones_like(chunk_id, dtype=values.dtype))
+    return (sums / counts.clamp_min(1.0).view(batch, 1, num_chunks + 1, 1))[:, :, 1:]
+
+
+def tail_positions(chunk_start: Tensor, chunk_end: Tensor, chunk_valid: Tensor, tail: int) -> Tuple[Tensor, Tensor]:
+    """Positions `[B, P·tail]` of the last `tail` events of every chunk and their validity."""
+    offsets = torch.arange(tail, device=chunk_end.device) - tail
+    positions = chunk_end.unsqueeze(-1) + offsets  # [B, P, tail]
+    valid = chunk_valid.unsqueeze(-1) & (positions >= chunk_start.unsqueeze(-1))
+    return positions.clamp_min(0).flatten(1), valid.flatten(1)
+
+
+def _gather_positions(values: Tensor, positions: Tensor) -> Tensor:
+    """`values` `[B, H, L, D]`, `positions` `[B, K]` -> `[B, H, K, D]`."""
+    batch, heads, _, dim = values.shape
+    index = positions.view(batch, 1, -1, 1).expand(batch, heads, positions.shape[1], dim)
+    return values.gather(2, index)
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, visible: Tensor, bias: Tensor) -> Tensor:
+    """SDPA with an additive mask; rows with no visible key are computed on key 0 and zeroed."""
+    has_key = visible.any(dim=-1, keepdim=True)
+    first = torch.zeros_like(visible)
+    first[..., 0] = True
+    safe_visible = visible | (~has_key & first)
+    mask = bias.masked_fill(~safe_visible, NEG_INF)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return out * has_key.to(out.dtype)
+
+
+def _query_positions(length: int, candidates: int, device: torch.device) -> Tensor:
+    """Position index used for chunk visibility: candidates count as position L (after all chunks)."""
+    history = torch.arange(length, device=device)
+    return torch.cat([history, torch.full((candidates,), length, device=device, dtype=history.dtype)])
+
+
+def global_branch(q: Tensor, k_summary: Tensor, v_summary: Tensor, times: Tensor, chunk_id: Tensor, chunk_end: Tensor, chunk_valid: Tensor,
+                  scales: Tensor, utc_offset: int, weekend_rule: int) -> Tensor:
+    """`k_summary`/`v_summary` `[B, H, ≥L, D]` are what a chunk token averages (k, v or a learned map of them)."""
+    length, num_chunks = chunk_id.shape[1], chunk_end.shape[1]
+    k_chunk = chunk_summaries(k_summary[:, :, :length], chunk_id, num_chunks)
+    v_chunk = chunk_summaries(v_summary[:, :, :length], chunk_id, num_chunks)
+    chunk_times = times[:, :length].gather(1, (chunk_end - 1).clamp_min(0))
+    query_pos = _query_positions(length, q.shape[2] - length, q.device)
+    visible = chunk_valid.unsqueeze(1) & (chunk_end.unsqueeze(1) <= query_pos.view(1, -1, 1))  # [B, T, P]
+    bias = composite_temporal_bias(times, chunk_times, scales, utc_offset, weekend_rule)
+    return _attend(q, k_chunk, v_chunk, visible.unsqueeze(1), bias)
+
+
+def transition_branch(q: Tensor, k: Tensor, v: Tensor, times: Tensor, chunk_start: Tensor, chunk_end: Tensor, chunk_valid: Tensor,
+                      length: int, tail: int, scales: Tensor, utc_offset: int, weekend_rule: int) -> Tensor:
+    positions, valid = tail_positions(chunk_start, chunk_end, chunk_valid, tail)
+    k_tail = _gather_positions(k, positions)
+    v_tail = _gather_positions(v, positions)
+    tail_times = times.gather(1, positions)
+    tail_chunk_end = chunk_end.repeat_interleave(tail, dim=1)
+    query_pos = _query_positions(length, q.shape[2] - length, q.device)
+    visible = valid.unsqueeze(1) & (tail_chunk_end.unsqueeze(1) <= query_pos.view(1, -1, 1))
+    bias = composite_temporal_bias(times, tail_times, scales, utc_offset, weekend_rule)
+    return _attend(q, k_tail, v_tail, visible.unsqueeze(1), bias)
+
+
+def _blocks(x: Tensor, blocks: int, window: int) -> Tensor:
+    """`[..., Lp, D]` -> `[..., blocks, window, D]`."""
+    return x.reshape(x.shape[:-2] + (blocks, window, x.shape[-1]))
+
+
+def local_branch(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, times: Tensor, history_valid: Tensor,
+                 window: int, scales: Tensor, utc_offset: int, weekend_rule: int) -> Tensor:
+    """Blocked causal sliding window over the history plus the candidates' own window."""
+    batch, heads, total, dim = q.shape
+    length = history_valid.shape[1]
+    blocks = (length + window - 1) // window
+    pad = blocks * window - length
+    hq, hk, hv = (F.pad(x[:, :, :length], (0, 0, pad, 0)) for x in (q, k, v))
+    h_times = F.pad(times[:, :length], (pad, 0))
+    h_valid = F.pad(history_valid, (pad, 0))
+    qb = _blocks(hq, blocks, window)  # [B, H, nb, w, D]
+    kb, vb = _blocks(hk, blocks, window), _blocks(hv, blocks, window)
+    k_win = torch.cat([F.pad(kb, (0, 0, 0, 0, 1, 0))[:, :, :-1], kb], dim=3)  # previous block + own: [B, H, nb, 2w, D]
+    v_win = torch.cat([F.pad(vb, (0, 0, 0, 0, 1, 0))[:, :, :-1], vb], dim=3)
+    t_blocks = h_times.view(batch, blocks, window)
+    t_win = torch.cat([F.pad(t_blocks, (0, 0, 1, 0))[:, :-1], t_blocks], dim=2)  # [B, nb, 2w]
+    valid_blocks = h_valid.view(batch, blocks, window)
+    valid_win = torch.cat([F.pad(valid_blocks, (0, 0, 1, 0))[:, :-1], valid_blocks], dim=2)
+    query_index = torch.arange(window, device=q.device).view(window, 1)
+    key_index = torch.arange(2 * window, device=q.device).view(1, 2 * window)
+    band = (key_index > query_index) & (key_index <= query_index + window)  # i - w < j <= i
+    visible = band.view(1, 1, window, 2 * window) & valid_win.unsqueeze(2)  # [B, nb, w, 2w]
+    bias = composite_temporal_bias(t_blocks, t_win, scales, utc_offset, weekend_rule)  # [B, nb, H, w, 2w]
+    bias = bias.permute(0, 2, 1, 3, 4)
+    profile_k = k_profile.unsqueeze(2).expand(batch, heads, blocks, 1, dim)
+    profile_v = v_profile.unsqueeze(2).expand(batch, heads, blocks, 1, dim)
+    keys = torch.cat([k_win, profile_k], dim=3)
+    values = torch.cat([v_win, profile_v], dim=3)
+    full_visible = torch.cat([visible, visible.new_ones(batch, blocks, window, 1)], dim=3).unsqueeze(1)
+    full_bias = torch.cat([bias, bias.new_zeros(batch, heads, blocks, window, 1)], dim=4)
+    history_out = _attend(qb, keys, values, full_visible, full_bias).reshape(batch, heads, blocks * window, dim)[:, :, pad:]
+    if total == length:
+        return history_out
+    return torch.cat([history_out, _candidate_local(q, k, v, k_profile, v_profile, times, history_valid, window, scales, utc_offset, weekend_rule)], dim=2)
+
+
+def _candidate_local(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, times: Tensor, history_valid: Tensor,
+                     window: int, scales: Tensor, utc_offset: int, weekend_rule: int) -> Tensor:
+    """Candidates: the last `window` history positions, the candidate itself and the profile token."""
+    length = history_valid.shape[1]
+    start = max(0, length - window)
+    qc, kc, vc = q[:, :, length:], k[:, :, length:], v[:, :, length:]
+    k_recent, v_recent = k[:, :, start:length], v[:, :, start:length]
+    t_cand, t_recent = times[:, length:], times[:, start:length]
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    logits_recent = torch.matmul(qc, k_recent.transpose(-1, -2)) * scale
+    logits_recent = logits_recent + composite_temporal_bias(t_cand, t_recent, scales, utc_offset, weekend_rule)
+    logits_recent = logits_recent.masked_fill(~history_valid[:, start:].view(q.shape[0], 1, 1, -1), NEG_INF)
+    logits_self = (qc * kc).sum(-1, keepdim=True) * scale + _self_bias(t_cand, scales, utc_offset, weekend_rule)
+    logits_profile = torch.matmul(qc, k_profile.transpose(-1, -2)) * scale
+    weights = torch.softmax(torch.cat([logits_recent, logits_self, logits_profile], dim=-1), dim=-1)
+    recent_w, self_w, profile_w = weights.split([k_recent.shape[2], 1, 1], dim=-1)
+    return torch.matmul(recent_w, v_recent) + self_w * vc + profile_w * v_profile
+
+
+def _self_bias(times: Tensor, scales: Tensor, utc_offset: int, weekend_rule: int) -> Tensor:
+    """Bias of each position to itself, `[B, M]` -> `[B, H, M, 1]`."""
+    per_position = composite_temporal_bias(times.unsqueeze(-1), times.unsqueeze(-1), scales, utc_offset, weekend_rule)  # [B, M, H, 1, 1]
+    return per_position.squeeze(-1).permute(0, 2, 1, 3)
+
+
+def evo_branches(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, k_summary: Tensor, v_summary: Tensor,
+                 times: Tensor, chunk_id: Tensor, chunk_start: Tensor, chunk_end: Tensor, chunk_valid: Tensor, tail: int, window: int,
+                 scales: Tensor, utc_offset: int, weekend_rule: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """Structural kernels: (global, transition, local) outputs, each `[B, H, T, D]`.
+
+    q, k, v: `[B, H, T, D]`; k_profile, v_profile: `[B, H, 1, D]`; times: `[B, T]` int64 (history
+    then candidates' request time); chunk layout as produced by `personalized_chunks`.
+    """
+    length = chunk_id.shape[1]
+    out_global = global_branch(q, k_summary, v_summary, times, chunk_id, chunk_end, chunk_valid, scales, utc_offset, weekend_rule)
+    out_transition = transition_branch(q, k, v, times, chunk_start, chunk_end, chunk_valid, length, tail, scales, utc_offset, weekend_rule)
+    out_local = local_branch(q, k, v, k_profile, v_profile, times, chunk_id > 0, window, scales, utc_offset, weekend_rule)
+    return out_global, out_transition, out_local
+
+
+def _masked_softmax_attend(logits: Tensor, visible: Tensor, values: Tensor) -> Tensor:
+    """Reference attention: rows with no visible key give zeros."""
+    has_key = visible.any(dim=-1, keepdim=True)
+    logits = logits.masked_fill(~visible, NEG_INF).masked_fill(~has_key, 0.0)
+    weights = torch.softmax(logits, dim=-1) * has_key
+    return torch.matmul(weights, values)
+
+
+def evo_branches_reference(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, k_summary: Tensor, v_summary: Tensor,
+                           times: Tensor, chunk_id: Tensor, chunk_start: Tensor, chunk_end: Tensor, chunk_valid: Tensor, tail: int,
+                           window: int, scales: Tensor, utc_offset: int, weekend_rule: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """Dense-mask twin of `evo_branches`: O(T²) masks, one-hot chunk means, loops for the tails."""
+    batch, heads, total, dim = q.shape
+    length, num_chunks = chunk_id.shape[1], chunk_end.shape[1]
+    scale = 1.0 / math.sqrt(dim)
+    position = torch.arange(total)
+    is_candidate = position >= length
+    query_pos = torch.where(is_candidate, torch.full_like(position, length), position)
+
+    # Global: one-hot chunk membership, means by matmul.
+    membership = (chunk_id.unsqueeze(1) == torch.arange(1, num_chunks + 1).view(1, -1, 1)).to(q.dtype)  # [B, P, L]
+    counts = membership.sum(-1).clamp_min(1.0)
+    k_chunk = torch.einsum("bpl,bhld->bhpd", membership, k_summary[:, :, :length]) / counts.view(batch, 1, num_chunks, 1)
+    v_chunk = torch.einsum("bpl,bhld->bhpd", membership, v_summary[:, :, :length]) / counts.view(batch, 1, num_chunks, 1)
+    chunk_last_time = torch.stack([torch.stack([times[b, int(chunk_end[b, c]) - 1] if bool(chunk_valid[b, c]) else times[b, 0]
+                                                for c in range(num_chunks)]) for b in range(batch)])
+    chunk_visible = chunk_valid.unsqueeze(1) & (chunk_end.unsqueeze(1) <= query_pos.view(1, -1, 1))
+    logits = torch.matmul(q, k_chunk.transpose(-1, -2)) * scale + composite_temporal_bias(times, chunk_last_time, scales, utc_offset, weekend_rule)
+    out_global = _masked_softmax_attend(logits, chunk_visible.unsqueeze(1), v_chunk)
+
+    # Transition: explicit list of (chunk, position) tail tokens per row.
+    tails: List[List[Tuple[int, int]]] = []
+    for b in range(batch):
+        row = []
+        for c in range(num_chunks):
+            for t in range(tail):
+                row.append((c, int(chunk_end[b, c]) - tail + t))
+        tails.append(row)
+    tail_pos = torch.tensor([[max(p, 0) for _, p in row] for row in tails])
+    tail_valid = torch.tensor([[bool(chunk_valid[b, c]) and p >= int(chunk_start[b, c]) for c, p in row] for b, row in enumerate(tails)])
+    tail_end = torch.tensor([[int(chunk_end[b, c]) for c, _ in row] for b, row in enumerate(tails)])
+    k_tail = torch.stack([k[b][:, tail_pos[b]] for b in range(batch)])
+    v_tail = torch.stack([v[b][:, tail_pos[b]] for b in range(batch)])
+    tail_times = torch.stack([times[b, tail_pos[b]] for b in range(batch)])
+    tail_visible = tail_valid.unsqueeze(1) & (tail_end.unsqueeze(1) <= query_pos.view(1, -1, 1))
+    logits = torch.matmul(q, k_tail.transpose(-1, -2)) * scale + composite_temporal_bias(times, tail_times, scales, utc_offset, weekend_rule)
+    out_transition = _masked_softmax_attend(logits, tail_visible.unsqueeze(1), v_tail)
+
+    # Local: a dense T x T band mask plus the profile token as key 0.
+    real = torch.cat([chunk_id > 0, torch.ones(batch, total - length, dtype=torch.bool)], dim=1)  # [B, T]
+    qi, kj = position.view(-1, 1), position.view(1, -1)
+    history_band = (kj <= qi) & (kj > qi - window) & (kj < length)
+    candidate_keys = ((kj < length) & (kj >= length - window)) | (kj == qi)
+    band = torch.where(is_candidate.view(-1, 1), candidate_keys, history_band)
+    local_visible = band.unsqueeze(0) & real.unsqueeze(1)  # [B, T, T]
+    local_visible = torch.cat([torch.ones(batch, total, 1, dtype=torch.bool), local_visible], dim=2)
+    keys = torch.cat([k_profile, k], dim=2)
+    values = torch.cat([v_profile, v], dim=2)
+    bias = composite_temporal_bias(times, times, scales, utc_offset, weekend_rule)
+    bias = torch.cat([bias.new_zeros(batch, heads, total, 1), bias], dim=3)
+    logits = torch.matmul(q, keys.transpose(-1, -2)) * scale + bias
+    out_local = _masked_softmax_attend(logits, local_visible.unsqueeze(1), values)
+    return out_global, out_transition, out_local

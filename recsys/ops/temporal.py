@@ -1,0 +1,63 @@
+"""Relative temporal biases added to attention logits.
+
+`composite_temporal_bias` is SparseCTR's RelTemporal (§4): per head
+`s1·b_time + s2·b_hour + s3·b_wkd` with `b_time = -floor(log2(max(|Δt|, 1)))`,
+`b_hour = -sin(π·Δh/24)` (Δh the clock-time difference in hours mod 24) and `b_wkd = -1` when the
+two events fall on different day types (rule `same_type`) or unless both fall on weekends (rule
+`both_weekend`). `log_bucket` is GRAB's HSTU-style bucketing of time differences.
+All functions broadcast over leading dimensions and are TorchScript-scriptable.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+SECONDS_PER_DAY = 86_400
+WEEKEND_SAME_TYPE = 0
+WEEKEND_BOTH = 1
+
+
+def _is_weekend(local_seconds: Tensor) -> Tensor:
+    # 1970-01-01 was a Thursday: (day + 3) % 7 is 0 on Mondays.
+    return torch.remainder(torch.div(local_seconds, SECONDS_PER_DAY, rounding_mode="floor") + 3, 7) >= 5
+
+
+def temporal_components(query_times: Tensor, key_times: Tensor, utc_offset_seconds: int, weekend_rule: int) -> Tensor:
+    """`[..., Q]` and `[..., K]` int64 seconds -> `[..., 3, Q, K]` float32 (time, hour, weekend terms)."""
+    tq = query_times.unsqueeze(-1)
+    tk = key_times.unsqueeze(-2)
+    delta = (tq - tk).abs().clamp_min(1).to(torch.float64)
+    b_time = -torch.floor(torch.log2(delta))
+    local_q = tq + utc_offset_seconds
+    local_k = tk + utc_offset_seconds
+    hour_gap = torch.remainder(local_q - local_k, SECONDS_PER_DAY).to(torch.float64) / 3600.0
+    b_hour = -torch.sin(math.pi * hour_gap / 24.0)
+    weekend_q = _is_weekend(local_q)
+    weekend_k = _is_weekend(local_k)
+    if weekend_rule == WEEKEND_BOTH:
+        same = weekend_q & weekend_k
+    else:
+        same = weekend_q == weekend_k
+    b_wkd = torch.where(same, torch.zeros_like(b_hour), -torch.ones_like(b_hour))
+    return torch.stack(torch.broadcast_tensors(b_time, b_hour, b_wkd), dim=-3).to(torch.float32)
+
+
+def composite_temporal_bias(query_times: Tensor, key_times: Tensor, scales: Tensor, utc_offset_seconds: int, weekend_rule: int) -> Tensor:
+    """`scales` `[3, H]` -> bias `[..., H, Q, K]`."""
+    components = temporal_components(query_times, key_times, utc_offset_seconds, weekend_rule)
+    return torch.einsum("...cqk,ch->...hqk", components, scales)
+
+
+def alibi_scales(heads: int) -> Tensor:
+    """`s_h = 2^(-8h/H)` for h = 1..H, the ALiBi slopes, for each of the three terms."""
+    slopes = torch.tensor([2.0 ** (-8.0 * (h + 1) / heads) for h in range(heads)])
+    return slopes.unsqueeze(0).repeat(3, 1)
+
+
+def log_bucket(delta_seconds: Tensor, num_buckets: int = 128) -> Tensor:
+    """HSTU's bucket: `clamp(floor(ln(max(Δ, 1)) / 0.301), 0, num_buckets)`."""
+    delta = delta_seconds.clamp_min(1).to(torch.float32)
+    return torch.floor(torch.log(delta) / 0.301).clamp(0, num_buckets).to(torch.int64)
