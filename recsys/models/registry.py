@@ -28,7 +28,9 @@ def _sparsectr(layout, metadata, options):
 
 
 def _transformer(layout, metadata, options):
-    cfg = replace(_config(SparseCTRConfig, {"temporal_bias": False, **options}), attention="full")
+    # Same block, same RelTemporal bias: only the attention pattern differs from SparseCTR.
+    # `temporal_bias: false` gives the bias-free variant that SDPA can run on its fused kernels.
+    cfg = replace(_config(SparseCTRConfig, options), attention="full")
     return SparseCTR(layout, cfg, metadata["spec"]["chunking"], int(metadata.get("utc_offset_seconds", 0)))
 
 

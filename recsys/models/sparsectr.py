@@ -177,7 +177,13 @@ class SparseCTR(RankingModel):
             nn.init.normal_(block.attention.out.weight, std=0.02 / math.sqrt(2 * len(self.blocks)))
 
     def score(self, embedded: EmbeddedBatch, inputs: SequenceInputs) -> ModelOutput:
-        batch, length = inputs.history_times.shape
+        length = inputs.history_times.shape[1]
+        state = self.final_norm(self.encode(embedded, inputs)[:, length:])
+        return ModelOutput(self.head(state, embedded.side, embedded.candidate_content))
+
+    def encode(self, embedded: EmbeddedBatch, inputs: SequenceInputs) -> Tensor:
+        """Final hidden states `[B, L + M, d]` of history events and candidates."""
+        batch = inputs.history_times.shape[0]
         candidates = embedded.candidate_content.shape[1]
         history = self.token(torch.cat([embedded.history_content, embedded.history_action], dim=-1))
         history = history * inputs.history_valid.unsqueeze(-1).to(history.dtype)
@@ -190,5 +196,4 @@ class SparseCTR(RankingModel):
         ctx = AttentionContext(inputs.all_times(candidates), inputs, self.tail, self.window, self.utc_offset, self.weekend_rule)
         for block in self.blocks:
             x = block(x, profile, ctx)
-        state = self.final_norm(x[:, length:])
-        return ModelOutput(self.head(state, embedded.side, embedded.candidate_content))
+        return x
