@@ -153,6 +153,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--kernels", default=",".join(KERNELS))
+    parser.add_argument("--dense-max-n", type=int, default=8192, help="largest n for CamA (its dense mask is O(n²) memory)")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "out" / "attention.json")
     parser.add_argument("--single", nargs=2, metavar=("KERNEL", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -170,6 +171,8 @@ def main() -> None:
     results = []
     for n in lengths:
         for kernel in args.kernels.split(","):
+            if kernel == "cama" and n > args.dense_max_n:
+                continue
             point = measure_in_child(kernel, n, argv) if args.device == "cpu" else measure(kernel, n, args)
             results.append(point)
             print(f"  measured {kernel:<22} n={n:>6}: {point['median_ms']:9.2f} ms", file=sys.stderr, flush=True)
@@ -182,7 +185,8 @@ def main() -> None:
         r["tflops_per_s"] = r["flops_analytic"] / (r["median_ms"] / 1e3) / 1e12
         print(f"{r['kernel']:<22} {r['n']:>6} {r['batch']:>4} {r['median_ms']:>10.2f} {ratio:>7.2f} {r['flops_counted'] / 1e9:>14.2f} "
               f"{r['flops_analytic'] / 1e9:>15.2f} {r['tflops_per_s']:>8.3f} {r.get(memory_key, float('nan')):>9.0f}")
-    slopes = {kernel: slope([r for r in results if r["kernel"] == kernel]) for kernel in args.kernels.split(",")}
+    slopes = {kernel: slope([r for r in results if r["kernel"] == kernel]) for kernel in args.kernels.split(",")
+              if sum(r["kernel"] == kernel for r in results) > 1}
     print("\nlog-log slope of time per sequence against n: " + ", ".join(f"{k} {v:.2f}" for k, v in slopes.items()))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"device": args.device, "dtype": args.dtype, "torch": torch.__version__,

@@ -19,7 +19,7 @@ CONFIGS = {
     "transformer": {"d_model": 32, "heads": 2, "layers": 2},
     "grab": {"d_model": 32, "heads": 4, "layers": 2},
 }
-STEPS, BATCH, HISTORY, CHUNKS = 300, 128, 64, 8
+STEPS, BATCH, HISTORY, CHUNKS = 250, 128, 64, 8
 
 
 @pytest.fixture(scope="module")

@@ -35,9 +35,11 @@ def chunk_summaries(values: Tensor, chunk_id: Tensor, num_chunks: int) -> Tensor
     """Masked mean of `values` `[B, H, L, D]` per chunk -> `[B, H, P, D]` (zeros for empty chunks)."""
     batch, heads, length, dim = values.shape
     index = chunk_id.view(batch, 1, length, 1).expand(batch, heads, length, dim)
-    sums = values.new_zeros(batch, heads, num_chunks + 1, dim).scatter_add(2, index, values)
-    counts = values.new_zeros(batch, num_chunks + 1).scatter_add(1, chunk_id, torch.ones_like(chunk_id, dtype=values.dtype))
-    return (sums / counts.clamp_min(1.0).view(batch, 1, num_chunks + 1, 1))[:, :, 1:]
+    # Accumulate in at least float32: bf16 sums over long chunks would round away the mean.
+    accumulate = torch.promote_types(values.dtype, torch.float32)
+    sums = torch.zeros(batch, heads, num_chunks + 1, dim, dtype=accumulate, device=values.device).scatter_add(2, index, values.to(accumulate))
+    counts = torch.zeros(batch, num_chunks + 1, dtype=accumulate, device=values.device).scatter_add(1, chunk_id, torch.ones_like(chunk_id, dtype=accumulate))
+    return (sums / counts.clamp_min(1.0).view(batch, 1, num_chunks + 1, 1))[:, :, 1:].to(values.dtype)
 
 
 def tail_positions(chunk_start: Tensor, chunk_end: Tensor, chunk_valid: Tensor, tail: int) -> Tuple[Tensor, Tensor]:

@@ -48,7 +48,7 @@ def temporal_components(query_times: Tensor, key_times: Tensor, utc_offset_secon
 def composite_temporal_bias(query_times: Tensor, key_times: Tensor, scales: Tensor, utc_offset_seconds: int, weekend_rule: int) -> Tensor:
     """`scales` `[3, H]` -> bias `[..., H, Q, K]`."""
     components = temporal_components(query_times, key_times, utc_offset_seconds, weekend_rule)
-    return torch.einsum("...cqk,ch->...hqk", components, scales)
+    return torch.einsum("...cqk,ch->...hqk", components.to(scales.dtype), scales)
 
 
 def alibi_scales(heads: int) -> Tensor:
