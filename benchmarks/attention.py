@@ -72,7 +72,8 @@ def run_once(kernel: str, times, q, k, v, extra, tail: int, window: int) -> torc
                             tail, window, extra["scales"], 0, 0)
         return outs[0] + outs[1] + outs[2]
     delta = (times.unsqueeze(2) - times.unsqueeze(1)).clamp_min(0)
-    bias = extra["bias_table"][log_bucket(delta)].permute(0, 3, 1, 2)
+    # As in the GRAB model: an embedding lookup, whose backward sorts indices instead of atomics.
+    bias = F.embedding(log_bucket(delta), extra["bias_table"]).permute(0, 3, 1, 2)
     context_k, context_v = extra["context"]
     bias = torch.cat([bias.new_zeros(bias.shape[:3] + (1,)), bias], dim=3)
     return cama_attention(q, torch.cat([context_k, k], 2), torch.cat([context_v, v], 2), extra["mask"], bias)

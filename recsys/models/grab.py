@@ -10,7 +10,8 @@ Two layouts give the same outputs: padded (`[B, L + M]`, one context token per r
 (all users of the batch concatenated without padding, one context token per user, masks keeping
 users apart). Options in `GRABConfig`: `channels` ((name, heads, action group) triples; default:
 half the heads on content, the rest split over the spec's action groups), `attention` softmax |
-pointwise, `position_bias`, `num_buckets`.
+pointwise | reference, `position_bias`, `num_buckets`. The dense-supervision weight of history
+events (`history_loss_weight`) belongs to the loss, `recsys.train.loop.LossConfig`.
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ class GRABConfig:
     max_position: int = 1024
     head_hidden: Tuple[int, ...] = field(default=(128,))
     dropout: float = 0.0
-    history_loss_weight: float = 1.0
 
 
 def default_channels(heads: int, groups: List[str]) -> Tuple[Tuple[str, int], ...]:

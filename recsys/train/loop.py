@@ -18,7 +18,15 @@ from recsys.train.metrics import PredictionBuffer
 
 @dataclass(frozen=True)
 class LossConfig:
-    history_loss_weight: float = 1.0  # GRAB's dense supervision on labelled history events
+    """`history_loss_weight`: GRAB's dense supervision on labelled history events.
+
+    Use it with batches in which every event is a target once per epoch (packed user sequences).
+    On per-sample history windows, which overlap, each event's label comes back up to L times per
+    epoch and the item embeddings memorise it: measured on synthetic data, 250 steps reached a
+    training loss of 0.24 (below the Bayes rate) and test AUC 0.62, against 0.74 with weight 0.
+    """
+
+    history_loss_weight: float = 1.0
 
 
 def ctr_loss(output: ModelOutput, batch, cfg: LossConfig = LossConfig()) -> torch.Tensor:
