@@ -130,6 +130,48 @@ def batches(
     console.print(f"batches: {samples:,} {split} samples in {len(split_batches)} batches, {elapsed:.1f}s, {samples / elapsed:,.0f} samples/s")
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="Training config YAML."),
+    overrides: list[str] = typer.Option([], "--set", help="Dotted override, e.g. --set optim.lr=0.001 (repeatable)."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Local processes (gloo on CPU, nccl on GPU)."),
+    metrics_out: Path | None = typer.Option(None, "--metrics-out"),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in output_dir from its last checkpoint."),
+) -> None:
+    """Train one model with TorchRec sharded embeddings, tracked in MLflow."""
+    import os
+    import subprocess
+
+    if nproc > 1 and "RANK" not in os.environ:
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(_free_port()),
+                   "-m", "recsys.cli", "train", str(config), *[arg for o in overrides for arg in ("--set", o)]]
+        command += ["--metrics-out", str(metrics_out)] if metrics_out else []
+        command += ["--resume"] if resume else []
+        raise typer.Exit(code=subprocess.run(command).returncode)
+    from recsys.data.spec import SpecError
+    from recsys.train.config import load_train_config
+    from recsys.train.trainer import run_training
+
+    try:
+        cfg = load_train_config(config, overrides)
+    except SpecError as exc:
+        _fail(str(exc))
+        return
+    result = run_training(cfg, metrics_out, resume)
+    if int(os.environ.get("RANK", 0)) == 0:
+        test = result["test"]
+        console.print(f"train: {cfg.model.name} run {result['run_id']}: test AUC {test['auc']:.4f}, GAUC {test['gauc']:.4f}, "
+                      f"logloss {test['logloss']:.4f} on {test['samples']:,} samples; {result['samples_per_s']:,.0f} samples/s")
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,89 @@
+"""MLflow tracking for training runs (rank 0 only; other ranks get a tracker that does nothing).
+
+The default store is a local SQLite database, `sqlite:///mlflow.db` in the working directory,
+unless MLFLOW_TRACKING_URI or the config says otherwise. Runs of different models on one dataset
+share an experiment, so the MLflow UI compares their curves side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+PACKAGES = ("torch", "torchrec", "fbgemm-gpu-cpu", "fbgemm-gpu", "polars", "pyarrow", "mlflow", "numpy")
+
+
+def default_tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def flatten(prefix: str, value: Any, out: Dict[str, str]) -> Dict[str, str]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            flatten(f"{prefix}.{key}" if prefix else str(key), item, out)
+    else:
+        out[prefix] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+    return out
+
+
+def package_versions() -> Dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+class RunTracker:
+    def __init__(self, enabled: bool, experiment: str, tracking_uri: Optional[str], run_name: Optional[str]):
+        self.enabled = enabled
+        self.run_id: Optional[str] = None
+        if not enabled:
+            return
+        import mlflow
+
+        self._mlflow = mlflow
+        mlflow.set_tracking_uri(tracking_uri or default_tracking_uri())
+        mlflow.set_experiment(experiment)
+        self.run_id = mlflow.start_run(run_name=run_name).info.run_id
+
+    def log_params(self, params: Dict[str, Any]) -> None:
+        if self.enabled:
+            flat = flatten("", params, {})
+            # MLflow caps a parameter value at 6000 characters; the full config is an artifact too.
+            self._mlflow.log_params({k: v[:6000] for k, v in flat.items()})
+
+    def set_tags(self, tags: Dict[str, str]) -> None:
+        if self.enabled:
+            self._mlflow.set_tags(tags)
+
+    def log_metrics(self, metrics: Dict[str, float], step: int) -> None:
+        if self.enabled:
+            finite = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and v == v}
+            self._mlflow.log_metrics(finite, step=step)
+
+    def log_artifact(self, path: str | Path, artifact_path: Optional[str] = None) -> None:
+        if self.enabled:
+            path = Path(path)
+            if path.is_dir():
+                self._mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+            else:
+                self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def end(self, status: str = "FINISHED") -> None:
+        if self.enabled and self._mlflow.active_run() is not None:
+            self._mlflow.end_run(status=status)
