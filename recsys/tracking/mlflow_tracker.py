@@ -49,7 +49,7 @@ def git_commit() -> str:
 
 
 class RunTracker:
-    def __init__(self, enabled: bool, experiment: str, tracking_uri: Optional[str], run_name: Optional[str]):
+    def __init__(self, enabled: bool, experiment: str, tracking_uri: Optional[str], run_name: Optional[str], resume_run_id: Optional[str] = None):
         self.enabled = enabled
         self.run_id: Optional[str] = None
         if not enabled:
@@ -59,7 +59,9 @@ class RunTracker:
         self._mlflow = mlflow
         mlflow.set_tracking_uri(tracking_uri or default_tracking_uri())
         mlflow.set_experiment(experiment)
-        self.run_id = mlflow.start_run(run_name=run_name).info.run_id
+        # A resumed training run continues its MLflow run (metrics keep their step axis).
+        run = mlflow.start_run(run_id=resume_run_id) if resume_run_id else mlflow.start_run(run_name=run_name)
+        self.run_id = run.info.run_id
 
     def log_params(self, params: Dict[str, Any]) -> None:
         if self.enabled:

@@ -89,6 +89,7 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.best_auc = -1.0
         self.history = History()
+        self.run_id: Optional[str] = None
 
     # -- data ---------------------------------------------------------------------------------
     def _batches(self, split: str, epoch: int = 0, start_batch: int = 0) -> SplitBatches:
@@ -124,33 +125,39 @@ class Trainer:
         return ctr_metrics(*(torch.cat([p[i] for p in parts]) for i in range(3)))
 
     # -- checkpoints --------------------------------------------------------------------------
-    def _state(self) -> dict:
-        return {
-            "model": self.model.state_dict(),
-            "dense_optimizer": self.optimizer.state_dict(),
-            "fused_optimizer": self.model.fused_optimizer.state_dict(),
-        }
+    def _sharded_state(self) -> dict:
+        """What torch.distributed.checkpoint saves: sharded tables and their fused optimizer state."""
+        return {"model": self.model.state_dict(), "fused_optimizer": self.model.fused_optimizer.state_dict()}
 
     def save_checkpoint(self, name: str) -> None:
-        target = self.checkpoints / name
+        """Write to `<name>.tmp`, then swap it in: a kill mid-write leaves the previous one intact."""
+        final, target = self.checkpoints / name, self.checkpoints / f"{name}.tmp"
         if self.ctx.is_main and target.exists():
             shutil.rmtree(target)
         dist.barrier()
-        dcp.save(self._state(), checkpoint_id=str(target))
+        dcp.save(self._sharded_state(), checkpoint_id=str(target))
         if self.ctx.is_main:
+            # Dense parameters are replicated, so rank 0's AdamW state is everyone's.
+            torch.save(self.optimizer.state_dict(), target / "dense_optimizer.pt")
             meta = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "best_auc": self.best_auc,
                     "scheduler": self.scheduler.state_dict(), "torch_rng": torch.get_rng_state().tolist(),
-                    "history": {"loss": self.history.loss, "valid": self.history.valid}}
+                    "history": {"loss": self.history.loss, "valid": self.history.valid}, "mlflow_run_id": self.run_id}
             (target / "trainer_state.json").write_text(json.dumps(meta))
+            previous = self.checkpoints / f"{name}.old"
+            if final.exists():
+                final.rename(previous)
+            target.rename(final)
+            if previous.exists():
+                shutil.rmtree(previous)
         dist.barrier()
 
     def load_checkpoint(self, name: str) -> None:
         target = self.checkpoints / name
-        state = self._state()
+        state = self._sharded_state()
         dcp.load(state, checkpoint_id=str(target))
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["dense_optimizer"])
         self.model.fused_optimizer.load_state_dict(state["fused_optimizer"])
+        self.optimizer.load_state_dict(torch.load(target / "dense_optimizer.pt", weights_only=True, map_location=self.ctx.device))
         meta = json.loads((target / "trainer_state.json").read_text())
         self.step, self.epoch, self.batch_in_epoch = meta["step"], meta["epoch"], meta["batch_in_epoch"]
         self.best_auc = meta["best_auc"]
@@ -210,15 +217,22 @@ class Trainer:
             self.validate(tracker)
 
 
+def _previous_run_id(cfg: TrainConfig) -> Optional[str]:
+    state = Path(cfg.output_dir) / "checkpoints" / "last" / "trainer_state.json"
+    return json.loads(state.read_text()).get("mlflow_run_id") if state.exists() else None
+
+
 def run_training(cfg: TrainConfig, metrics_out: Optional[Path] = None, resume: bool = False) -> Dict:
     ctx = init_distributed(cfg.train.device)
-    tracker = RunTracker(ctx.is_main, cfg.tracking.experiment, cfg.tracking.tracking_uri, cfg.tracking.run_name or cfg.model.name)
+    previous_run = _previous_run_id(cfg) if resume else None
+    tracker = RunTracker(ctx.is_main, cfg.tracking.experiment, cfg.tracking.tracking_uri, cfg.tracking.run_name or cfg.model.name, previous_run)
     try:
         trainer = Trainer(cfg, ctx, resume=resume)
+        trainer.run_id = tracker.run_id
         if resume and (trainer.checkpoints / "last").exists():
             trainer.load_checkpoint("last")
         out = trainer.out
-        if ctx.is_main:
+        if ctx.is_main and previous_run is None:
             out.mkdir(parents=True, exist_ok=True)
             (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
             tracker.log_params({"config": cfg.model_dump(mode="json"), "parameters": trainer.parameter_counts, "world_size": ctx.world_size})
