@@ -172,6 +172,37 @@ def train(
                       f"logloss {test['logloss']:.4f} on {test['samples']:,} samples; {result['samples_per_s']:,.0f} samples/s")
 
 
+@app.command()
+def run(
+    pipeline_file: Path = typer.Argument(..., metavar="PIPELINE.yaml"),
+    workdir: str | None = typer.Option(None, "--workdir", help="Overrides the pipeline's workdir."),
+    overrides: list[str] = typer.Option([], "--set", help="Dotted override of the pipeline file (repeatable)."),
+) -> None:
+    """Run a pipeline's stages (synth/convert -> prepare -> train ...), skipping what is up to date."""
+    from rich.table import Table
+
+    from recsys.data.spec import SpecError
+    from recsys.pipeline import load_pipeline, run_pipeline
+
+    try:
+        pipeline = load_pipeline(pipeline_file, overrides, workdir)
+    except SpecError as exc:
+        _fail(str(exc))
+        return
+    started = time.perf_counter()
+    results = run_pipeline(pipeline, say=lambda message: console.print(f"[bold]{pipeline.name}[/] {message}"))
+    if results:
+        table = Table(title=f"{pipeline.name}: test split")
+        for column in ("model", "AUC", "GAUC", "logloss", "samples/s", "dense params", "embedding params", "MLflow run"):
+            table.add_column(column, justify="left" if column in ("model", "MLflow run") else "right")
+        for name, result in results.items():
+            test = result["test"]
+            table.add_row(name, f"{test['auc']:.4f}", f"{test['gauc']:.4f}", f"{test['logloss']:.4f}", f"{result['samples_per_s']:,.0f}",
+                          f"{result['parameters']['dense']:,}", f"{result['parameters']['embedding']:,}", str(result["run_id"]))
+        Console(width=160).print(table)
+    console.print(f"run: {pipeline.name} finished in {time.perf_counter() - started:.0f}s; metrics in {Path(pipeline.workdir) / 'metrics'}")
+
+
 def main() -> None:
     app()
 
