@@ -109,3 +109,45 @@ def test_truncation_keeps_the_most_recent_events(prepared):
     long_batch, short_batch = long_builder.build(ids), short_builder.build(ids)
     assert (short_batch.history_lengths == long_batch.history_lengths.clamp(max=16)).all()
     assert torch.equal(short_batch.history_timestamps, long_batch.history_timestamps[:, -16:])
+
+
+def test_sequence_windows_supervise_every_labelled_event_exactly_once(prepared):
+    dataset = PreparedDataset(prepared)
+    batches = SplitBatches(prepared, "train", 16, order="stored", max_history=64, num_chunks=4, sequence_stride=8)
+    builder = BatchBuilder(dataset, max_history=64, num_chunks=4)
+    seen = []
+    offsets = dataset.user_offsets
+    for _, sample_ids, weights, starts in batches.batch_sample_ids():
+        batch = builder.build(sample_ids, weights, starts)
+        width = batch.history_timestamps.shape[1]
+        for row in range(len(sample_ids)):
+            user = int(batch.user_ids[row])
+            length = int(batch.history_lengths[row])
+            hist_end = int(dataset.sample_column("hist_end")[sample_ids[row]])
+            targets = batch.history_targets[row, width - length :].nonzero().flatten()
+            seen += [(user, hist_end - length + int(t)) for t in targets]
+        seen += [(int(batch.user_ids[row]), int(dataset.sample_column("event_pos")[sample_ids[row]])) for row in range(len(sample_ids))]
+    seen_set = set(seen)
+    assert len(seen) == len(seen_set)  # no event supervised twice (history target or candidate)
+    # Every labelled event before the user's last chosen train sample is supervised.
+    samples = dataset.split_indices("train")
+    users = dataset.sample_column("user_index")[samples]
+    last_hist_end = {}
+    for user, end in zip(users.tolist(), dataset.sample_column("hist_end")[samples].tolist()):
+        last_hist_end[user] = max(last_hist_end.get(user, 0), end)
+    labels = dataset.event_column("label")
+    expected = {(u, i) for u, end in last_hist_end.items() for i in range(end) if labels[offsets[u] + i] >= 0}
+    assert expected <= seen_set
+    # Beyond that, only candidates at the users' last request time (the last chosen samples).
+    assert all(i >= last_hist_end[u] for u, i in seen_set - expected)
+    assert {u for u, _ in seen_set - expected} == set(last_hist_end)
+
+
+def test_user_capped_order_spreads_users():
+    from recsys.data.loader import user_capped_order
+
+    users = np.repeat(np.arange(10), 20)
+    order = user_capped_order(users, seed=0, epoch=0, max_per_user=2)
+    assert sorted(order.tolist()) == list(range(200))
+    for start in range(0, 200, 20):  # each block of 20 holds 2 samples of each of the 10 users
+        assert np.bincount(users[order[start : start + 20]], minlength=10).max() == 2

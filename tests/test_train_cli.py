@@ -107,3 +107,19 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path, prep
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = mlflow.get_run(resumed["run_id"])
     assert run.info.status == "FINISHED" and run.info.run_name == "killed"
+
+
+@pytest.mark.slow
+def test_grab_sequence_training_with_sts(tmp_path, prepared):
+    path = _config(tmp_path, prepared, "grab_sts", 64, "grab_sts")
+    raw = yaml.safe_load(path.read_text())
+    raw["model"] = {"name": "grab", "options": {"d_model": 16, "heads": 4, "layers": 1}}
+    raw["train"].update({"max_steps": None, "eval_every": None})
+    raw["sequence"] = {"enabled": True, "stride": 8, "stage1_steps": 30, "stage2_steps": 20}
+    path.write_text(yaml.safe_dump(raw))
+    result = _train(path, tmp_path / "grab_sts.json")
+    assert [p["name"] for p in result["phases"]] == ["sequence", "sparse"]
+    assert [p["steps"] for p in result["phases"]] == [30, 20] and result["phases"][0]["batch_size"] == 8
+    state = json.loads((tmp_path / "grab_sts" / "checkpoints" / "last" / "trainer_state.json").read_text())
+    assert [step for step, _ in state["history"]["valid"]["auc"]] == [30, 50]  # validated after each stage
+    assert result["test"]["auc"] > 0.5

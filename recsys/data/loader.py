@@ -41,6 +41,7 @@ class Batch:
     chunk_end: torch.Tensor  # [B, P] int64
     chunk_valid: torch.Tensor  # [B, P] bool
     history_labels: torch.Tensor  # [B, L] float32 labels of history events (dense supervision), -1 = none
+    history_targets: torch.Tensor  # [B, L] bool: history events this batch supervises (sequence mode only)
     request_timestamps: torch.Tensor  # [B] int64, the candidate's time
     labels: torch.Tensor  # [B] float32
     weights: torch.Tensor  # [B] float32, 0 for rank-padding samples
@@ -140,7 +141,9 @@ class BatchBuilder:
             + list(self.side_columns)
         )
 
-    def build(self, sample_ids: np.ndarray, weights: np.ndarray | None = None) -> Batch:
+    def build(self, sample_ids: np.ndarray, weights: np.ndarray | None = None, target_starts: np.ndarray | None = None) -> Batch:
+        """`target_starts` `[B, 2]`: per sample, the first event index (in its user's store) that is a
+        dense supervision target, and one index to skip (-1: none). None: no targets."""
         batch_size, width = len(sample_ids), self.max_history
         users = self.sample_user[sample_ids]
         hist_end = self.sample_hist_end[sample_ids]
@@ -157,7 +160,14 @@ class BatchBuilder:
         padded_times = padded_times.view(batch_size, width)
         chunk_id, chunk_start, chunk_end, chunk_valid = personalized_chunks(padded_times, lengths_t, self.num_chunks)
         padded_labels = torch.full((batch_size * width,), -1.0)
-        padded_labels[slots_t] = torch.from_numpy(self.event_labels[event_rows].astype(np.float32))
+        event_labels = self.event_labels[event_rows]
+        padded_labels[slots_t] = torch.from_numpy(event_labels.astype(np.float32))
+        padded_targets = torch.zeros(batch_size * width, dtype=torch.bool)
+        if target_starts is not None:
+            event_index = event_rows - np.repeat(self.user_offsets[users], lengths)
+            first, skip = np.repeat(target_starts[:, 0], lengths), np.repeat(target_starts[:, 1], lengths)
+            is_target = (event_index >= first) & (event_index != skip) & (event_labels >= 0)
+            padded_targets[slots_t] = torch.from_numpy(is_target)
 
         ones = np.ones(batch_size, dtype=np.int64)
         values = [self.event_columns[c][event_rows] for c in self.sequence_columns]
@@ -180,6 +190,7 @@ class BatchBuilder:
             chunk_end=chunk_end,
             chunk_valid=chunk_valid,
             history_labels=padded_labels.view(batch_size, width),
+            history_targets=padded_targets.view(batch_size, width),
             request_timestamps=torch.from_numpy(self.sample_timestamp[sample_ids].astype(np.int64)),
             labels=torch.from_numpy(self.sample_label[sample_ids].astype(np.float32)),
             weights=torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32)),
@@ -188,8 +199,57 @@ class BatchBuilder:
         )
 
 
+def _rank_within_user(users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For rows grouped by user: each row's index within its user, and whether it is the user's last."""
+    first = np.ones(len(users), dtype=bool)
+    first[1:] = users[1:] != users[:-1]
+    starts = np.maximum.accumulate(np.where(first, np.arange(len(users)), 0))
+    last = np.ones(len(users), dtype=bool)
+    last[:-1] = first[1:]
+    return np.arange(len(users)) - starts, last
+
+
+def sequence_windows(dataset: PreparedDataset, split_ids: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """GRAB's packed user sequences: every `stride`-th sample of each user (and its last).
+
+    Returns the chosen sample ids and, per chosen sample, `(first, skip)`: it supervises its user's
+    history events from index `first` (the previous chosen sample's history end) on, except `skip`,
+    the previous chosen sample's own event, already supervised as that sample's candidate. The
+    windows' targets plus the candidates then cover each user's labelled events once per epoch
+    (given stride <= history length).
+    """
+    users = dataset.sample_column("user_index")[split_ids]
+    within, last = _rank_within_user(users)
+    chosen = ((within + 1) % stride == 0) | last
+    ids = split_ids[chosen]
+    chosen_users = users[chosen]
+    event_pos = dataset.sample_column("event_pos")[ids]
+    hist_end = dataset.sample_column("hist_end")[ids]
+    previous_same_user = np.zeros(len(ids), dtype=bool)
+    previous_same_user[1:] = chosen_users[1:] == chosen_users[:-1]
+    first = np.zeros(len(ids), dtype=np.int64)
+    skip = np.full(len(ids), -1, dtype=np.int64)
+    first[1:], skip[1:] = hist_end[:-1], event_pos[:-1]
+    return ids, np.stack([np.where(previous_same_user, first, 0), np.where(previous_same_user, skip, -1)], axis=1)
+
+
+def user_capped_order(users: np.ndarray, seed: int, epoch: int, max_per_user: int) -> np.ndarray:
+    """A shuffle that spreads each user's samples: the first `max_per_user` of every user come first,
+    then the next ones, so a batch rarely holds more than `max_per_user` samples of one user."""
+    permutation = np.random.default_rng([seed, epoch]).permutation(len(users))
+    shuffled_users = users[permutation]
+    order_by_user = np.argsort(shuffled_users, kind="stable")
+    occurrence = np.empty(len(users), dtype=np.int64)
+    occurrence[order_by_user] = _rank_within_user(shuffled_users[order_by_user])[0]
+    return permutation[np.lexsort((np.arange(len(users)), occurrence // max_per_user))]
+
+
 class SplitBatches(IterableDataset):
-    """Yields whole `Batch`es of one split for one rank; use with `DataLoader(batch_size=None)`."""
+    """Yields whole `Batch`es of one split for one rank; use with `DataLoader(batch_size=None)`.
+
+    `sequence_stride` switches to GRAB's packed user sequences (`sequence_windows`) with dense
+    supervision targets; `order="user_capped"` is GRAB's de-correlated STS stage-2 order.
+    """
 
     def __init__(
         self,
@@ -201,16 +261,26 @@ class SplitBatches(IterableDataset):
         world_size: int = 1,
         seed: int = 0,
         epoch: int = 0,
-        order: Literal["shuffle", "time", "stored"] = "shuffle",
+        order: Literal["shuffle", "time", "stored", "user_capped"] = "shuffle",
         drop_last: bool = False,
         start_batch: int = 0,
         max_history: int | None = None,
         num_chunks: int | None = None,
+        sequence_stride: int | None = None,
+        max_per_user: int = 2,
     ):
         super().__init__()
         self.dataset_dir = str(dataset_dir)
         dataset = PreparedDataset(self.dataset_dir)
         self.split_ids = dataset.split_indices(split)
+        self.target_starts: np.ndarray | None = None
+        if sequence_stride is not None:
+            self.split_ids, self.target_starts = sequence_windows(dataset, self.split_ids, sequence_stride)
+        if order == "user_capped":
+            reorder = user_capped_order(dataset.sample_column("user_index")[self.split_ids], seed, epoch, max_per_user)
+            self.split_ids = self.split_ids[reorder]
+            self.target_starts = self.target_starts[reorder] if self.target_starts is not None else None
+            order = "stored"
         self.split_timestamps = dataset.sample_column("timestamp")[self.split_ids] if order == "time" else None
         self.plan = ShardPlan(len(self.split_ids), batch_size, rank, world_size, seed, epoch, order, drop_last)
         self.start_batch = start_batch
@@ -220,20 +290,21 @@ class SplitBatches(IterableDataset):
     def __len__(self) -> int:
         return max(0, self.plan.num_batches - self.start_batch)
 
-    def batch_sample_ids(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    def batch_sample_ids(self) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]]:
         positions, weights = self.plan.rank_positions(self.split_timestamps)
         size = self.plan.batch_size
         for index in range(self.start_batch, self.plan.num_batches):
-            chunk = slice(index * size, (index + 1) * size)
-            yield index, self.split_ids[positions[chunk]], weights[chunk]
+            chunk = positions[index * size : (index + 1) * size]
+            starts = self.target_starts[chunk] if self.target_starts is not None else None
+            yield index, self.split_ids[chunk], weights[index * size : (index + 1) * size], starts
 
     def __iter__(self) -> Iterator[Batch]:
         worker = get_worker_info()
         worker_id, num_workers = (worker.id, worker.num_workers) if worker else (0, 1)
         builder = BatchBuilder(PreparedDataset(self.dataset_dir), self.max_history, self.num_chunks)
-        for index, sample_ids, weights in self.batch_sample_ids():
+        for index, sample_ids, weights, target_starts in self.batch_sample_ids():
             if (index - self.start_batch) % num_workers == worker_id:
-                yield builder.build(sample_ids, weights)
+                yield builder.build(sample_ids, weights, target_starts)
 
 
 def _single_threaded_worker(worker_id: int) -> None:

@@ -24,7 +24,7 @@ from recsys.data.encode import Vocabulary, build_vocabulary, encode_with_vocabul
 from recsys.data.spec import FeatureSpec, parse_label_rule
 from recsys.data.validate import FILE_COLUMN, ROW_COLUMN, ValidatedLog, validate_log, write_quarantine
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 SPLITS = ("train", "valid", "test")
 CANDIDATE_PREFIX = "cand_"
 ENCODED_PREFIX = "__enc__"  # encoded rows live beside the raw ids until the stores are written
@@ -164,6 +164,8 @@ def _write_stores(log: pl.DataFrame, spec: FeatureSpec, out: Path) -> tuple[pl.D
         "user_index",
         "timestamp",
         pl.col("hist_end").cast(pl.Int64),
+        # Where this sample's own event sits in its user's event store (-1: not a history event).
+        pl.when(pl.col("__is_history")).then(pl.col("__before")).otherwise(-1).cast(pl.Int64).alias("event_pos"),
         "split",
         "label",
         *[pl.col(ENCODED_PREFIX + c).alias(CANDIDATE_PREFIX + c) for c in candidate_columns],

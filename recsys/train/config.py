@@ -54,7 +54,28 @@ class TrainSection(Section):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: bool = True
-    history_loss_weight: float = Field(0.0, ge=0)
+
+
+class SequenceSection(Section):
+    """GRAB §3 training: packed user sequences with dense supervision, then STS stage 2.
+
+    Stage 1 reads every `stride`-th sample of each user with its history window and supervises every
+    labelled history event once per epoch (plus the candidates), with the embedding learning rate
+    scaled by `embedding_lr_scale`. Stage 2 (`sts`) freezes everything but the head and the
+    embedding tables and trains on de-correlated pointwise samples (a user-spreading shuffle, at most
+    `max_targets_per_user` per user per batch). Stage lengths default to one pass each.
+    """
+
+    enabled: bool = False
+    stride: int = Field(16, gt=0)
+    batch_size: Optional[int] = Field(None, gt=0, description="windows per stage-1 batch; default data.batch_size // stride, "
+                                      "so a step supervises about as many events as a pointwise step")
+    history_loss_weight: float = Field(1.0, ge=0)
+    embedding_lr_scale: float = Field(0.1, gt=0)
+    stage1_steps: Optional[int] = Field(None, gt=0)
+    sts: bool = True
+    stage2_steps: Optional[int] = Field(None, gt=0)
+    max_targets_per_user: int = Field(2, gt=0)
 
 
 class TrackingSection(Section):
@@ -69,6 +90,7 @@ class TrainConfig(Section):
     optim: OptimSection = OptimSection()
     sharding: ShardingSection = ShardingSection()
     train: TrainSection = TrainSection()
+    sequence: SequenceSection = SequenceSection()
     tracking: TrackingSection = TrackingSection()
     output_dir: str = "runs/default"
 

@@ -16,7 +16,7 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -58,6 +58,25 @@ class History:
     valid: Dict[str, List[Tuple[int, float]]] = field(default_factory=lambda: {"auc": [], "gauc": [], "logloss": []})
 
 
+@dataclass(frozen=True)
+class Phase:
+    """One stage of training: which batches, how long, which loss and learning rates."""
+
+    name: str  # "train" (pointwise), "sequence" (GRAB stage 1) or "sparse" (STS stage 2)
+    batch_size: int
+    steps: int
+    steps_per_epoch: int
+    order: str
+    sequence_stride: Optional[int]
+    history_loss_weight: float
+    embedding_lr: float
+    body_frozen: bool  # STS stage 2: only the head and the embedding tables learn
+
+
+def is_head_parameter(name: str) -> bool:
+    return any(part in ("head", "head_norm") for part in name.split("."))
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, ctx: DistributedContext, resume: bool = False):
         self.cfg, self.ctx = cfg, ctx
@@ -77,33 +96,65 @@ class Trainer:
         }
         attach_fused_optimizer(model, cfg.optim.embedding_optimizer, cfg.optim.embedding_lr)
         self.model = shard_model(model, ctx, cfg.sharding.tables, cfg.sharding.sequence_default, cfg.data.batch_size, cfg.sharding.pooled_default)
-        dense = [p for _, p in in_backward_optimizer_filter(self.model.named_parameters())]
-        self.optimizer = torch.optim.AdamW(dense, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-        self.dense_parameters = dense
-        self.loss_cfg = LossConfig(history_loss_weight=cfg.train.history_loss_weight)
-        self.steps_per_epoch = self._batches("train", epoch=0).plan.num_batches
-        self.total_steps = min(cfg.train.max_steps or 10**12, self.steps_per_epoch * cfg.train.epochs)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: warmup_cosine(step, cfg.optim.warmup_steps, self.total_steps, cfg.optim.min_lr_ratio)
-        )
-        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        named_dense = list(in_backward_optimizer_filter(self.model.named_parameters()))
+        self.dense_parameters = [p for _, p in named_dense]
+        head = [p for n, p in named_dense if is_head_parameter(n)]
+        body = [p for n, p in named_dense if not is_head_parameter(n)]
+        self.optimizer = torch.optim.AdamW([{"params": body, "name": "body"}, {"params": head, "name": "head"}],
+                                           lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.phases = self._plan_phases()
+        self.total_steps = sum(phase.steps for phase in self.phases)
+        self.step, self.phase_index, self.phase_step, self.epoch, self.batch_in_epoch = 0, 0, 0, 0, 0
+        self.samples_seen = 0
         self.best_auc = -1.0
         self.history = History()
         self.run_id: Optional[str] = None
 
+    def _plan_phases(self) -> List[Phase]:
+        cfg, optim, sequence = self.cfg, self.cfg.optim, self.cfg.sequence
+        if not sequence.enabled:
+            pointwise = Phase("train", cfg.data.batch_size, 0, 0, cfg.data.order, None, 0.0, optim.embedding_lr, False)
+            per_epoch = self._batches("train", pointwise).plan.num_batches
+            steps = min(cfg.train.max_steps or 10**12, per_epoch * cfg.train.epochs)
+            return [replace(pointwise, steps=steps, steps_per_epoch=per_epoch)]
+        windows = sequence.batch_size or max(1, cfg.data.batch_size // sequence.stride)
+        stage1 = Phase("sequence", windows, 0, 0, cfg.data.order, sequence.stride, sequence.history_loss_weight,
+                       optim.embedding_lr * sequence.embedding_lr_scale, False)
+        per_epoch = self._batches("train", stage1).plan.num_batches
+        phases = [replace(stage1, steps=sequence.stage1_steps or per_epoch * cfg.train.epochs, steps_per_epoch=per_epoch)]
+        if sequence.sts:
+            stage2 = Phase("sparse", cfg.data.batch_size, 0, 0, "user_capped", None, 0.0, optim.embedding_lr, True)
+            per_epoch = self._batches("train", stage2).plan.num_batches
+            phases.append(replace(stage2, steps=sequence.stage2_steps or per_epoch, steps_per_epoch=per_epoch))
+        return phases
+
     # -- data ---------------------------------------------------------------------------------
-    def _batches(self, split: str, epoch: int = 0, start_batch: int = 0) -> SplitBatches:
+    def _batches(self, split: str, phase: Optional[Phase] = None, epoch: int = 0, start_batch: int = 0) -> SplitBatches:
         train = split == "train"
         return SplitBatches(
-            self.cfg.data.dataset, split, self.cfg.data.batch_size if train else self.cfg.data.eval_batch_size,
+            self.cfg.data.dataset, split, phase.batch_size if train and phase else self.cfg.data.eval_batch_size,
             rank=self.ctx.rank, world_size=self.ctx.world_size, seed=self.cfg.train.seed, epoch=epoch,
-            order=self.cfg.data.order if train else "stored", drop_last=train, start_batch=start_batch,
+            order=phase.order if train and phase else "stored", drop_last=train, start_batch=start_batch,
             max_history=self.max_history, num_chunks=self.num_chunks,
+            sequence_stride=phase.sequence_stride if train and phase else None,
+            max_per_user=self.cfg.sequence.max_targets_per_user,
         )
 
     def _autocast(self):
         enabled = self.ctx.device.type == "cuda" and self.cfg.train.bf16
         return torch.autocast(device_type=self.ctx.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def _set_learning_rates(self, phase: Phase) -> None:
+        """Dense rates follow warm-up + cosine over all phases (a function of the step, so resumes are
+        exact); the body's rate is 0 while frozen; the fused embedding optimizer takes the phase's rate."""
+        optim = self.cfg.optim
+        scale = warmup_cosine(self.step, optim.warmup_steps, self.total_steps, optim.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            frozen = phase.body_frozen and group["name"] == "body"
+            group["lr"] = 0.0 if frozen else optim.lr * scale
+        for group in self.model.fused_optimizer.param_groups:
+            group["lr"] = phase.embedding_lr
+        self.model.fused_optimizer.zero_grad()  # pushes the rate into the FBGEMM kernels
 
     # -- evaluation ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -139,8 +190,8 @@ class Trainer:
         if self.ctx.is_main:
             # Dense parameters are replicated, so rank 0's AdamW state is everyone's.
             torch.save(self.optimizer.state_dict(), target / "dense_optimizer.pt")
-            meta = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "best_auc": self.best_auc,
-                    "scheduler": self.scheduler.state_dict(), "torch_rng": torch.get_rng_state().tolist(),
+            meta = {"step": self.step, "phase_index": self.phase_index, "phase_step": self.phase_step, "epoch": self.epoch,
+                    "batch_in_epoch": self.batch_in_epoch, "best_auc": self.best_auc, "torch_rng": torch.get_rng_state().tolist(),
                     "history": {"loss": self.history.loss, "valid": self.history.valid}, "mlflow_run_id": self.run_id}
             (target / "trainer_state.json").write_text(json.dumps(meta))
             previous = self.checkpoints / f"{name}.old"
@@ -159,9 +210,8 @@ class Trainer:
         self.model.fused_optimizer.load_state_dict(state["fused_optimizer"])
         self.optimizer.load_state_dict(torch.load(target / "dense_optimizer.pt", weights_only=True, map_location=self.ctx.device))
         meta = json.loads((target / "trainer_state.json").read_text())
-        self.step, self.epoch, self.batch_in_epoch = meta["step"], meta["epoch"], meta["batch_in_epoch"]
-        self.best_auc = meta["best_auc"]
-        self.scheduler.load_state_dict(meta["scheduler"])
+        self.step, self.phase_index, self.phase_step = meta["step"], meta["phase_index"], meta["phase_step"]
+        self.epoch, self.batch_in_epoch, self.best_auc = meta["epoch"], meta["batch_in_epoch"], meta["best_auc"]
         torch.set_rng_state(torch.tensor(meta["torch_rng"], dtype=torch.uint8))
         self.history = History(loss=[tuple(x) for x in meta["history"]["loss"]], valid={k: [tuple(x) for x in v] for k, v in meta["history"]["valid"].items()})
 
@@ -177,44 +227,54 @@ class Trainer:
         self.save_checkpoint("last")
         return metrics
 
-    def train(self, tracker: RunTracker) -> None:
+    def _train_step(self, batch, phase: Phase) -> float:
+        batch = batch.to(self.ctx.device, non_blocking=True)
+        self._set_learning_rates(phase)
+        with self._autocast():
+            loss = ctr_loss(self.model(batch), batch, LossConfig(history_loss_weight=phase.history_loss_weight))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.dense_parameters, self.cfg.optim.clip_norm)
+        self.optimizer.step()
+        return float(loss)
+
+    def _run_phase(self, phase: Phase, tracker: RunTracker, progress: tqdm) -> None:
         cfg = self.cfg
+        while self.phase_step < phase.steps:
+            loader = make_loader(self._batches("train", phase, self.epoch, self.batch_in_epoch), cfg.data.workers)
+            window_start, window_samples = time.perf_counter(), 0
+            for batch in loader:
+                loss = self._train_step(batch, phase)
+                self.step, self.phase_step, self.batch_in_epoch = self.step + 1, self.phase_step + 1, self.batch_in_epoch + 1
+                window_samples += batch.batch_size * self.ctx.world_size
+                self.samples_seen += batch.batch_size * self.ctx.world_size
+                progress.update(1)
+                if self.step % cfg.train.log_every == 0:
+                    rate = window_samples / (time.perf_counter() - window_start)
+                    self.history.loss.append((self.step, loss))
+                    tracker.log_metrics({"train_loss": loss, "lr": self.optimizer.param_groups[1]["lr"], "samples_per_s": rate}, self.step)
+                    progress.set_postfix(phase=phase.name, loss=f"{loss:.4f}", samples_s=f"{rate:,.0f}")
+                    window_start, window_samples = time.perf_counter(), 0
+                if cfg.train.eval_every and self.step % cfg.train.eval_every == 0:
+                    self.validate(tracker)
+                if self.phase_step >= phase.steps:
+                    break
+            if self.batch_in_epoch >= phase.steps_per_epoch:  # the epoch ran to its end
+                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                self.validate(tracker)
+
+    def train(self, tracker: RunTracker) -> None:
         self.model.train()
         # On a terminal the bar redraws; in logs (CI) it prints a line every 30 s.
         progress = tqdm(total=self.total_steps, initial=self.step, unit="step", disable=not self.ctx.is_main,
                         mininterval=0.2 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
-        while self.step < self.total_steps and self.epoch < cfg.train.epochs:
-            loader = make_loader(self._batches("train", self.epoch, self.batch_in_epoch), cfg.data.workers)
-            window_start, window_samples = time.perf_counter(), 0
-            for batch in loader:
-                batch = batch.to(self.ctx.device, non_blocking=True)
-                with self._autocast():
-                    loss = ctr_loss(self.model(batch), batch, self.loss_cfg)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.dense_parameters, cfg.optim.clip_norm)
-                self.optimizer.step()
-                self.scheduler.step()
-                self.step += 1
-                self.batch_in_epoch += 1
-                window_samples += batch.batch_size * self.ctx.world_size
-                progress.update(1)
-                if self.step % cfg.train.log_every == 0:
-                    rate = window_samples / (time.perf_counter() - window_start)
-                    self.history.loss.append((self.step, float(loss)))
-                    tracker.log_metrics({"train_loss": float(loss), "lr": self.scheduler.get_last_lr()[0], "samples_per_s": rate}, self.step)
-                    progress.set_postfix(loss=f"{float(loss):.4f}", samples_s=f"{rate:,.0f}")
-                    window_start, window_samples = time.perf_counter(), 0
-                if cfg.train.eval_every and self.step % cfg.train.eval_every == 0:
-                    self.validate(tracker)
-                if self.step >= self.total_steps:
-                    break
-            if self.batch_in_epoch >= self.steps_per_epoch:  # the epoch ran to its end
-                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        while self.phase_index < len(self.phases):
+            phase = self.phases[self.phase_index]
+            self._run_phase(phase, tracker, progress)
+            if not self.history.valid["auc"] or self.history.valid["auc"][-1][0] != self.step:
                 self.validate(tracker)
+            self.phase_index, self.phase_step, self.epoch, self.batch_in_epoch = self.phase_index + 1, 0, 0, 0
         progress.close()
-        if not self.history.valid["auc"] or self.history.valid["auc"][-1][0] != self.step:
-            self.validate(tracker)
 
 
 def _previous_run_id(cfg: TrainConfig) -> Optional[str]:
@@ -249,7 +309,8 @@ def run_training(cfg: TrainConfig, metrics_out: Optional[Path] = None, resume: b
         result = {
             "run_id": tracker.run_id, "model": cfg.model.name, "valid": valid, "test": test,
             "parameters": trainer.parameter_counts, "train_seconds": train_seconds, "steps": trainer.total_steps,
-            "samples_per_s": trainer.total_steps * cfg.data.batch_size * ctx.world_size / max(train_seconds, 1e-9),
+            "samples_per_s": trainer.samples_seen / max(train_seconds, 1e-9),
+            "phases": [{"name": p.name, "steps": p.steps, "batch_size": p.batch_size} for p in trainer.phases],
             "world_size": ctx.world_size,
         }
         if ctx.is_main:
