@@ -75,3 +75,16 @@ def test_composite_bias_terms():
     assert same_type.flatten().tolist() == [-1.0, 0.0]
     both = composite_temporal_bias(torch.tensor([[monday]]), torch.tensor([[monday + 3600, sunday]]), weekend, 0, WEEKEND_BOTH)
     assert both.flatten().tolist() == [-1.0, -1.0]
+
+
+def test_structural_kernels_are_scriptable_and_match_eager():
+    generator = torch.Generator().manual_seed(torch.seed() % 2**31)
+    times, lengths, layout = _layout([20, 5, 0], 20, 4, generator)
+    request = times.max(1).values.clamp_min(T0) + 60
+    all_times = torch.cat([times, request[:, None].expand(-1, 2)], dim=1)
+    q, k, v = (torch.randn(3, 2, 22, 8, generator=generator) for _ in range(3))
+    kp, vp = (torch.randn(3, 2, 1, 8, generator=generator) for _ in range(2))
+    args = (q, k, v, kp, vp, k, v, all_times, *layout, 2, 8, alibi_scales(2), 0, WEEKEND_SAME_TYPE)
+    scripted = torch.jit.script(evo_branches)
+    for eager_out, scripted_out in zip(evo_branches(*args), scripted(*args)):
+        torch.testing.assert_close(scripted_out, eager_out)

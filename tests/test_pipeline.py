@@ -42,6 +42,22 @@ def test_pipeline_stages_and_skipping(tmp_path):
     assert second.stderr.count("up to date") == 4
     third = _run(path, work, "stages.train.models.din.train.max_steps=12")
     assert "train din: running" in third.stderr and "train dnn: up to date" in third.stderr and "prepare: up to date" in third.stderr
+    _execute_notebook(f"sqlite:///{work / 'mlflow.db'}", pipeline["stages"]["train"]["base"]["tracking"]["experiment"])
+
+
+def _execute_notebook(tracking_uri: str, experiment: str) -> None:
+    """notebooks/compare_runs.ipynb runs top to bottom against the runs the pipeline just made."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(ROOT / "notebooks" / "compare_runs.ipynb", as_version=4)
+    os.environ["RECSYS_TRACKING_URI"], os.environ["RECSYS_EXPERIMENT"] = tracking_uri, experiment
+    try:
+        NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    finally:
+        del os.environ["RECSYS_TRACKING_URI"], os.environ["RECSYS_EXPERIMENT"]
+    table = notebook.cells[2].outputs[0]["data"]["text/plain"]
+    assert "dnn" in table and "din" in table
 
 
 def test_convert_pipelines_need_their_input(tmp_path):

@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-NEG_INF = float("-inf")
 
 
 def cama_mask(segment: Tensor, position: Tensor, times: Tensor, real: Tensor, is_candidate: Tensor, action_ids: Tensor,
@@ -55,7 +54,7 @@ def cama_mask(segment: Tensor, position: Tensor, times: Tensor, real: Tensor, is
 
 def cama_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, bias: Tensor) -> Tensor:
     """q `[B, H, N, D]`, k/v `[B, H, S + N, D]`, mask bool and bias float `[B, H, N, S + N]`."""
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.masked_fill(~mask, NEG_INF))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.masked_fill(~mask, float("-inf")))
 
 
 def cama_pointwise_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, bias: Tensor, max_length: int) -> Tensor:

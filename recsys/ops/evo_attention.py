@@ -28,7 +28,6 @@ from torch import Tensor
 
 from recsys.ops.temporal import composite_temporal_bias
 
-NEG_INF = float("-inf")
 
 
 def chunk_summaries(values: Tensor, chunk_id: Tensor, num_chunks: int) -> Tensor:
@@ -63,7 +62,7 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, visible: Tensor, bias: Tensor) -> T
     first = torch.zeros_like(visible)
     first[..., 0] = True
     safe_visible = visible | (~has_key & first)
-    mask = bias.masked_fill(~safe_visible, NEG_INF)
+    mask = bias.masked_fill(~safe_visible, float("-inf"))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return out * has_key.to(out.dtype)
 
@@ -152,7 +151,7 @@ def _candidate_local(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profi
     scale = 1.0 / math.sqrt(q.shape[-1])
     logits_recent = torch.matmul(qc, k_recent.transpose(-1, -2)) * scale
     logits_recent = logits_recent + composite_temporal_bias(t_cand, t_recent, scales, utc_offset, weekend_rule)
-    logits_recent = logits_recent.masked_fill(~history_valid[:, start:].view(q.shape[0], 1, 1, -1), NEG_INF)
+    logits_recent = logits_recent.masked_fill(~history_valid[:, start:].view(q.shape[0], 1, 1, -1), float("-inf"))
     logits_self = (qc * kc).sum(-1, keepdim=True) * scale + _self_bias(t_cand, scales, utc_offset, weekend_rule)
     logits_profile = torch.matmul(qc, k_profile.transpose(-1, -2)) * scale
     weights = torch.softmax(torch.cat([logits_recent, logits_self, logits_profile], dim=-1), dim=-1)
@@ -184,7 +183,7 @@ def evo_branches(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: 
 def _masked_softmax_attend(logits: Tensor, visible: Tensor, values: Tensor) -> Tensor:
     """Reference attention: rows with no visible key give zeros."""
     has_key = visible.any(dim=-1, keepdim=True)
-    logits = logits.masked_fill(~visible, NEG_INF).masked_fill(~has_key, 0.0)
+    logits = logits.masked_fill(~visible, float("-inf")).masked_fill(~has_key, 0.0)
     weights = torch.softmax(logits, dim=-1) * has_key
     return torch.matmul(weights, values)
 

@@ -15,14 +15,14 @@ import math
 import torch
 from torch import Tensor
 
-SECONDS_PER_DAY = 86_400
+SECONDS_PER_DAY = 86_400  # spelled as a literal inside functions: TorchScript reads no module globals
 WEEKEND_SAME_TYPE = 0
 WEEKEND_BOTH = 1
 
 
 def _is_weekend(local_seconds: Tensor) -> Tensor:
     # 1970-01-01 was a Thursday: (day + 3) % 7 is 0 on Mondays.
-    return torch.remainder(torch.div(local_seconds, SECONDS_PER_DAY, rounding_mode="floor") + 3, 7) >= 5
+    return torch.remainder(torch.div(local_seconds, 86_400, rounding_mode="floor") + 3, 7) >= 5
 
 
 def temporal_components(query_times: Tensor, key_times: Tensor, utc_offset_seconds: int, weekend_rule: int) -> Tensor:
@@ -33,11 +33,11 @@ def temporal_components(query_times: Tensor, key_times: Tensor, utc_offset_secon
     b_time = -torch.floor(torch.log2(delta))
     local_q = tq + utc_offset_seconds
     local_k = tk + utc_offset_seconds
-    hour_gap = torch.remainder(local_q - local_k, SECONDS_PER_DAY).to(torch.float64) / 3600.0
+    hour_gap = torch.remainder(local_q - local_k, 86_400).to(torch.float64) / 3600.0
     b_hour = -torch.sin(math.pi * hour_gap / 24.0)
     weekend_q = _is_weekend(local_q)
     weekend_k = _is_weekend(local_k)
-    if weekend_rule == WEEKEND_BOTH:
+    if weekend_rule == 1:  # WEEKEND_BOTH (TorchScript reads no module globals)
         same = weekend_q & weekend_k
     else:
         same = weekend_q == weekend_k

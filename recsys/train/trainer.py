@@ -253,7 +253,7 @@ class Trainer:
                     rate = window_samples / (time.perf_counter() - window_start)
                     self.history.loss.append((self.step, loss))
                     tracker.log_metrics({"train_loss": loss, "lr": self.optimizer.param_groups[1]["lr"], "samples_per_s": rate}, self.step)
-                    progress.set_postfix(phase=phase.name, loss=f"{loss:.4f}", samples_s=f"{rate:,.0f}")
+                    progress.set_postfix(phase=phase.name, loss=f"{loss:.4f}", samples_s=f"{rate:,.0f}", refresh=False)
                     window_start, window_samples = time.perf_counter(), 0
                 if cfg.train.eval_every and self.step % cfg.train.eval_every == 0:
                     self.validate(tracker)
