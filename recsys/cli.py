@@ -165,7 +165,11 @@ def train(
     except SpecError as exc:
         _fail(str(exc))
         return
-    result = run_training(cfg, metrics_out, resume)
+    try:
+        result = run_training(cfg, metrics_out, resume)
+    except (FileNotFoundError, FileExistsError, SpecError) as exc:  # the MLflow run is already marked FAILED
+        _fail(str(exc))
+        return
     if int(os.environ.get("RANK", 0)) == 0:
         test = result["test"]
         console.print(f"train: {cfg.model.name} run {result['run_id']}: test AUC {test['auc']:.4f}, GAUC {test['gauc']:.4f}, "

@@ -123,3 +123,18 @@ def test_grab_sequence_training_with_sts(tmp_path, prepared):
     state = json.loads((tmp_path / "grab_sts" / "checkpoints" / "last" / "trainer_state.json").read_text())
     assert [step for step, _ in state["history"]["valid"]["auc"]] == [30, 50]  # validated after each stage
     assert result["test"]["auc"] > 0.5
+
+
+def test_a_crash_marks_the_mlflow_run_failed(tmp_path, prepared):
+    path = _config(tmp_path, prepared, "crash", 64, "crash")
+    raw = yaml.safe_load(path.read_text())
+    raw["data"]["dataset"] = str(tmp_path / "missing")
+    path.write_text(yaml.safe_dump(raw))
+    done = subprocess.run([sys.executable, "-m", "recsys.cli", "train", str(path)], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode != 0 and "not a prepared dataset" in done.stderr
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["ci"])
+    assert list(runs["status"]) == ["FAILED"]

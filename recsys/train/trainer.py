@@ -295,7 +295,8 @@ def run_training(cfg: TrainConfig, metrics_out: Optional[Path] = None, resume: b
         if ctx.is_main and previous_run is None:
             out.mkdir(parents=True, exist_ok=True)
             (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-            tracker.log_params({"config": cfg.model_dump(mode="json"), "parameters": trainer.parameter_counts, "world_size": ctx.world_size})
+            tracker.log_params({"config": cfg.model_dump(mode="json"), "feature_spec": trainer.dataset.metadata["spec"],
+                                "parameters": trainer.parameter_counts, "world_size": ctx.world_size})
             tracker.set_tags({"model": cfg.model.name, "git_commit": git_commit(), "data_fingerprint": trainer.dataset.metadata["fingerprint"],
                               **{f"version.{k}": v for k, v in package_versions().items()}})
             tracker.log_artifact(out / "config.yaml")
