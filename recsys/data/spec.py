@@ -66,10 +66,6 @@ class FieldConfig(StrictModel):
     role: Literal["sequence", "profile", "context"]
     candidate: bool = True
 
-    @property
-    def feature_name(self) -> str:
-        return self.column
-
 
 class LabelConfig(StrictModel):
     """Either `column` (values 0/1, null = not a CTR sample) or `rule`.

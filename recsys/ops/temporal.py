@@ -15,7 +15,8 @@ import math
 import torch
 from torch import Tensor
 
-SECONDS_PER_DAY = 86_400  # spelled as a literal inside functions: TorchScript reads no module globals
+# Seconds per day (86_400) and the rule codes are spelled as literals inside the functions:
+# TorchScript reads no module globals.
 WEEKEND_SAME_TYPE = 0
 WEEKEND_BOTH = 1
 
