@@ -138,3 +138,18 @@ def test_a_crash_marks_the_mlflow_run_failed(tmp_path, prepared):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["ci"])
     assert list(runs["status"]) == ["FAILED"]
+
+
+@pytest.mark.slow
+def test_unsharded_single_device_training_and_resume(tmp_path, prepared):
+    path = _config(tmp_path, prepared, "plain", 64, "plain")
+    raw = yaml.safe_load(path.read_text())
+    raw["sharding"] = {"enabled": False}
+    raw["train"].update({"max_steps": 30, "eval_every": 15})
+    path.write_text(yaml.safe_dump(raw))
+    result = _train(path, tmp_path / "plain.json")
+    assert result["test"]["auc"] > 0.5
+    checkpoint = tmp_path / "plain" / "checkpoints" / "best"
+    assert (checkpoint / "embedding_optimizer.pt").exists() and (checkpoint / "dense_optimizer.pt").exists()
+    resumed = _train(path, tmp_path / "plain_resumed.json", "--resume")  # resumes at the end: same result
+    assert resumed["test"] == result["test"]

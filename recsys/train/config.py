@@ -41,6 +41,10 @@ class OptimSection(Section):
 
 
 class ShardingSection(Section):
+    """`enabled: false` keeps every table unsharded on one device with a plain (not fused) embedding
+    optimizer: for a single GPU without the CUDA fbgemm-gpu build, whose KJT kernels sharding needs."""
+
+    enabled: bool = True
     sequence_default: Literal["table_wise", "row_wise", "column_wise", "data_parallel"] = "row_wise"
     pooled_default: Literal["table_wise", "row_wise", "column_wise", "data_parallel"] = "table_wise"
     tables: Dict[str, Literal["table_wise", "row_wise", "column_wise", "data_parallel"]] = Field(default_factory=dict)

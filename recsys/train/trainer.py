@@ -34,7 +34,7 @@ from recsys.models.registry import build_model
 from recsys.tracking.mlflow_tracker import RunTracker, git_commit, package_versions
 from recsys.tracking.plots import plot_training_curves
 from recsys.train.config import TrainConfig
-from recsys.train.distributed import DistributedContext, attach_fused_optimizer, init_distributed, shard_model
+from recsys.train.distributed import EMBEDDING_OPTIMIZERS, DistributedContext, attach_fused_optimizer, init_distributed, shard_model
 from recsys.train.loop import LossConfig, ctr_loss
 from recsys.train.metrics import PredictionBuffer, ctr_metrics
 
@@ -94,9 +94,20 @@ class Trainer:
             "dense": sum(p.numel() for p in model.dense_parameters()),
             "embedding": sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in model.dense_parameters()),
         }
-        attach_fused_optimizer(model, cfg.optim.embedding_optimizer, cfg.optim.embedding_lr)
-        self.model = shard_model(model, ctx, cfg.sharding.tables, cfg.sharding.sequence_default, cfg.data.batch_size, cfg.sharding.pooled_default)
-        named_dense = list(in_backward_optimizer_filter(self.model.named_parameters()))
+        self.sharded = cfg.sharding.enabled
+        if self.sharded:
+            attach_fused_optimizer(model, cfg.optim.embedding_optimizer, cfg.optim.embedding_lr)
+            self.model = shard_model(model, ctx, cfg.sharding.tables, cfg.sharding.sequence_default, cfg.data.batch_size, cfg.sharding.pooled_default)
+            named_dense = list(in_backward_optimizer_filter(self.model.named_parameters()))
+            self.embedding_optimizer = self.model.fused_optimizer
+        else:
+            if ctx.world_size > 1:
+                raise ValueError("sharding.enabled: false trains on one device; use sharded tables for several processes")
+            self.model = model.to(ctx.device)
+            table_ids = {id(p) for p in model.parameters()} - {id(p) for p in model.dense_parameters()}
+            named_dense = [(n, p) for n, p in model.named_parameters() if id(p) not in table_ids]
+            tables = [p for p in model.parameters() if id(p) in table_ids]
+            self.embedding_optimizer = EMBEDDING_OPTIMIZERS[cfg.optim.embedding_optimizer](tables, lr=cfg.optim.embedding_lr)
         self.dense_parameters = [p for _, p in named_dense]
         head = [p for n, p in named_dense if is_head_parameter(n)]
         body = [p for n, p in named_dense if not is_head_parameter(n)]
@@ -152,9 +163,10 @@ class Trainer:
         for group in self.optimizer.param_groups:
             frozen = phase.body_frozen and group["name"] == "body"
             group["lr"] = 0.0 if frozen else optim.lr * scale
-        for group in self.model.fused_optimizer.param_groups:
+        for group in self.embedding_optimizer.param_groups:
             group["lr"] = phase.embedding_lr
-        self.model.fused_optimizer.zero_grad()  # pushes the rate into the FBGEMM kernels
+        if self.sharded:
+            self.embedding_optimizer.zero_grad()  # pushes the rate into the FBGEMM kernels
 
     # -- evaluation ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -178,7 +190,10 @@ class Trainer:
     # -- checkpoints --------------------------------------------------------------------------
     def _sharded_state(self) -> dict:
         """What torch.distributed.checkpoint saves: sharded tables and their fused optimizer state."""
-        return {"model": self.model.state_dict(), "fused_optimizer": self.model.fused_optimizer.state_dict()}
+        state = {"model": self.model.state_dict()}
+        if self.sharded:
+            state["fused_optimizer"] = self.embedding_optimizer.state_dict()
+        return state
 
     def save_checkpoint(self, name: str) -> None:
         """Write to `<name>.tmp`, then swap it in: a kill mid-write leaves the previous one intact."""
@@ -190,6 +205,8 @@ class Trainer:
         if self.ctx.is_main:
             # Dense parameters are replicated, so rank 0's AdamW state is everyone's.
             torch.save(self.optimizer.state_dict(), target / "dense_optimizer.pt")
+            if not self.sharded:
+                torch.save(self.embedding_optimizer.state_dict(), target / "embedding_optimizer.pt")
             meta = {"step": self.step, "phase_index": self.phase_index, "phase_step": self.phase_step, "epoch": self.epoch,
                     "batch_in_epoch": self.batch_in_epoch, "best_auc": self.best_auc, "torch_rng": torch.get_rng_state().tolist(),
                     "history": {"loss": self.history.loss, "valid": self.history.valid}, "mlflow_run_id": self.run_id}
@@ -207,7 +224,10 @@ class Trainer:
         state = self._sharded_state()
         dcp.load(state, checkpoint_id=str(target))
         self.model.load_state_dict(state["model"])
-        self.model.fused_optimizer.load_state_dict(state["fused_optimizer"])
+        if self.sharded:
+            self.embedding_optimizer.load_state_dict(state["fused_optimizer"])
+        else:
+            self.embedding_optimizer.load_state_dict(torch.load(target / "embedding_optimizer.pt", weights_only=True, map_location=self.ctx.device))
         self.optimizer.load_state_dict(torch.load(target / "dense_optimizer.pt", weights_only=True, map_location=self.ctx.device))
         meta = json.loads((target / "trainer_state.json").read_text())
         self.step, self.phase_index, self.phase_step = meta["step"], meta["phase_index"], meta["phase_step"]
@@ -233,9 +253,13 @@ class Trainer:
         with self._autocast():
             loss = ctr_loss(self.model(batch), batch, LossConfig(history_loss_weight=phase.history_loss_weight))
         self.optimizer.zero_grad(set_to_none=True)
+        if not self.sharded:
+            self.embedding_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.dense_parameters, self.cfg.optim.clip_norm)
         self.optimizer.step()
+        if not self.sharded:  # sharded tables were updated inside backward by their fused optimizer
+            self.embedding_optimizer.step()
         return float(loss)
 
     def _run_phase(self, phase: Phase, tracker: RunTracker, progress: tqdm) -> None:
