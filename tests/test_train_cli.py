@@ -48,6 +48,7 @@ def test_two_gloo_processes_match_one_process(tmp_path, prepared):
     assert abs(single["test"]["auc"] - double["test"]["auc"]) < 0.01
     assert abs(single["test"]["logloss"] - double["test"]["logloss"]) < 0.01
     assert single["test"]["auc"] > 0.55
+    assert single["forward_flops_per_sample"] > 0 and single["train_flops"] > single["forward_flops_per_sample"]
 
     import mlflow
 

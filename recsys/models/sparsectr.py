@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Tuple
+from typing import Dict, Literal, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from recsys.models.base import ModelOutput, RankingModel, SequenceInputs
 from recsys.models.embedding import EmbeddedBatch, EmbeddingLayout
 from recsys.models.layers import PredictionHead, SwiGLU
-from recsys.ops.evo_attention import evo_branches, evo_branches_reference
+from recsys.ops.evo_attention import evo_attend, evo_branches_reference, evo_geometry
 from recsys.ops.temporal import WEEKEND_BOTH, WEEKEND_SAME_TYPE, alibi_scales, composite_temporal_bias
 
 
@@ -56,6 +56,7 @@ class AttentionContext:
     window: int
     utc_offset: int
     weekend_rule: int
+    geometry: Optional[Dict[str, Tensor]] = None  # SparseCTR's, computed once per batch for all layers
 
 
 class EvoAttention(nn.Module):
@@ -87,10 +88,13 @@ class EvoAttention(nn.Module):
         _, k_profile, v_profile = (self._heads(t) for t in self.qkv(profile).chunk(3, dim=-1))
         k_summary = self.compress(k) if self.compress is not None else k
         v_summary = self.compress(v) if self.compress is not None else v
-        kernel = evo_branches_reference if self.reference else evo_branches
         inputs = ctx.inputs
-        branches = kernel(q, k, v, k_profile, v_profile, k_summary, v_summary, ctx.times, inputs.chunk_id, inputs.chunk_start,
-                          inputs.chunk_end, inputs.chunk_valid, ctx.tail, ctx.window, self.scales, ctx.utc_offset, ctx.weekend_rule)
+        if self.reference:
+            branches = evo_branches_reference(q, k, v, k_profile, v_profile, k_summary, v_summary, ctx.times, inputs.chunk_id, inputs.chunk_start,
+                                              inputs.chunk_end, inputs.chunk_valid, ctx.tail, ctx.window, self.scales, ctx.utc_offset, ctx.weekend_rule)
+        else:
+            assert ctx.geometry is not None
+            branches = evo_attend(q, k, v, k_profile, v_profile, k_summary, v_summary, ctx.geometry, ctx.window, self.scales)
         gate_logits = self.gate(x).view(batch, total, 3, self.heads)
         gates = torch.sigmoid(gate_logits) if self.fusion == "gate" else torch.softmax(gate_logits, dim=2)
         gates = gates.permute(2, 0, 3, 1).unsqueeze(-1)  # [3, B, H, T, 1]
@@ -193,7 +197,12 @@ class SparseCTR(RankingModel):
         profile = self.profile_token.expand(batch, 1, -1)
         if self.profile is not None:
             profile = profile + self.profile(embedded.side).unsqueeze(1)
-        ctx = AttentionContext(inputs.all_times(candidates), inputs, self.tail, self.window, self.utc_offset, self.weekend_rule)
+        times = inputs.all_times(candidates)
+        geometry = None
+        if self.cfg.attention == "structural":
+            geometry = evo_geometry(times, inputs.chunk_id, inputs.chunk_start, inputs.chunk_end, inputs.chunk_valid, candidates,
+                                    self.tail, self.window, self.utc_offset, self.weekend_rule)
+        ctx = AttentionContext(times, inputs, self.tail, self.window, self.utc_offset, self.weekend_rule, geometry)
         for block in self.blocks:
             x = block(x, profile, ctx)
         return x

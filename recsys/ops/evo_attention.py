@@ -20,13 +20,13 @@ over `[B, H, T, P]` / `[B, H, T, P·tail]` keys, local over blocks `[B, H, L/w, 
 from __future__ import annotations
 
 import math
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from recsys.ops.temporal import composite_temporal_bias
+from recsys.ops.temporal import bias_from_components, composite_temporal_bias, temporal_components
 
 
 
@@ -73,96 +73,121 @@ def _query_positions(length: int, candidates: int, device: torch.device) -> Tens
     return torch.cat([history, torch.full((candidates,), length, device=device, dtype=history.dtype)])
 
 
-def global_branch(q: Tensor, k_summary: Tensor, v_summary: Tensor, times: Tensor, chunk_id: Tensor, chunk_end: Tensor, chunk_valid: Tensor,
-                  scales: Tensor, utc_offset: int, weekend_rule: int) -> Tensor:
-    """`k_summary`/`v_summary` `[B, H, ≥L, D]` are what a chunk token averages (k, v or a learned map of them)."""
-    length, num_chunks = chunk_id.shape[1], chunk_end.shape[1]
-    k_chunk = chunk_summaries(k_summary[:, :, :length], chunk_id, num_chunks)
-    v_chunk = chunk_summaries(v_summary[:, :, :length], chunk_id, num_chunks)
-    chunk_times = times[:, :length].gather(1, (chunk_end - 1).clamp_min(0))
-    query_pos = _query_positions(length, q.shape[2] - length, q.device)
-    visible = chunk_valid.unsqueeze(1) & (chunk_end.unsqueeze(1) <= query_pos.view(1, -1, 1))  # [B, T, P]
-    bias = composite_temporal_bias(times, chunk_times, scales, utc_offset, weekend_rule)
-    return _attend(q, k_chunk, v_chunk, visible.unsqueeze(1), bias)
-
-
-def transition_branch(q: Tensor, k: Tensor, v: Tensor, times: Tensor, chunk_start: Tensor, chunk_end: Tensor, chunk_valid: Tensor,
-                      length: int, tail: int, scales: Tensor, utc_offset: int, weekend_rule: int) -> Tensor:
-    positions, valid = tail_positions(chunk_start, chunk_end, chunk_valid, tail)
-    k_tail = _gather_positions(k, positions)
-    v_tail = _gather_positions(v, positions)
-    tail_times = times.gather(1, positions)
-    tail_chunk_end = chunk_end.repeat_interleave(tail, dim=1)
-    query_pos = _query_positions(length, q.shape[2] - length, q.device)
-    visible = valid.unsqueeze(1) & (tail_chunk_end.unsqueeze(1) <= query_pos.view(1, -1, 1))
-    bias = composite_temporal_bias(times, tail_times, scales, utc_offset, weekend_rule)
-    return _attend(q, k_tail, v_tail, visible.unsqueeze(1), bias)
-
-
 def _blocks(x: Tensor, blocks: int, window: int) -> Tensor:
     """`[..., Lp, D]` -> `[..., blocks, window, D]`."""
     return x.reshape(x.shape[:-2] + (blocks, window, x.shape[-1]))
 
 
-def local_branch(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, times: Tensor, history_valid: Tensor,
-                 window: int, scales: Tensor, utc_offset: int, weekend_rule: int) -> Tensor:
+def _with_previous_block(x: Tensor, block_dim: int) -> Tensor:
+    """Concatenate each block with the block before it (zeros before the first) along the next dim."""
+    shape = list(x.shape)
+    shape[block_dim] = 1
+    shifted = torch.cat([x.new_zeros(shape), x.narrow(block_dim, 0, x.shape[block_dim] - 1)], dim=block_dim)
+    return torch.cat([shifted, x], dim=block_dim + 1)
+
+
+def evo_geometry(times: Tensor, chunk_id: Tensor, chunk_start: Tensor, chunk_end: Tensor, chunk_valid: Tensor, candidates: int,
+                 tail: int, window: int, utc_offset: int, weekend_rule: int) -> Dict[str, Tensor]:
+    """Everything the three branches need that does not depend on q, k, v: key positions,
+    visibility and temporal components. Computed once per batch and shared by all layers."""
+    batch, length = chunk_id.shape
+    num_chunks = chunk_end.shape[1]
+    query_pos = _query_positions(length, candidates, times.device)
+    geometry: Dict[str, Tensor] = {"chunk_id": chunk_id}
+
+    chunk_times = times[:, :length].gather(1, (chunk_end - 1).clamp_min(0))
+    geometry["global_visible"] = (chunk_valid.unsqueeze(1) & (chunk_end.unsqueeze(1) <= query_pos.view(1, -1, 1))).unsqueeze(1)
+    geometry["global_terms"] = temporal_components(times, chunk_times, utc_offset, weekend_rule)
+
+    positions, valid = tail_positions(chunk_start, chunk_end, chunk_valid, tail)
+    tail_chunk_end = chunk_end.repeat_interleave(tail, dim=1)
+    geometry["tail_positions"] = positions
+    geometry["tail_visible"] = (valid.unsqueeze(1) & (tail_chunk_end.unsqueeze(1) <= query_pos.view(1, -1, 1))).unsqueeze(1)
+    geometry["tail_terms"] = temporal_components(times, times.gather(1, positions), utc_offset, weekend_rule)
+
+    history_valid = chunk_id > 0
+    blocks = (length + window - 1) // window
+    pad = blocks * window - length
+    t_blocks = F.pad(times[:, :length], (pad, 0)).view(batch, blocks, window)
+    valid_win = _with_previous_block(F.pad(history_valid, (pad, 0)).view(batch, blocks, window), 1)  # [B, nb, 2w]
+    query_index = torch.arange(window, device=times.device).view(window, 1)
+    key_index = torch.arange(2 * window, device=times.device).view(1, 2 * window)
+    band = (key_index > query_index) & (key_index <= query_index + window)  # i - w < j <= i
+    visible = band.view(1, 1, window, 2 * window) & valid_win.unsqueeze(2)  # [B, nb, w, 2w]
+    geometry["local_visible"] = torch.cat([visible, visible.new_ones(batch, blocks, window, 1)], dim=3).unsqueeze(1)
+    geometry["local_terms"] = temporal_components(t_blocks, _with_previous_block(t_blocks, 1), utc_offset, weekend_rule)
+
+    if candidates > 0:
+        start = max(0, length - window)
+        t_cand = times[:, length:]
+        geometry["candidate_valid"] = history_valid[:, start:].view(batch, 1, 1, -1)
+        geometry["candidate_terms"] = temporal_components(t_cand, times[:, start:length], utc_offset, weekend_rule)
+        geometry["candidate_self_terms"] = temporal_components(t_cand.unsqueeze(-1), t_cand.unsqueeze(-1), utc_offset, weekend_rule)
+    return geometry
+
+
+def global_branch(q: Tensor, k_summary: Tensor, v_summary: Tensor, geometry: Dict[str, Tensor], scales: Tensor) -> Tensor:
+    """`k_summary`/`v_summary` `[B, H, ≥L, D]` are what a chunk token averages (k, v or a learned map of them)."""
+    chunk_id = geometry["chunk_id"]
+    length, num_chunks = chunk_id.shape[1], geometry["global_visible"].shape[-1]
+    k_chunk = chunk_summaries(k_summary[:, :, :length], chunk_id, num_chunks)
+    v_chunk = chunk_summaries(v_summary[:, :, :length], chunk_id, num_chunks)
+    return _attend(q, k_chunk, v_chunk, geometry["global_visible"], bias_from_components(geometry["global_terms"], scales))
+
+
+def transition_branch(q: Tensor, k: Tensor, v: Tensor, geometry: Dict[str, Tensor], scales: Tensor) -> Tensor:
+    positions = geometry["tail_positions"]
+    k_tail, v_tail = _gather_positions(k, positions), _gather_positions(v, positions)
+    return _attend(q, k_tail, v_tail, geometry["tail_visible"], bias_from_components(geometry["tail_terms"], scales))
+
+
+def local_branch(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, geometry: Dict[str, Tensor],
+                 window: int, scales: Tensor) -> Tensor:
     """Blocked causal sliding window over the history plus the candidates' own window."""
     batch, heads, total, dim = q.shape
-    length = history_valid.shape[1]
+    length = geometry["chunk_id"].shape[1]
     blocks = (length + window - 1) // window
     pad = blocks * window - length
     hq, hk, hv = (F.pad(x[:, :, :length], (0, 0, pad, 0)) for x in (q, k, v))
-    h_times = F.pad(times[:, :length], (pad, 0))
-    h_valid = F.pad(history_valid, (pad, 0))
     qb = _blocks(hq, blocks, window)  # [B, H, nb, w, D]
-    kb, vb = _blocks(hk, blocks, window), _blocks(hv, blocks, window)
-    k_win = torch.cat([F.pad(kb, (0, 0, 0, 0, 1, 0))[:, :, :-1], kb], dim=3)  # previous block + own: [B, H, nb, 2w, D]
-    v_win = torch.cat([F.pad(vb, (0, 0, 0, 0, 1, 0))[:, :, :-1], vb], dim=3)
-    t_blocks = h_times.view(batch, blocks, window)
-    t_win = torch.cat([F.pad(t_blocks, (0, 0, 1, 0))[:, :-1], t_blocks], dim=2)  # [B, nb, 2w]
-    valid_blocks = h_valid.view(batch, blocks, window)
-    valid_win = torch.cat([F.pad(valid_blocks, (0, 0, 1, 0))[:, :-1], valid_blocks], dim=2)
-    query_index = torch.arange(window, device=q.device).view(window, 1)
-    key_index = torch.arange(2 * window, device=q.device).view(1, 2 * window)
-    band = (key_index > query_index) & (key_index <= query_index + window)  # i - w < j <= i
-    visible = band.view(1, 1, window, 2 * window) & valid_win.unsqueeze(2)  # [B, nb, w, 2w]
-    bias = composite_temporal_bias(t_blocks, t_win, scales, utc_offset, weekend_rule)  # [B, nb, H, w, 2w]
-    bias = bias.permute(0, 2, 1, 3, 4)
-    profile_k = k_profile.unsqueeze(2).expand(batch, heads, blocks, 1, dim)
-    profile_v = v_profile.unsqueeze(2).expand(batch, heads, blocks, 1, dim)
-    keys = torch.cat([k_win, profile_k], dim=3)
-    values = torch.cat([v_win, profile_v], dim=3)
-    full_visible = torch.cat([visible, visible.new_ones(batch, blocks, window, 1)], dim=3).unsqueeze(1)
-    full_bias = torch.cat([bias, bias.new_zeros(batch, heads, blocks, window, 1)], dim=4)
-    history_out = _attend(qb, keys, values, full_visible, full_bias).reshape(batch, heads, blocks * window, dim)[:, :, pad:]
+    k_win = _with_previous_block(_blocks(hk, blocks, window), 2)  # previous block + own: [B, H, nb, 2w, D]
+    v_win = _with_previous_block(_blocks(hv, blocks, window), 2)
+    bias = bias_from_components(geometry["local_terms"], scales).permute(0, 2, 1, 3, 4)  # [B, H, nb, w, 2w]
+    keys = torch.cat([k_win, k_profile.unsqueeze(2).expand(batch, heads, blocks, 1, dim)], dim=3)
+    values = torch.cat([v_win, v_profile.unsqueeze(2).expand(batch, heads, blocks, 1, dim)], dim=3)
+    full_bias = torch.cat([bias, bias.new_zeros(batch, heads, blocks, window, 1)], dim=4)  # profile key: bias 0
+    history_out = _attend(qb, keys, values, geometry["local_visible"], full_bias).reshape(batch, heads, blocks * window, dim)[:, :, pad:]
     if total == length:
         return history_out
-    return torch.cat([history_out, _candidate_local(q, k, v, k_profile, v_profile, times, history_valid, window, scales, utc_offset, weekend_rule)], dim=2)
+    return torch.cat([history_out, _candidate_local(q, k, v, k_profile, v_profile, geometry, window, scales)], dim=2)
 
 
-def _candidate_local(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, times: Tensor, history_valid: Tensor,
-                     window: int, scales: Tensor, utc_offset: int, weekend_rule: int) -> Tensor:
+def _candidate_local(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, geometry: Dict[str, Tensor],
+                     window: int, scales: Tensor) -> Tensor:
     """Candidates: the last `window` history positions, the candidate itself and the profile token."""
-    length = history_valid.shape[1]
+    length = geometry["chunk_id"].shape[1]
     start = max(0, length - window)
     qc, kc, vc = q[:, :, length:], k[:, :, length:], v[:, :, length:]
     k_recent, v_recent = k[:, :, start:length], v[:, :, start:length]
-    t_cand, t_recent = times[:, length:], times[:, start:length]
     scale = 1.0 / math.sqrt(q.shape[-1])
-    logits_recent = torch.matmul(qc, k_recent.transpose(-1, -2)) * scale
-    logits_recent = logits_recent + composite_temporal_bias(t_cand, t_recent, scales, utc_offset, weekend_rule)
-    logits_recent = logits_recent.masked_fill(~history_valid[:, start:].view(q.shape[0], 1, 1, -1), float("-inf"))
-    logits_self = (qc * kc).sum(-1, keepdim=True) * scale + _self_bias(t_cand, scales, utc_offset, weekend_rule)
+    logits_recent = torch.matmul(qc, k_recent.transpose(-1, -2)) * scale + bias_from_components(geometry["candidate_terms"], scales)
+    logits_recent = logits_recent.masked_fill(~geometry["candidate_valid"], float("-inf"))
+    self_bias = bias_from_components(geometry["candidate_self_terms"], scales).squeeze(-1).permute(0, 2, 1, 3)  # [B, H, M, 1]
+    logits_self = (qc * kc).sum(-1, keepdim=True) * scale + self_bias
     logits_profile = torch.matmul(qc, k_profile.transpose(-1, -2)) * scale
     weights = torch.softmax(torch.cat([logits_recent, logits_self, logits_profile], dim=-1), dim=-1)
     recent_w, self_w, profile_w = weights.split([k_recent.shape[2], 1, 1], dim=-1)
     return torch.matmul(recent_w, v_recent) + self_w * vc + profile_w * v_profile
 
 
-def _self_bias(times: Tensor, scales: Tensor, utc_offset: int, weekend_rule: int) -> Tensor:
-    """Bias of each position to itself, `[B, M]` -> `[B, H, M, 1]`."""
-    per_position = composite_temporal_bias(times.unsqueeze(-1), times.unsqueeze(-1), scales, utc_offset, weekend_rule)  # [B, M, H, 1, 1]
-    return per_position.squeeze(-1).permute(0, 2, 1, 3)
+def evo_attend(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, k_summary: Tensor, v_summary: Tensor,
+               geometry: Dict[str, Tensor], window: int, scales: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """The three branches for one layer, given the batch's `evo_geometry`."""
+    return (
+        global_branch(q, k_summary, v_summary, geometry, scales),
+        transition_branch(q, k, v, geometry, scales),
+        local_branch(q, k, v, k_profile, v_profile, geometry, window, scales),
+    )
 
 
 def evo_branches(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, k_summary: Tensor, v_summary: Tensor,
@@ -173,11 +198,9 @@ def evo_branches(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: 
     q, k, v: `[B, H, T, D]`; k_profile, v_profile: `[B, H, 1, D]`; times: `[B, T]` int64 (history
     then candidates' request time); chunk layout as produced by `personalized_chunks`.
     """
-    length = chunk_id.shape[1]
-    out_global = global_branch(q, k_summary, v_summary, times, chunk_id, chunk_end, chunk_valid, scales, utc_offset, weekend_rule)
-    out_transition = transition_branch(q, k, v, times, chunk_start, chunk_end, chunk_valid, length, tail, scales, utc_offset, weekend_rule)
-    out_local = local_branch(q, k, v, k_profile, v_profile, times, chunk_id > 0, window, scales, utc_offset, weekend_rule)
-    return out_global, out_transition, out_local
+    candidates = q.shape[2] - chunk_id.shape[1]
+    geometry = evo_geometry(times, chunk_id, chunk_start, chunk_end, chunk_valid, candidates, tail, window, utc_offset, weekend_rule)
+    return evo_attend(q, k, v, k_profile, v_profile, k_summary, v_summary, geometry, window, scales)
 
 
 def _masked_softmax_attend(logits: Tensor, visible: Tensor, values: Tensor) -> Tensor:

@@ -46,10 +46,17 @@ def temporal_components(query_times: Tensor, key_times: Tensor, utc_offset_secon
     return torch.stack(torch.broadcast_tensors(b_time, b_hour, b_wkd), dim=-3).to(torch.float32)
 
 
+def bias_from_components(components: Tensor, scales: Tensor) -> Tensor:
+    """`[..., 3, Q, K]` components and `[3, H]` scales -> bias `[..., H, Q, K]`.
+
+    The components depend on times only, so a model computes them once per batch and every layer
+    (each with its own scales) pays only for this contraction."""
+    return torch.einsum("...cqk,ch->...hqk", components.to(scales.dtype), scales)
+
+
 def composite_temporal_bias(query_times: Tensor, key_times: Tensor, scales: Tensor, utc_offset_seconds: int, weekend_rule: int) -> Tensor:
     """`scales` `[3, H]` -> bias `[..., H, Q, K]`."""
-    components = temporal_components(query_times, key_times, utc_offset_seconds, weekend_rule)
-    return torch.einsum("...cqk,ch->...hqk", components.to(scales.dtype), scales)
+    return bias_from_components(temporal_components(query_times, key_times, utc_offset_seconds, weekend_rule), scales)
 
 
 def alibi_scales(heads: int) -> Tensor:

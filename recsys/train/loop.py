@@ -56,7 +56,7 @@ def train_steps(model: RankingModel, batches: Iterable, optimizer: torch.optim.O
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
         optimizer.step()
-        total, count = total + float(loss), count + 1
+        total, count = total + float(loss.detach()), count + 1
     return total / max(count, 1)
 
 

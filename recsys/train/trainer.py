@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.utils.flop_counter import FlopCounterMode
 import yaml
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from tqdm import tqdm
@@ -260,7 +261,7 @@ class Trainer:
         self.optimizer.step()
         if not self.sharded:  # sharded tables were updated inside backward by their fused optimizer
             self.embedding_optimizer.step()
-        return float(loss)
+        return float(loss.detach())
 
     def _run_phase(self, phase: Phase, tracker: RunTracker, progress: tqdm) -> None:
         cfg = self.cfg
@@ -286,6 +287,17 @@ class Trainer:
             if self.batch_in_epoch >= phase.steps_per_epoch:  # the epoch ran to its end
                 self.epoch, self.batch_in_epoch = self.epoch + 1, 0
                 self.validate(tracker)
+
+    @torch.no_grad()
+    def forward_flops_per_sample(self) -> float:
+        """Forward FLOPs per sample, counted by torch.utils.flop_counter on a real training batch
+        (every rank runs it: the sharded forward has collectives). Embedding lookups count 0."""
+        phase = self.phases[0]
+        batch = next(iter(make_loader(self._batches("train", phase), 0))).to(self.ctx.device)
+        counter = FlopCounterMode(display=False)
+        with counter, self._autocast():
+            self.model(batch)
+        return counter.get_total_flops() / batch.batch_size
 
     def train(self, tracker: RunTracker) -> None:
         self.model.train()
@@ -325,6 +337,8 @@ def run_training(cfg: TrainConfig, metrics_out: Optional[Path] = None, resume: b
                               **{f"version.{k}": v for k, v in package_versions().items()}})
             tracker.log_artifact(out / "config.yaml")
             tracker.log_artifact(Path(cfg.data.dataset) / "dataset.json")
+        flops_per_sample = trainer.forward_flops_per_sample()
+        tracker.log_params({"forward_flops_per_sample": flops_per_sample})
         started = time.perf_counter()
         trainer.train(tracker)
         train_seconds = time.perf_counter() - started
@@ -336,10 +350,13 @@ def run_training(cfg: TrainConfig, metrics_out: Optional[Path] = None, resume: b
             "parameters": trainer.parameter_counts, "train_seconds": train_seconds, "steps": trainer.total_steps,
             "samples_per_s": trainer.samples_seen / max(train_seconds, 1e-9),
             "phases": [{"name": p.name, "steps": p.steps, "batch_size": p.batch_size} for p in trainer.phases],
+            "forward_flops_per_sample": flops_per_sample,
+            # Forward + backward is about 3x the forward (the first phase's samples set the per-sample count).
+            "train_flops": 3.0 * flops_per_sample * trainer.samples_seen,
             "world_size": ctx.world_size,
         }
         if ctx.is_main:
-            tracker.log_metrics({f"test_{k}": v for k, v in test.items()}, trainer.step)
+            tracker.log_metrics({f"test_{k}": v for k, v in test.items()} | {"train_flops": result["train_flops"]}, trainer.step)
             (out / "metrics.json").write_text(json.dumps(result, indent=2))
             tracker.log_artifact(out / "metrics.json")
             plot = plot_training_curves(trainer.history.loss, trainer.history.valid, out / "training_curves.png", f"{cfg.model.name} ({tracker.run_id})")
