@@ -207,6 +207,42 @@ def run(
     console.print(f"run: {pipeline.name} finished in {time.perf_counter() - started:.0f}s; metrics in {Path(pipeline.workdir) / 'metrics'}")
 
 
+@app.command()
+def sweep(
+    pipeline_file: Path = typer.Argument(..., metavar="PIPELINE.yaml"),
+    workdir: str | None = typer.Option(None, "--workdir"),
+    overrides: list[str] = typer.Option([], "--set", help="Dotted override of the pipeline file (repeatable)."),
+    nproc: int | None = typer.Option(None, "--nproc", min=1, help="Processes per training run (overrides sweep.nproc)."),
+) -> None:
+    """Run a scaling sweep: one MLflow parent run, a child run per grid point, fitted laws and plots."""
+    from rich.table import Table
+
+    from recsys.data.spec import SpecError
+    from recsys.sweep import load_sweep, run_sweep
+
+    try:
+        pipeline, sweep_section = load_sweep(pipeline_file, overrides, workdir)
+    except SpecError as exc:
+        _fail(str(exc))
+        return
+    if nproc:
+        sweep_section = sweep_section.model_copy(update={"nproc": nproc})
+    started = time.perf_counter()
+    outcome = run_sweep(pipeline, sweep_section, say=lambda message: console.print(f"[bold]sweep {pipeline.name}[/] {message}"))
+    table = Table(title=f"sweep {pipeline.name} (parent run {outcome['parent_run_id']})")
+    for column in ("model", "point", "train FLOPs", "test AUC", "test logloss", "samples/s"):
+        table.add_column(column)
+    for result in outcome["results"]:
+        point = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in result["point"].items() if k != "model")
+        table.add_row(result["model"], point, f"{result['train_flops']:.3g}", f"{result['test']['auc']:.4f}",
+                      f"{result['test']['logloss']:.4f}", f"{result['samples_per_s']:,.0f}")
+    Console(width=160).print(table)
+    for axis, per_model in outcome["laws"].items():
+        for model, law in per_model.items():
+            console.print(f"law {axis} {model}: " + ", ".join(f"{k}={v:.4g}" for k, v in law.items()))
+    console.print(f"sweep: {len(outcome['results'])} points in {time.perf_counter() - started:.0f}s")
+
+
 def main() -> None:
     app()
 

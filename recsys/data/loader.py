@@ -268,11 +268,15 @@ class SplitBatches(IterableDataset):
         num_chunks: int | None = None,
         sequence_stride: int | None = None,
         max_per_user: int = 2,
+        fraction: float = 1.0,
     ):
         super().__init__()
         self.dataset_dir = str(dataset_dir)
         dataset = PreparedDataset(self.dataset_dir)
         self.split_ids = dataset.split_indices(split)
+        if fraction < 1.0:
+            # A fixed subset (its own seed, not the run's), so runs at one fraction see the same data.
+            self.split_ids = self.split_ids[np.random.default_rng(12345).random(len(self.split_ids)) < fraction]
         self.target_starts: np.ndarray | None = None
         if sequence_stride is not None:
             self.split_ids, self.target_starts = sequence_windows(dataset, self.split_ids, sequence_stride)

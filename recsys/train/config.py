@@ -23,6 +23,7 @@ class DataSection(Section):
     num_chunks: Optional[int] = Field(None, gt=0, description="defaults to the feature spec's chunking.num_chunks")
     workers: int = Field(2, ge=0)
     order: Literal["time", "shuffle"] = "time"
+    train_fraction: float = Field(1.0, gt=0, le=1, description="a seeded random subset of the training samples (scaling sweeps)")
 
 
 class ModelSection(Section):
@@ -86,6 +87,8 @@ class TrackingSection(Section):
     experiment: str = "recsys"
     tracking_uri: Optional[str] = None
     run_name: Optional[str] = None
+    parent_run_id: Optional[str] = Field(None, description="nests this run under a sweep's parent run")
+    tags: Dict[str, str] = Field(default_factory=dict)
 
 
 class TrainConfig(Section):

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from recsys.data.loader import SplitBatches, make_loader
 from recsys.data.store import PreparedDataset
+from recsys.models.flops import analytic_forward_flops
 from recsys.models.registry import build_model
 from recsys.tracking.mlflow_tracker import RunTracker, git_commit, package_versions
 from recsys.tracking.plots import plot_training_curves
@@ -91,6 +92,7 @@ class Trainer:
         self.num_chunks = cfg.data.num_chunks or spec.chunking.num_chunks
         seed_everything(cfg.train.seed)
         model = build_model(cfg.model.name, self.dataset.metadata, cfg.model.options)
+        self.analytic_flops_per_sample = analytic_forward_flops(model, self.max_history, 1, self.num_chunks)
         self.parameter_counts = {
             "dense": sum(p.numel() for p in model.dense_parameters()),
             "embedding": sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in model.dense_parameters()),
@@ -150,6 +152,7 @@ class Trainer:
             max_history=self.max_history, num_chunks=self.num_chunks,
             sequence_stride=phase.sequence_stride if train and phase else None,
             max_per_user=self.cfg.sequence.max_targets_per_user,
+            fraction=self.cfg.data.train_fraction if train else 1.0,
         )
 
     def _autocast(self):
@@ -334,11 +337,13 @@ def run_training(cfg: TrainConfig, metrics_out: Optional[Path] = None, resume: b
             tracker.log_params({"config": cfg.model_dump(mode="json"), "feature_spec": trainer.dataset.metadata["spec"],
                                 "parameters": trainer.parameter_counts, "world_size": ctx.world_size})
             tracker.set_tags({"model": cfg.model.name, "git_commit": git_commit(), "data_fingerprint": trainer.dataset.metadata["fingerprint"],
-                              **{f"version.{k}": v for k, v in package_versions().items()}})
+                              **{f"version.{k}": v for k, v in package_versions().items()}, **cfg.tracking.tags})
+            if cfg.tracking.parent_run_id:
+                tracker.set_tags({"mlflow.parentRunId": cfg.tracking.parent_run_id})
             tracker.log_artifact(out / "config.yaml")
             tracker.log_artifact(Path(cfg.data.dataset) / "dataset.json")
         flops_per_sample = trainer.forward_flops_per_sample()
-        tracker.log_params({"forward_flops_per_sample": flops_per_sample})
+        tracker.log_params({"forward_flops_per_sample": flops_per_sample, "analytic_forward_flops_per_sample": trainer.analytic_flops_per_sample})
         started = time.perf_counter()
         trainer.train(tracker)
         train_seconds = time.perf_counter() - started
@@ -351,8 +356,9 @@ def run_training(cfg: TrainConfig, metrics_out: Optional[Path] = None, resume: b
             "samples_per_s": trainer.samples_seen / max(train_seconds, 1e-9),
             "phases": [{"name": p.name, "steps": p.steps, "batch_size": p.batch_size} for p in trainer.phases],
             "forward_flops_per_sample": flops_per_sample,
-            # Forward + backward is about 3x the forward (the first phase's samples set the per-sample count).
-            "train_flops": 3.0 * flops_per_sample * trainer.samples_seen,
+            "analytic_forward_flops_per_sample": trainer.analytic_flops_per_sample,
+            # Forward + backward is about 3x the forward; analytic, so CPU and GPU runs compare.
+            "train_flops": 3.0 * trainer.analytic_flops_per_sample * trainer.samples_seen,
             "world_size": ctx.world_size,
         }
         if ctx.is_main:

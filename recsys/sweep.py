@@ -1,0 +1,217 @@
+"""`recsys sweep`: a grid of training runs under one MLflow parent run, and the scaling laws.
+
+The pipeline file's `sweep` section gives a base training config, the models and a grid of dotted
+config keys (`model.options.layers`, `model.options.d_model`, `model.options.heads`,
+`data.max_history`, `data.train_fraction`, ...). Each point is a child run (tag
+`mlflow.parentRunId`, one tag per grid coordinate) in its own directory named by the hash of its
+config, so an interrupted sweep resumes by skipping finished points. At the end the parent run gets
+the fitted laws — test logloss against training compute, `L(C) = a·C^(−b) + c`, and test AUC against
+log history length — with their uncertainties, R² and PNG plots.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from recsys.data.spec import SpecError
+from recsys.data.store import PreparedDataset
+from recsys.pipeline import Pipeline, _merge, run_pipeline
+from recsys.train.config import apply_overrides
+from recsys.tracking.mlflow_tracker import RunTracker
+
+
+class SweepSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    experiment: str = "scaling"
+    nproc: int = Field(1, ge=1)
+    base: Dict[str, Any] = Field(default_factory=dict)
+    models: Dict[str, Dict[str, Any]]
+    grid: Dict[str, List[Any]] = Field(default_factory=dict, description="dotted config key -> values")
+
+
+def load_sweep(path: str | Path, overrides: List[str], workdir: Optional[str]) -> tuple[Pipeline, SweepSection]:
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    raw = apply_overrides(raw, overrides)
+    if workdir:
+        raw["workdir"] = workdir
+    if "sweep" not in raw:
+        raise SpecError(f"{path}: no 'sweep' section")
+    sweep = SweepSection.model_validate(raw.pop("sweep"))
+    raw.setdefault("stages", {}).pop("train", None)
+    return Pipeline.model_validate(raw), sweep
+
+
+def grid_points(sweep: SweepSection) -> List[Dict[str, Any]]:
+    keys = sorted(sweep.grid)
+    points = []
+    for model in sweep.models:
+        for values in itertools.product(*(sweep.grid[k] for k in keys)):
+            points.append({"model": model, **dict(zip(keys, values))})
+    return points
+
+
+def point_config(sweep: SweepSection, point: Dict[str, Any], dataset: Path) -> Dict[str, Any]:
+    config = copy.deepcopy(sweep.base)
+    _merge(config, copy.deepcopy(sweep.models[point["model"]]))
+    config.setdefault("model", {}).setdefault("name", point["model"])
+    apply_overrides(config, [f"{key}={json.dumps(value)}" for key, value in point.items() if key != "model"])
+    config.setdefault("data", {})["dataset"] = str(dataset)
+    return config
+
+
+def config_hash(config: Dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def saturating_power_law(compute: np.ndarray, a: float, b: float, c: float) -> np.ndarray:
+    return a * np.power(compute, -b) + c
+
+
+def fit_power_law(compute: np.ndarray, loss: np.ndarray) -> Dict[str, float]:
+    """Fit `L(C) = a·C^(−b) + c` on C normalised by its minimum (keeps a well scaled)."""
+    from scipy.optimize import curve_fit
+
+    scale = compute.min()
+    x = compute / scale
+    guess = (max(loss.max() - loss.min(), 1e-3), 0.3, max(loss.min() - 1e-3, 0.0))
+    params, covariance = curve_fit(saturating_power_law, x, loss, p0=guess, bounds=([0, 0, 0], [np.inf, 5, np.inf]), maxfev=20000)
+    errors = np.sqrt(np.clip(np.diag(covariance), 0, None)) if np.all(np.isfinite(covariance)) else np.full(3, np.nan)
+    predicted = saturating_power_law(x, *params)
+    ss_res, ss_tot = float(((loss - predicted) ** 2).sum()), float(((loss - loss.mean()) ** 2).sum())
+    a, b, c = params
+    return {"a": float(a * scale ** b), "b": float(b), "c": float(c), "a_err": float(errors[0] * scale ** b), "b_err": float(errors[1]),
+            "c_err": float(errors[2]), "r2": 1 - ss_res / ss_tot if ss_tot > 0 else float("nan"), "points": int(len(x))}
+
+
+def fit_log_linear(lengths: np.ndarray, auc: np.ndarray) -> Dict[str, float]:
+    """AUC = slope · log2(L) + intercept, with the slope's standard error and R²."""
+    x = np.log2(lengths)
+    design = np.stack([x, np.ones_like(x)], axis=1)
+    coef, residuals, _, _ = np.linalg.lstsq(design, auc, rcond=None)
+    predicted = design @ coef
+    ss_res, ss_tot = float(((auc - predicted) ** 2).sum()), float(((auc - auc.mean()) ** 2).sum())
+    dof = max(len(x) - 2, 1)
+    slope_err = math.sqrt(ss_res / dof / max(float(((x - x.mean()) ** 2).sum()), 1e-12))
+    return {"slope_per_doubling": float(coef[0]), "slope_err": slope_err, "intercept": float(coef[1]),
+            "r2": 1 - ss_res / ss_tot if ss_tot > 0 else float("nan"), "points": int(len(x))}
+
+
+def _plot(results: List[dict], out: Path, laws: Dict[str, Dict[str, Dict[str, float]]]) -> List[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for model in sorted({r["model"] for r in results}):
+        points = sorted((r["train_flops"], r["test"]["logloss"]) for r in results if r["model"] == model)
+        xs, ys = np.array([p[0] for p in points]), np.array([p[1] for p in points])
+        axis.scatter(xs, ys, label=model)
+        law = laws["compute"].get(model)
+        if law:
+            grid = np.geomspace(xs.min(), xs.max(), 100)
+            axis.plot(grid, saturating_power_law(grid, law["a"], law["b"], law["c"]), label=f"{model}: b={law['b']:.2f}, R²={law['r2']:.2f}")
+    axis.set(xscale="log", xlabel="training FLOPs", ylabel="test logloss", title="logloss vs compute")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    paths.append(out / "scaling_compute.png")
+    figure.savefig(paths[-1], dpi=100)
+    plt.close(figure)
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for model in sorted({r["model"] for r in results}):
+        points = sorted((r["history"], r["test"]["auc"]) for r in results if r["model"] == model)
+        axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=model)
+    axis.set(xscale="log", xlabel="history length", ylabel="test AUC", title="AUC vs history length")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    paths.append(out / "scaling_history.png")
+    figure.savefig(paths[-1], dpi=100)
+    plt.close(figure)
+    return paths
+
+
+def fit_laws(results: List[dict]) -> Dict[str, Dict[str, Dict[str, float]]]:
+    laws: Dict[str, Dict[str, Dict[str, float]]] = {"compute": {}, "history": {}}
+    for model in sorted({r["model"] for r in results}):
+        mine = [r for r in results if r["model"] == model]
+        if len(mine) >= 3:
+            try:
+                laws["compute"][model] = fit_power_law(np.array([r["train_flops"] for r in mine]), np.array([r["test"]["logloss"] for r in mine]))
+            except RuntimeError:  # curve_fit found no optimum: leave this model's law out, say so in the log
+                laws["compute"][model] = {"failed": 1.0}
+        lengths = sorted({r["history"] for r in mine})
+        if len(lengths) >= 2:
+            # Best AUC per history length: other grid axes (size, data) are marginalised by the max.
+            best = [max(r["test"]["auc"] for r in mine if r["history"] == length) for length in lengths]
+            laws["history"][model] = fit_log_linear(np.array(lengths, dtype=float), np.array(best))
+    return laws
+
+
+def run_sweep(pipeline: Pipeline, sweep: SweepSection, say: Callable[[str], None]) -> Dict[str, Any]:
+    run_pipeline(pipeline, say)  # data and prepare stages (stamped, skipped when up to date)
+    work = Path(pipeline.workdir)
+    dataset = work / "prepared"
+    sweep_dir = work / "sweep"
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    state_path = sweep_dir / "sweep_state.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    parent = RunTracker(True, sweep.experiment, None, f"sweep:{pipeline.name}", state.get("parent_run_id"))
+    state["parent_run_id"] = parent.run_id
+    state_path.write_text(json.dumps(state))
+    try:
+        parent.log_params({"grid": {k: json.dumps(v) for k, v in sweep.grid.items()}, "models": list(sweep.models)})
+        results = []
+        points = grid_points(sweep)
+        default_history = PreparedDataset(dataset).spec.history.max_length
+        for index, point in enumerate(points, start=1):
+            config = point_config(sweep, point, dataset)
+            digest = config_hash(config)
+            run_dir = sweep_dir / f"{point['model']}-{digest}"
+            metrics_path = run_dir / "metrics.json"
+            if not metrics_path.exists():
+                say(f"point {index}/{len(points)}: {point} -> {run_dir.name}")
+                config["output_dir"] = str(run_dir / "run")
+                config.setdefault("tracking", {}).update({
+                    "experiment": sweep.experiment, "parent_run_id": parent.run_id, "run_name": f"{point['model']}-{digest}",
+                    "tags": {f"grid.{k}": str(v) for k, v in point.items()} | {"config_hash": digest},
+                })
+                run_dir.mkdir(parents=True, exist_ok=True)
+                config_path = run_dir / "config.yaml"
+                config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+                resume = ["--resume"] if (run_dir / "run" / "checkpoints" / "last").exists() else []
+                subprocess.run([sys.executable, "-m", "recsys.cli", "train", str(config_path), "--metrics-out", str(metrics_path),
+                                "--nproc", str(sweep.nproc), *resume], check=True)
+            else:
+                say(f"point {index}/{len(points)}: {point} done before ({run_dir.name})")
+            result = json.loads(metrics_path.read_text())
+            result["point"], result["history"] = point, int(config["data"].get("max_history") or default_history)
+            results.append(result)
+        laws = fit_laws(results)
+        (sweep_dir / "laws.json").write_text(json.dumps(laws, indent=2))
+        (sweep_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
+        flat = {f"{axis}.{model}.{key}": value for axis, per_model in laws.items() for model, law in per_model.items() for key, value in law.items()}
+        parent.log_metrics(flat, step=0)
+        parent.log_artifact(sweep_dir / "laws.json")
+        parent.log_artifact(sweep_dir / "results.json")
+        for plot in _plot(results, sweep_dir, laws):
+            parent.log_artifact(plot)
+        parent.end("FINISHED")
+        return {"parent_run_id": parent.run_id, "results": results, "laws": laws}
+    except BaseException:
+        parent.end("FAILED")
+        raise
