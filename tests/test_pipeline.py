@@ -42,10 +42,12 @@ def test_pipeline_stages_and_skipping(tmp_path):
     assert second.stderr.count("up to date") == 4
     third = _run(path, work, "stages.train.models.din.train.max_steps=12")
     assert "train din: running" in third.stderr and "train dnn: up to date" in third.stderr and "prepare: up to date" in third.stderr
-    _execute_notebook(f"sqlite:///{work / 'mlflow.db'}", pipeline["stages"]["train"]["base"]["tracking"]["experiment"])
+    notebook = _execute_notebook(f"sqlite:///{work / 'mlflow.db'}", pipeline["stages"]["train"]["base"]["tracking"]["experiment"])
+    table = notebook.cells[2].outputs[0]["data"]["text/plain"]
+    assert "dnn" in table and "din" in table
 
 
-def _execute_notebook(tracking_uri: str, experiment: str) -> None:
+def _execute_notebook(tracking_uri: str, experiment: str):
     """notebooks/compare_runs.ipynb runs top to bottom against the runs the pipeline just made."""
     import nbformat
     from nbclient import NotebookClient
@@ -56,8 +58,7 @@ def _execute_notebook(tracking_uri: str, experiment: str) -> None:
         NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
     finally:
         del os.environ["RECSYS_TRACKING_URI"], os.environ["RECSYS_EXPERIMENT"]
-    table = notebook.cells[2].outputs[0]["data"]["text/plain"]
-    assert "dnn" in table and "din" in table
+    return notebook
 
 
 def test_convert_pipelines_need_their_input(tmp_path):

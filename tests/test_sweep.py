@@ -59,3 +59,9 @@ def test_tiny_sweep_runs_resumes_and_fits(tmp_path):
     assert children["params.analytic_forward_flops_per_sample"].astype(float).gt(0).all()
     artifacts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(parents["run_id"].iloc[0])}
     assert {"laws.json", "results.json", "scaling_compute.png", "scaling_history.png"} <= artifacts
+
+    from tests.test_pipeline import _execute_notebook
+
+    notebook = _execute_notebook(env["MLFLOW_TRACKING_URI"], "scaling_cpu")
+    scaling_output = "".join(str(output) for output in notebook.cells[-1].outputs)
+    assert "slope_per_doubling" in scaling_output and "dnn" in scaling_output

@@ -362,7 +362,8 @@ def run_training(cfg: TrainConfig, metrics_out: Optional[Path] = None, resume: b
             "world_size": ctx.world_size,
         }
         if ctx.is_main:
-            tracker.log_metrics({f"test_{k}": v for k, v in test.items()} | {"train_flops": result["train_flops"]}, trainer.step)
+            tracker.log_metrics({f"test_{k}": v for k, v in test.items()}
+                                | {"train_flops": result["train_flops"], "train_seconds": train_seconds, "train_samples_per_s": result["samples_per_s"]}, trainer.step)
             (out / "metrics.json").write_text(json.dumps(result, indent=2))
             tracker.log_artifact(out / "metrics.json")
             plot = plot_training_curves(trainer.history.loss, trainer.history.valid, out / "training_curves.png", f"{cfg.model.name} ({tracker.run_id})")
