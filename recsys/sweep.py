@@ -100,7 +100,7 @@ def fit_log_linear(lengths: np.ndarray, auc: np.ndarray) -> Dict[str, float]:
     """AUC = slope · log2(L) + intercept, with the slope's standard error and R²."""
     x = np.log2(lengths)
     design = np.stack([x, np.ones_like(x)], axis=1)
-    coef, residuals, _, _ = np.linalg.lstsq(design, auc, rcond=None)
+    coef = np.linalg.lstsq(design, auc, rcond=None)[0]
     predicted = design @ coef
     ss_res, ss_tot = float(((auc - predicted) ** 2).sum()), float(((auc - auc.mean()) ** 2).sum())
     dof = max(len(x) - 2, 1)
@@ -109,39 +109,39 @@ def fit_log_linear(lengths: np.ndarray, auc: np.ndarray) -> Dict[str, float]:
             "r2": 1 - ss_res / ss_tot if ss_tot > 0 else float("nan"), "points": int(len(x))}
 
 
+def _best_auc_per_length(results: List[dict]) -> tuple[List[int], List[float]]:
+    """Best test AUC at each history length: the other grid axes are marginalised by the max."""
+    lengths = sorted({r["history"] for r in results})
+    return lengths, [max(r["test"]["auc"] for r in results if r["history"] == length) for length in lengths]
+
+
 def _plot(results: List[dict], out: Path, laws: Dict[str, Dict[str, Dict[str, float]]]) -> List[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    models = sorted({r["model"] for r in results})
+    compute_figure, compute_axis = plt.subplots(figsize=(6, 4))
+    history_figure, history_axis = plt.subplots(figsize=(6, 4))
+    for model in models:
+        mine = [r for r in results if r["model"] == model]
+        flops = np.array([r["train_flops"] for r in mine])
+        compute_axis.scatter(flops, [r["test"]["logloss"] for r in mine], label=model)
+        law = laws["compute"].get(model, {})
+        if "b" in law:
+            grid = np.geomspace(flops.min(), flops.max(), 100)
+            compute_axis.plot(grid, saturating_power_law(grid, law["a"], law["b"], law["c"]), label=f"{model}: b={law['b']:.2f}, R²={law['r2']:.2f}")
+        history_axis.plot(*_best_auc_per_length(mine), marker="o", label=model)
+    compute_axis.set(xscale="log", xlabel="training FLOPs", ylabel="test logloss", title="logloss vs compute")
+    history_axis.set(xscale="log", xlabel="history length", ylabel="best test AUC", title="AUC vs history length")
     paths = []
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for model in sorted({r["model"] for r in results}):
-        points = sorted((r["train_flops"], r["test"]["logloss"]) for r in results if r["model"] == model)
-        xs, ys = np.array([p[0] for p in points]), np.array([p[1] for p in points])
-        axis.scatter(xs, ys, label=model)
-        law = laws["compute"].get(model)
-        if law:
-            grid = np.geomspace(xs.min(), xs.max(), 100)
-            axis.plot(grid, saturating_power_law(grid, law["a"], law["b"], law["c"]), label=f"{model}: b={law['b']:.2f}, R²={law['r2']:.2f}")
-    axis.set(xscale="log", xlabel="training FLOPs", ylabel="test logloss", title="logloss vs compute")
-    axis.legend(fontsize=7)
-    figure.tight_layout()
-    paths.append(out / "scaling_compute.png")
-    figure.savefig(paths[-1], dpi=100)
-    plt.close(figure)
-
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for model in sorted({r["model"] for r in results}):
-        points = sorted((r["history"], r["test"]["auc"]) for r in results if r["model"] == model)
-        axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=model)
-    axis.set(xscale="log", xlabel="history length", ylabel="test AUC", title="AUC vs history length")
-    axis.legend(fontsize=7)
-    figure.tight_layout()
-    paths.append(out / "scaling_history.png")
-    figure.savefig(paths[-1], dpi=100)
-    plt.close(figure)
+    for figure, axis, name in ((compute_figure, compute_axis, "scaling_compute.png"), (history_figure, history_axis, "scaling_history.png")):
+        axis.legend(fontsize=7)
+        figure.tight_layout()
+        paths.append(out / name)
+        figure.savefig(paths[-1], dpi=100)
+        plt.close(figure)
     return paths
 
 
@@ -154,10 +154,8 @@ def fit_laws(results: List[dict]) -> Dict[str, Dict[str, Dict[str, float]]]:
                 laws["compute"][model] = fit_power_law(np.array([r["train_flops"] for r in mine]), np.array([r["test"]["logloss"] for r in mine]))
             except RuntimeError:  # curve_fit found no optimum: leave this model's law out, say so in the log
                 laws["compute"][model] = {"failed": 1.0}
-        lengths = sorted({r["history"] for r in mine})
+        lengths, best = _best_auc_per_length(mine)
         if len(lengths) >= 2:
-            # Best AUC per history length: other grid axes (size, data) are marginalised by the max.
-            best = [max(r["test"]["auc"] for r in mine if r["history"] == length) for length in lengths]
             laws["history"][model] = fit_log_linear(np.array(lengths, dtype=float), np.array(best))
     return laws
 
