@@ -23,11 +23,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from recsys.data.layout import CANDIDATE_PREFIX, HISTORY_PREFIX
 from recsys.data.store import PreparedDataset
 from recsys.ops.chunking import personalized_chunks
-
-HISTORY_PREFIX = "hist_"
-CANDIDATE_PREFIX = "cand_"
 
 
 @dataclass

@@ -21,12 +21,10 @@ import numpy as np
 import polars as pl
 
 from recsys.data.encode import Vocabulary, build_vocabulary, encode_with_vocabulary, hash_rows
+from recsys.data.layout import CANDIDATE_PREFIX, FORMAT_VERSION, SPLITS
 from recsys.data.spec import FeatureSpec, parse_label_rule
 from recsys.data.validate import FILE_COLUMN, ROW_COLUMN, ValidatedLog, validate_log, write_quarantine
 
-FORMAT_VERSION = 3
-SPLITS = ("train", "valid", "test")
-CANDIDATE_PREFIX = "cand_"
 ENCODED_PREFIX = "__enc__"  # encoded rows live beside the raw ids until the stores are written
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from recsys.data.prepare import CANDIDATE_PREFIX, FORMAT_VERSION, SPLITS
+from recsys.data.layout import CANDIDATE_PREFIX, FORMAT_VERSION, SPLITS
 from recsys.data.spec import FeatureSpec, spec_from_dict
 
 

@@ -19,8 +19,8 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConf
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-HISTORY_PREFIX = "hist_"
-CANDIDATE_PREFIX = "cand_"
+from recsys.data.layout import CANDIDATE_PREFIX, HISTORY_PREFIX
+
 
 
 @dataclass(frozen=True)
