@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
 
 from recsys.data.loader import BatchBuilder
 from recsys.data.store import PreparedDataset
-from recsys.models.base import SequenceInputs
+from recsys.models.base import history_valid, sequence_inputs
 from recsys.models.registry import build_model
 from recsys.ops.cama import cama_attention, cama_attention_reference, cama_mask
 
@@ -42,12 +40,12 @@ def _model(name, dataset, **extra):
 
 def _embedded(model, batch):
     embedded = model.embedding(batch.sparse_features, batch.history_slots, batch.history_lengths, batch.history_timestamps.shape[1])
-    return embedded, SequenceInputs.from_batch(batch)
+    return embedded, sequence_inputs(batch)
 
 
 def _with_candidates(embedded, count, generator):
     content = torch.randn(embedded.candidate_content.shape[0], count, embedded.candidate_content.shape[2], generator=generator)
-    return dataclasses.replace(embedded, candidate_content=content)
+    return embedded._replace(candidate_content=content)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -58,7 +56,7 @@ def test_listwise_equals_pointwise(name, dataset, batch):
     together = model.score(listwise, inputs).logits
     assert together.shape == (batch.batch_size, 5)
     for m in range(5):
-        alone = model.score(dataclasses.replace(listwise, candidate_content=listwise.candidate_content[:, m : m + 1]), inputs).logits
+        alone = model.score(listwise._replace(candidate_content=listwise.candidate_content[:, m : m + 1]), inputs).logits
         torch.testing.assert_close(together[:, m : m + 1], alone, rtol=1e-5, atol=1e-6)
 
 
@@ -87,8 +85,7 @@ def test_a_later_event_never_changes_an_earlier_position(name, dataset, batch):
     width = inputs.history_times.shape[1]
     times = inputs.history_times[row]
     # The last event of the row: perturb its content and its action.
-    changed = dataclasses.replace(
-        embedded,
+    changed = embedded._replace(
         history_content=embedded.history_content.clone().index_put_((torch.tensor([row]), torch.tensor([width - 1])), torch.randn(embedded.history_content.shape[-1])),
         history_action=embedded.history_action.clone().index_put_((torch.tensor([row]), torch.tensor([width - 1])), torch.randn(embedded.history_action.shape[-1])),
     )
@@ -103,13 +100,12 @@ def test_grab_same_request_outcomes_never_leak(dataset, batch):
     model = _model("grab", dataset)
     embedded, inputs = _embedded(model, batch)
     times = inputs.history_times
-    valid = inputs.history_valid
+    valid = history_valid(inputs)
     # Find two real events of one row that share a timestamp (one request).
     same = (times[:, 1:] == times[:, :-1]) & valid[:, 1:] & valid[:, :-1]
     row, position = [int(x) for x in same.nonzero()[0]]
     before = model.score(embedded, inputs).history_logits
-    changed = dataclasses.replace(
-        embedded,
+    changed = embedded._replace(
         history_action=embedded.history_action.clone().index_put_((torch.tensor([row]), torch.tensor([position])), torch.randn(embedded.history_action.shape[-1])),
         history_action_ids=embedded.history_action_ids.clone().index_put_((torch.tensor([row]), torch.tensor([position])), torch.tensor(1)),
     )

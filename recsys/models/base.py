@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
@@ -11,15 +10,15 @@ from torch import Tensor, nn
 from recsys.models.embedding import EmbeddedBatch, EmbeddingLayout, FeatureEmbedding
 
 
-@dataclass
-class ModelOutput:
+class ModelOutput(NamedTuple):
     logits: Tensor  # [B, M] one logit per candidate
-    history_logits: Optional[Tensor] = None  # [B, L] per history event (GRAB's dense supervision)
+    history_logits: Optional[Tensor]  # [B, L] per history event (GRAB's dense supervision), or None
 
 
-@dataclass
-class SequenceInputs:
-    """Everything a sequence model reads besides the embeddings, in the padded layout."""
+class SequenceInputs(NamedTuple):
+    """Everything a sequence model reads besides the embeddings, in the padded layout.
+
+    NamedTuples (not dataclasses) cross into TorchScript: `recsys.export` scripts `score`."""
 
     history_lengths: Tensor  # [B]
     history_times: Tensor  # [B, L]
@@ -29,18 +28,22 @@ class SequenceInputs:
     chunk_end: Tensor  # [B, P]
     chunk_valid: Tensor  # [B, P]
 
-    @classmethod
-    def from_batch(cls, batch) -> SequenceInputs:
-        return cls(batch.history_lengths, batch.history_timestamps, batch.request_timestamps,
-                   batch.chunk_id, batch.chunk_start, batch.chunk_end, batch.chunk_valid)
 
-    @property
-    def history_valid(self) -> Tensor:
-        return self.chunk_id > 0
 
-    def all_times(self, candidates: int) -> Tensor:
-        """`[B, L + M]`: history times then the request time for every candidate."""
-        return torch.cat([self.history_times, self.request_times.unsqueeze(1).expand(-1, candidates)], dim=1)
+def sequence_inputs(batch) -> SequenceInputs:
+    """The sequence inputs of a loader `Batch`."""
+    return SequenceInputs(batch.history_lengths, batch.history_timestamps, batch.request_timestamps,
+                          batch.chunk_id, batch.chunk_start, batch.chunk_end, batch.chunk_valid)
+
+
+def history_valid(inputs: SequenceInputs) -> Tensor:
+    """`[B, L]` True at real history events (padding has chunk id 0)."""
+    return inputs.chunk_id > 0
+
+
+def all_times(inputs: SequenceInputs, candidates: int) -> Tensor:
+    """`[B, L + M]`: history times then the request time for every candidate."""
+    return torch.cat([inputs.history_times, inputs.request_times.unsqueeze(1).expand(-1, candidates)], dim=1)
 
 
 class RankingModel(nn.Module):
@@ -51,10 +54,12 @@ class RankingModel(nn.Module):
         self.layout = layout
         self.embedding = FeatureEmbedding(layout)
 
+    @torch.jit.unused
     def forward(self, batch) -> ModelOutput:
+        # Training entry (KJT through TorchRec); serving scripts `score` behind its own embeddings.
         width = batch.history_timestamps.shape[1]
         embedded = self.embedding(batch.sparse_features, batch.history_slots, batch.history_lengths, width)
-        return self.score(embedded, SequenceInputs.from_batch(batch))
+        return self.score(embedded, sequence_inputs(batch))
 
     def score(self, embedded: EmbeddedBatch, inputs: SequenceInputs) -> ModelOutput:
         raise TypeError(f"{type(self).__name__} must define score()")

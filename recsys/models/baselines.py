@@ -15,7 +15,7 @@ from typing import Tuple
 import torch
 from torch import Tensor, nn
 
-from recsys.models.base import ModelOutput, RankingModel, SequenceInputs
+from recsys.models.base import ModelOutput, RankingModel, SequenceInputs, history_valid
 from recsys.models.embedding import EmbeddedBatch, EmbeddingLayout
 from recsys.models.layers import MLP, PredictionHead
 
@@ -38,12 +38,12 @@ class _PooledHistoryModel(RankingModel):
 
     def _tokens(self, embedded: EmbeddedBatch, inputs: SequenceInputs) -> Tuple[Tensor, Tensor, Tensor]:
         history = self.history_token(torch.cat([embedded.history_content, embedded.history_action], dim=-1))
-        valid = inputs.history_valid.unsqueeze(-1).to(history.dtype)
+        valid = history_valid(inputs).unsqueeze(-1).to(history.dtype)
         return history * valid, valid, self.candidate_token(embedded.candidate_content)
 
     def _finish(self, interest: Tensor, candidate: Tensor, embedded: EmbeddedBatch) -> ModelOutput:
         state = torch.cat([interest, candidate], dim=-1)
-        return ModelOutput(self.head(state, embedded.side, embedded.candidate_content))
+        return ModelOutput(self.head(state, embedded.side, embedded.candidate_content), None)
 
 
 class DNN(_PooledHistoryModel):

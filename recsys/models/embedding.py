@@ -11,7 +11,7 @@ no fbgemm kernel, so the same code runs on CUDA with fbgemm-gpu-cpu).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List, NamedTuple, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +29,7 @@ class FieldLayout:
     table: str
     dim: int
     candidate: bool
+    role: str  # sequence | profile | context
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class EmbeddingLayout:
         dims = {t["name"]: int(t["dim"]) for t in spec["tables"]}
         sequence, side = [], []
         for f in spec["fields"]:
-            entry = FieldLayout(f["column"], f["table"], dims[f["table"]], bool(f.get("candidate", True)))
+            entry = FieldLayout(f["column"], f["table"], dims[f["table"]], bool(f.get("candidate", True)), f["role"])
             (sequence if f["role"] == "sequence" else side).append(entry)
         action = next(f for f in sequence if f.column == "action")
         return cls(
@@ -78,9 +79,10 @@ class EmbeddingLayout:
         return sum(f.dim for f in self.side_fields)
 
 
-@dataclass
-class EmbeddedBatch:
-    """Dense embeddings in the padded layout; the action is kept apart so a model decides its use."""
+class EmbeddedBatch(NamedTuple):
+    """Dense embeddings in the padded layout; the action is kept apart so a model decides its use.
+
+    A NamedTuple, so the model cores that read it compile with TorchScript for serving."""
 
     history_content: Tensor  # [B, L, content_dim], zeros at padding
     history_action: Tensor  # [B, L, action_dim]

@@ -14,15 +14,14 @@ pointwise | reference, `position_bias`, `num_buckets`. The dense-supervision wei
 events (`history_loss_weight`) belongs to the loss, `recsys.train.loop.LossConfig`.
 """
 
-from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Literal, Optional, Tuple
+from typing import List, Literal, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from recsys.models.base import ModelOutput, RankingModel, SequenceInputs
+from recsys.models.base import ModelOutput, RankingModel, SequenceInputs, all_times, history_valid
 from recsys.models.embedding import EmbeddedBatch, EmbeddingLayout
 from recsys.models.layers import MLP, SwiGLU
 from recsys.ops.cama import cama_attention, cama_attention_reference, cama_mask, cama_pointwise_attention
@@ -59,8 +58,7 @@ def default_channels(heads: int, groups: List[str]) -> Tuple[Tuple[str, int], ..
     return ((CONTENT_CHANNEL, content),) + tuple((g, n) for g, n in zip(usable, per_group))
 
 
-@dataclass
-class FlatSequence:
+class FlatSequence(NamedTuple):
     """The layout CamA runs on: B rows of N positions, S context tokens per row."""
 
     tokens: Tensor  # [B, N, d]
@@ -97,12 +95,15 @@ class CamA(nn.Module):
     def forward(self, x: Tensor, context: Tensor, seq: FlatSequence) -> Tensor:
         batch, length, width = x.shape
         q = self._split(self.q(x))
-        k, v = (self._split(t) for t in self.kv(x).chunk(2, dim=-1))
-        action_k, action_v = (self._split(t) for t in self.action_kv(seq.actions).chunk(2, dim=-1))
+        k, v = self.kv(x).chunk(2, dim=-1)
+        k, v = self._split(k), self._split(v)
+        action_k, action_v = self.action_kv(seq.actions).chunk(2, dim=-1)
+        action_k, action_v = self._split(action_k), self._split(action_v)
         # Only action-channel heads see the action: K_c = X W_k^c + a_j U_k^c.
         k = k + action_k * self.action_heads
         v = v + action_v * self.action_heads
-        context_k, context_v = (self._split(t) for t in self.kv(context).chunk(2, dim=-1))
+        context_k, context_v = self.kv(context).chunk(2, dim=-1)
+        context_k, context_v = self._split(context_k), self._split(context_v)
         keys, values = torch.cat([context_k, k], dim=2), torch.cat([context_v, v], dim=2)
         mask = cama_mask(seq.segment, seq.position, seq.times, seq.real, seq.is_candidate, seq.action_ids, self.head_groups, context.shape[1])
         delta = (seq.times.unsqueeze(2) - seq.times.unsqueeze(1)).clamp_min(0)
@@ -160,6 +161,7 @@ class GRAB(RankingModel):
         self.blocks = nn.ModuleList([GRABBlock(cfg, layout.action_dim, head_groups, action_heads) for _ in range(cfg.layers)])
         self.head_norm = nn.LayerNorm(cfg.d_model)
         self.head = MLP(cfg.d_model, cfg.head_hidden, 1, cfg.dropout)
+        self.logit_clamp = LOGIT_CLAMP
 
     def score(self, embedded: EmbeddedBatch, inputs: SequenceInputs) -> ModelOutput:
         batch, length = inputs.history_times.shape
@@ -171,17 +173,18 @@ class GRAB(RankingModel):
             context = context + self.context(embedded.side).unsqueeze(1)
         actions = torch.cat([embedded.history_action, embedded.candidate_action.expand(batch, candidates, -1)], dim=1)
         action_ids = torch.cat([embedded.history_action_ids, embedded.history_action_ids.new_zeros(batch, candidates)], dim=1)
-        real = torch.cat([inputs.history_valid, inputs.history_valid.new_ones(batch, candidates)], dim=1)
+        valid = history_valid(inputs)
+        real = torch.cat([valid, valid.new_ones(batch, candidates)], dim=1)
         is_candidate = torch.arange(length + candidates, device=tokens.device).view(1, -1).expand(batch, -1) >= length
-        seq = FlatSequence(tokens, actions, action_ids, inputs.all_times(candidates),
+        seq = FlatSequence(tokens, actions, action_ids, all_times(inputs, candidates),
                            torch.arange(length + candidates, device=tokens.device).view(1, -1).expand(batch, -1),
                            torch.zeros_like(action_ids), real, is_candidate, context)
         if self.packed:
-            seq, unpack = pack(seq)
-        hidden = self._encode(seq)
-        if self.packed:
-            hidden = unpack(hidden)
-        logits = self.head(self.head_norm(hidden)).squeeze(-1).clamp(-LOGIT_CLAMP, LOGIT_CLAMP)
+            packed, kept = pack(seq)
+            hidden = unpack(self._encode(packed), kept, batch, length + candidates)
+        else:
+            hidden = self._encode(seq)
+        logits = self.head(self.head_norm(hidden)).squeeze(-1).clamp(-self.logit_clamp, self.logit_clamp)
         return ModelOutput(logits=logits[:, length:], history_logits=logits[:, :length])
 
     def _encode(self, seq: FlatSequence) -> Tensor:
@@ -191,25 +194,24 @@ class GRAB(RankingModel):
         return x
 
 
-def pack(seq: FlatSequence):
-    """Padded rows -> one padding-free row (jagged, like cu_seqlens); returns an `unpack` for outputs."""
+def pack(seq: FlatSequence) -> Tuple[FlatSequence, Tensor]:
+    """Padded rows -> one padding-free row (jagged, like cu_seqlens) and the flat index of what it kept."""
     batch, length = seq.real.shape
-    keep = seq.real.flatten()
-    flat_index = keep.nonzero().flatten()
-    rows = torch.arange(batch, device=keep.device).repeat_interleave(length)[flat_index]
-
-    def take(t: Tensor) -> Tensor:
-        return t.reshape(batch * length, *t.shape[2:])[flat_index].unsqueeze(0)
-
+    kept = seq.real.flatten().nonzero().flatten()
+    rows = torch.arange(batch, device=kept.device).repeat_interleave(length)[kept]
     packed = FlatSequence(
-        tokens=take(seq.tokens), actions=take(seq.actions), action_ids=take(seq.action_ids), times=take(seq.times),
-        position=take(seq.position), segment=rows.unsqueeze(0), real=take(seq.real), is_candidate=take(seq.is_candidate),
-        context=seq.context.reshape(1, batch, -1),
+        tokens=_take(seq.tokens, kept), actions=_take(seq.actions, kept), action_ids=_take(seq.action_ids, kept),
+        times=_take(seq.times, kept), position=_take(seq.position, kept), segment=rows.unsqueeze(0),
+        real=_take(seq.real, kept), is_candidate=_take(seq.is_candidate, kept), context=seq.context.reshape(1, batch, -1),
     )
+    return packed, kept
 
-    def unpack(hidden: Tensor) -> Tensor:
-        out = hidden.new_zeros(batch * length, hidden.shape[-1])
-        return out.index_copy(0, flat_index, hidden[0]).view(batch, length, -1)
 
-    return packed, unpack
+def _take(t: Tensor, kept: Tensor) -> Tensor:
+    return t.flatten(0, 1)[kept].unsqueeze(0)
 
+
+def unpack(hidden: Tensor, kept: Tensor, batch: int, length: int) -> Tensor:
+    """Packed outputs `[1, K, d]` back to the padded `[B, N, d]` layout (zeros at padding)."""
+    out = hidden.new_zeros(batch * length, hidden.shape[-1])
+    return out.index_copy(0, kept, hidden[0]).view(batch, length, -1)

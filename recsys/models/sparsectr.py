@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recsys.models.base import ModelOutput, RankingModel, SequenceInputs
+from recsys.models.base import ModelOutput, RankingModel, SequenceInputs, all_times, history_valid
 from recsys.models.embedding import EmbeddedBatch, EmbeddingLayout
 from recsys.models.layers import PredictionHead, SwiGLU
 from recsys.ops.evo_attention import evo_attend, evo_branches_reference, evo_geometry
@@ -48,25 +48,15 @@ class SparseCTRConfig:
     dropout: float = 0.0
 
 
-@dataclass
-class AttentionContext:
-    times: Tensor  # [B, T]
-    inputs: SequenceInputs
-    tail: int
-    window: int
-    utc_offset: int
-    weekend_rule: int
-    geometry: Optional[Dict[str, Tensor]] = None  # SparseCTR's, computed once per batch for all layers
-
-
 class EvoAttention(nn.Module):
     """Shared Q, K, V; three sparse branches; per-position, per-head fusion."""
 
-    def __init__(self, cfg: SparseCTRConfig):
+    def __init__(self, cfg: SparseCTRConfig, tail: int, window: int, utc_offset: int, weekend_rule: int):
         super().__init__()
         if cfg.d_model % cfg.heads:
             raise ValueError(f"d_model {cfg.d_model} is not a multiple of heads {cfg.heads}")
         self.heads, self.head_dim = cfg.heads, cfg.d_model // cfg.heads
+        self.tail, self.window, self.utc_offset, self.weekend_rule = tail, window, utc_offset, weekend_rule
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.gate = nn.Linear(cfg.d_model, 3 * cfg.heads)
@@ -82,19 +72,23 @@ class EvoAttention(nn.Module):
     def _heads(self, x: Tensor) -> Tensor:
         return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, x: Tensor, profile: Tensor, ctx: AttentionContext) -> Tensor:
+    def forward(self, x: Tensor, profile: Tensor, times: Tensor, inputs: SequenceInputs, geometry: Dict[str, Tensor]) -> Tensor:
         batch, total, width = x.shape
-        q, k, v = (self._heads(t) for t in self.qkv(x).chunk(3, dim=-1))
-        _, k_profile, v_profile = (self._heads(t) for t in self.qkv(profile).chunk(3, dim=-1))
-        k_summary = self.compress(k) if self.compress is not None else k
-        v_summary = self.compress(v) if self.compress is not None else v
-        inputs = ctx.inputs
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        q, k, v = self._heads(q), self._heads(k), self._heads(v)
+        _, k_profile, v_profile = self.qkv(profile).chunk(3, dim=-1)
+        k_profile, v_profile = self._heads(k_profile), self._heads(v_profile)
+        k_summary, v_summary = k, v
+        if self.compress is not None:
+            k_summary, v_summary = self.compress(k), self.compress(v)
         if self.reference:
-            branches = evo_branches_reference(q, k, v, k_profile, v_profile, k_summary, v_summary, ctx.times, inputs.chunk_id, inputs.chunk_start,
-                                              inputs.chunk_end, inputs.chunk_valid, ctx.tail, ctx.window, self.scales, ctx.utc_offset, ctx.weekend_rule)
+            if torch.jit.is_scripting():
+                raise RuntimeError("attention='reference' is the dense-mask test path; export the structural model (same parameters)")
+            else:
+                branches = evo_branches_reference(q, k, v, k_profile, v_profile, k_summary, v_summary, times, inputs.chunk_id, inputs.chunk_start,
+                                                  inputs.chunk_end, inputs.chunk_valid, self.tail, self.window, self.scales, self.utc_offset, self.weekend_rule)
         else:
-            assert ctx.geometry is not None
-            branches = evo_attend(q, k, v, k_profile, v_profile, k_summary, v_summary, ctx.geometry, ctx.window, self.scales)
+            branches = evo_attend(q, k, v, k_profile, v_profile, k_summary, v_summary, geometry, self.window, self.scales)
         gate_logits = self.gate(x).view(batch, total, 3, self.heads)
         gates = torch.sigmoid(gate_logits) if self.fusion == "gate" else torch.softmax(gate_logits, dim=2)
         gates = gates.permute(2, 0, 3, 1).unsqueeze(-1)  # [3, B, H, T, 1]
@@ -108,31 +102,36 @@ class FullAttention(nn.Module):
     History is causal over real events; a candidate sees the history and itself. Without the
     temporal bias the mask is boolean, which keeps SDPA on its fused kernels."""
 
-    def __init__(self, cfg: SparseCTRConfig):
+    def __init__(self, cfg: SparseCTRConfig, utc_offset: int, weekend_rule: int):
         super().__init__()
         self.heads, self.head_dim = cfg.heads, cfg.d_model // cfg.heads
+        self.utc_offset, self.weekend_rule = utc_offset, weekend_rule
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.temporal_bias = cfg.temporal_bias
         self.scales = nn.Parameter(alibi_scales(cfg.heads), requires_grad=cfg.temporal_bias)
 
-    def forward(self, x: Tensor, profile: Tensor, ctx: AttentionContext) -> Tensor:
+    def _heads(self, x: Tensor) -> Tensor:
+        return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, x: Tensor, profile: Tensor, times: Tensor, inputs: SequenceInputs, geometry: Dict[str, Tensor]) -> Tensor:
         batch, total, width = x.shape
-        length = ctx.inputs.chunk_id.shape[1]
+        length = inputs.chunk_id.shape[1]
         keys_in = torch.cat([profile, x], dim=1)
-        q = self.qkv(x).chunk(3, dim=-1)[0]
+        q = self._heads(self.qkv(x).chunk(3, dim=-1)[0])
         _, k, v = self.qkv(keys_in).chunk(3, dim=-1)
-        q, k, v = (t.view(batch, -1, self.heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        k, v = self._heads(k), self._heads(v)
         position = torch.arange(total, device=x.device)
         causal = position.view(1, -1) <= position.view(-1, 1)
         candidate_rows = position.view(-1, 1) >= length
         history_keys = position.view(1, -1) < length
         allowed = torch.where(candidate_rows, history_keys | (position.view(1, -1) == position.view(-1, 1)), causal)
-        real = torch.cat([ctx.inputs.history_valid, ctx.inputs.history_valid.new_ones(batch, total - length)], dim=1)
+        valid = history_valid(inputs)
+        real = torch.cat([valid, valid.new_ones(batch, total - length)], dim=1)
         visible = allowed.unsqueeze(0) & real.unsqueeze(1)
         visible = torch.cat([visible.new_ones(batch, total, 1), visible], dim=2).unsqueeze(1)  # profile key first
         if self.temporal_bias:
-            bias = composite_temporal_bias(ctx.times, ctx.times, self.scales, ctx.utc_offset, ctx.weekend_rule)
+            bias = composite_temporal_bias(times, times, self.scales, self.utc_offset, self.weekend_rule)
             mask = torch.cat([bias.new_zeros(batch, self.heads, total, 1), bias], dim=3).masked_fill(~visible, float("-inf"))
         else:
             mask = visible
@@ -141,16 +140,16 @@ class FullAttention(nn.Module):
 
 
 class SparseBlock(nn.Module):
-    def __init__(self, cfg: SparseCTRConfig):
+    def __init__(self, cfg: SparseCTRConfig, attention: nn.Module):
         super().__init__()
         self.attention_norm = nn.RMSNorm(cfg.d_model)
-        self.attention = FullAttention(cfg) if cfg.attention == "full" else EvoAttention(cfg)
+        self.attention = attention
         self.ffn_norm = nn.RMSNorm(cfg.d_model)
         self.ffn = SwiGLU(cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, profile: Tensor, ctx: AttentionContext) -> Tensor:
-        x = x + self.dropout(self.attention(self.attention_norm(x), self.attention_norm(profile), ctx))
+    def forward(self, x: Tensor, profile: Tensor, times: Tensor, inputs: SequenceInputs, geometry: Dict[str, Tensor]) -> Tensor:
+        x = x + self.dropout(self.attention(self.attention_norm(x), self.attention_norm(profile), times, inputs, geometry))
         return x + self.dropout(self.ffn(self.ffn_norm(x)))
 
 
@@ -162,13 +161,19 @@ class SparseCTR(RankingModel):
         self.window = cfg.window or int(chunking["window"])
         self.utc_offset = utc_offset_seconds
         self.weekend_rule = WEEKEND_BOTH if cfg.weekend_rule == "both_weekend" else WEEKEND_SAME_TYPE
+        self.structural = cfg.attention == "structural"
         self.token = nn.Linear(layout.content_dim + layout.action_dim, cfg.d_model)
         self.profile = nn.Linear(layout.side_dim, cfg.d_model) if layout.side_dim else None
         self.profile_token = nn.Parameter(torch.zeros(1, 1, cfg.d_model))
-        self.blocks = nn.ModuleList([SparseBlock(cfg) for _ in range(cfg.layers)])
+        self.blocks = nn.ModuleList([SparseBlock(cfg, self._attention(cfg)) for _ in range(cfg.layers)])
         self.final_norm = nn.RMSNorm(cfg.d_model)
         self.head = PredictionHead(cfg.d_model, layout.side_dim, layout.content_dim, cfg.head_hidden, cfg.dropout)
         self._init_weights()
+
+    def _attention(self, cfg: SparseCTRConfig) -> nn.Module:
+        if cfg.attention == "full":
+            return FullAttention(cfg, self.utc_offset, self.weekend_rule)
+        return EvoAttention(cfg, self.tail, self.window, self.utc_offset, self.weekend_rule)
 
     def _init_weights(self) -> None:
         for module in self.modules():
@@ -183,26 +188,25 @@ class SparseCTR(RankingModel):
     def score(self, embedded: EmbeddedBatch, inputs: SequenceInputs) -> ModelOutput:
         length = inputs.history_times.shape[1]
         state = self.final_norm(self.encode(embedded, inputs)[:, length:])
-        return ModelOutput(self.head(state, embedded.side, embedded.candidate_content))
+        return ModelOutput(self.head(state, embedded.side, embedded.candidate_content), None)
 
     def encode(self, embedded: EmbeddedBatch, inputs: SequenceInputs) -> Tensor:
         """Final hidden states `[B, L + M, d]` of history events and candidates."""
         batch = inputs.history_times.shape[0]
         candidates = embedded.candidate_content.shape[1]
         history = self.token(torch.cat([embedded.history_content, embedded.history_action], dim=-1))
-        history = history * inputs.history_valid.unsqueeze(-1).to(history.dtype)
+        history = history * history_valid(inputs).unsqueeze(-1).to(history.dtype)
         candidate_action = embedded.candidate_action.expand(batch, candidates, -1)
         candidate = self.token(torch.cat([embedded.candidate_content, candidate_action], dim=-1))
         x = torch.cat([history, candidate], dim=1)
         profile = self.profile_token.expand(batch, 1, -1)
         if self.profile is not None:
             profile = profile + self.profile(embedded.side).unsqueeze(1)
-        times = inputs.all_times(candidates)
-        geometry = None
-        if self.cfg.attention == "structural":
+        times = all_times(inputs, candidates)
+        geometry: Dict[str, Tensor] = {}
+        if self.structural:
             geometry = evo_geometry(times, inputs.chunk_id, inputs.chunk_start, inputs.chunk_end, inputs.chunk_valid, candidates,
                                     self.tail, self.window, self.utc_offset, self.weekend_rule)
-        ctx = AttentionContext(times, inputs, self.tail, self.window, self.utc_offset, self.weekend_rule, geometry)
         for block in self.blocks:
-            x = block(x, profile, ctx)
+            x = block(x, profile, times, inputs, geometry)
         return x

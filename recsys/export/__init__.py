@@ -1,0 +1,1 @@
+"""TorchScript export of trained models for online scoring (see `recsys.export.exporter`)."""
