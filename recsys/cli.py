@@ -243,6 +243,80 @@ def sweep(
     console.print(f"sweep: {len(outcome['results'])} points in {time.perf_counter() - started:.0f}s")
 
 
+@app.command()
+def export(
+    source: str = typer.Argument(..., metavar="RUN_ID_OR_CHECKPOINT", help="An MLflow run id, a run directory or a checkpoint directory."),
+    out: Path = typer.Option(..., "--out", help="TorchScript file to write; the bundle goes beside it as <name>.bundle/."),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI or ./mlflow.db)."),
+    parity_samples: int = typer.Option(4096, "--parity-samples", min=0, help="Test samples compared against the eager model (0: skip)."),
+) -> None:
+    """Export a trained model as TorchScript for online scoring, with its serving bundle, and log both to MLflow."""
+    from recsys.export.exporter import ExportError, bundle_dir, export_model
+
+    started = time.perf_counter()
+    try:
+        with console.status(f"exporting {source}"):
+            info = export_model(source, out, tracking_uri, parity_samples)
+    except ExportError as exc:
+        _fail(str(exc))
+        return
+    parity = info["parity"]
+    check = (f"parity on {parity['samples']:,} {parity['split']} samples: max |exported - eager| = {parity['max_abs_diff_probability']:.2e}"
+             if parity else "parity: skipped (dataset not on this machine)")
+    console.print(f"export: {info['model_version']} -> {out} + {bundle_dir(out)}; {check}; "
+                  f"MLflow run {info['mlflow_run_id'] or '-'} ({time.perf_counter() - started:.1f}s)")
+
+
+@app.command()
+def score(
+    model: Path = typer.Option(..., "--model", help="A file written by recsys export (its bundle beside it)."),
+    input_path: Path = typer.Option(..., "--input", help="Request Parquet file or directory (format: recsys/serving/requests.py)."),
+    out: Path = typer.Option(..., "--out", help="Scores Parquet: one row per candidate."),
+    batch_size: int = typer.Option(256, "--batch-size", min=1, help="Requests per scoring call."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="torch intra-op threads."),
+) -> None:
+    """Score canonical requests (raw ids) with an exported model."""
+    from recsys.data.validate import InputError
+    from recsys.serving.score import score_requests
+
+    try:
+        summary = score_requests(model, input_path, out, batch_size, threads, progress=sys.stderr.isatty())
+    except InputError as exc:
+        _fail(str(exc))
+        return
+    result = summary.as_dict()
+    console.print(f"score: {result['requests']:,} requests, {result['candidates']:,} candidates in {result['seconds']:.1f}s "
+                  f"({result['requests_per_s']:,.0f} requests/s) -> {out}")
+    console.print(f"score: history events kept {result['history_events_kept']:,}, excluded {result['history_events_excluded'] or 'none'}; "
+                  f"unknown ids mapped to the OOV row {result['unknown_ids_mapped_to_oov'] or 'none'}")
+    (out.with_suffix(".summary.json")).write_text(json.dumps(result, indent=2))
+
+
+@app.command()
+def requests(
+    input_path: Path = typer.Option(..., "--input", help="Behavior log (canonical Parquet file or directory)."),
+    spec_path: Path = typer.Option(..., "--spec", help="The feature spec YAML."),
+    out: Path = typer.Option(..., "--out", help="Request Parquet to write."),
+    since: int = typer.Option(..., "--since", help="First request time, in the log's timestamp unit."),
+    max_history: int | None = typer.Option(None, "--max-history", min=1, help="Keep at most this many recent history events."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Sample this many requests (seeded)."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Replay a behavior log as scoring requests: each (user, time) group after --since is one request."""
+    from recsys.data.spec import SpecError, load_spec
+    from recsys.serving.requests import replay_requests
+
+    try:
+        spec = load_spec(spec_path)
+    except SpecError as exc:
+        _fail(str(exc))
+        return
+    with console.status("replaying requests"):
+        summary = replay_requests(input_path, spec, since, out, max_history, limit, seed)
+    console.print(f"requests: {summary['requests']:,} requests, {summary['candidates']:,} candidates, "
+                  f"mean history {summary['mean_history']:.1f} -> {out}")
+
+
 def main() -> None:
     app()
 
