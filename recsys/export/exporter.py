@@ -153,7 +153,11 @@ def scoring_module(model: RankingModel, metadata: dict, max_history: int, num_ch
     core = copy.deepcopy(model)
     core.embedding = None  # TorchRec stays out of the scripted graph; ServingEmbedding holds the tables
     num_embeddings = {k: int(v) for k, v in metadata["num_embeddings"].items()}
-    return ScoringModule(core, embedding, layout, max_history, num_chunks, num_embeddings).eval()
+    module = ScoringModule(core, embedding, layout, max_history, num_chunks, num_embeddings).eval()
+    # Serving never needs gradients; with none required the TorchScript executor also skips its
+    # autodiff graph passes (one of which fails on SparseCTR's graph under torch 2.13).
+    module.requires_grad_(False)
+    return module
 
 
 def batch_inputs(batch: Batch, layout: EmbeddingLayout) -> Dict[str, Tensor]:
@@ -180,7 +184,7 @@ def batch_inputs(batch: Batch, layout: EmbeddingLayout) -> Dict[str, Tensor]:
 
 # -- parity --------------------------------------------------------------------------------------
 def check_parity(model: RankingModel, scripted: torch.jit.ScriptModule, run: TrainedRun, split: str = "test",
-                 max_samples: int = 4096, batch_size: int = 512) -> dict:
+                 max_samples: int = 4096, batch_size: int = 128) -> dict:
     """Max |exported − eager| over (up to) `max_samples` samples of `split`, probabilities and logits."""
     assert run.dataset_dir is not None
     dataset = PreparedDataset(run.dataset_dir)

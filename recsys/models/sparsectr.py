@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Literal, Optional, Tuple
+from typing import Literal, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from recsys.models.base import ModelOutput, RankingModel, SequenceInputs, all_times, history_valid
 from recsys.models.embedding import EmbeddedBatch, EmbeddingLayout
 from recsys.models.layers import PredictionHead, SwiGLU
-from recsys.ops.evo_attention import evo_attend, evo_branches_reference, evo_geometry
+from recsys.ops.evo_attention import EvoGeometry, evo_attend, evo_branches_reference, evo_geometry
 from recsys.ops.temporal import WEEKEND_BOTH, WEEKEND_SAME_TYPE, alibi_scales, composite_temporal_bias
 
 
@@ -72,7 +72,7 @@ class EvoAttention(nn.Module):
     def _heads(self, x: Tensor) -> Tensor:
         return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, x: Tensor, profile: Tensor, times: Tensor, inputs: SequenceInputs, geometry: Dict[str, Tensor]) -> Tensor:
+    def forward(self, x: Tensor, profile: Tensor, times: Tensor, inputs: SequenceInputs, geometry: Optional[EvoGeometry]) -> Tensor:
         batch, total, width = x.shape
         q, k, v = self.qkv(x).chunk(3, dim=-1)
         q, k, v = self._heads(q), self._heads(k), self._heads(v)
@@ -88,6 +88,7 @@ class EvoAttention(nn.Module):
                 branches = evo_branches_reference(q, k, v, k_profile, v_profile, k_summary, v_summary, times, inputs.chunk_id, inputs.chunk_start,
                                                   inputs.chunk_end, inputs.chunk_valid, self.tail, self.window, self.scales, self.utc_offset, self.weekend_rule)
         else:
+            assert geometry is not None, "structural attention needs the batch's evo_geometry"
             branches = evo_attend(q, k, v, k_profile, v_profile, k_summary, v_summary, geometry, self.window, self.scales)
         gate_logits = self.gate(x).view(batch, total, 3, self.heads)
         gates = torch.sigmoid(gate_logits) if self.fusion == "gate" else torch.softmax(gate_logits, dim=2)
@@ -114,7 +115,7 @@ class FullAttention(nn.Module):
     def _heads(self, x: Tensor) -> Tensor:
         return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, x: Tensor, profile: Tensor, times: Tensor, inputs: SequenceInputs, geometry: Dict[str, Tensor]) -> Tensor:
+    def forward(self, x: Tensor, profile: Tensor, times: Tensor, inputs: SequenceInputs, geometry: Optional[EvoGeometry]) -> Tensor:
         batch, total, width = x.shape
         length = inputs.chunk_id.shape[1]
         keys_in = torch.cat([profile, x], dim=1)
@@ -148,7 +149,7 @@ class SparseBlock(nn.Module):
         self.ffn = SwiGLU(cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, profile: Tensor, times: Tensor, inputs: SequenceInputs, geometry: Dict[str, Tensor]) -> Tensor:
+    def forward(self, x: Tensor, profile: Tensor, times: Tensor, inputs: SequenceInputs, geometry: Optional[EvoGeometry]) -> Tensor:
         x = x + self.dropout(self.attention(self.attention_norm(x), self.attention_norm(profile), times, inputs, geometry))
         return x + self.dropout(self.ffn(self.ffn_norm(x)))
 
@@ -194,16 +195,16 @@ class SparseCTR(RankingModel):
         """Final hidden states `[B, L + M, d]` of history events and candidates."""
         batch = inputs.history_times.shape[0]
         candidates = embedded.candidate_content.shape[1]
-        history = self.token(torch.cat([embedded.history_content, embedded.history_action], dim=-1))
-        history = history * history_valid(inputs).unsqueeze(-1).to(history.dtype)
         candidate_action = embedded.candidate_action.expand(batch, candidates, -1)
-        candidate = self.token(torch.cat([embedded.candidate_content, candidate_action], dim=-1))
-        x = torch.cat([history, candidate], dim=1)
+        features = torch.cat([torch.cat([embedded.history_content, embedded.history_action], dim=-1),
+                              torch.cat([embedded.candidate_content, candidate_action], dim=-1)], dim=1)
+        real = torch.cat([history_valid(inputs), history_valid(inputs).new_ones(batch, candidates)], dim=1)
+        x = self.token(features) * real.unsqueeze(-1).to(features.dtype)
         profile = self.profile_token.expand(batch, 1, -1)
         if self.profile is not None:
             profile = profile + self.profile(embedded.side).unsqueeze(1)
         times = all_times(inputs, candidates)
-        geometry: Dict[str, Tensor] = {}
+        geometry: Optional[EvoGeometry] = None
         if self.structural:
             geometry = evo_geometry(times, inputs.chunk_id, inputs.chunk_start, inputs.chunk_end, inputs.chunk_valid, candidates,
                                     self.tail, self.window, self.utc_offset, self.weekend_rule)

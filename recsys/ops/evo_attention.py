@@ -17,10 +17,8 @@ over `[B, H, T, P]` / `[B, H, T, P·tail]` keys, local over blocks `[B, H, L/w, 
 `evo_branches_reference` builds the dense masks instead and is the ground truth for tests.
 """
 
-from __future__ import annotations
-
 import math
-from typing import Dict, List, Tuple
+from typing import List, NamedTuple, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -86,24 +84,38 @@ def _with_previous_block(x: Tensor, block_dim: int) -> Tensor:
     return torch.cat([shifted, x], dim=block_dim + 1)
 
 
+class EvoGeometry(NamedTuple):
+    """What `evo_geometry` computes once per batch (a NamedTuple: typed, and safe in TorchScript)."""
+
+    chunk_id: Tensor  # [B, L]
+    global_visible: Tensor  # [B, 1, T, P]
+    global_terms: Tensor  # temporal components of query x chunk
+    tail_positions: Tensor  # [B, P·tail]
+    tail_visible: Tensor  # [B, 1, T, P·tail]
+    tail_terms: Tensor
+    local_visible: Tensor  # [B, 1, nb, w, 2w + 1]
+    local_terms: Tensor
+    candidate_valid: Tensor  # [B, 1, 1, ≤w]
+    candidate_terms: Tensor
+    candidate_self_terms: Tensor
+
+
 def evo_geometry(times: Tensor, chunk_id: Tensor, chunk_start: Tensor, chunk_end: Tensor, chunk_valid: Tensor, candidates: int,
-                 tail: int, window: int, utc_offset: int, weekend_rule: int) -> Dict[str, Tensor]:
+                 tail: int, window: int, utc_offset: int, weekend_rule: int) -> EvoGeometry:
     """Everything the three branches need that does not depend on q, k, v: key positions,
     visibility and temporal components. Computed once per batch and shared by all layers."""
     batch, length = chunk_id.shape
     num_chunks = chunk_end.shape[1]
     query_pos = _query_positions(length, candidates, times.device)
-    geometry: Dict[str, Tensor] = {"chunk_id": chunk_id}
 
     chunk_times = times[:, :length].gather(1, (chunk_end - 1).clamp_min(0))
-    geometry["global_visible"] = (chunk_valid.unsqueeze(1) & (chunk_end.unsqueeze(1) <= query_pos.view(1, -1, 1))).unsqueeze(1)
-    geometry["global_terms"] = temporal_components(times, chunk_times, utc_offset, weekend_rule)
+    global_visible = (chunk_valid.unsqueeze(1) & (chunk_end.unsqueeze(1) <= query_pos.view(1, -1, 1))).unsqueeze(1)
+    global_terms = temporal_components(times, chunk_times, utc_offset, weekend_rule)
 
     positions, valid = tail_positions(chunk_start, chunk_end, chunk_valid, tail)
     tail_chunk_end = chunk_end.repeat_interleave(tail, dim=1)
-    geometry["tail_positions"] = positions
-    geometry["tail_visible"] = (valid.unsqueeze(1) & (tail_chunk_end.unsqueeze(1) <= query_pos.view(1, -1, 1))).unsqueeze(1)
-    geometry["tail_terms"] = temporal_components(times, times.gather(1, positions), utc_offset, weekend_rule)
+    tail_visible = (valid.unsqueeze(1) & (tail_chunk_end.unsqueeze(1) <= query_pos.view(1, -1, 1))).unsqueeze(1)
+    tail_terms = temporal_components(times, times.gather(1, positions), utc_offset, weekend_rule)
 
     history_valid = chunk_id > 0
     blocks = (length + window - 1) // window
@@ -114,65 +126,66 @@ def evo_geometry(times: Tensor, chunk_id: Tensor, chunk_start: Tensor, chunk_end
     key_index = torch.arange(2 * window, device=times.device).view(1, 2 * window)
     band = (key_index > query_index) & (key_index <= query_index + window)  # i - w < j <= i
     visible = band.view(1, 1, window, 2 * window) & valid_win.unsqueeze(2)  # [B, nb, w, 2w]
-    geometry["local_visible"] = torch.cat([visible, visible.new_ones(batch, blocks, window, 1)], dim=3).unsqueeze(1)
-    geometry["local_terms"] = temporal_components(t_blocks, _with_previous_block(t_blocks, 1), utc_offset, weekend_rule)
+    local_visible = torch.cat([visible, visible.new_ones(batch, blocks, window, 1)], dim=3).unsqueeze(1)
+    local_terms = temporal_components(t_blocks, _with_previous_block(t_blocks, 1), utc_offset, weekend_rule)
 
-    if candidates > 0:
-        start = max(0, length - window)
-        t_cand = times[:, length:]
-        geometry["candidate_valid"] = history_valid[:, start:].view(batch, 1, 1, -1)
-        geometry["candidate_terms"] = temporal_components(t_cand, times[:, start:length], utc_offset, weekend_rule)
-        geometry["candidate_self_terms"] = temporal_components(t_cand.unsqueeze(-1), t_cand.unsqueeze(-1), utc_offset, weekend_rule)
-    return geometry
+    # With no candidates these are empty ([B, ·, 0, ·]): nothing reads them.
+    start = max(0, length - window)
+    t_cand = times[:, length:]
+    candidate_valid = history_valid[:, start:].view(batch, 1, 1, -1)
+    candidate_terms = temporal_components(t_cand, times[:, start:length], utc_offset, weekend_rule)
+    candidate_self_terms = temporal_components(t_cand.unsqueeze(-1), t_cand.unsqueeze(-1), utc_offset, weekend_rule)
+    return EvoGeometry(chunk_id, global_visible, global_terms, positions, tail_visible, tail_terms, local_visible, local_terms,
+                       candidate_valid, candidate_terms, candidate_self_terms)
 
 
-def global_branch(q: Tensor, k_summary: Tensor, v_summary: Tensor, geometry: Dict[str, Tensor], scales: Tensor) -> Tensor:
+def global_branch(q: Tensor, k_summary: Tensor, v_summary: Tensor, geometry: EvoGeometry, scales: Tensor) -> Tensor:
     """`k_summary`/`v_summary` `[B, H, ≥L, D]` are what a chunk token averages (k, v or a learned map of them)."""
-    chunk_id = geometry["chunk_id"]
-    length, num_chunks = chunk_id.shape[1], geometry["global_visible"].shape[-1]
+    chunk_id = geometry.chunk_id
+    length, num_chunks = chunk_id.shape[1], geometry.global_visible.shape[-1]
     k_chunk = chunk_summaries(k_summary[:, :, :length], chunk_id, num_chunks)
     v_chunk = chunk_summaries(v_summary[:, :, :length], chunk_id, num_chunks)
-    return _attend(q, k_chunk, v_chunk, geometry["global_visible"], bias_from_components(geometry["global_terms"], scales))
+    return _attend(q, k_chunk, v_chunk, geometry.global_visible, bias_from_components(geometry.global_terms, scales))
 
 
-def transition_branch(q: Tensor, k: Tensor, v: Tensor, geometry: Dict[str, Tensor], scales: Tensor) -> Tensor:
-    positions = geometry["tail_positions"]
+def transition_branch(q: Tensor, k: Tensor, v: Tensor, geometry: EvoGeometry, scales: Tensor) -> Tensor:
+    positions = geometry.tail_positions
     k_tail, v_tail = _gather_positions(k, positions), _gather_positions(v, positions)
-    return _attend(q, k_tail, v_tail, geometry["tail_visible"], bias_from_components(geometry["tail_terms"], scales))
+    return _attend(q, k_tail, v_tail, geometry.tail_visible, bias_from_components(geometry.tail_terms, scales))
 
 
-def local_branch(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, geometry: Dict[str, Tensor],
+def local_branch(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, geometry: EvoGeometry,
                  window: int, scales: Tensor) -> Tensor:
     """Blocked causal sliding window over the history plus the candidates' own window."""
     batch, heads, total, dim = q.shape
-    length = geometry["chunk_id"].shape[1]
+    length = geometry.chunk_id.shape[1]
     blocks = (length + window - 1) // window
     pad = blocks * window - length
     hq, hk, hv = (F.pad(x[:, :, :length], (0, 0, pad, 0)) for x in (q, k, v))
     qb = _blocks(hq, blocks, window)  # [B, H, nb, w, D]
     k_win = _with_previous_block(_blocks(hk, blocks, window), 2)  # previous block + own: [B, H, nb, 2w, D]
     v_win = _with_previous_block(_blocks(hv, blocks, window), 2)
-    bias = bias_from_components(geometry["local_terms"], scales).permute(0, 2, 1, 3, 4)  # [B, H, nb, w, 2w]
+    bias = bias_from_components(geometry.local_terms, scales).permute(0, 2, 1, 3, 4)  # [B, H, nb, w, 2w]
     keys = torch.cat([k_win, k_profile.unsqueeze(2).expand(batch, heads, blocks, 1, dim)], dim=3)
     values = torch.cat([v_win, v_profile.unsqueeze(2).expand(batch, heads, blocks, 1, dim)], dim=3)
     full_bias = torch.cat([bias, bias.new_zeros(batch, heads, blocks, window, 1)], dim=4)  # profile key: bias 0
-    history_out = _attend(qb, keys, values, geometry["local_visible"], full_bias).reshape(batch, heads, blocks * window, dim)[:, :, pad:]
+    history_out = _attend(qb, keys, values, geometry.local_visible, full_bias).reshape(batch, heads, blocks * window, dim)[:, :, pad:]
     if total == length:
         return history_out
     return torch.cat([history_out, _candidate_local(q, k, v, k_profile, v_profile, geometry, window, scales)], dim=2)
 
 
-def _candidate_local(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, geometry: Dict[str, Tensor],
+def _candidate_local(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, geometry: EvoGeometry,
                      window: int, scales: Tensor) -> Tensor:
     """Candidates: the last `window` history positions, the candidate itself and the profile token."""
-    length = geometry["chunk_id"].shape[1]
+    length = geometry.chunk_id.shape[1]
     start = max(0, length - window)
     qc, kc, vc = q[:, :, length:], k[:, :, length:], v[:, :, length:]
     k_recent, v_recent = k[:, :, start:length], v[:, :, start:length]
     scale = 1.0 / math.sqrt(q.shape[-1])
-    logits_recent = torch.matmul(qc, k_recent.transpose(-1, -2)) * scale + bias_from_components(geometry["candidate_terms"], scales)
-    logits_recent = logits_recent.masked_fill(~geometry["candidate_valid"], float("-inf"))
-    self_bias = bias_from_components(geometry["candidate_self_terms"], scales).squeeze(-1).permute(0, 2, 1, 3)  # [B, H, M, 1]
+    logits_recent = torch.matmul(qc, k_recent.transpose(-1, -2)) * scale + bias_from_components(geometry.candidate_terms, scales)
+    logits_recent = logits_recent.masked_fill(~geometry.candidate_valid, float("-inf"))
+    self_bias = bias_from_components(geometry.candidate_self_terms, scales).squeeze(-1).permute(0, 2, 1, 3)  # [B, H, M, 1]
     logits_self = (qc * kc).sum(-1, keepdim=True) * scale + self_bias
     logits_profile = torch.matmul(qc, k_profile.transpose(-1, -2)) * scale
     weights = torch.softmax(torch.cat([logits_recent, logits_self, logits_profile], dim=-1), dim=-1)
@@ -181,7 +194,7 @@ def _candidate_local(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profi
 
 
 def evo_attend(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, k_summary: Tensor, v_summary: Tensor,
-               geometry: Dict[str, Tensor], window: int, scales: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+               geometry: EvoGeometry, window: int, scales: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     """The three branches for one layer, given the batch's `evo_geometry`."""
     return (
         global_branch(q, k_summary, v_summary, geometry, scales),
