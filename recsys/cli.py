@@ -197,12 +197,15 @@ def run(
     results = run_pipeline(pipeline, say=lambda message: console.print(f"[bold]{pipeline.name}[/] {message}"))
     if results:
         table = Table(title=f"{pipeline.name}: test split")
-        for column in ("model", "AUC", "GAUC", "logloss", "samples/s", "dense params", "embedding params", "MLflow run"):
+        served = any("served" in result for result in results.values())
+        columns = ["model", "AUC", "GAUC", "logloss", "samples/s", "dense params", "embedding params"] + (["served AUC", "served req/s"] if served else []) + ["MLflow run"]
+        for column in columns:
             table.add_column(column, justify="left" if column in ("model", "MLflow run") else "right")
         for name, result in results.items():
             test = result["test"]
+            extra = [f"{result['served']['auc']:.4f}", f"{result['served']['requests_per_s']:,.0f}"] if "served" in result else ([""] * 2 if served else [])
             table.add_row(name, f"{test['auc']:.4f}", f"{test['gauc']:.4f}", f"{test['logloss']:.4f}", f"{result['samples_per_s']:,.0f}",
-                          f"{result['parameters']['dense']:,}", f"{result['parameters']['embedding']:,}", str(result["run_id"]))
+                          f"{result['parameters']['dense']:,}", f"{result['parameters']['embedding']:,}", *extra, str(result["run_id"]))
         Console(width=160).print(table)
     console.print(f"run: {pipeline.name} finished in {time.perf_counter() - started:.0f}s; metrics in {Path(pipeline.workdir) / 'metrics'}")
 

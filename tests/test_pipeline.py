@@ -38,10 +38,15 @@ def test_pipeline_stages_and_skipping(tmp_path):
     for model in ("dnn", "din"):
         metrics = json.loads((work / "metrics" / f"{model}.json").read_text())
         assert set(metrics) >= {"run_id", "model", "valid", "test"} and set(metrics["test"]) >= {"auc", "gauc", "logloss", "samples"}
+        assert (work / "export" / model / f"{model}.pt").exists() and (work / "export" / model / f"{model}.bundle" / "contract.json").exists()
+        # The exported model on the replayed raw test period reproduces the eager test metrics.
+        assert metrics["served"]["candidates"] == metrics["test"]["samples"]
+        assert abs(metrics["served"]["auc"] - metrics["test"]["auc"]) < 1e-6
     second = _run(path, work)
-    assert second.stderr.count("up to date") == 4
+    assert second.stderr.count("up to date") == 9  # data, prepare, requests, 2 x (train, export, score)
     third = _run(path, work, "stages.train.models.din.train.max_steps=12")
     assert "train din: running" in third.stderr and "train dnn: up to date" in third.stderr and "prepare: up to date" in third.stderr
+    assert "export din: running" in third.stderr and "score din: running" in third.stderr and "export dnn: up to date" in third.stderr
     notebook = _execute_notebook(f"sqlite:///{work / 'mlflow.db'}", pipeline["stages"]["train"]["base"]["tracking"]["experiment"])
     table = notebook.cells[2].outputs[0]["data"]["text/plain"]
     assert "dnn" in table and "din" in table
