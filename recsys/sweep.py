@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from recsys.data.spec import SpecError
 from recsys.data.store import PreparedDataset
@@ -40,6 +40,24 @@ class SweepSection(BaseModel):
     base: Dict[str, Any] = Field(default_factory=dict)
     models: Dict[str, Dict[str, Any]]
     grid: Dict[str, List[Any]] = Field(default_factory=dict, description="dotted config key -> values")
+
+    @field_validator("grid", mode="before")
+    @classmethod
+    def _dotted_keys(cls, grid: Any) -> Any:
+        """`--set sweep.grid.data.max_history=[..]` nests the key; the grid is keyed by dotted paths."""
+        if not isinstance(grid, dict):
+            return grid
+        flat: Dict[str, Any] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    walk(f"{prefix}.{key}" if prefix else str(key), item)
+            else:
+                flat[prefix] = value
+
+        walk("", grid)
+        return flat
 
 
 def load_sweep(path: str | Path, overrides: List[str], workdir: Optional[str]) -> tuple[Pipeline, SweepSection]:

@@ -1,0 +1,293 @@
+"""GPU suite: correctness against the references, attention kernels and full training steps, with
+achieved TFLOP/s next to the measured bf16 matmul ceiling.
+
+1. Ceiling: a bf16 8192³ matmul (median of repeats) — the yardstick for "fraction of peak".
+2. Correctness on the GPU: SparseCTR's structural branches (eager and torch.compile'd) against the
+   dense-mask reference, CamA against its reference; forward and gradients, float32.
+3. Attention forward + backward (bf16, B·n tokens fixed, CUDA events, warm-up, median):
+   full causal flash attention (SDPA, the yardstick), SparseCTR structural eager and compiled,
+   CamA with its temporal bias (dense: n ≤ --dense-max-n).
+4. Training step (embeddings + model + AdamW + embedding optimizer, bf16 autocast, unsharded tables)
+   for sparsectr and grab at history 1,024 and 4,096: samples/s with the data loader in the loop,
+   without it (one resident batch), the loader alone, peak memory and model FLOPs utilisation
+   (3 × analytic forward FLOPs per sample × samples/s ÷ the measured ceiling).
+
+    python benchmarks/gpu_suite.py --dataset PREPARED_DIR [--out DIR]     # on the GPU machine
+    .venv/bin/python benchmarks/gpu_suite.py --device cpu --quick --dataset DIR   # smoke test here
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from attention import analytic_flops, make_inputs, run_once  # noqa: E402
+
+from recsys.ops.cama import cama_attention, cama_attention_reference  # noqa: E402
+from recsys.ops.evo_attention import evo_branches, evo_branches_reference  # noqa: E402
+
+NOMINAL_H100_BF16 = 989.4e12  # dense, SXM, without sparsity
+
+
+def timer(fn, repeats: int, warmup: int, device: str) -> float:
+    """Median seconds per call: CUDA events on GPU, perf_counter on CPU."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            samples.append(start.elapsed_time(end) / 1e3)
+        else:
+            started = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
+def matmul_ceiling(device: str, size: int) -> float:
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
+    seconds = timer(lambda: a @ b, 10, 3, device)
+    return 2 * size**3 / seconds
+
+
+# -- correctness ---------------------------------------------------------------------------------
+def _max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+def check_correctness(device: str) -> dict:
+    torch.manual_seed(0)
+    batch, n, heads, dim, chunks, tail, window = 2, 256, 4, 16, 8, 2, 32
+    times, q, k, v, extra = make_inputs("sparsectr_structural", batch, n, heads, dim, chunks, device, torch.float32)
+    layout, (kp, vp), scales = extra["layout"], extra["profile"], extra["scales"]
+    args = (q, k, v, kp, vp, k, v, times, *layout, tail, window, scales, 0, 0)
+    leaves = [q, k, v, kp, vp, scales]
+    report = {}
+    reference = evo_branches_reference(*args)
+    reference_grads = torch.autograd.grad(sum(r.square().sum() for r in reference), leaves)
+    compiled_evo = torch.compile(evo_branches, dynamic=False)
+    for name, fn in (("sparsectr_structural", evo_branches), ("sparsectr_structural_compiled", compiled_evo)):
+        out = fn(*args)
+        grads = torch.autograd.grad(sum(o.square().sum() for o in out), leaves)
+        report[name] = {"forward_max_rel": max(_max_rel(o, r) for o, r in zip(out, reference)),
+                        "grad_max_rel": max(_max_rel(g, r) for g, r in zip(grads, reference_grads))}
+    times, q, k, v, extra = make_inputs("cama", batch, n, heads, dim, chunks, device, torch.float32)
+    delta = (times.unsqueeze(2) - times.unsqueeze(1)).clamp_min(0)
+    from recsys.ops.temporal import log_bucket
+
+    bias = F.embedding(log_bucket(delta), extra["bias_table"]).permute(0, 3, 1, 2)
+    bias = torch.cat([bias.new_zeros(bias.shape[:3] + (1,)), bias], dim=3)
+    keys, values = torch.cat([extra["context"][0], k], 2), torch.cat([extra["context"][1], v], 2)
+    out, ref = cama_attention(q, keys, values, extra["mask"], bias), cama_attention_reference(q, keys, values, extra["mask"], bias)
+    grads = torch.autograd.grad(out.square().sum(), [q, k, v])
+    ref_grads = torch.autograd.grad(ref.square().sum(), [q, k, v])
+    report["cama"] = {"forward_max_rel": _max_rel(out, ref), "grad_max_rel": max(_max_rel(g, r) for g, r in zip(grads, ref_grads))}
+    return report
+
+
+# -- attention -----------------------------------------------------------------------------------
+def attention_table(args) -> list[dict]:
+    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+    compiled = torch.compile(evo_branches, dynamic=False)
+    rows = []
+    n = args.min_n
+    while n <= args.max_n:
+        batch = max(1, args.batch_tokens // n)
+        for kernel in ("full_causal_sdpa", "sparsectr_structural", "sparsectr_structural_compiled", "cama"):
+            if kernel == "cama" and n > args.dense_max_n:
+                continue
+            base = kernel.replace("_compiled", "")
+            times, q, k, v, extra = make_inputs(base, batch, n, args.heads, args.head_dim, args.chunks, args.device, dtype)
+
+            def step() -> None:
+                if kernel == "sparsectr_structural_compiled":
+                    chunk_id, chunk_start, chunk_end, chunk_valid = extra["layout"]
+                    outs = compiled(q, k, v, *extra["profile"], k, v, times, chunk_id, chunk_start, chunk_end, chunk_valid,
+                                    args.tail, args.window, extra["scales"], 0, 0)
+                    out = outs[0] + outs[1] + outs[2]
+                else:
+                    out = run_once(base, times, q, k, v, extra, args.tail, args.window)
+                out.float().square().mean().backward()
+
+            if args.device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            try:
+                seconds = timer(step, args.repeats, 3, args.device)
+            except torch.OutOfMemoryError:
+                rows.append({"kernel": kernel, "n": n, "batch": batch, "error": "out of memory"})
+                torch.cuda.empty_cache()
+                continue
+            flops = analytic_flops(base, batch, n, args.heads, args.head_dim, args.chunks, args.tail, args.window)
+            rows.append({"kernel": kernel, "n": n, "batch": batch, "ms": seconds * 1e3, "tflops_per_s": flops / seconds / 1e12,
+                         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else None})
+            print(f"  attention {kernel:<30} n={n:>6}: {seconds * 1e3:9.2f} ms", file=sys.stderr, flush=True)
+            del times, q, k, v, extra
+        n *= 2
+    flash = {r["n"]: r["ms"] for r in rows if r["kernel"] == "full_causal_sdpa" and "ms" in r}
+    for r in rows:
+        if "ms" in r:
+            r["x_flash"] = r["ms"] / flash[r["n"]]
+            r["flash_speedup"] = flash[r["n"]] / r["ms"]
+    return rows
+
+
+# -- training step -------------------------------------------------------------------------------
+def training_table(args) -> list[dict]:
+    from recsys.data.loader import BatchBuilder, make_loader
+    from recsys.data.store import PreparedDataset
+    from recsys.train.config import TrainConfig
+    from recsys.train.distributed import init_distributed
+    from recsys.train.trainer import Trainer
+
+    ctx = init_distributed(args.device)
+    dataset = PreparedDataset(args.dataset)
+    hist_end = dataset.sample_column("hist_end")
+    train_ids = dataset.split_indices("train")
+    rows = []
+    for model_name in ("sparsectr", "grab"):
+        for history in args.histories:
+            tokens = args.train_tokens if model_name == "sparsectr" else args.train_tokens // 2
+            batch_size = max(1, tokens // history)
+            options = {"d_model": args.d_model, "heads": args.model_heads, "layers": args.layers}
+            cfg = TrainConfig.model_validate({
+                "data": {"dataset": str(args.dataset), "batch_size": batch_size, "eval_batch_size": batch_size, "max_history": history,
+                         "num_chunks": 16, "workers": args.workers, "order": "shuffle"},
+                "model": {"name": model_name, "options": options}, "sharding": {"enabled": False},
+                "train": {"epochs": 1, "device": args.device, "bf16": True, "seed": 0},
+                "output_dir": tempfile.mkdtemp(prefix="gpu-suite-"),
+            })
+            trainer = Trainer(cfg, ctx)
+            trainer.model.train()
+            phase = trainer.phases[0]
+            flops_per_sample = 3 * trainer.analytic_flops_per_sample
+            # A resident batch of full-length histories: the model's rate without the loader.
+            full = train_ids[hist_end[train_ids] >= history][:batch_size]
+            resident_ids = full if len(full) == batch_size else train_ids[:batch_size]
+            resident = BatchBuilder(dataset, history, 16).build(np.asarray(resident_ids)).to(ctx.device)
+            if args.device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            try:
+                step_seconds = timer(lambda: trainer._train_step(resident, phase), args.train_repeats, 3, args.device)
+            except torch.OutOfMemoryError:
+                rows.append({"model": model_name, "history": history, "batch": batch_size, "error": "out of memory"})
+                torch.cuda.empty_cache()
+                continue
+            peak = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else None
+            mean_length = float(resident.history_lengths.float().mean())
+            loader = make_loader(trainer._batches("train", phase), args.workers)
+            loader_rate = _loader_rate(loader, args.loader_batches, batch_size)
+            loader = make_loader(trainer._batches("train", phase), args.workers)
+            with_loader = _train_rate(trainer, loader, phase, args.loader_batches, batch_size, args.device)
+            rate = batch_size / step_seconds
+            rows.append({
+                "model": model_name, "history": history, "batch": batch_size, "mean_history_resident": mean_length,
+                "samples_per_s_resident": rate, "samples_per_s_with_loader": with_loader, "samples_per_s_loader_alone": loader_rate,
+                "peak_gib": peak, "model_flops_per_sample": flops_per_sample,
+                "mfu_measured_ceiling": flops_per_sample * rate / args.ceiling, "mfu_nominal": flops_per_sample * rate / NOMINAL_H100_BF16,
+                "loader_bound": loader_rate < rate,
+            })
+            print(f"  train {model_name} L={history}: {rate:,.0f} samples/s resident, {with_loader:,.0f} with loader, "
+                  f"loader alone {loader_rate:,.0f}", file=sys.stderr, flush=True)
+            del trainer, resident
+            if args.device == "cuda":
+                torch.cuda.empty_cache()
+    return rows
+
+
+def _loader_rate(loader, batches: int, batch_size: int) -> float:
+    iterator = iter(loader)
+    next(iterator)  # workers started
+    started = time.perf_counter()
+    count = 0
+    for count, _ in enumerate(iterator, start=1):
+        if count >= batches:
+            break
+    return count * batch_size / (time.perf_counter() - started)
+
+
+def _train_rate(trainer, loader, phase, batches: int, batch_size: int, device: str) -> float:
+    iterator = iter(loader)
+    trainer._train_step(next(iterator), phase)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    count = 0
+    for count, batch in enumerate(iterator, start=1):
+        trainer._train_step(batch, phase)  # returns a float: synchronises every step
+        if count >= batches:
+            break
+    return count * batch_size / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dataset", type=Path, required=True, help="prepared dataset with long histories (training step)")
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ROOT / "benchmarks" / "out")))
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the suite itself")
+    parser.add_argument("--parts", default="correctness,attention,training")
+    args = parser.parse_args()
+    quick = args.quick
+    args.min_n, args.max_n = (256, 512) if quick else (1024, 32768)
+    args.batch_tokens, args.heads, args.head_dim = (1024, 2, 16) if quick else (65536, 8, 64)
+    args.chunks, args.tail, args.window, args.dense_max_n = 16, 2, 64, (512 if quick else 8192)
+    args.repeats, args.train_repeats, args.loader_batches = (2, 2, 2) if quick else (10, 10, 30)
+    args.histories = [64] if quick else [1024, 4096]
+    args.train_tokens = 4096 if quick else 262144
+    args.d_model, args.model_heads, args.layers = (16, 2, 1) if quick else (256, 4, 4)
+    args.workers = 0 if quick else 12
+    parts = args.parts.split(",")
+    torch.manual_seed(0)
+    report = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "torch": torch.__version__}
+    args.ceiling = matmul_ceiling(args.device, 1024 if quick else 8192)
+    report["matmul_ceiling_tflops"] = args.ceiling / 1e12
+    print(f"{report['device']}, torch {torch.__version__}: bf16 matmul ceiling {args.ceiling / 1e12:.0f} TFLOP/s", flush=True)
+    if "correctness" in parts:
+        report["correctness"] = check_correctness(args.device)
+        for name, errors in report["correctness"].items():
+            print(f"correct {name:<32} forward max rel {errors['forward_max_rel']:.2e}, grads {errors['grad_max_rel']:.2e}", flush=True)
+    if "attention" in parts:
+        report["attention"] = attention_table(args)
+        print(f"\n{'kernel':<30} {'n':>6} {'B':>4} {'ms':>9} {'x flash':>8} {'TFLOP/s':>8} {'% ceiling':>9} {'peak GiB':>9}")
+        for r in report["attention"]:
+            if "ms" not in r:
+                print(f"{r['kernel']:<30} {r['n']:>6} {r['batch']:>4} {r['error']}")
+                continue
+            print(f"{r['kernel']:<30} {r['n']:>6} {r['batch']:>4} {r['ms']:>9.2f} {r['x_flash']:>8.2f} {r['tflops_per_s']:>8.1f} "
+                  f"{100 * r['tflops_per_s'] * 1e12 / args.ceiling:>8.1f}% {r['peak_gib'] or 0:>9.1f}")
+    if "training" in parts:
+        report["training"] = training_table(args)
+        print(f"\n{'model':<10} {'L':>5} {'B':>4} {'resident/s':>11} {'with loader/s':>14} {'loader/s':>9} {'MFU':>6} {'peak GiB':>9}")
+        for r in report["training"]:
+            if "error" in r:
+                print(f"{r['model']:<10} {r['history']:>5} {r['batch']:>4} {r['error']}")
+                continue
+            print(f"{r['model']:<10} {r['history']:>5} {r['batch']:>4} {r['samples_per_s_resident']:>11,.0f} {r['samples_per_s_with_loader']:>14,.0f} "
+                  f"{r['samples_per_s_loader_alone']:>9,.0f} {100 * r['mfu_measured_ceiling']:>5.1f}% {r['peak_gib'] or 0:>9.1f}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "gpu_suite.json").write_text(json.dumps(report, indent=2, default=str))
+    print(f"wrote {args.out / 'gpu_suite.json'}")
+
+
+if __name__ == "__main__":
+    main()
