@@ -216,6 +216,7 @@ def sweep(
     workdir: str | None = typer.Option(None, "--workdir"),
     overrides: list[str] = typer.Option([], "--set", help="Dotted override of the pipeline file (repeatable)."),
     nproc: int | None = typer.Option(None, "--nproc", min=1, help="Processes per training run (overrides sweep.nproc)."),
+    models: str | None = typer.Option(None, "--models", help="Comma-separated models whose points to run now (default: all)."),
 ) -> None:
     """Run a scaling sweep: one MLflow parent run, a child run per grid point, fitted laws and plots."""
     from rich.table import Table
@@ -231,7 +232,10 @@ def sweep(
     if nproc:
         sweep_section = sweep_section.model_copy(update={"nproc": nproc})
     started = time.perf_counter()
-    outcome = run_sweep(pipeline, sweep_section, say=lambda message: console.print(f"[bold]sweep {pipeline.name}[/] {message}"))
+    only = [m.strip() for m in models.split(",")] if models else None
+    if only is not None and set(only) - set(sweep_section.models):
+        _fail(f"--models {sorted(set(only) - set(sweep_section.models))} are not models of the sweep ({sorted(sweep_section.models)})")
+    outcome = run_sweep(pipeline, sweep_section, say=lambda message: console.print(f"[bold]sweep {pipeline.name}[/] {message}"), only_models=only)
     table = Table(title=f"sweep {pipeline.name} (parent run {outcome['parent_run_id']})")
     for column in ("model", "point", "train FLOPs", "test AUC", "test logloss", "samples/s"):
         table.add_column(column)

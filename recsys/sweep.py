@@ -178,7 +178,9 @@ def fit_laws(results: List[dict]) -> Dict[str, Dict[str, Dict[str, float]]]:
     return laws
 
 
-def run_sweep(pipeline: Pipeline, sweep: SweepSection, say: Callable[[str], None]) -> Dict[str, Any]:
+def run_sweep(pipeline: Pipeline, sweep: SweepSection, say: Callable[[str], None], only_models: Optional[List[str]] = None) -> Dict[str, Any]:
+    """Run (or resume) the grid. `only_models` runs the points of those models alone, so one sweep can be
+    split over machines or sessions; the laws and plots then cover the models whose points exist."""
     run_pipeline(pipeline, say)  # data and prepare stages (stamped, skipped when up to date)
     work = Path(pipeline.workdir)
     dataset = work / "prepared"
@@ -199,6 +201,15 @@ def run_sweep(pipeline: Pipeline, sweep: SweepSection, say: Callable[[str], None
             digest = config_hash(config)
             run_dir = sweep_dir / f"{point['model']}-{digest}"
             metrics_path = run_dir / "metrics.json"
+            if only_models is not None and point["model"] not in only_models:
+                if metrics_path.exists():
+                    say(f"point {index}/{len(points)}: {point} done before ({run_dir.name})")
+                    result = json.loads(metrics_path.read_text())
+                    result["point"], result["history"] = point, int(config["data"].get("max_history") or default_history)
+                    results.append(result)
+                else:
+                    say(f"point {index}/{len(points)}: {point} left out (--models {','.join(only_models)})")
+                continue
             if not metrics_path.exists():
                 say(f"point {index}/{len(points)}: {point} -> {run_dir.name}")
                 config["output_dir"] = str(run_dir / "run")

@@ -92,6 +92,12 @@ class CamA(nn.Module):
     def _split(self, x: Tensor) -> Tensor:
         return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim).transpose(1, 2)
 
+    def _apply(self, fn, recurse=True):
+        # head_groups is a plain list (TorchScript needs List[Tensor]): move it with the module.
+        super()._apply(fn, recurse)
+        self.head_groups = [fn(group) for group in self.head_groups]
+        return self
+
     def forward(self, x: Tensor, context: Tensor, seq: FlatSequence) -> Tensor:
         batch, length, width = x.shape
         q = self._split(self.q(x))

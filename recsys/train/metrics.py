@@ -22,7 +22,7 @@ class PredictionBuffer:
     users: List[torch.Tensor] = field(default_factory=list)
 
     def add(self, probabilities: torch.Tensor, labels: torch.Tensor, users: torch.Tensor, weights: torch.Tensor) -> None:
-        keep = weights > 0  # rank-padding samples carry weight 0
+        keep = (weights > 0).cpu()  # rank-padding samples carry weight 0
         self.probabilities.append(probabilities.detach().float().cpu()[keep])
         self.labels.append(labels.detach().cpu()[keep])
         self.users.append(users.detach().cpu()[keep])
