@@ -231,12 +231,12 @@ def evo_branches_reference(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v
     batch, heads, total, dim = q.shape
     length, num_chunks = chunk_id.shape[1], chunk_end.shape[1]
     scale = 1.0 / math.sqrt(dim)
-    position = torch.arange(total)
+    position = torch.arange(total, device=q.device)
     is_candidate = position >= length
     query_pos = torch.where(is_candidate, torch.full_like(position, length), position)
 
     # Global: one-hot chunk membership, means by matmul.
-    membership = (chunk_id.unsqueeze(1) == torch.arange(1, num_chunks + 1).view(1, -1, 1)).to(q.dtype)  # [B, P, L]
+    membership = (chunk_id.unsqueeze(1) == torch.arange(1, num_chunks + 1, device=q.device).view(1, -1, 1)).to(q.dtype)  # [B, P, L]
     counts = membership.sum(-1).clamp_min(1.0)
     k_chunk = torch.einsum("bpl,bhld->bhpd", membership, k_summary[:, :, :length]) / counts.view(batch, 1, num_chunks, 1)
     v_chunk = torch.einsum("bpl,bhld->bhpd", membership, v_summary[:, :, :length]) / counts.view(batch, 1, num_chunks, 1)
@@ -254,9 +254,9 @@ def evo_branches_reference(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v
             for t in range(tail):
                 row.append((c, int(chunk_end[b, c]) - tail + t))
         tails.append(row)
-    tail_pos = torch.tensor([[max(p, 0) for _, p in row] for row in tails])
-    tail_valid = torch.tensor([[bool(chunk_valid[b, c]) and p >= int(chunk_start[b, c]) for c, p in row] for b, row in enumerate(tails)])
-    tail_end = torch.tensor([[int(chunk_end[b, c]) for c, _ in row] for b, row in enumerate(tails)])
+    tail_pos = torch.tensor([[max(p, 0) for _, p in row] for row in tails], device=q.device)
+    tail_valid = torch.tensor([[bool(chunk_valid[b, c]) and p >= int(chunk_start[b, c]) for c, p in row] for b, row in enumerate(tails)], device=q.device)
+    tail_end = torch.tensor([[int(chunk_end[b, c]) for c, _ in row] for b, row in enumerate(tails)], device=q.device)
     k_tail = torch.stack([k[b][:, tail_pos[b]] for b in range(batch)])
     v_tail = torch.stack([v[b][:, tail_pos[b]] for b in range(batch)])
     tail_times = torch.stack([times[b, tail_pos[b]] for b in range(batch)])
@@ -265,13 +265,13 @@ def evo_branches_reference(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v
     out_transition = _masked_softmax_attend(logits, tail_visible.unsqueeze(1), v_tail)
 
     # Local: a dense T x T band mask plus the profile token as key 0.
-    real = torch.cat([chunk_id > 0, torch.ones(batch, total - length, dtype=torch.bool)], dim=1)  # [B, T]
+    real = torch.cat([chunk_id > 0, torch.ones(batch, total - length, dtype=torch.bool, device=q.device)], dim=1)  # [B, T]
     qi, kj = position.view(-1, 1), position.view(1, -1)
     history_band = (kj <= qi) & (kj > qi - window) & (kj < length)
     candidate_keys = ((kj < length) & (kj >= length - window)) | (kj == qi)
     band = torch.where(is_candidate.view(-1, 1), candidate_keys, history_band)
     local_visible = band.unsqueeze(0) & real.unsqueeze(1)  # [B, T, T]
-    local_visible = torch.cat([torch.ones(batch, total, 1, dtype=torch.bool), local_visible], dim=2)
+    local_visible = torch.cat([torch.ones(batch, total, 1, dtype=torch.bool, device=q.device), local_visible], dim=2)
     keys = torch.cat([k_profile, k], dim=2)
     values = torch.cat([v_profile, v], dim=2)
     bias = composite_temporal_bias(times, times, scales, utc_offset, weekend_rule)
