@@ -39,7 +39,8 @@ from recsys.ops.temporal import alibi_scales, log_bucket  # noqa: E402
 KERNELS = ("full_causal_sdpa", "sparsectr_structural", "cama")
 
 
-def make_inputs(kernel: str, batch: int, n: int, heads: int, head_dim: int, chunks: int, device: str, dtype: torch.dtype):
+def make_inputs(kernel: str, batch: int, n: int, heads: int, head_dim: int, chunks: int, device: str, dtype: torch.dtype,
+                dense_mask: bool = True):
     generator = torch.Generator().manual_seed(0)
     gaps = torch.randint(1, 120, (batch, n), generator=generator)
     gaps[:, torch.randint(0, n, (max(1, n // 64),), generator=generator)] += 40_000  # sessions
@@ -56,7 +57,9 @@ def make_inputs(kernel: str, batch: int, n: int, heads: int, head_dim: int, chun
         position = torch.arange(n, device=device).expand(batch, n)
         groups = [torch.zeros(0, dtype=torch.int64, device=device)] * (heads // 2) + [torch.tensor([2, 3], device=device)] * (heads - heads // 2)
         real = torch.ones(batch, n, dtype=torch.bool, device=device)
-        extra["mask"] = cama_mask(torch.zeros_like(position), position, times, real, ~real, actions, groups, 1)
+        extra["actions"], extra["groups"] = actions, groups
+        if dense_mask:  # O(n²) memory: FlexAttention callers skip it
+            extra["mask"] = cama_mask(torch.zeros_like(position), position, times, real, ~real, actions, groups, 1)
         extra["bias_table"] = (0.01 * torch.randn(129, heads, generator=generator)).to(device, dtype).requires_grad_(True)
         extra["context"] = [torch.randn(batch, heads, 1, head_dim, generator=generator).to(device, dtype).requires_grad_(True) for _ in range(2)]
     return times, q, k, v, extra

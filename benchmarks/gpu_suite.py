@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from attention import analytic_flops, make_inputs, run_once  # noqa: E402
 
 from recsys.ops.cama import cama_attention, cama_attention_reference  # noqa: E402
+from recsys.ops.cama_flex import cama_block_mask, cama_flex_attention, head_channels  # noqa: E402
 from recsys.ops.evo_attention import evo_branches, evo_branches_reference  # noqa: E402
 
 NOMINAL_H100_BF16 = 989.4e12  # dense, SXM, without sparsity
@@ -102,7 +103,38 @@ def check_correctness(device: str) -> dict:
     grads = torch.autograd.grad(out.square().sum(), [q, k, v])
     ref_grads = torch.autograd.grad(ref.square().sum(), [q, k, v])
     report["cama"] = {"forward_max_rel": _max_rel(out, ref), "grad_max_rel": max(_max_rel(g, r) for g, r in zip(grads, ref_grads))}
+    flex_inputs = cama_flex_inputs(times, extra, device)
+    block_mask = cama_block_mask(*flex_inputs, 1)
+    table = extra["bias_table"]
+    leaves = [q, k, v, table]
+    if device == "cuda":
+        flex_out = cama_flex_attention(q, keys, values, block_mask, times, table, 1, 128)
+        flex_grads = torch.autograd.grad(flex_out.square().sum(), leaves)
+        dense_grads = torch.autograd.grad(cama_attention(q, keys, values, extra["mask"], _cama_bias(times, table)).square().sum(), leaves)
+        grad_error = max(_max_rel(g, r) for g, r in zip(flex_grads, dense_grads))
+    else:  # FlexAttention has no backward on CPU: forward only
+        with torch.no_grad():
+            flex_out = cama_flex_attention(q.detach(), keys.detach(), values.detach(), block_mask, times, table.detach(), 1, 128)
+        grad_error = float("nan")
+    report["cama_flex"] = {"forward_max_rel": _max_rel(flex_out, ref), "grad_max_rel": grad_error}
     return report
+
+
+def cama_flex_inputs(times: torch.Tensor, extra: dict, device: str):
+    """CamA's layout as `benchmarks/attention.make_inputs` draws it (one user per row, no candidates)."""
+    batch, n = times.shape
+    position = torch.arange(n, device=device).expand(batch, n)
+    real = torch.ones(batch, n, dtype=torch.bool, device=device)
+    content, in_group = head_channels(extra["groups"], 5, torch.device(device))
+    return torch.zeros_like(position), position, times, real, ~real, extra["actions"], content, in_group
+
+
+def _cama_bias(times: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    from recsys.ops.temporal import log_bucket
+
+    delta = (times.unsqueeze(2) - times.unsqueeze(1)).clamp_min(0)
+    bias = F.embedding(log_bucket(delta), table).permute(0, 3, 1, 2)
+    return torch.cat([bias.new_zeros(bias.shape[:3] + (1,)), bias], dim=3)
 
 
 # -- attention -----------------------------------------------------------------------------------
@@ -113,14 +145,26 @@ def attention_table(args) -> list[dict]:
     n = args.min_n
     while n <= args.max_n:
         batch = max(1, args.batch_tokens // n)
-        for kernel in ("full_causal_sdpa", "sparsectr_structural", "sparsectr_structural_compiled", "cama"):
+        for kernel in ("full_causal_sdpa", "sparsectr_structural", "sparsectr_structural_compiled", "cama", "cama_flex"):
             if (kernel == "cama" and n > args.dense_max_n) or (kernel.endswith("_compiled") and n not in args.compile_ns):
                 continue
-            base = kernel.replace("_compiled", "")
-            times, q, k, v, extra = make_inputs(base, batch, n, args.heads, args.head_dim, args.chunks, args.device, dtype)
+            if kernel == "cama_flex" and args.device != "cuda":
+                continue  # FlexAttention has no backward on CPU
+            base = kernel.replace("_compiled", "").replace("_flex", "")
+            times, q, k, v, extra = make_inputs(base, batch, n, args.heads, args.head_dim, args.chunks, args.device, dtype,
+                                                dense_mask=kernel != "cama_flex")
+            if kernel == "cama_flex":
+                started = time.perf_counter()
+                block_mask = cama_block_mask(*cama_flex_inputs(times, extra, args.device), 1)
+                if args.device == "cuda":
+                    torch.cuda.synchronize()
+                mask_ms = (time.perf_counter() - started) * 1e3
 
             def step() -> None:
-                if kernel == "sparsectr_structural_compiled":
+                if kernel == "cama_flex":
+                    keys, values = torch.cat([extra["context"][0], k], 2), torch.cat([extra["context"][1], v], 2)
+                    out = cama_flex_attention(q, keys, values, block_mask, times, extra["bias_table"], 1, 128)
+                elif kernel == "sparsectr_structural_compiled":
                     chunk_id, chunk_start, chunk_end, chunk_valid = extra["layout"]
                     outs = compiled(q, k, v, *extra["profile"], k, v, times, chunk_id, chunk_start, chunk_end, chunk_valid,
                                     args.tail, args.window, extra["scales"], 0, 0)
@@ -139,7 +183,8 @@ def attention_table(args) -> list[dict]:
                 continue
             flops = analytic_flops(base, batch, n, args.heads, args.head_dim, args.chunks, args.tail, args.window)
             rows.append({"kernel": kernel, "n": n, "batch": batch, "ms": seconds * 1e3, "tflops_per_s": flops / seconds / 1e12,
-                         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else None})
+                         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else None,
+                         **({"block_mask_ms": mask_ms} if kernel == "cama_flex" else {})})
             print(f"  attention {kernel:<30} n={n:>6}: {seconds * 1e3:9.2f} ms", file=sys.stderr, flush=True)
             del times, q, k, v, extra
         n *= 2
@@ -164,11 +209,12 @@ def training_table(args) -> list[dict]:
     hist_end = dataset.sample_column("hist_end")
     train_ids = dataset.split_indices("train")
     rows = []
-    for model_name in ("sparsectr", "grab"):
+    for label in args.train_models:
+        model_name, _, attention = label.partition(":")
         for history in args.histories:
             tokens = args.train_tokens if model_name == "sparsectr" else args.train_tokens // 2
             batch_size = max(1, tokens // history)
-            options = {"d_model": args.d_model, "heads": args.model_heads, "layers": args.layers}
+            options = {"d_model": args.d_model, "heads": args.model_heads, "layers": args.layers} | ({"attention": attention} if attention else {})
             cfg = TrainConfig.model_validate({
                 "data": {"dataset": str(args.dataset), "batch_size": batch_size, "eval_batch_size": batch_size, "max_history": history,
                          "num_chunks": 16, "workers": args.workers, "order": "shuffle"},
@@ -189,7 +235,7 @@ def training_table(args) -> list[dict]:
             try:
                 step_seconds = timer(lambda: trainer._train_step(resident, phase), args.train_repeats, 3, args.device)
             except torch.OutOfMemoryError:
-                rows.append({"model": model_name, "history": history, "batch": batch_size, "error": "out of memory"})
+                rows.append({"model": label, "history": history, "batch": batch_size, "error": "out of memory"})
                 torch.cuda.empty_cache()
                 continue
             peak = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else None
@@ -200,13 +246,13 @@ def training_table(args) -> list[dict]:
             with_loader = _train_rate(trainer, loader, phase, args.loader_batches, batch_size, args.device)
             rate = batch_size / step_seconds
             rows.append({
-                "model": model_name, "history": history, "batch": batch_size, "mean_history_resident": mean_length,
+                "model": label, "history": history, "batch": batch_size, "mean_history_resident": mean_length,
                 "samples_per_s_resident": rate, "samples_per_s_with_loader": with_loader, "samples_per_s_loader_alone": loader_rate,
                 "peak_gib": peak, "model_flops_per_sample": flops_per_sample,
                 "mfu_measured_ceiling": flops_per_sample * rate / args.ceiling, "mfu_nominal": flops_per_sample * rate / NOMINAL_H100_BF16,
                 "loader_bound": loader_rate < rate,
             })
-            print(f"  train {model_name} L={history}: {rate:,.0f} samples/s resident, {with_loader:,.0f} with loader, "
+            print(f"  train {label} L={history}: {rate:,.0f} samples/s resident, {with_loader:,.0f} with loader, "
                   f"loader alone {loader_rate:,.0f}", file=sys.stderr, flush=True)
             del trainer, resident
             if args.device == "cuda":
@@ -246,9 +292,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ROOT / "benchmarks" / "out")))
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the suite itself")
     parser.add_argument("--parts", default="correctness,attention,training")
+    parser.add_argument("--train-models", default="sparsectr,grab,grab:flex", help="model[:attention] labels for the training part")
+    parser.add_argument("--max-n", type=int, default=None, help="largest n of the attention table")
     args = parser.parse_args()
     quick = args.quick
-    args.min_n, args.max_n = (256, 512) if quick else (1024, 32768)
+    args.min_n, args.max_n = (256, 512) if quick else (1024, args.max_n or 32768)
+    args.train_models = args.train_models.split(",")
     args.batch_tokens, args.heads, args.head_dim = (1024, 2, 16) if quick else (65536, 8, 64)
     args.chunks, args.tail, args.window, args.dense_max_n = 16, 2, 64, (512 if quick else 4096)
     args.compile_ns = {256, 512} if quick else {2048, 8192}  # each shape compiles once: keep the suite short
@@ -263,12 +312,19 @@ def main() -> None:
     args.ceiling = matmul_ceiling(args.device, 1024 if quick else 8192)
     report["matmul_ceiling_tflops"] = args.ceiling / 1e12
     print(f"{report['device']}, torch {torch.__version__}: bf16 matmul ceiling {args.ceiling / 1e12:.0f} TFLOP/s", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after every part: a run cut short keeps what it measured
+        (args.out / "gpu_suite.json").write_text(json.dumps(report, indent=2, default=str))
+
     if "correctness" in parts:
         report["correctness"] = check_correctness(args.device)
+        save()
         for name, errors in report["correctness"].items():
             print(f"correct {name:<32} forward max rel {errors['forward_max_rel']:.2e}, grads {errors['grad_max_rel']:.2e}", flush=True)
     if "attention" in parts:
         report["attention"] = attention_table(args)
+        save()
         print(f"\n{'kernel':<30} {'n':>6} {'B':>4} {'ms':>9} {'x flash':>8} {'TFLOP/s':>8} {'% ceiling':>9} {'peak GiB':>9}")
         for r in report["attention"]:
             if "ms" not in r:
@@ -278,15 +334,15 @@ def main() -> None:
                   f"{100 * r['tflops_per_s'] * 1e12 / args.ceiling:>8.1f}% {r['peak_gib'] or 0:>9.1f}")
     if "training" in parts:
         report["training"] = training_table(args)
-        print(f"\n{'model':<10} {'L':>5} {'B':>4} {'resident/s':>11} {'with loader/s':>14} {'loader/s':>9} {'MFU':>6} {'peak GiB':>9}")
+        save()
+        print(f"\n{'model':<12} {'L':>5} {'B':>4} {'resident/s':>11} {'with loader/s':>14} {'loader/s':>9} {'MFU':>6} {'peak GiB':>9}")
         for r in report["training"]:
             if "error" in r:
-                print(f"{r['model']:<10} {r['history']:>5} {r['batch']:>4} {r['error']}")
+                print(f"{r['model']:<12} {r['history']:>5} {r['batch']:>4} {r['error']}")
                 continue
-            print(f"{r['model']:<10} {r['history']:>5} {r['batch']:>4} {r['samples_per_s_resident']:>11,.0f} {r['samples_per_s_with_loader']:>14,.0f} "
+            print(f"{r['model']:<12} {r['history']:>5} {r['batch']:>4} {r['samples_per_s_resident']:>11,.0f} {r['samples_per_s_with_loader']:>14,.0f} "
                   f"{r['samples_per_s_loader_alone']:>9,.0f} {100 * r['mfu_measured_ceiling']:>5.1f}% {r['peak_gib'] or 0:>9.1f}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_suite.json").write_text(json.dumps(report, indent=2, default=str))
+    save()
     print(f"wrote {args.out / 'gpu_suite.json'}")
 
 

@@ -132,7 +132,9 @@ def load_trained_model(run: TrainedRun) -> RankingModel:
     options = dict(run.config.model.options)
     if options.get("attention") == "reference":
         # The dense-mask reference has the structural kernels' parameters and outputs; serve those.
-        options["attention"] = "structural"
+        options["attention"] = "structural" if run.config.model.name in ("sparsectr", "transformer") else "softmax"
+    if options.get("attention") == "flex":
+        options["attention"] = "softmax"  # GRAB's FlexAttention path (GPU training) has the dense twin's parameters
     model = build_model(run.config.model.name, run.metadata, options)
     state = {"model": model.state_dict()}
     dcp.load(state, checkpoint_id=str(run.checkpoint))

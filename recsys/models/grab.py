@@ -10,7 +10,8 @@ Two layouts give the same outputs: padded (`[B, L + M]`, one context token per r
 (all users of the batch concatenated without padding, one context token per user, masks keeping
 users apart). Options in `GRABConfig`: `channels` ((name, heads, action group) triples; default:
 half the heads on content, the rest split over the spec's action groups), `attention` softmax |
-pointwise | reference, `position_bias`, `num_buckets`. The dense-supervision weight of history
+pointwise | reference | flex (FlexAttention: the channel mask as a mask_mod, the temporal bias as a
+score_mod, no dense `[B, H, N, N]` tensor; for GPU training, export serves its softmax twin), `position_bias`, `num_buckets`. The dense-supervision weight of history
 events (`history_loss_weight`) belongs to the loss, `recsys.train.loop.LossConfig`.
 """
 
@@ -25,6 +26,7 @@ from recsys.models.base import ModelOutput, RankingModel, SequenceInputs, all_ti
 from recsys.models.embedding import EmbeddedBatch, EmbeddingLayout
 from recsys.models.layers import MLP, SwiGLU
 from recsys.ops.cama import cama_attention, cama_attention_reference, cama_mask, cama_pointwise_attention
+from recsys.ops.cama_flex import cama_block_mask, cama_flex_attention, head_channels
 from recsys.ops.temporal import log_bucket
 
 CONTENT_CHANNEL = "all"
@@ -37,7 +39,7 @@ class GRABConfig:
     heads: int = 4
     layers: int = 2
     channels: Optional[Tuple[Tuple[str, int], ...]] = None  # (group name or "all", heads)
-    attention: Literal["softmax", "pointwise", "reference"] = "softmax"
+    attention: Literal["softmax", "pointwise", "reference", "flex"] = "softmax"
     num_buckets: int = 128
     position_bias: bool = False
     max_position: int = 1024
@@ -73,7 +75,7 @@ class FlatSequence(NamedTuple):
 
 
 class CamA(nn.Module):
-    def __init__(self, cfg: GRABConfig, action_dim: int, head_groups: List[Tensor], action_heads: Tensor):
+    def __init__(self, cfg: GRABConfig, action_dim: int, head_groups: List[Tensor], action_heads: Tensor, num_actions: int):
         super().__init__()
         self.heads, self.head_dim = cfg.heads, cfg.d_model // cfg.heads
         self.q = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
@@ -88,6 +90,11 @@ class CamA(nn.Module):
         self.attention = cfg.attention
         self.head_groups = head_groups
         self.register_buffer("action_heads", action_heads.view(1, cfg.heads, 1, 1).float(), persistent=False)
+        if cfg.attention == "flex" and cfg.position_bias:
+            raise ValueError("attention='flex' carries the temporal bias only; use position_bias=false or another attention")
+        content_head, in_group = head_channels(head_groups, num_actions, torch.device("cpu"))
+        self.register_buffer("content_head", content_head, persistent=False)
+        self.register_buffer("in_group", in_group, persistent=False)
 
     def _split(self, x: Tensor) -> Tensor:
         return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim).transpose(1, 2)
@@ -111,6 +118,14 @@ class CamA(nn.Module):
         context_k, context_v = self.kv(context).chunk(2, dim=-1)
         context_k, context_v = self._split(context_k), self._split(context_v)
         keys, values = torch.cat([context_k, k], dim=2), torch.cat([context_v, v], dim=2)
+        if self.attention == "flex":
+            if torch.jit.is_scripting():
+                raise RuntimeError("attention='flex' is a GPU training path; export the softmax twin (same parameters)")
+            else:
+                block_mask = cama_block_mask(seq.segment, seq.position, seq.times, seq.real, seq.is_candidate, seq.action_ids,
+                                             self.content_head, self.in_group, context.shape[1])
+                out = cama_flex_attention(q, keys, values, block_mask, seq.times, self.time_bias.weight, context.shape[1], self.num_buckets)
+                return self.out(out.transpose(1, 2).reshape(batch, length, width))
         mask = cama_mask(seq.segment, seq.position, seq.times, seq.real, seq.is_candidate, seq.action_ids, self.head_groups, context.shape[1])
         delta = (seq.times.unsqueeze(2) - seq.times.unsqueeze(1)).clamp_min(0)
         bias = self.time_bias(log_bucket(delta, self.num_buckets)).permute(0, 3, 1, 2)  # [B, H, N, N]
@@ -128,10 +143,10 @@ class CamA(nn.Module):
 
 
 class GRABBlock(nn.Module):
-    def __init__(self, cfg: GRABConfig, action_dim: int, head_groups: List[Tensor], action_heads: Tensor):
+    def __init__(self, cfg: GRABConfig, action_dim: int, head_groups: List[Tensor], action_heads: Tensor, num_actions: int):
         super().__init__()
         self.attention_norm = nn.LayerNorm(cfg.d_model)
-        self.attention = CamA(cfg, action_dim, head_groups, action_heads)
+        self.attention = CamA(cfg, action_dim, head_groups, action_heads, num_actions)
         self.ffn_norm = nn.LayerNorm(cfg.d_model)
         self.ffn = SwiGLU(cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
@@ -164,7 +179,8 @@ class GRAB(RankingModel):
         self.token = nn.Linear(layout.content_dim, cfg.d_model)
         self.context = nn.Linear(layout.side_dim, cfg.d_model) if layout.side_dim else None
         self.context_token = nn.Parameter(torch.zeros(1, 1, cfg.d_model).normal_(0, 0.02))
-        self.blocks = nn.ModuleList([GRABBlock(cfg, layout.action_dim, head_groups, action_heads) for _ in range(cfg.layers)])
+        num_actions = layout.num_embeddings[next(f.table for f in layout.sequence_fields if f.column == layout.action_column)]
+        self.blocks = nn.ModuleList([GRABBlock(cfg, layout.action_dim, head_groups, action_heads, num_actions) for _ in range(cfg.layers)])
         self.head_norm = nn.LayerNorm(cfg.d_model)
         self.head = MLP(cfg.d_model, cfg.head_hidden, 1, cfg.dropout)
         self.logit_clamp = LOGIT_CLAMP
