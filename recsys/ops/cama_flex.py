@@ -5,7 +5,9 @@ the dense mask is the twin the tests and `benchmarks/gpu_suite.py` compare again
 
 For speed FlexAttention must run compiled (`torch.compile(flex_attention)`), which is what
 `cama_flex_attention` does on CUDA; on CPU it runs FlexAttention's eager path (forward only in
-torch 2.13: no backward on CPU), used by the tests.
+torch 2.13: no backward on CPU), used by the tests. Measured on an H100 (benchmarks/RESULTS.md):
+correct (gradients included) but 1.6x slower than the dense path so far, and the block mask is
+still built densely; it is the starting point for a fused CamA kernel, not yet a speed-up.
 """
 
 from __future__ import annotations
