@@ -145,7 +145,7 @@ def attention_table(args) -> list[dict]:
     n = args.min_n
     while n <= args.max_n:
         batch = max(1, args.batch_tokens // n)
-        for kernel in ("full_causal_sdpa", "sparsectr_structural", "sparsectr_structural_compiled", "cama", "cama_flex"):
+        for kernel in args.kernels:
             if (kernel == "cama" and n > args.dense_max_n) or (kernel.endswith("_compiled") and n not in args.compile_ns):
                 continue
             if kernel == "cama_flex" and args.device != "cuda":
@@ -294,10 +294,12 @@ def main() -> None:
     parser.add_argument("--parts", default="correctness,attention,training")
     parser.add_argument("--train-models", default="sparsectr,grab,grab:flex", help="model[:attention] labels for the training part")
     parser.add_argument("--max-n", type=int, default=None, help="largest n of the attention table")
+    parser.add_argument("--kernels", default="full_causal_sdpa,sparsectr_structural,sparsectr_structural_compiled,cama,cama_flex")
     args = parser.parse_args()
     quick = args.quick
     args.min_n, args.max_n = (256, 512) if quick else (1024, args.max_n or 32768)
     args.train_models = args.train_models.split(",")
+    args.kernels = args.kernels.split(",")
     args.batch_tokens, args.heads, args.head_dim = (1024, 2, 16) if quick else (65536, 8, 64)
     args.chunks, args.tail, args.window, args.dense_max_n = 16, 2, 64, (512 if quick else 4096)
     args.compile_ns = {256, 512} if quick else {2048, 8192}  # each shape compiles once: keep the suite short

@@ -66,14 +66,22 @@ def cama_block_mask(segment: Tensor, position: Tensor, times: Tensor, real: Tens
                     content_head: Tensor, in_group: Tensor, num_context: int) -> BlockMask:
     batch, length = segment.shape
     mask_mod = cama_mask_mod(segment, position, times, real, is_candidate, action_ids, content_head, in_group, num_context)
-    return create_block_mask(mask_mod, batch, content_head.shape[0], length, num_context + length, device=segment.device)
+    # Compiled on CUDA: the mask is evaluated block by block instead of as one dense [B, H, N, S + N] tensor.
+    return create_block_mask(mask_mod, batch, content_head.shape[0], length, num_context + length, device=segment.device,
+                             _compile=segment.is_cuda)
+
+
+def _cama_flex(q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask, times: Tensor, bias_table: Tensor,
+               num_context: int, num_buckets: int) -> Tensor:
+    # The score_mod closure is built inside the compiled function, so torch.compile traces it once per
+    # shape instead of seeing a new Python function (and recompiling, then falling back) every call.
+    return flex_attention(q, k, v, score_mod=time_bias_score_mod(times, bias_table, num_context, num_buckets), block_mask=block_mask)
 
 
 def cama_flex_attention(q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask, times: Tensor, bias_table: Tensor,
                         num_context: int, num_buckets: int) -> Tensor:
     """q `[B, H, N, D]`, k/v `[B, H, S + N, D]` (context keys first) -> `[B, H, N, D]`."""
-    score_mod = time_bias_score_mod(times, bias_table, num_context, num_buckets)
     if q.is_cuda:
-        compiled = _COMPILED.setdefault("flex", torch.compile(flex_attention, dynamic=False))
-        return compiled(q, k, v, score_mod=score_mod, block_mask=block_mask)
-    return flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask)
+        compiled = _COMPILED.setdefault("flex", torch.compile(_cama_flex, dynamic=False))
+        return compiled(q, k, v, block_mask, times, bias_table, num_context, num_buckets)
+    return _cama_flex(q, k, v, block_mask, times, bias_table, num_context, num_buckets)
