@@ -74,11 +74,10 @@ def replay_requests(log_path: str | Path, spec: FeatureSpec, since: int, out: Pa
         chosen = np.sort(np.random.default_rng(seed).choice(requests.height, limit, replace=False))
         requests = requests[chosen]
     # History of a request: the user's history events strictly before its time (searchsorted per user).
-    user_codes = history["user_id"].unique(maintain_order=True)
-    code_of = dict(zip(user_codes.to_list(), range(user_codes.len()), strict=True))
-    history_user = np.array([code_of[u] for u in history["user_id"].to_list()], dtype=np.int64)
+    codes = history.select("user_id").unique(maintain_order=True).with_row_index("__user").with_columns(pl.col("__user").cast(pl.Int64))
+    history_user = history.join(codes, on="user_id", how="left", maintain_order="left")["__user"].to_numpy()
+    request_user = requests.join(codes, on="user_id", how="left", maintain_order="left")["__user"].fill_null(-1).to_numpy()
     history_key = (history_user << 34) + history["timestamp"].cast(pl.Int64).to_numpy()
-    request_user = np.array([code_of.get(u, -1) for u in requests["user_id"].to_list()], dtype=np.int64)
     request_times = requests["timestamp"].cast(pl.Int64).to_numpy()
     ends = np.searchsorted(history_key, (request_user << 34) + request_times, side="left")
     user_first = np.searchsorted(history_user, request_user, side="left")
