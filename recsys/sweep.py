@@ -114,6 +114,20 @@ def fit_power_law(compute: np.ndarray, loss: np.ndarray) -> Dict[str, float]:
             "c_err": float(errors[2]), "r2": 1 - ss_res / ss_tot if ss_tot > 0 else float("nan"), "points": int(len(x))}
 
 
+def compute_frontier(compute: np.ndarray, loss: np.ndarray) -> np.ndarray:
+    """Indices of the compute-optimal points: each has a lower loss than every point with less compute.
+
+    A grid mixes under-trained points (little data for a large model) with well-balanced ones; the
+    law of how loss falls with compute is the law of this envelope, not of every point."""
+    order = np.argsort(compute, kind="stable")
+    best, keep = np.inf, []
+    for index in order:
+        if loss[index] < best:
+            best = loss[index]
+            keep.append(int(index))
+    return np.array(keep, dtype=np.int64)
+
+
 def fit_log_linear(lengths: np.ndarray, auc: np.ndarray) -> Dict[str, float]:
     """AUC = slope · log2(L) + intercept, with the slope's standard error and R²."""
     x = np.log2(lengths)
@@ -146,10 +160,12 @@ def _plot(results: List[dict], out: Path, laws: Dict[str, Dict[str, Dict[str, fl
         mine = [r for r in results if r["model"] == model]
         flops = np.array([r["train_flops"] for r in mine])
         compute_axis.scatter(flops, [r["test"]["logloss"] for r in mine], label=model)
-        law = laws["compute"].get(model, {})
-        if "b" in law:
-            grid = np.geomspace(flops.min(), flops.max(), 100)
-            compute_axis.plot(grid, saturating_power_law(grid, law["a"], law["b"], law["c"]), label=f"{model}: b={law['b']:.2f}, R²={law['r2']:.2f}")
+        grid = np.geomspace(flops.min(), flops.max(), 100)
+        for axis_name, style in (("compute", "-"), ("frontier", "--")):
+            law = laws.get(axis_name, {}).get(model, {})
+            if "b" in law:
+                compute_axis.plot(grid, saturating_power_law(grid, law["a"], law["b"], law["c"]), style,
+                                  label=f"{model} {'all points' if axis_name == 'compute' else 'frontier'}: b={law['b']:.2f}, R²={law['r2']:.2f}")
         history_axis.plot(*_best_auc_per_length(mine), marker="o", label=model)
     compute_axis.set(xscale="log", xlabel="training FLOPs", ylabel="test logloss", title="logloss vs compute")
     history_axis.set(xscale="log", xlabel="history length", ylabel="best test AUC", title="AUC vs history length")
@@ -164,14 +180,20 @@ def _plot(results: List[dict], out: Path, laws: Dict[str, Dict[str, Dict[str, fl
 
 
 def fit_laws(results: List[dict]) -> Dict[str, Dict[str, Dict[str, float]]]:
-    laws: Dict[str, Dict[str, Dict[str, float]]] = {"compute": {}, "history": {}}
+    """`compute`: the power law over every point; `frontier`: over the compute-optimal envelope (needs
+    four envelope points: three would fit the three parameters exactly); `history`: AUC vs log length."""
+    laws: Dict[str, Dict[str, Dict[str, float]]] = {"compute": {}, "frontier": {}, "history": {}}
     for model in sorted({r["model"] for r in results}):
         mine = [r for r in results if r["model"] == model]
-        if len(mine) >= 3:
+        flops, loss = np.array([r["train_flops"] for r in mine]), np.array([r["test"]["logloss"] for r in mine])
+        envelope = compute_frontier(flops, loss)
+        for axis, x, y, needed in (("compute", flops, loss, 3), ("frontier", flops[envelope], loss[envelope], 4)):
+            if len(x) < needed:
+                continue
             try:
-                laws["compute"][model] = fit_power_law(np.array([r["train_flops"] for r in mine]), np.array([r["test"]["logloss"] for r in mine]))
+                laws[axis][model] = fit_power_law(x, y)
             except RuntimeError:  # curve_fit found no optimum: leave this model's law out, say so in the log
-                laws["compute"][model] = {"failed": 1.0}
+                laws[axis][model] = {"failed": 1.0}
         lengths, best = _best_auc_per_length(mine)
         if len(lengths) >= 2:
             laws["history"][model] = fit_log_linear(np.array(lengths, dtype=float), np.array(best))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from recsys.sweep import fit_log_linear, fit_power_law, saturating_power_law
+from recsys.sweep import compute_frontier, fit_laws, fit_log_linear, fit_power_law, saturating_power_law
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,6 +26,23 @@ def test_power_law_fit_recovers_known_parameters():
     assert law["r2"] > 0.99 and np.isfinite(law["b_err"])
     linear = fit_log_linear(np.array([16, 32, 64, 128.0]), np.array([0.70, 0.71, 0.72, 0.73]))
     assert linear["slope_per_doubling"] == pytest.approx(0.01) and linear["r2"] == pytest.approx(1.0)
+
+
+def test_frontier_law_ignores_under_trained_points():
+    seed = int(np.random.SeedSequence().entropy % 2**31)
+    rng = np.random.default_rng(seed)
+    compute = np.geomspace(1e10, 1e14, 9)
+    frontier_loss = saturating_power_law(compute, 30.0, 0.15, 0.5)
+    # Under-trained points: more compute than a frontier point, higher loss.
+    starved_compute = compute[1:-1] * 1.5
+    starved_loss = frontier_loss[1:-1] + rng.uniform(0.05, 0.1, len(starved_compute))
+    all_compute, all_loss = np.concatenate([compute, starved_compute]), np.concatenate([frontier_loss, starved_loss])
+    envelope = compute_frontier(all_compute, all_loss)
+    assert sorted(envelope.tolist()) == list(range(9)), seed
+    results = [{"model": "m", "train_flops": c, "test": {"logloss": l, "auc": 0.7}, "history": 16} for c, l in zip(all_compute, all_loss)]
+    laws = fit_laws(results)
+    assert laws["frontier"]["m"]["b"] == pytest.approx(0.15, rel=0.02) and laws["frontier"]["m"]["r2"] > 0.999
+    assert laws["compute"]["m"]["r2"] < laws["frontier"]["m"]["r2"]
 
 
 @pytest.mark.slow
