@@ -61,6 +61,10 @@ def test_tiny_sweep_runs_resumes_and_fits(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     second = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
     assert second.returncode == 0 and second.stderr.count("done before") == 4
+    only = subprocess.run(command + ["--models", "dnn"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
+    assert only.returncode == 0 and only.stderr.count("done before") == 4
+    unknown = subprocess.run(command + ["--models", "nosuch"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
+    assert unknown.returncode == 2 and "nosuch" in unknown.stderr
     laws = json.loads((tmp_path / "work" / "sweep" / "laws.json").read_text())
     assert "dnn" in laws["compute"] and "dnn" in laws["history"]
 
