@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys.data.layout import CANDIDATE_PREFIX, HISTORY_PREFIX
+from recsys.data.ragged import ranges_to_indices
 from recsys.data.store import PreparedDataset
 from recsys.ops.chunking import personalized_chunks
 
@@ -103,13 +104,6 @@ class ShardPlan:
         return mine, weights
 
 
-def _ranges_to_indices(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Concatenated `arange(start, start + length)` for all rows, without a Python loop."""
-    total = int(lengths.sum())
-    row_first = np.cumsum(lengths) - lengths
-    return np.arange(total, dtype=np.int64) + np.repeat(starts - row_first, lengths)
-
-
 class BatchBuilder:
     """Turns sample row ids into a `Batch`; holds memory-mapped columns (one per worker)."""
 
@@ -148,10 +142,10 @@ class BatchBuilder:
         # The most recent `max_history` events strictly before the sample's time.
         lengths = np.minimum(hist_end, width).astype(np.int64)
         starts = self.user_offsets[users] + hist_end - lengths
-        event_rows = _ranges_to_indices(starts, lengths)
+        event_rows = ranges_to_indices(starts, lengths)
         lengths_t = torch.from_numpy(lengths)
 
-        slots = _ranges_to_indices(np.arange(batch_size, dtype=np.int64) * width + width - lengths, lengths)
+        slots = ranges_to_indices(np.arange(batch_size, dtype=np.int64) * width + width - lengths, lengths)
         slots_t = torch.from_numpy(slots)
         padded_times = torch.zeros(batch_size * width, dtype=torch.int64)
         padded_times[slots_t] = torch.from_numpy(self.event_timestamps[event_rows])

@@ -24,6 +24,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recsys.data.ragged import ranges_to_indices
 from recsys.data.spec import FeatureSpec
 from recsys.data.validate import list_parquet_files
 
@@ -40,15 +41,9 @@ def request_columns(spec: FeatureSpec) -> List[str]:
     return [REQUEST_ID, "user_id", "timestamp", HISTORY + "timestamp"] + [HISTORY + c for c in sequence] + [CANDIDATE + c for c in candidates] + side
 
 
-def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    total = int(lengths.sum())
-    first = np.cumsum(lengths) - lengths
-    return np.arange(total, dtype=np.int64) + np.repeat(starts - first, lengths)
-
-
 def _list_column(values: pa.Array, starts: np.ndarray, lengths: np.ndarray) -> pa.ListArray:
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    return pa.ListArray.from_arrays(pa.array(offsets), values.take(pa.array(_ranges(starts, lengths))))
+    return pa.ListArray.from_arrays(pa.array(offsets), values.take(pa.array(ranges_to_indices(starts, lengths))))
 
 
 def replay_requests(log_path: str | Path, spec: FeatureSpec, since: int, out: Path, max_history: int | None = None,

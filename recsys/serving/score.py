@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from recsys.data.encode import OOV_ROW, Vocabulary, encode_with_vocabulary, hash_rows
+from recsys.data.ragged import positions_within_rows
 from recsys.data.spec import FeatureSpec, spec_from_dict
 from recsys.data.validate import UNIT_DIVISOR, InputError
 from recsys.serving.requests import CANDIDATE, HISTORY, LABEL, REQUEST_ID
@@ -105,7 +106,7 @@ class RequestEncoder:
         summary.history_events += int(lengths.sum())
         width = int(lengths.max()) if batch else 0
         rows_of = np.repeat(np.arange(batch), lengths)
-        positions = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        positions = positions_within_rows(lengths)
 
         def padded(values: np.ndarray) -> torch.Tensor:
             out = np.zeros((batch, width), dtype=np.int64)
@@ -119,7 +120,7 @@ class RequestEncoder:
         counts = frame[CANDIDATE + self.candidates[0].column].list.len().to_numpy().astype(np.int64)
         num_candidates = int(counts.max())
         cand_rows = np.repeat(np.arange(batch), counts)
-        cand_positions = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        cand_positions = positions_within_rows(counts)
         for f in self.candidates:
             # Requests with fewer candidates are padded with OOV rows; candidates never see each other,
             # so padding changes no real score, and the padded scores are dropped.
@@ -219,7 +220,7 @@ def score_requests(model_path: Path, requests: Path, out: Path, batch_size: int 
 def _score_table(frame: pl.DataFrame, scores: np.ndarray, first_candidate: str, first_row: int) -> pa.Table:
     counts = frame[first_candidate].list.len().to_numpy().astype(np.int64)
     rows = np.repeat(np.arange(frame.height), counts)
-    positions = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    positions = positions_within_rows(counts)
     request_ids = frame[REQUEST_ID].to_numpy() if REQUEST_ID in frame.columns else np.arange(frame.height) + first_row
     columns = {
         REQUEST_ID: pa.array(request_ids[rows]),
