@@ -83,11 +83,12 @@ def run_once(kernel: str, times, q, k, v, extra, tail: int, window: int) -> torc
 
 
 def analytic_flops(kernel: str, batch: int, n: int, heads: int, head_dim: int, chunks: int, tail: int, window: int) -> float:
-    """Matmul FLOPs of forward + backward (backward = 2x forward): 4·keys·head_dim per query, forward."""
+    """Matmul FLOPs of forward + backward (backward = 2x forward): 4·keys·head_dim per query, forward;
+    only the keys a query may see count (a kernel that computes masked-out scores gets no credit)."""
     if kernel == "sparsectr_structural":
         keys_per_query = chunks + chunks * tail + 2 * window + 1
-    else:
-        keys_per_query = n + (1 if kernel == "cama" else 0)
+    else:  # causal: query i has i + 1 keys (CamA: plus its context token)
+        keys_per_query = (n + 1) / 2 + (1 if kernel == "cama" else 0)
     return 3 * 4 * batch * heads * n * keys_per_query * head_dim
 
 

@@ -39,6 +39,8 @@ from attention import analytic_flops, make_inputs, run_once  # noqa: E402
 
 from recsys.ops.cama import cama_attention, cama_attention_reference  # noqa: E402
 from recsys.ops.cama_flex import cama_block_mask, cama_flex_attention, head_channels  # noqa: E402
+from recsys.ops.cama_triton import ABLATION as cama_triton_ablation  # noqa: E402
+from recsys.ops.cama_triton import cama_meta, cama_triton_attention, channel_bits  # noqa: E402
 from recsys.ops.evo_attention import evo_branches, evo_branches_reference  # noqa: E402
 
 NOMINAL_H100_BF16 = 989.4e12  # dense, SXM, without sparsity
@@ -76,7 +78,7 @@ def _max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 
-def check_correctness(device: str) -> dict:
+def check_correctness(device: str, sparsectr: bool = True) -> dict:
     torch.manual_seed(0)
     batch, n, heads, dim, chunks, tail, window = 2, 256, 4, 16, 8, 2, 32
     times, q, k, v, extra = make_inputs("sparsectr_structural", batch, n, heads, dim, chunks, device, torch.float32)
@@ -87,7 +89,7 @@ def check_correctness(device: str) -> dict:
     reference = evo_branches_reference(*args)
     reference_grads = torch.autograd.grad(sum(r.square().sum() for r in reference), leaves)
     compiled_evo = torch.compile(evo_branches, dynamic=False)
-    for name, fn in (("sparsectr_structural", evo_branches), ("sparsectr_structural_compiled", compiled_evo)):
+    for name, fn in (("sparsectr_structural", evo_branches), ("sparsectr_structural_compiled", compiled_evo))[: 2 if sparsectr else 0]:
         out = fn(*args)
         grads = torch.autograd.grad(sum(o.square().sum() for o in out), leaves)
         report[name] = {"forward_max_rel": max(_max_rel(o, r) for o, r in zip(out, reference)),
@@ -117,7 +119,40 @@ def check_correctness(device: str) -> dict:
             flex_out = cama_flex_attention(q.detach(), keys.detach(), values.detach(), block_mask, times, table.detach(), 1, 128)
         grad_error = float("nan")
     report["cama_flex"] = {"forward_max_rel": _max_rel(flex_out, ref), "grad_max_rel": grad_error}
+    if device == "cuda":  # the interpreter path is covered by tests/test_cama_triton.py
+        leaves = [q, k, v, *extra["context"], table]
+        meta = cama_triton_meta(times, extra, device)
+        fused = cama_triton_attention(q, k, v, *extra["context"], meta, table, 128, packed=False)
+        fused_grads = torch.autograd.grad(fused.square().sum(), leaves)
+        dense = cama_attention(q, keys, values, extra["mask"], _cama_bias(times, table))
+        dense_grads = torch.autograd.grad(dense.square().sum(), leaves)
+        report["cama_triton"] = {"forward_max_rel": _max_rel(fused, dense), "grad_max_rel": max(_max_rel(g, r) for g, r in zip(fused_grads, dense_grads)),
+                                 "bucket_mismatch_rate": _bucket_mismatch_rate(times)}
     return report
+
+
+def _bucket_mismatch_rate(times: torch.Tensor) -> float:
+    """Share of (query, earlier key) pairs whose bucket Triton's fast log2 puts elsewhere than torch's log2."""
+    import triton
+    import triton.language as tl
+
+    from recsys.ops.temporal import LOG_BUCKET_PER_OCTAVE, log_bucket
+
+    @triton.jit
+    def buckets(delta_ptr, out_ptr, count, scale: tl.constexpr, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        delta = tl.load(delta_ptr + offs, mask=offs < count, other=1).to(tl.float32)
+        tl.store(out_ptr + offs, tl.minimum(tl.floor(tl.log2(delta) * scale), 128).to(tl.int64), mask=offs < count)
+
+    delta = (times.unsqueeze(2) - times.unsqueeze(1)).clamp_min(1).flatten().contiguous()
+    fused = torch.empty_like(delta)
+    buckets[(triton.cdiv(delta.numel(), 1024),)](delta, fused, delta.numel(), LOG_BUCKET_PER_OCTAVE, 1024)
+    return float((fused != log_bucket(delta)).float().mean())
+
+
+def cama_triton_meta(times: torch.Tensor, extra: dict, device: str):
+    segment, position, times, real, is_candidate, actions, _, _ = cama_flex_inputs(times, extra, device)
+    return cama_meta(segment, position, times, real, is_candidate, actions, *channel_bits(extra["groups"]))
 
 
 def cama_flex_inputs(times: torch.Tensor, extra: dict, device: str):
@@ -148,29 +183,41 @@ def attention_table(args) -> list[dict]:
         for kernel in args.kernels:
             if (kernel == "cama" and n > args.dense_max_n) or (kernel.endswith("_compiled") and n not in args.compile_ns):
                 continue
-            if kernel == "cama_flex" and args.device != "cuda":
-                continue  # FlexAttention has no backward on CPU
-            base = kernel.replace("_compiled", "").replace("_flex", "")
+            if ("cama_flex" in kernel or "cama_triton" in kernel) and args.device != "cuda":
+                continue  # FlexAttention has no backward on CPU; Triton runs only interpreted there
+            forward_only = kernel.endswith("_fwd")
+            variant = kernel.removesuffix("_fwd")
+            if variant.startswith("cama_triton"):  # _nobias / _notablegrad: what the bias and its gradient cost
+                cama_triton_ablation.update(bias=not variant.endswith("_nobias"), table_grad=not variant.endswith("_notablegrad"))
+            base = variant.replace("_compiled", "").split("_flex")[0].split("_triton")[0]
             times, q, k, v, extra = make_inputs(base, batch, n, args.heads, args.head_dim, args.chunks, args.device, dtype,
-                                                dense_mask=kernel != "cama_flex")
-            if kernel == "cama_flex":
+                                                dense_mask=variant == base)
+            fused_cama = base == "cama" and variant != base
+            if fused_cama:
                 started = time.perf_counter()
-                block_mask = cama_block_mask(*cama_flex_inputs(times, extra, args.device), 1)
+                if variant == "cama_flex":
+                    block_mask = cama_block_mask(*cama_flex_inputs(times, extra, args.device), 1)
+                else:
+                    meta = cama_triton_meta(times, extra, args.device)
                 if args.device == "cuda":
                     torch.cuda.synchronize()
                 mask_ms = (time.perf_counter() - started) * 1e3
 
             def step() -> None:
-                if kernel == "cama_flex":
+                if variant.startswith("cama_triton"):
+                    out = cama_triton_attention(q, k, v, *extra["context"], meta, extra["bias_table"], 128, packed=False)
+                elif variant == "cama_flex":
                     keys, values = torch.cat([extra["context"][0], k], 2), torch.cat([extra["context"][1], v], 2)
                     out = cama_flex_attention(q, keys, values, block_mask, times, extra["bias_table"], 1, 128)
-                elif kernel == "sparsectr_structural_compiled":
+                elif variant == "sparsectr_structural_compiled":
                     chunk_id, chunk_start, chunk_end, chunk_valid = extra["layout"]
                     outs = compiled(q, k, v, *extra["profile"], k, v, times, chunk_id, chunk_start, chunk_end, chunk_valid,
                                     args.tail, args.window, extra["scales"], 0, 0)
                     out = outs[0] + outs[1] + outs[2]
                 else:
                     out = run_once(base, times, q, k, v, extra, args.tail, args.window)
+                if forward_only:
+                    return
                 out.float().square().mean().backward()
 
             if args.device == "cuda":
@@ -181,18 +228,20 @@ def attention_table(args) -> list[dict]:
                 rows.append({"kernel": kernel, "n": n, "batch": batch, "error": "out of memory"})
                 torch.cuda.empty_cache()
                 continue
-            flops = analytic_flops(base, batch, n, args.heads, args.head_dim, args.chunks, args.tail, args.window)
+            flops = analytic_flops(base, batch, n, args.heads, args.head_dim, args.chunks, args.tail, args.window) / (3 if forward_only else 1)
             rows.append({"kernel": kernel, "n": n, "batch": batch, "ms": seconds * 1e3, "tflops_per_s": flops / seconds / 1e12,
                          "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else None,
-                         **({"block_mask_ms": mask_ms} if kernel == "cama_flex" else {})})
+                         **({"block_mask_ms": mask_ms} if fused_cama else {})})
             print(f"  attention {kernel:<30} n={n:>6}: {seconds * 1e3:9.2f} ms", file=sys.stderr, flush=True)
             del times, q, k, v, extra
+            cama_triton_ablation.update(bias=True, table_grad=True)
         n *= 2
-    flash = {r["n"]: r["ms"] for r in rows if r["kernel"] == "full_causal_sdpa" and "ms" in r}
+    flash = {(r["n"], r["kernel"].endswith("_fwd")): r["ms"] for r in rows if r["kernel"].startswith("full_causal_sdpa") and "ms" in r}
     for r in rows:
-        if "ms" in r:
-            r["x_flash"] = r["ms"] / flash[r["n"]]
-            r["flash_speedup"] = flash[r["n"]] / r["ms"]
+        reference = flash.get((r["n"], r["kernel"].endswith("_fwd")))
+        if "ms" in r and reference:  # against flash in the same direction (forward only or forward + backward)
+            r["x_flash"] = r["ms"] / reference
+            r["flash_speedup"] = reference / r["ms"]
     return rows
 
 
@@ -292,12 +341,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ROOT / "benchmarks" / "out")))
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the suite itself")
     parser.add_argument("--parts", default="correctness,attention,training")
-    parser.add_argument("--train-models", default="sparsectr,grab,grab:flex", help="model[:attention] labels for the training part")
+    parser.add_argument("--train-models", default="sparsectr,grab,grab:triton", help="model[:attention] labels for the training part")
+    parser.add_argument("--skip-sparsectr-checks", action="store_true", help="correctness of the CamA kernels only (no compile)")
+    parser.add_argument("--min-n", type=int, default=None, help="smallest n of the attention table")
     parser.add_argument("--max-n", type=int, default=None, help="largest n of the attention table")
-    parser.add_argument("--kernels", default="full_causal_sdpa,sparsectr_structural,sparsectr_structural_compiled,cama,cama_flex")
+    parser.add_argument("--kernels", default="full_causal_sdpa,sparsectr_structural,sparsectr_structural_compiled,cama,cama_flex,cama_triton")
     args = parser.parse_args()
     quick = args.quick
-    args.min_n, args.max_n = (256, 512) if quick else (1024, args.max_n or 32768)
+    args.min_n, args.max_n = (256, 512) if quick else (args.min_n or 1024, args.max_n or 32768)
     args.train_models = args.train_models.split(",")
     args.kernels = args.kernels.split(",")
     args.batch_tokens, args.heads, args.head_dim = (1024, 2, 16) if quick else (65536, 8, 64)
@@ -320,7 +371,7 @@ def main() -> None:
         (args.out / "gpu_suite.json").write_text(json.dumps(report, indent=2, default=str))
 
     if "correctness" in parts:
-        report["correctness"] = check_correctness(args.device)
+        report["correctness"] = check_correctness(args.device, sparsectr=not args.skip_sparsectr_checks)
         save()
         for name, errors in report["correctness"].items():
             print(f"correct {name:<32} forward max rel {errors['forward_max_rel']:.2e}, grads {errors['grad_max_rel']:.2e}", flush=True)
@@ -332,7 +383,7 @@ def main() -> None:
             if "ms" not in r:
                 print(f"{r['kernel']:<30} {r['n']:>6} {r['batch']:>4} {r['error']}")
                 continue
-            print(f"{r['kernel']:<30} {r['n']:>6} {r['batch']:>4} {r['ms']:>9.2f} {r['x_flash']:>8.2f} {r['tflops_per_s']:>8.1f} "
+            print(f"{r['kernel']:<30} {r['n']:>6} {r['batch']:>4} {r['ms']:>9.2f} {r.get('x_flash', float('nan')):>8.2f} {r['tflops_per_s']:>8.1f} "
                   f"{100 * r['tflops_per_s'] * 1e12 / args.ceiling:>8.1f}% {r['peak_gib'] or 0:>9.1f}")
     if "training" in parts:
         report["training"] = training_table(args)

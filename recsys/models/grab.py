@@ -11,7 +11,9 @@ Two layouts give the same outputs: padded (`[B, L + M]`, one context token per r
 users apart). Options in `GRABConfig`: `channels` ((name, heads, action group) triples; default:
 half the heads on content, the rest split over the spec's action groups), `attention` softmax |
 pointwise | reference | flex (FlexAttention: the channel mask as a mask_mod, the temporal bias as a
-score_mod, no dense `[B, H, N, N]` tensor; for GPU training, export serves its softmax twin), `position_bias`, `num_buckets`. The dense-supervision weight of history
+score_mod) | triton (`recsys.ops.cama_triton`: one fused kernel, masks and bias computed per tile);
+flex and triton build no dense `[B, H, N, N]` tensor and are GPU training paths, export serves
+their softmax twin (same parameters), `position_bias`, `num_buckets`. The dense-supervision weight of history
 events (`history_loss_weight`) belongs to the loss, `recsys.train.loop.LossConfig`.
 """
 
@@ -27,6 +29,7 @@ from recsys.models.embedding import EmbeddedBatch, EmbeddingLayout
 from recsys.models.layers import MLP, SwiGLU
 from recsys.ops.cama import cama_attention, cama_attention_reference, cama_mask, cama_pointwise_attention
 from recsys.ops.cama_flex import cama_block_mask, cama_flex_attention, head_channels
+from recsys.ops.cama_triton import cama_meta, cama_triton_attention, channel_bits
 from recsys.ops.temporal import log_bucket
 
 CONTENT_CHANNEL = "all"
@@ -39,7 +42,7 @@ class GRABConfig:
     heads: int = 4
     layers: int = 2
     channels: Optional[Tuple[Tuple[str, int], ...]] = None  # (group name or "all", heads)
-    attention: Literal["softmax", "pointwise", "reference", "flex"] = "softmax"
+    attention: Literal["softmax", "pointwise", "reference", "flex", "triton"] = "softmax"
     num_buckets: int = 128
     position_bias: bool = False
     max_position: int = 1024
@@ -90,8 +93,10 @@ class CamA(nn.Module):
         self.attention = cfg.attention
         self.head_groups = head_groups
         self.register_buffer("action_heads", action_heads.view(1, cfg.heads, 1, 1).float(), persistent=False)
-        if cfg.attention == "flex" and cfg.position_bias:
-            raise ValueError("attention='flex' carries the temporal bias only; use position_bias=false or another attention")
+        if cfg.attention in ("flex", "triton") and cfg.position_bias:
+            raise ValueError(f"attention='{cfg.attention}' carries the temporal bias only; use position_bias=false or another attention")
+        self.action_groups, head_group = channel_bits(head_groups)
+        self.register_buffer("head_group", head_group, persistent=False)
         content_head, in_group = head_channels(head_groups, num_actions, torch.device("cpu"))
         self.register_buffer("content_head", content_head, persistent=False)
         self.register_buffer("in_group", in_group, persistent=False)
@@ -103,6 +108,7 @@ class CamA(nn.Module):
         # head_groups is a plain list (TorchScript needs List[Tensor]): move it with the module.
         super()._apply(fn, recurse)
         self.head_groups = [fn(group) for group in self.head_groups]
+        self.action_groups = [fn(group) for group in self.action_groups]
         return self
 
     def forward(self, x: Tensor, context: Tensor, seq: FlatSequence) -> Tensor:
@@ -117,6 +123,15 @@ class CamA(nn.Module):
         v = v + action_v * self.action_heads
         context_k, context_v = self.kv(context).chunk(2, dim=-1)
         context_k, context_v = self._split(context_k), self._split(context_v)
+        if self.attention == "triton":
+            if torch.jit.is_scripting():
+                raise RuntimeError("attention='triton' is a GPU training path; export the softmax twin (same parameters)")
+            else:
+                meta = cama_meta(seq.segment, seq.position, seq.times, seq.real, seq.is_candidate, seq.action_ids,
+                                 self.action_groups, self.head_group)
+                out = cama_triton_attention(q, k, v, context_k, context_v, meta, self.time_bias.weight, self.num_buckets,
+                                            packed=context.shape[1] > 1)  # one context token per segment
+                return self.out(out.transpose(1, 2).reshape(batch, length, width))
         keys, values = torch.cat([context_k, k], dim=2), torch.cat([context_v, v], dim=2)
         if self.attention == "flex":
             if torch.jit.is_scripting():

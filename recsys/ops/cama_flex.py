@@ -56,7 +56,7 @@ def time_bias_score_mod(times: Tensor, bias_table: Tensor, num_context: int, num
     def score_mod(score, b, h, q, kv):
         j = (kv - num_context).clamp(min=0)
         delta = (times[b, q] - times[b, j]).clamp(min=1).to(torch.float32)
-        bucket = torch.floor(torch.log(delta) / 0.301).clamp(0, num_buckets).to(torch.int64)
+        bucket = torch.floor(torch.log2(delta) * 2.3028145533553).clamp(0, num_buckets).to(torch.int64)
         return torch.where(kv < num_context, score, score + bias_table[bucket, h].to(score.dtype))
 
     return score_mod

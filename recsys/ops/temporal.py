@@ -19,6 +19,9 @@ from torch import Tensor
 # TorchScript reads no module globals.
 WEEKEND_SAME_TYPE = 0
 WEEKEND_BOTH = 1
+# ln(2) / 0.301: `log_bucket` computes ln(Δ)/0.301 as log2(Δ)·this, the form the fused CamA kernel
+# evaluates too (TorchScript reads no globals, so `log_bucket` spells it as a literal).
+LOG_BUCKET_PER_OCTAVE = 2.3028145533553
 
 
 def _is_weekend(local_seconds: Tensor) -> Tensor:
@@ -66,6 +69,7 @@ def alibi_scales(heads: int) -> Tensor:
 
 
 def log_bucket(delta_seconds: Tensor, num_buckets: int = 128) -> Tensor:
-    """HSTU's bucket: `clamp(floor(ln(max(Δ, 1)) / 0.301), 0, num_buckets)`."""
+    """HSTU's bucket: `clamp(floor(ln(max(Δ, 1)) / 0.301), 0, num_buckets)`, evaluated in float32 as
+    `floor(log2(Δ) · ln2/0.301)` so the dense path, FlexAttention and the Triton kernel agree."""
     delta = delta_seconds.clamp_min(1).to(torch.float32)
-    return torch.floor(torch.log(delta) / 0.301).clamp(0, num_buckets).to(torch.int64)
+    return torch.floor(torch.log2(delta) * 2.3028145533553).clamp(0, num_buckets).to(torch.int64)

@@ -1,0 +1,485 @@
+"""CamA as one fused Triton kernel (forward and backward): flash-attention tiling with the channel
+masks and the log-bucket temporal bias computed per tile from `[B, N]` metadata, so no
+`[B, H, N, N]` mask, bias or score tensor exists in either direction.
+
+The rules are those of `recsys.ops.cama.cama_mask` (its docstring); `cama_attention` with the dense
+mask and bias is the twin the tests and `benchmarks/gpu_suite.py` compare against. Structure:
+
+* The kernel attends over the event keys only and returns the output and its log-sum-exp; the
+  per-segment context key (bias 0, always visible) is merged afterwards in PyTorch through the
+  log-sum-exp, which keeps the kernel free of gathers and lets autograd carry the context's grads.
+* Every allowed key precedes or equals its query in sequence order (history is time-sorted and
+  candidates follow it), so each query block walks key blocks from its segment's first real
+  position up to its own diagonal: causal block skipping, and packed users never touch each other.
+* Bias-table gradient: per tile, the score gradients are summed per bucket over the (few) buckets
+  the tile spans and kept in a per-program histogram; one atomic add per bucket per program.
+* Buckets use `log_bucket`'s float32 formula; the GPU's fast `log2` can put a Δ lying within
+  rounding of a bucket edge into the neighbouring bucket (about 1 pair in 10⁵, measured in the suite).
+
+Runs on CUDA; on CPU it runs under Triton's interpreter (`TRITON_INTERPRET=1`), which the tests use.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import List, NamedTuple, Tuple
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from recsys.ops.temporal import LOG_BUCKET_PER_OCTAVE
+
+_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+_REAL, _HISTORY, _CANDIDATE, _FIRST_GROUP_BIT = 1, 2, 4, 3
+
+
+class CamaMeta(NamedTuple):
+    """Per-batch metadata the kernels read instead of masks (built once, shared by all layers)."""
+
+    times: Tensor  # [B, N] int32: seconds since the row's earliest real event (0 at padding)
+    segment: Tensor  # [B, N] int32
+    position: Tensor  # [B, N] int32
+    flags: Tensor  # [B, N] int32: real | history | candidate | one bit per action group
+    block_start: Tensor  # [B, N] int32: first key index a query's segment can attend
+    segment_end: Tensor  # [B, N] int32: one past the last position of the key's segment
+    head_group: Tensor  # [H] int32: -1 content channel, else the action group's bit index
+
+
+def channel_bits(head_groups: List[Tensor]) -> Tuple[List[Tensor], Tensor]:
+    """Distinct action groups and, per head, its group's flag bit (-1: content channel). Static per model."""
+    distinct: List[Tensor] = []
+    head_group = []
+    for group in head_groups:
+        if group.numel() == 0:
+            head_group.append(-1)
+            continue
+        index = next((i for i, seen in enumerate(distinct) if torch.equal(seen.cpu(), group.cpu())), None)
+        if index is None:
+            distinct.append(group.cpu())
+            index = len(distinct) - 1
+        head_group.append(_FIRST_GROUP_BIT + index)
+    if _FIRST_GROUP_BIT + len(distinct) > 31:
+        raise ValueError(f"{len(distinct)} action groups: the fused CamA kernel holds at most 28")
+    return distinct, torch.tensor(head_group, dtype=torch.int32)
+
+
+def cama_meta(segment: Tensor, position: Tensor, times: Tensor, real: Tensor, is_candidate: Tensor, action_ids: Tensor,
+              groups: List[Tensor], head_group: Tensor) -> CamaMeta:
+    """`cama_mask`'s arguments with the heads' channels as `channel_bits` gives them; segments must be
+    contiguous runs and each segment's history sorted by time."""
+    batch, length = segment.shape
+    history = real & ~is_candidate
+    _assert_history_time_sorted(segment, times, history)
+    flags = real.int() * _REAL + history.int() * _HISTORY + is_candidate.int() * _CANDIDATE
+    for index, group in enumerate(groups):
+        member = torch.isin(action_ids, group.to(action_ids.device))
+        flags = flags + (member.int() << (_FIRST_GROUP_BIT + index))
+    index = torch.arange(length, device=segment.device).expand(batch, length)
+    new_run = torch.ones_like(segment, dtype=torch.bool)
+    new_run[:, 1:] = segment[:, 1:] != segment[:, :-1]
+    run_start = torch.where(new_run, index, torch.zeros_like(index)).cummax(dim=1).values
+    # Left padding is never a key: start each row's key walk at its first real position.
+    first_real = torch.where(real, index, torch.full_like(index, length)).min(dim=1, keepdim=True).values
+    block_start = torch.maximum(run_start, first_real.clamp_max(length - 1))
+    ends_run = torch.ones_like(new_run)
+    ends_run[:, :-1] = new_run[:, 1:]
+    run_end = torch.where(ends_run, index + 1, torch.full_like(index, length)).flip(1).cummin(dim=1).values.flip(1)
+    return CamaMeta(_relative_times(times, real), segment.int().contiguous(), position.int().contiguous(), flags.int().contiguous(),
+                    block_start.int().contiguous(), run_end.int().contiguous(), head_group.to(segment.device))
+
+
+def _relative_times(times: Tensor, real: Tensor) -> Tensor:
+    """int32 offsets from each row's earliest real event: the same differences as int64, half the bytes
+    and native 32-bit arithmetic in the kernels. A row must span less than 2³¹ s (68 years)."""
+    base = torch.where(real, times, torch.full_like(times, torch.iinfo(torch.int64).max)).min(dim=1, keepdim=True).values
+    relative = torch.where(real, times - base, torch.zeros_like(times))
+    fits = relative.max() < 2**31
+    if fits.is_cuda:
+        torch._assert_async(fits, "fused CamA: a row spans 2^31 s or more")
+    elif not bool(fits):
+        raise ValueError("fused CamA: a row's events span 2^31 seconds or more")
+    return relative.int().contiguous()
+
+
+def _assert_history_time_sorted(segment: Tensor, times: Tensor, history: Tensor) -> None:
+    """The kernels walk keys only up to the diagonal: an action key (earlier in time) must also come
+    earlier in the sequence. Asynchronous on CUDA (no host sync); fails the next synchronising call."""
+    # Segment in the high bits: a running maximum then never crosses from one user into the next.
+    key = (segment.long() << 44) + times
+    floor = torch.full_like(key, torch.iinfo(torch.int64).min)
+    running = torch.where(history, key, floor).cummax(dim=1).values
+    previous = torch.cat([floor[:, :1], running[:, :-1]], dim=1)
+    sorted_ok = (~history | (key >= previous)).all()
+    if sorted_ok.is_cuda:
+        torch._assert_async(sorted_ok, "fused CamA needs each user's history sorted by time")
+    elif not bool(sorted_ok):
+        raise ValueError("fused CamA needs each user's history sorted by time (segment by segment)")
+
+
+@triton.jit
+def _bucket(delta, NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr):
+    """`log_bucket` on int32 time differences (any shape)."""
+    # log2(max(Δ, 1)) >= 0, so truncation is the floor.
+    return tl.minimum(tl.log2(tl.maximum(delta, 1).to(tl.float32)) * BUCKET_SCALE, NUM_BUCKETS).to(tl.int32)
+
+
+@triton.jit
+def _tile(q, k, offs_m, offs_n, t_i, seg_i, pos_i, candidate_i, t_j, seg_j, pos_j, flags_j, TABLE, h, group_bit, N,
+          H: tl.constexpr, NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr, sm_scale, PRECISION: tl.constexpr,
+          DIAGONAL: tl.constexpr, BIAS: tl.constexpr, CONTENT: tl.constexpr, PACKED: tl.constexpr):
+    """Scores (natural-log units, bias included), the allowed mask and the buckets of one tile.
+
+    Off the diagonal every key precedes every query, so the content rule reduces to "a history event
+    of the same segment"; only diagonal tiles evaluate positions, self and candidate rules."""
+    history_j = ((flags_j & 2) != 0) & (offs_n < N)
+    if PACKED:  # several users per row; padded rows hold one user and skip this test
+        same = seg_i[:, None] == seg_j[None, :]
+    else:
+        same = offs_m[:, None] >= 0
+    if CONTENT:
+        if DIAGONAL:
+            real_j = (flags_j & 1) != 0
+            self_key = offs_m[:, None] == offs_n[None, :]
+            causal_history = (pos_j[None, :] <= pos_i[:, None]) & history_j[None, :]
+            content = tl.where(candidate_i[:, None], history_j[None, :] | self_key, causal_history | self_key)
+            allowed = same & real_j[None, :] & content
+        else:
+            allowed = same & history_j[None, :]
+    else:
+        in_group = history_j & (((flags_j >> group_bit) & 1) != 0)
+        allowed = same & in_group[None, :] & (t_j[None, :] < t_i[:, None])
+    scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * sm_scale
+    if BIAS:
+        bucket = _bucket(t_i[:, None] - t_j[None, :], NUM_BUCKETS, BUCKET_SCALE)
+        scores += tl.load(TABLE + bucket * H + h)
+    else:  # ablation (benchmarks only): no temporal bias
+        bucket = tl.zeros_like(allowed.to(tl.int32))
+    return scores, allowed, bucket
+
+
+@triton.jit
+def _forward_block(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
+                   FLAGS_row, TABLE, h, group_bit, sm_scale, N, lo, hi, H: tl.constexpr, D: tl.constexpr,
+                   NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+                   DIAGONAL: tl.constexpr, BIAS: tl.constexpr, CONTENT: tl.constexpr, PACKED: tl.constexpr):
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        cols = offs_n < N
+        k = tl.load(K + base + offs_n[:, None] * D + offs_d[None, :], mask=cols[:, None], other=0.0)
+        v = tl.load(V + base + offs_n[:, None] * D + offs_d[None, :], mask=cols[:, None], other=0.0)
+        t_j = tl.load(T_row + offs_n, mask=cols, other=0)
+        seg_j = tl.load(SEG_row + offs_n, mask=cols, other=-1)
+        pos_j = tl.load(POS_row + offs_n, mask=cols, other=0)
+        flags_j = tl.load(FLAGS_row + offs_n, mask=cols, other=0)
+        scores, allowed, _ = _tile(q, k, offs_m, offs_n, t_i, seg_i, pos_i, candidate_i, t_j, seg_j, pos_j, flags_j, TABLE, h,
+                                   group_bit, N, H, NUM_BUCKETS, BUCKET_SCALE, sm_scale, PRECISION, DIAGONAL, BIAS, CONTENT, PACKED)
+        scores = tl.where(allowed, scores * 1.4426950408889634, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(scores - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+def _configs(shapes: List[Tuple[int, int, int, int]]) -> List[triton.Config]:
+    """(BLOCK_M, BLOCK_N, warps, stages) candidates, tuned per (N, D, H) on the GPU; one small tile when interpreted."""
+    if _INTERPRETED:  # unequal tiles, as on the GPU: the tests then cover the diagonal split's bookkeeping
+        m, n = shapes[-1][:2]
+        return [triton.Config({"BLOCK_M": 32 if m > n else 16, "BLOCK_N": 32 if n > m else 16}, num_warps=1)]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st) for m, n, w, st in shapes]
+
+
+# BLOCK_M >= BLOCK_N in query-major kernels and BLOCK_N >= BLOCK_M in the key-major one: a block then
+# starts on a boundary of the other axis' blocks, which the diagonal split relies on.
+_QUERY_MAJOR = _configs([(64, 64, 4, 3), (128, 128, 8, 2), (128, 64, 4, 2), (64, 32, 4, 3), (128, 64, 8, 3)])
+_KEY_MAJOR = _configs([(64, 64, 4, 3), (64, 128, 8, 2), (32, 128, 8, 3), (16, 64, 4, 3), (32, 64, 4, 3)])
+
+
+@triton.autotune(configs=_QUERY_MAJOR, key=["N", "D", "H", "BIAS", "PACKED"])
+@triton.jit
+def _cama_forward_kernel(Q, K, V, T, SEG, POS, FLAGS, START, HEAD_GROUP, TABLE, O, LSE, sm_scale, N,
+                         H: tl.constexpr, D: tl.constexpr, NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr,
+                         PRECISION: tl.constexpr, BIAS: tl.constexpr, TABLE_GRAD: tl.constexpr, PACKED: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D)
+    rows = offs_m < N
+    base = pid_bh.to(tl.int64) * N * D
+    q = tl.load(Q + base + offs_m[:, None] * D + offs_d[None, :], mask=rows[:, None], other=0.0)
+    T_row, SEG_row, POS_row, FLAGS_row = T + b * N, SEG + b * N, POS + b * N, FLAGS + b * N
+    t_i = tl.load(T_row + offs_m, mask=rows, other=0)
+    seg_i = tl.load(SEG_row + offs_m, mask=rows, other=-2)
+    pos_i = tl.load(POS_row + offs_m, mask=rows, other=0)
+    candidate_i = (tl.load(FLAGS_row + offs_m, mask=rows, other=0) & 4) != 0
+    group_bit = tl.load(HEAD_GROUP + h)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    lo = tl.minimum(tl.load(START + b * N + start_m) // BLOCK_N * BLOCK_N, start_m)
+    diagonal_lo = tl.maximum(lo, start_m)
+    diagonal_hi = tl.minimum(start_m + BLOCK_M, N)
+    # One branch per program, outside the loops: the channel is a compile-time constant inside them.
+    if group_bit < 0:
+        acc, l_i, m_i = _forward_block(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row,
+                                       POS_row, FLAGS_row, TABLE, h, group_bit, sm_scale, N, lo, start_m, H, D, NUM_BUCKETS,
+                                       BUCKET_SCALE, PRECISION, BLOCK_N, False, BIAS, True, PACKED)
+        acc, l_i, m_i = _forward_block(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row,
+                                       POS_row, FLAGS_row, TABLE, h, group_bit, sm_scale, N, diagonal_lo, diagonal_hi, H, D,
+                                       NUM_BUCKETS, BUCKET_SCALE, PRECISION, BLOCK_N, True, BIAS, True, PACKED)
+    else:
+        acc, l_i, m_i = _forward_block(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row,
+                                       POS_row, FLAGS_row, TABLE, h, group_bit, sm_scale, N, lo, start_m, H, D, NUM_BUCKETS,
+                                       BUCKET_SCALE, PRECISION, BLOCK_N, False, BIAS, False, PACKED)
+        acc, l_i, m_i = _forward_block(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row,
+                                       POS_row, FLAGS_row, TABLE, h, group_bit, sm_scale, N, diagonal_lo, diagonal_hi, H, D,
+                                       NUM_BUCKETS, BUCKET_SCALE, PRECISION, BLOCK_N, True, BIAS, False, PACKED)
+    has_key = l_i > 0
+    out = acc / tl.where(has_key, l_i, 1.0)[:, None]
+    lse = tl.where(has_key, (m_i + tl.log2(tl.where(has_key, l_i, 1.0))) / 1.4426950408889634, float("-inf"))
+    tl.store(O + base + offs_m[:, None] * D + offs_d[None, :], out.to(O.dtype.element_ty), mask=rows[:, None])
+    tl.store(LSE + pid_bh.to(tl.int64) * N + offs_m, lse, mask=rows)
+
+
+@triton.jit
+def _dkdv_block(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n, offs_d, t_j, seg_j, pos_j, flags_j,
+                T_row, SEG_row, POS_row, FLAGS_row, TABLE, h, group_bit, sm_scale, N, lo, hi, H: tl.constexpr, D: tl.constexpr,
+                NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr, TABLE_BINS: tl.constexpr, PRECISION: tl.constexpr,
+                BLOCK_M: tl.constexpr, DIAGONAL: tl.constexpr, BIAS: tl.constexpr, TABLE_GRAD: tl.constexpr, CONTENT: tl.constexpr,
+                PACKED: tl.constexpr):
+    bins = tl.arange(0, TABLE_BINS)
+    real_j = (flags_j & 1) != 0
+    t_j_low = tl.min(tl.where(real_j, t_j, 2147483647), 0)
+    t_j_high = tl.max(tl.where(real_j, t_j, -2147483647), 0)
+    for start_m in range(lo, hi, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        rows = offs_m < N
+        q = tl.load(Q + base + offs_m[:, None] * D + offs_d[None, :], mask=rows[:, None], other=0.0)
+        do = tl.load(DO + base + offs_m[:, None] * D + offs_d[None, :], mask=rows[:, None], other=0.0)
+        lse = tl.load(LSE + pid_bh.to(tl.int64) * N + offs_m, mask=rows, other=float("inf"))
+        lse = tl.where(lse == float("-inf"), float("inf"), lse)  # a row with no event key has no gradient here
+        delta_row = tl.load(DELTA + pid_bh.to(tl.int64) * N + offs_m, mask=rows, other=0.0)
+        t_i = tl.load(T_row + offs_m, mask=rows, other=0)
+        seg_i = tl.load(SEG_row + offs_m, mask=rows, other=-2)
+        pos_i = tl.load(POS_row + offs_m, mask=rows, other=0)
+        candidate_i = (tl.load(FLAGS_row + offs_m, mask=rows, other=0) & 4) != 0
+        scores, allowed, bucket = _tile(q, k, offs_m, offs_n, t_i, seg_i, pos_i, candidate_i, t_j, seg_j, pos_j, flags_j, TABLE, h,
+                                        group_bit, N, H, NUM_BUCKETS, BUCKET_SCALE, sm_scale, PRECISION, DIAGONAL, BIAS, CONTENT, PACKED)
+        allowed = allowed & rows[:, None]
+        p = tl.where(allowed, tl.exp2((scores - lse[:, None]) * 1.4426950408889634), 0.0)
+        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        ds = p * (dp - delta_row[:, None])
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
+        if TABLE_GRAD:
+            # Buckets are monotone in Δ: the tile spans bucket(min Δ) .. bucket(max Δ), a few values off the diagonal.
+            low = _bucket(tl.min(tl.where(rows, t_i, 2147483647), 0) - t_j_high, NUM_BUCKETS, BUCKET_SCALE)
+            high = _bucket(tl.max(tl.where(rows, t_i, -2147483647), 0) - t_j_low, NUM_BUCKETS, BUCKET_SCALE)
+            for value in range(low, high + 1):
+                total = tl.sum(tl.sum(tl.where(bucket == value, ds, 0.0), axis=1), axis=0)
+                histogram += tl.where(bins == value, total, 0.0)
+    return dk, dv, histogram
+
+
+@triton.autotune(configs=_KEY_MAJOR, key=["N", "D", "H", "BIAS", "TABLE_GRAD", "PACKED"], reset_to_zero=["DTABLE"])
+@triton.jit
+def _cama_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, SEG, POS, FLAGS, END, HEAD_GROUP, TABLE, DK, DV, DTABLE, sm_scale, N,
+                      H: tl.constexpr, D: tl.constexpr, NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr, TABLE_BINS: tl.constexpr,
+                      PRECISION: tl.constexpr, BIAS: tl.constexpr, TABLE_GRAD: tl.constexpr, PACKED: tl.constexpr, BLOCK_M: tl.constexpr,
+                      BLOCK_N: tl.constexpr):
+    """One key block per program: walks the query blocks that can see it; dK, dV and the bias histogram."""
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    start_n = pid_n * BLOCK_N
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D)
+    cols = offs_n < N
+    base = pid_bh.to(tl.int64) * N * D
+    k = tl.load(K + base + offs_n[:, None] * D + offs_d[None, :], mask=cols[:, None], other=0.0)
+    v = tl.load(V + base + offs_n[:, None] * D + offs_d[None, :], mask=cols[:, None], other=0.0)
+    T_row, SEG_row, POS_row, FLAGS_row = T + b * N, SEG + b * N, POS + b * N, FLAGS + b * N
+    t_j = tl.load(T_row + offs_n, mask=cols, other=0)
+    seg_j = tl.load(SEG_row + offs_n, mask=cols, other=-1)
+    pos_j = tl.load(POS_row + offs_n, mask=cols, other=0)
+    flags_j = tl.load(FLAGS_row + offs_n, mask=cols, other=0)
+    group_bit = tl.load(HEAD_GROUP + h)
+    dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, D], dtype=tl.float32)
+    histogram = tl.zeros([TABLE_BINS], dtype=tl.float32)
+    hi = tl.load(END + b * N + tl.minimum(start_n + BLOCK_N, N) - 1)
+    hi = tl.where(tl.max(flags_j & 1, 0) > 0, hi, start_n)  # a block of padding is nobody's key
+    diagonal_end = tl.minimum(start_n + BLOCK_N, hi)
+    if group_bit < 0:
+        dk, dv, histogram = _dkdv_block(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n, offs_d, t_j, seg_j, pos_j,
+                                        flags_j, T_row, SEG_row, POS_row, FLAGS_row, TABLE, h, group_bit, sm_scale, N, start_n, diagonal_end, H, D,
+                                        NUM_BUCKETS, BUCKET_SCALE, TABLE_BINS, PRECISION, BLOCK_M, True, BIAS, TABLE_GRAD, True, PACKED)
+        dk, dv, histogram = _dkdv_block(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n, offs_d, t_j, seg_j, pos_j,
+                                        flags_j, T_row, SEG_row, POS_row, FLAGS_row, TABLE, h, group_bit, sm_scale, N, diagonal_end, hi, H, D,
+                                        NUM_BUCKETS, BUCKET_SCALE, TABLE_BINS, PRECISION, BLOCK_M, False, BIAS, TABLE_GRAD, True, PACKED)
+    else:
+        dk, dv, histogram = _dkdv_block(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n, offs_d, t_j, seg_j, pos_j,
+                                        flags_j, T_row, SEG_row, POS_row, FLAGS_row, TABLE, h, group_bit, sm_scale, N, start_n, diagonal_end, H, D,
+                                        NUM_BUCKETS, BUCKET_SCALE, TABLE_BINS, PRECISION, BLOCK_M, True, BIAS, TABLE_GRAD, False, PACKED)
+        dk, dv, histogram = _dkdv_block(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n, offs_d, t_j, seg_j, pos_j,
+                                        flags_j, T_row, SEG_row, POS_row, FLAGS_row, TABLE, h, group_bit, sm_scale, N, diagonal_end, hi, H, D,
+                                        NUM_BUCKETS, BUCKET_SCALE, TABLE_BINS, PRECISION, BLOCK_M, False, BIAS, TABLE_GRAD, False, PACKED)
+    tl.store(DK + base + offs_n[:, None] * D + offs_d[None, :], (dk * sm_scale).to(DK.dtype.element_ty), mask=cols[:, None])
+    tl.store(DV + base + offs_n[:, None] * D + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=cols[:, None])
+    if TABLE_GRAD:
+        bins = tl.arange(0, TABLE_BINS)
+        tl.atomic_add(DTABLE + bins * H + h, histogram, mask=bins <= NUM_BUCKETS)
+
+
+@triton.jit
+def _dq_block(dq, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
+              FLAGS_row, TABLE, h, group_bit, sm_scale, N, lo, hi, H: tl.constexpr, D: tl.constexpr, NUM_BUCKETS: tl.constexpr,
+              BUCKET_SCALE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, DIAGONAL: tl.constexpr, BIAS: tl.constexpr,
+              CONTENT: tl.constexpr, PACKED: tl.constexpr):
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        cols = offs_n < N
+        k = tl.load(K + base + offs_n[:, None] * D + offs_d[None, :], mask=cols[:, None], other=0.0)
+        v = tl.load(V + base + offs_n[:, None] * D + offs_d[None, :], mask=cols[:, None], other=0.0)
+        t_j = tl.load(T_row + offs_n, mask=cols, other=0)
+        seg_j = tl.load(SEG_row + offs_n, mask=cols, other=-1)
+        pos_j = tl.load(POS_row + offs_n, mask=cols, other=0)
+        flags_j = tl.load(FLAGS_row + offs_n, mask=cols, other=0)
+        scores, allowed, _ = _tile(q, k, offs_m, offs_n, t_i, seg_i, pos_i, candidate_i, t_j, seg_j, pos_j, flags_j, TABLE, h,
+                                   group_bit, N, H, NUM_BUCKETS, BUCKET_SCALE, sm_scale, PRECISION, DIAGONAL, BIAS, CONTENT, PACKED)
+        p = tl.where(allowed, tl.exp2((scores - lse[:, None]) * 1.4426950408889634), 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        ds = p * (dp - delta_row[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+    return dq
+
+
+@triton.autotune(configs=_QUERY_MAJOR, key=["N", "D", "H", "BIAS", "PACKED"])
+@triton.jit
+def _cama_dq_kernel(Q, K, V, DO, LSE, DELTA, T, SEG, POS, FLAGS, START, HEAD_GROUP, TABLE, DQ, sm_scale, N,
+                    H: tl.constexpr, D: tl.constexpr, NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr,
+                    PRECISION: tl.constexpr, BIAS: tl.constexpr, TABLE_GRAD: tl.constexpr, PACKED: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK_N: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D)
+    rows = offs_m < N
+    base = pid_bh.to(tl.int64) * N * D
+    q = tl.load(Q + base + offs_m[:, None] * D + offs_d[None, :], mask=rows[:, None], other=0.0)
+    do = tl.load(DO + base + offs_m[:, None] * D + offs_d[None, :], mask=rows[:, None], other=0.0)
+    lse = tl.load(LSE + pid_bh.to(tl.int64) * N + offs_m, mask=rows, other=float("inf"))
+    lse = tl.where(lse == float("-inf"), float("inf"), lse)
+    delta_row = tl.load(DELTA + pid_bh.to(tl.int64) * N + offs_m, mask=rows, other=0.0)
+    T_row, SEG_row, POS_row, FLAGS_row = T + b * N, SEG + b * N, POS + b * N, FLAGS + b * N
+    t_i = tl.load(T_row + offs_m, mask=rows, other=0)
+    seg_i = tl.load(SEG_row + offs_m, mask=rows, other=-2)
+    pos_i = tl.load(POS_row + offs_m, mask=rows, other=0)
+    candidate_i = (tl.load(FLAGS_row + offs_m, mask=rows, other=0) & 4) != 0
+    group_bit = tl.load(HEAD_GROUP + h)
+    dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    lo = tl.minimum(tl.load(START + b * N + start_m) // BLOCK_N * BLOCK_N, start_m)
+    diagonal_lo = tl.maximum(lo, start_m)
+    diagonal_hi = tl.minimum(start_m + BLOCK_M, N)
+    if group_bit < 0:
+        dq = _dq_block(dq, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
+                       FLAGS_row, TABLE, h, group_bit, sm_scale, N, lo, start_m, H, D, NUM_BUCKETS, BUCKET_SCALE, PRECISION, BLOCK_N,
+                       False, BIAS, True, PACKED)
+        dq = _dq_block(dq, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
+                       FLAGS_row, TABLE, h, group_bit, sm_scale, N, diagonal_lo, diagonal_hi, H, D, NUM_BUCKETS, BUCKET_SCALE, PRECISION, BLOCK_N,
+                       True, BIAS, True, PACKED)
+    else:
+        dq = _dq_block(dq, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
+                       FLAGS_row, TABLE, h, group_bit, sm_scale, N, lo, start_m, H, D, NUM_BUCKETS, BUCKET_SCALE, PRECISION, BLOCK_N,
+                       False, BIAS, False, PACKED)
+        dq = _dq_block(dq, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
+                       FLAGS_row, TABLE, h, group_bit, sm_scale, N, diagonal_lo, diagonal_hi, H, D, NUM_BUCKETS, BUCKET_SCALE, PRECISION, BLOCK_N,
+                       True, BIAS, False, PACKED)
+    tl.store(DQ + base + offs_m[:, None] * D + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty), mask=rows[:, None])
+
+
+# Ablation switches for benchmarks/gpu_suite.py only: what the temporal bias and its table gradient cost.
+ABLATION = {"bias": True, "table_grad": True}
+
+
+def _launch_meta(q: Tensor, table: Tensor, num_buckets: int, packed: bool) -> dict:
+    # float32 inputs get exact float32 products (tests, correctness checks); bf16/fp16 use tensor cores.
+    precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    return dict(H=table.shape[1], NUM_BUCKETS=num_buckets, BUCKET_SCALE=LOG_BUCKET_PER_OCTAVE, PRECISION=precision,
+                BIAS=ABLATION["bias"], TABLE_GRAD=ABLATION["bias"] and ABLATION["table_grad"], PACKED=packed)
+
+
+class _CamaEvents(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, table: Tensor, meta: CamaMeta, num_buckets: int, sm_scale: float, packed: bool):
+        batch, heads, length, dim = q.shape
+        out = torch.empty_like(q)
+        lse = torch.empty(batch, heads, length, device=q.device, dtype=torch.float32)
+        table32 = table.float().contiguous()
+        grid = lambda meta_params: (triton.cdiv(length, meta_params["BLOCK_M"]), batch * heads)  # noqa: E731
+        _cama_forward_kernel[grid](q, k, v, meta.times, meta.segment, meta.position, meta.flags, meta.block_start, meta.head_group,
+                                   table32, out, lse, sm_scale, length, D=dim,
+                                   **_launch_meta(q, table, num_buckets, packed))
+        ctx.save_for_backward(q, k, v, out, lse, table32, *meta)
+        ctx.num_buckets, ctx.table_dtype, ctx.sm_scale, ctx.packed = num_buckets, table.dtype, sm_scale, packed
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor, grad_lse: Tensor):
+        q, k, v, out, lse, table32, *meta_tensors = ctx.saved_tensors
+        meta = CamaMeta(*meta_tensors)
+        batch, heads, length, dim = q.shape
+        grad_out = grad_out.contiguous()
+        # dS = P ∘ (dP − rowsum(dO ∘ O) + dLSE): the LSE output's gradient folds into the row term.
+        delta = (grad_out.float() * out.float()).sum(-1) - (grad_lse.float() if grad_lse is not None else 0.0)
+        delta = delta.contiguous()
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        dtable = torch.zeros_like(table32)
+        launch = _launch_meta(q, table32, ctx.num_buckets, ctx.packed)
+        _cama_dkdv_kernel[lambda meta_params: (triton.cdiv(length, meta_params["BLOCK_N"]), batch * heads)](
+            q, k, v, grad_out, lse, delta, meta.times, meta.segment, meta.position, meta.flags, meta.segment_end, meta.head_group,
+            table32, dk, dv, dtable, ctx.sm_scale, length, D=dim, TABLE_BINS=triton.next_power_of_2(ctx.num_buckets + 1), **launch)
+        _cama_dq_kernel[lambda meta_params: (triton.cdiv(length, meta_params["BLOCK_M"]), batch * heads)](
+            q, k, v, grad_out, lse, delta, meta.times, meta.segment, meta.position, meta.flags, meta.block_start, meta.head_group,
+            table32, dq, ctx.sm_scale, length, D=dim, **launch)
+        return dq, dk, dv, dtable.to(ctx.table_dtype), None, None, None, None
+
+
+def _pad_head_dim(x: Tensor, dim: int) -> Tensor:
+    return torch.nn.functional.pad(x, (0, dim - x.shape[-1])).contiguous() if x.shape[-1] != dim else x.contiguous()
+
+
+def cama_triton_attention(q: Tensor, k: Tensor, v: Tensor, k_context: Tensor, v_context: Tensor, meta: CamaMeta, table: Tensor,
+                          num_buckets: int, packed: bool = True) -> Tensor:
+    """q, k, v `[B, H, N, D]` (event keys), k/v_context `[B, H, S, D]` (key s serves segment s),
+    table `[num_buckets + 1, H]` -> `[B, H, N, D]`, equal to `cama_attention` over `[context, events]`.
+    `packed=False` promises one segment per row (the padded layout) and skips the segment test."""
+    dim = q.shape[-1]
+    padded = max(16, triton.next_power_of_2(dim))  # tl.dot wants a power of two >= 16; zeros change nothing
+    # Under autocast the action-aware keys/values can come out float32 next to bfloat16 queries.
+    k, v = k.to(q.dtype), v.to(q.dtype)
+    out, lse = _CamaEvents.apply(_pad_head_dim(q, padded), _pad_head_dim(k, padded), _pad_head_dim(v, padded),
+                                 table, meta, num_buckets, dim**-0.5, packed)
+    out = out[..., :dim]
+    segment = meta.segment.long().view(q.shape[0], 1, -1, 1)
+    context_k = k_context.gather(2, segment.expand(-1, q.shape[1], -1, dim))
+    context_v = v_context.gather(2, segment.expand(-1, q.shape[1], -1, dim))
+    context_score = (q.float() * context_k.float()).sum(-1) * dim**-0.5
+    total = torch.logaddexp(lse, context_score)
+    weight_events = torch.exp(lse - total).unsqueeze(-1)
+    weight_context = torch.exp(context_score - total).unsqueeze(-1)
+    return (out.float() * weight_events + context_v.float() * weight_context).to(q.dtype)

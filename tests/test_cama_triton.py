@@ -1,0 +1,116 @@
+"""The fused Triton CamA kernel (run by Triton's interpreter here; on the H100 by gpu_suite) equals
+the dense-mask CamA: outputs and the gradients of q, k, v, the context keys/values and the bias table."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from recsys.ops.cama import cama_attention, cama_mask
+from recsys.ops.cama_triton import cama_meta, cama_triton_attention, channel_bits
+from recsys.ops.temporal import log_bucket
+
+CONTENT = torch.zeros(0, dtype=torch.int64)
+HEAD_GROUPS = [CONTENT, CONTENT, torch.tensor([2, 3]), torch.tensor([3])]
+
+
+def _packed(generator: torch.Generator, lengths=(23, 17, 9), candidates=2):
+    """Users packed in one row (history then candidates each), timestamps with ties."""
+    segments, positions, times, is_candidate = [], [], [], []
+    for user, length in enumerate(lengths):
+        gaps = torch.randint(0, 3, (length,), generator=generator) * torch.randint(1, 500_000, (length,), generator=generator)
+        t = 1_700_000_000 + gaps.cumsum(0)
+        segments += [user] * (length + candidates)
+        positions += list(range(length + candidates))
+        times += t.tolist() + [int(t[-1]) + 60] * candidates
+        is_candidate += [False] * length + [True] * candidates
+    n = len(segments)
+    candidate = torch.tensor([is_candidate])
+    actions = torch.where(candidate, 0, torch.randint(1, 4, (1, n), generator=generator))
+    return (torch.tensor([segments]), torch.tensor([positions]), torch.tensor([times]), torch.ones(1, n, dtype=torch.bool),
+            candidate, actions, len(lengths))
+
+
+def _padded(generator: torch.Generator, batch=3, length=40, candidates=3):
+    """Left-padded rows (one user each) of different history lengths, then candidates."""
+    n = length + candidates
+    real_lengths = [length, 11, 0][:batch]
+    gaps = torch.randint(0, 3, (batch, length), generator=generator) * torch.randint(1, 90_000, (batch, length), generator=generator)
+    history_times = 1_650_000_000 + gaps.cumsum(1)
+    real_history = torch.arange(length).view(1, -1) >= (length - torch.tensor(real_lengths)).view(-1, 1)
+    history_times = torch.where(real_history, history_times, torch.zeros_like(history_times))
+    times = torch.cat([history_times, (history_times[:, -1:] + 3600).expand(batch, candidates)], dim=1)
+    real = torch.cat([real_history, torch.ones(batch, candidates, dtype=torch.bool)], dim=1)
+    is_candidate = (torch.arange(n) >= length).view(1, -1).expand(batch, n)
+    actions = torch.where(real & ~is_candidate, torch.randint(1, 4, (batch, n), generator=generator), 0)
+    return torch.zeros(batch, n, dtype=torch.int64), torch.arange(n).expand(batch, n), times, real, is_candidate, actions, 1
+
+
+def _dense(q, k, v, k_context, v_context, table, layout, buckets):
+    segment, position, times, real, is_candidate, actions, contexts = layout
+    mask = cama_mask(segment, position, times, real, is_candidate, actions, HEAD_GROUPS, contexts)
+    bias = F.embedding(log_bucket((times.unsqueeze(2) - times.unsqueeze(1)).clamp_min(0), buckets), table).permute(0, 3, 1, 2)
+    bias = torch.cat([bias.new_zeros(bias.shape[:3] + (contexts,)), bias], dim=3)
+    return cama_attention(q, torch.cat([k_context, k], 2), torch.cat([v_context, v], 2), mask, bias)
+
+
+@pytest.mark.parametrize("make_layout,dim", [(_packed, 16), (_padded, 8)])
+def test_fused_cama_equals_dense_cama_with_gradients(make_layout, dim):
+    generator = torch.Generator().manual_seed(torch.seed() % 2**31)
+    layout = make_layout(generator)
+    segment, position, times, real, is_candidate, actions, contexts = layout
+    batch, n = segment.shape
+    heads, buckets = len(HEAD_GROUPS), 128
+    leaves = [torch.randn(batch, heads, n, dim, generator=generator) for _ in range(3)]
+    leaves += [torch.randn(batch, heads, contexts, dim, generator=generator) for _ in range(2)]
+    leaves.append(torch.randn(buckets + 1, heads, generator=generator))
+    leaves = [x.requires_grad_() for x in leaves]
+    upstream = torch.randn(batch, heads, n, dim, generator=generator)
+
+    expected = _dense(*leaves, layout, buckets)
+    expected_grads = torch.autograd.grad((expected * upstream).sum(), leaves)
+    meta = cama_meta(segment, position, times, real, is_candidate, actions, *channel_bits(HEAD_GROUPS))
+    got = cama_triton_attention(*leaves[:5], meta, leaves[5], buckets, packed=contexts > 1)
+    got_grads = torch.autograd.grad((got * upstream).sum(), leaves)
+
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    for name, g, e in zip(("q", "k", "v", "k_context", "v_context", "bias_table"), got_grads, expected_grads):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4, msg=lambda m, name=name: f"grad of {name}: {m}")
+
+
+def test_fused_cama_refuses_history_out_of_time_order():
+    generator = torch.Generator().manual_seed(0)
+    segment, position, times, real, is_candidate, actions, _ = _packed(generator)
+    times = times.clone()
+    times[0, 5] = int(times[0, 6]) + 1  # later than the event after it
+    with pytest.raises(ValueError, match="sorted by time"):
+        cama_meta(segment, position, times, real, is_candidate, actions, *channel_bits(HEAD_GROUPS))
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_grab_with_fused_cama_equals_softmax_grab_with_gradients(prepared, packed):
+    import numpy as np
+
+    from recsys.data.loader import BatchBuilder
+    from recsys.data.store import PreparedDataset
+    from recsys.models.registry import build_model
+
+    dataset = PreparedDataset(prepared)
+    batch = BatchBuilder(dataset, max_history=24, num_chunks=4).build(np.asarray(dataset.split_indices("test")[:5]))
+    results = []
+    for attention in ("softmax", "triton"):
+        torch.manual_seed(0)
+        model = build_model("grab", dataset.metadata, {"d_model": 16, "heads": 4, "layers": 2, "attention": attention, "packed": packed})
+        out = model(batch)
+        valid = batch.chunk_id > 0
+        loss = out.logits.square().sum() + out.history_logits[valid].square().sum()
+        grads = torch.autograd.grad(loss, [p for p in model.parameters()], allow_unused=True)
+        results.append((out, dict(zip([n for n, _ in model.named_parameters()], grads))))
+    (dense, dense_grads), (fused, fused_grads) = results
+    torch.testing.assert_close(fused.logits, dense.logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fused.history_logits[valid], dense.history_logits[valid], rtol=1e-4, atol=1e-5)
+    assert any(name.endswith("time_bias.weight") for name in fused_grads)
+    for name, grad in dense_grads.items():
+        if grad is not None:
+            torch.testing.assert_close(fused_grads[name], grad, rtol=1e-3, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
