@@ -3,10 +3,14 @@ achieved TFLOP/s next to the measured bf16 matmul ceiling.
 
 1. Ceiling: a bf16 8192³ matmul (median of repeats) — the yardstick for "fraction of peak".
 2. Correctness on the GPU: SparseCTR's structural branches (eager and torch.compile'd) against the
-   dense-mask reference, CamA against its reference; forward and gradients, float32.
+   dense-mask reference, CamA (dense, FlexAttention, fused Triton kernel) against its reference;
+   forward and gradients (the bias table's included), float32; the fused kernel's bucket mismatches.
 3. Attention forward + backward (bf16, B·n tokens fixed, CUDA events, warm-up, median):
    full causal flash attention (SDPA, the yardstick), SparseCTR structural eager and compiled,
-   CamA with its temporal bias (dense: n ≤ --dense-max-n).
+   CamA with its temporal bias (dense: n ≤ --dense-max-n; cama_flex; cama_triton). Suffixes:
+   `_fwd` times the forward alone (against flash's forward), `cama_triton_nobias` /
+   `cama_triton_notablegrad` switch the bias or its table gradient off (what they cost).
+   Useful FLOPs only: a causal query counts the keys it may see.
 4. Training step (embeddings + model + AdamW + embedding optimizer, bf16 autocast, unsharded tables)
    for sparsectr and grab at history 1,024 and 4,096: samples/s with the data loader in the loop,
    without it (one resident batch), the loader alone, peak memory and model FLOPs utilisation
@@ -132,22 +136,23 @@ def check_correctness(device: str, sparsectr: bool = True) -> dict:
 
 
 def _bucket_mismatch_rate(times: torch.Tensor) -> float:
-    """Share of (query, earlier key) pairs whose bucket Triton's fast log2 puts elsewhere than torch's log2."""
+    """Share of (query, key) pairs that the kernels' bucket (SFU lg2.approx) puts elsewhere than `log_bucket`."""
     import triton
     import triton.language as tl
 
+    from recsys.ops.cama_triton import _bucket
     from recsys.ops.temporal import LOG_BUCKET_PER_OCTAVE, log_bucket
 
     @triton.jit
     def buckets(delta_ptr, out_ptr, count, scale: tl.constexpr, BLOCK: tl.constexpr):
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        delta = tl.load(delta_ptr + offs, mask=offs < count, other=1).to(tl.float32)
-        tl.store(out_ptr + offs, tl.minimum(tl.floor(tl.log2(delta) * scale), 128).to(tl.int64), mask=offs < count)
+        delta = tl.load(delta_ptr + offs, mask=offs < count, other=1)
+        tl.store(out_ptr + offs, _bucket(delta, 128, scale, True), mask=offs < count)
 
-    delta = (times.unsqueeze(2) - times.unsqueeze(1)).clamp_min(1).flatten().contiguous()
+    delta = (times.unsqueeze(2) - times.unsqueeze(1)).clamp(1, 2**31 - 1).flatten().int().contiguous()
     fused = torch.empty_like(delta)
     buckets[(triton.cdiv(delta.numel(), 1024),)](delta, fused, delta.numel(), LOG_BUCKET_PER_OCTAVE, 1024)
-    return float((fused != log_bucket(delta)).float().mean())
+    return float((fused.long() != log_bucket(delta.long())).float().mean())
 
 
 def cama_triton_meta(times: torch.Tensor, extra: dict, device: str):

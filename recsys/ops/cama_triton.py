@@ -32,6 +32,7 @@ from torch import Tensor
 from recsys.ops.temporal import LOG_BUCKET_PER_OCTAVE
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+_LOG2E = 1.4426950408889634
 _REAL, _HISTORY, _CANDIDATE, _FIRST_GROUP_BIT = 1, 2, 4, 3
 
 
@@ -119,51 +120,57 @@ def _assert_history_time_sorted(segment: Tensor, times: Tensor, history: Tensor)
 
 
 @triton.jit
-def _bucket(delta, NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr):
+def _log2(x, FAST_LOG2: tl.constexpr):
+    if FAST_LOG2:  # the SFU's lg2.approx: one instruction instead of libdevice's accurate polynomial
+        return tl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        return tl.log2(x)
+
+
+@triton.jit
+def _bucket(delta, NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr, FAST_LOG2: tl.constexpr):
     """`log_bucket` on int32 time differences (any shape)."""
     # log2(max(Δ, 1)) >= 0, so truncation is the floor.
-    return tl.minimum(tl.log2(tl.maximum(delta, 1).to(tl.float32)) * BUCKET_SCALE, NUM_BUCKETS).to(tl.int32)
+    return tl.minimum(_log2(tl.maximum(delta, 1).to(tl.float32), FAST_LOG2) * BUCKET_SCALE, NUM_BUCKETS).to(tl.int32)
 
 
 @triton.jit
 def _tile(q, k, offs_m, offs_n, t_i, seg_i, pos_i, candidate_i, t_j, seg_j, pos_j, flags_j, TABLE, h, group_bit, N,
-          H: tl.constexpr, NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr, sm_scale, PRECISION: tl.constexpr,
-          DIAGONAL: tl.constexpr, BIAS: tl.constexpr, CONTENT: tl.constexpr, PACKED: tl.constexpr):
-    """Scores (natural-log units, bias included), the allowed mask and the buckets of one tile.
+          H: tl.constexpr, NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr, qk_scale, PRECISION: tl.constexpr,
+          DIAGONAL: tl.constexpr, BIAS: tl.constexpr, CONTENT: tl.constexpr, PACKED: tl.constexpr, FAST_LOG2: tl.constexpr):
+    """Scores of one tile in log2 units (bias included, -inf where the channel forbids the key) and its buckets.
 
-    Off the diagonal every key precedes every query, so the content rule reduces to "a history event
-    of the same segment"; only diagonal tiles evaluate positions, self and candidate rules."""
+    Off the diagonal every key precedes every query, so the content rule reduces to "a history event"
+    (a per-key test); only diagonal tiles evaluate positions, self and candidate rules. TABLE holds
+    the bias table times log2(e), and `qk_scale` is head_dim^-1/2 · log2(e)."""
     history_j = ((flags_j & 2) != 0) & (offs_n < N)
-    if PACKED:  # several users per row; padded rows hold one user and skip this test
-        same = seg_i[:, None] == seg_j[None, :]
-    else:
-        same = offs_m[:, None] >= 0
     if CONTENT:
         if DIAGONAL:
-            real_j = (flags_j & 1) != 0
             self_key = offs_m[:, None] == offs_n[None, :]
             causal_history = (pos_j[None, :] <= pos_i[:, None]) & history_j[None, :]
-            content = tl.where(candidate_i[:, None], history_j[None, :] | self_key, causal_history | self_key)
-            allowed = same & real_j[None, :] & content
+            ok = ((flags_j & 1) != 0)[None, :] & tl.where(candidate_i[:, None], history_j[None, :] | self_key, causal_history | self_key)
         else:
-            allowed = same & history_j[None, :]
+            ok = history_j[None, :]
     else:
         in_group = history_j & (((flags_j >> group_bit) & 1) != 0)
-        allowed = same & in_group[None, :] & (t_j[None, :] < t_i[:, None])
-    scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * sm_scale
+        ok = in_group[None, :] & (t_j[None, :] < t_i[:, None])
+    if PACKED:  # several users per row; a padded row holds one user and skips this test
+        ok = ok & (seg_i[:, None] == seg_j[None, :])
+    scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
     if BIAS:
-        bucket = _bucket(t_i[:, None] - t_j[None, :], NUM_BUCKETS, BUCKET_SCALE)
+        bucket = _bucket(t_i[:, None] - t_j[None, :], NUM_BUCKETS, BUCKET_SCALE, FAST_LOG2)
         scores += tl.load(TABLE + bucket * H + h)
     else:  # ablation (benchmarks only): no temporal bias
-        bucket = tl.zeros_like(allowed.to(tl.int32))
-    return scores, allowed, bucket
+        bucket = tl.zeros([1, 1], dtype=tl.int32)
+    return tl.where(ok, scores, float("-inf")), bucket
 
 
 @triton.jit
 def _forward_block(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
                    FLAGS_row, TABLE, h, group_bit, sm_scale, N, lo, hi, H: tl.constexpr, D: tl.constexpr,
                    NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
-                   DIAGONAL: tl.constexpr, BIAS: tl.constexpr, CONTENT: tl.constexpr, PACKED: tl.constexpr):
+                   DIAGONAL: tl.constexpr, BIAS: tl.constexpr, CONTENT: tl.constexpr, PACKED: tl.constexpr, FAST_LOG2: tl.constexpr):
+    qk_scale = sm_scale * 1.4426950408889634
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         cols = offs_n < N
@@ -173,9 +180,8 @@ def _forward_block(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos
         seg_j = tl.load(SEG_row + offs_n, mask=cols, other=-1)
         pos_j = tl.load(POS_row + offs_n, mask=cols, other=0)
         flags_j = tl.load(FLAGS_row + offs_n, mask=cols, other=0)
-        scores, allowed, _ = _tile(q, k, offs_m, offs_n, t_i, seg_i, pos_i, candidate_i, t_j, seg_j, pos_j, flags_j, TABLE, h,
-                                   group_bit, N, H, NUM_BUCKETS, BUCKET_SCALE, sm_scale, PRECISION, DIAGONAL, BIAS, CONTENT, PACKED)
-        scores = tl.where(allowed, scores * 1.4426950408889634, float("-inf"))
+        scores, _ = _tile(q, k, offs_m, offs_n, t_i, seg_i, pos_i, candidate_i, t_j, seg_j, pos_j, flags_j, TABLE, h, group_bit, N,
+                          H, NUM_BUCKETS, BUCKET_SCALE, qk_scale, PRECISION, DIAGONAL, BIAS, CONTENT, PACKED, FAST_LOG2)
         m_new = tl.maximum(m_i, tl.max(scores, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.exp2(scores - m_safe[:, None])
@@ -204,7 +210,7 @@ _KEY_MAJOR = _configs([(64, 64, 4, 3), (64, 128, 8, 2), (32, 128, 8, 3), (16, 64
 @triton.jit
 def _cama_forward_kernel(Q, K, V, T, SEG, POS, FLAGS, START, HEAD_GROUP, TABLE, O, LSE, sm_scale, N,
                          H: tl.constexpr, D: tl.constexpr, NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr,
-                         PRECISION: tl.constexpr, BIAS: tl.constexpr, TABLE_GRAD: tl.constexpr, PACKED: tl.constexpr,
+                         PRECISION: tl.constexpr, BIAS: tl.constexpr, TABLE_GRAD: tl.constexpr, PACKED: tl.constexpr, FAST_LOG2: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -233,17 +239,17 @@ def _cama_forward_kernel(Q, K, V, T, SEG, POS, FLAGS, START, HEAD_GROUP, TABLE, 
     if group_bit < 0:
         acc, l_i, m_i = _forward_block(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row,
                                        POS_row, FLAGS_row, TABLE, h, group_bit, sm_scale, N, lo, start_m, H, D, NUM_BUCKETS,
-                                       BUCKET_SCALE, PRECISION, BLOCK_N, False, BIAS, True, PACKED)
+                                       BUCKET_SCALE, PRECISION, BLOCK_N, False, BIAS, True, PACKED, FAST_LOG2)
         acc, l_i, m_i = _forward_block(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row,
                                        POS_row, FLAGS_row, TABLE, h, group_bit, sm_scale, N, diagonal_lo, diagonal_hi, H, D,
-                                       NUM_BUCKETS, BUCKET_SCALE, PRECISION, BLOCK_N, True, BIAS, True, PACKED)
+                                       NUM_BUCKETS, BUCKET_SCALE, PRECISION, BLOCK_N, True, BIAS, True, PACKED, FAST_LOG2)
     else:
         acc, l_i, m_i = _forward_block(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row,
                                        POS_row, FLAGS_row, TABLE, h, group_bit, sm_scale, N, lo, start_m, H, D, NUM_BUCKETS,
-                                       BUCKET_SCALE, PRECISION, BLOCK_N, False, BIAS, False, PACKED)
+                                       BUCKET_SCALE, PRECISION, BLOCK_N, False, BIAS, False, PACKED, FAST_LOG2)
         acc, l_i, m_i = _forward_block(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row,
                                        POS_row, FLAGS_row, TABLE, h, group_bit, sm_scale, N, diagonal_lo, diagonal_hi, H, D,
-                                       NUM_BUCKETS, BUCKET_SCALE, PRECISION, BLOCK_N, True, BIAS, False, PACKED)
+                                       NUM_BUCKETS, BUCKET_SCALE, PRECISION, BLOCK_N, True, BIAS, False, PACKED, FAST_LOG2)
     has_key = l_i > 0
     out = acc / tl.where(has_key, l_i, 1.0)[:, None]
     lse = tl.where(has_key, (m_i + tl.log2(tl.where(has_key, l_i, 1.0))) / 1.4426950408889634, float("-inf"))
@@ -256,7 +262,8 @@ def _dkdv_block(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n
                 T_row, SEG_row, POS_row, FLAGS_row, TABLE, h, group_bit, sm_scale, N, lo, hi, H: tl.constexpr, D: tl.constexpr,
                 NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr, TABLE_BINS: tl.constexpr, PRECISION: tl.constexpr,
                 BLOCK_M: tl.constexpr, DIAGONAL: tl.constexpr, BIAS: tl.constexpr, TABLE_GRAD: tl.constexpr, CONTENT: tl.constexpr,
-                PACKED: tl.constexpr):
+                PACKED: tl.constexpr, FAST_LOG2: tl.constexpr):
+    qk_scale = sm_scale * 1.4426950408889634
     bins = tl.arange(0, TABLE_BINS)
     real_j = (flags_j & 1) != 0
     t_j_low = tl.min(tl.where(real_j, t_j, 2147483647), 0)
@@ -267,24 +274,23 @@ def _dkdv_block(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n
         q = tl.load(Q + base + offs_m[:, None] * D + offs_d[None, :], mask=rows[:, None], other=0.0)
         do = tl.load(DO + base + offs_m[:, None] * D + offs_d[None, :], mask=rows[:, None], other=0.0)
         lse = tl.load(LSE + pid_bh.to(tl.int64) * N + offs_m, mask=rows, other=float("inf"))
-        lse = tl.where(lse == float("-inf"), float("inf"), lse)  # a row with no event key has no gradient here
+        lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634  # no event key: no gradient here
         delta_row = tl.load(DELTA + pid_bh.to(tl.int64) * N + offs_m, mask=rows, other=0.0)
         t_i = tl.load(T_row + offs_m, mask=rows, other=0)
         seg_i = tl.load(SEG_row + offs_m, mask=rows, other=-2)
         pos_i = tl.load(POS_row + offs_m, mask=rows, other=0)
         candidate_i = (tl.load(FLAGS_row + offs_m, mask=rows, other=0) & 4) != 0
-        scores, allowed, bucket = _tile(q, k, offs_m, offs_n, t_i, seg_i, pos_i, candidate_i, t_j, seg_j, pos_j, flags_j, TABLE, h,
-                                        group_bit, N, H, NUM_BUCKETS, BUCKET_SCALE, sm_scale, PRECISION, DIAGONAL, BIAS, CONTENT, PACKED)
-        allowed = allowed & rows[:, None]
-        p = tl.where(allowed, tl.exp2((scores - lse[:, None]) * 1.4426950408889634), 0.0)
+        scores, bucket = _tile(q, k, offs_m, offs_n, t_i, seg_i, pos_i, candidate_i, t_j, seg_j, pos_j, flags_j, TABLE, h, group_bit,
+                               N, H, NUM_BUCKETS, BUCKET_SCALE, qk_scale, PRECISION, DIAGONAL, BIAS, CONTENT, PACKED, FAST_LOG2)
+        p = tl.exp2(scores - lse[:, None])  # 0 at forbidden keys (-inf) and rows past N (lse +inf)
         dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         ds = p * (dp - delta_row[:, None])
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
         if TABLE_GRAD:
             # Buckets are monotone in Δ: the tile spans bucket(min Δ) .. bucket(max Δ), a few values off the diagonal.
-            low = _bucket(tl.min(tl.where(rows, t_i, 2147483647), 0) - t_j_high, NUM_BUCKETS, BUCKET_SCALE)
-            high = _bucket(tl.max(tl.where(rows, t_i, -2147483647), 0) - t_j_low, NUM_BUCKETS, BUCKET_SCALE)
+            low = _bucket(tl.min(tl.where(rows, t_i, 2147483647), 0) - t_j_high, NUM_BUCKETS, BUCKET_SCALE, FAST_LOG2)
+            high = _bucket(tl.max(tl.where(rows, t_i, -2147483647), 0) - t_j_low, NUM_BUCKETS, BUCKET_SCALE, FAST_LOG2)
             for value in range(low, high + 1):
                 total = tl.sum(tl.sum(tl.where(bucket == value, ds, 0.0), axis=1), axis=0)
                 histogram += tl.where(bins == value, total, 0.0)
@@ -295,7 +301,7 @@ def _dkdv_block(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n
 @triton.jit
 def _cama_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, SEG, POS, FLAGS, END, HEAD_GROUP, TABLE, DK, DV, DTABLE, sm_scale, N,
                       H: tl.constexpr, D: tl.constexpr, NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr, TABLE_BINS: tl.constexpr,
-                      PRECISION: tl.constexpr, BIAS: tl.constexpr, TABLE_GRAD: tl.constexpr, PACKED: tl.constexpr, BLOCK_M: tl.constexpr,
+                      PRECISION: tl.constexpr, BIAS: tl.constexpr, TABLE_GRAD: tl.constexpr, PACKED: tl.constexpr, FAST_LOG2: tl.constexpr, BLOCK_M: tl.constexpr,
                       BLOCK_N: tl.constexpr):
     """One key block per program: walks the query blocks that can see it; dK, dV and the bias histogram."""
     pid_n = tl.program_id(0)
@@ -324,17 +330,17 @@ def _cama_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, SEG, POS, FLAGS, END, HEAD_GRO
     if group_bit < 0:
         dk, dv, histogram = _dkdv_block(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n, offs_d, t_j, seg_j, pos_j,
                                         flags_j, T_row, SEG_row, POS_row, FLAGS_row, TABLE, h, group_bit, sm_scale, N, start_n, diagonal_end, H, D,
-                                        NUM_BUCKETS, BUCKET_SCALE, TABLE_BINS, PRECISION, BLOCK_M, True, BIAS, TABLE_GRAD, True, PACKED)
+                                        NUM_BUCKETS, BUCKET_SCALE, TABLE_BINS, PRECISION, BLOCK_M, True, BIAS, TABLE_GRAD, True, PACKED, FAST_LOG2)
         dk, dv, histogram = _dkdv_block(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n, offs_d, t_j, seg_j, pos_j,
                                         flags_j, T_row, SEG_row, POS_row, FLAGS_row, TABLE, h, group_bit, sm_scale, N, diagonal_end, hi, H, D,
-                                        NUM_BUCKETS, BUCKET_SCALE, TABLE_BINS, PRECISION, BLOCK_M, False, BIAS, TABLE_GRAD, True, PACKED)
+                                        NUM_BUCKETS, BUCKET_SCALE, TABLE_BINS, PRECISION, BLOCK_M, False, BIAS, TABLE_GRAD, True, PACKED, FAST_LOG2)
     else:
         dk, dv, histogram = _dkdv_block(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n, offs_d, t_j, seg_j, pos_j,
                                         flags_j, T_row, SEG_row, POS_row, FLAGS_row, TABLE, h, group_bit, sm_scale, N, start_n, diagonal_end, H, D,
-                                        NUM_BUCKETS, BUCKET_SCALE, TABLE_BINS, PRECISION, BLOCK_M, True, BIAS, TABLE_GRAD, False, PACKED)
+                                        NUM_BUCKETS, BUCKET_SCALE, TABLE_BINS, PRECISION, BLOCK_M, True, BIAS, TABLE_GRAD, False, PACKED, FAST_LOG2)
         dk, dv, histogram = _dkdv_block(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n, offs_d, t_j, seg_j, pos_j,
                                         flags_j, T_row, SEG_row, POS_row, FLAGS_row, TABLE, h, group_bit, sm_scale, N, diagonal_end, hi, H, D,
-                                        NUM_BUCKETS, BUCKET_SCALE, TABLE_BINS, PRECISION, BLOCK_M, False, BIAS, TABLE_GRAD, False, PACKED)
+                                        NUM_BUCKETS, BUCKET_SCALE, TABLE_BINS, PRECISION, BLOCK_M, False, BIAS, TABLE_GRAD, False, PACKED, FAST_LOG2)
     tl.store(DK + base + offs_n[:, None] * D + offs_d[None, :], (dk * sm_scale).to(DK.dtype.element_ty), mask=cols[:, None])
     tl.store(DV + base + offs_n[:, None] * D + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=cols[:, None])
     if TABLE_GRAD:
@@ -346,7 +352,8 @@ def _cama_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, SEG, POS, FLAGS, END, HEAD_GRO
 def _dq_block(dq, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
               FLAGS_row, TABLE, h, group_bit, sm_scale, N, lo, hi, H: tl.constexpr, D: tl.constexpr, NUM_BUCKETS: tl.constexpr,
               BUCKET_SCALE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, DIAGONAL: tl.constexpr, BIAS: tl.constexpr,
-              CONTENT: tl.constexpr, PACKED: tl.constexpr):
+              CONTENT: tl.constexpr, PACKED: tl.constexpr, FAST_LOG2: tl.constexpr):
+    qk_scale = sm_scale * 1.4426950408889634
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         cols = offs_n < N
@@ -356,9 +363,9 @@ def _dq_block(dq, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, seg_i,
         seg_j = tl.load(SEG_row + offs_n, mask=cols, other=-1)
         pos_j = tl.load(POS_row + offs_n, mask=cols, other=0)
         flags_j = tl.load(FLAGS_row + offs_n, mask=cols, other=0)
-        scores, allowed, _ = _tile(q, k, offs_m, offs_n, t_i, seg_i, pos_i, candidate_i, t_j, seg_j, pos_j, flags_j, TABLE, h,
-                                   group_bit, N, H, NUM_BUCKETS, BUCKET_SCALE, sm_scale, PRECISION, DIAGONAL, BIAS, CONTENT, PACKED)
-        p = tl.where(allowed, tl.exp2((scores - lse[:, None]) * 1.4426950408889634), 0.0)
+        scores, _ = _tile(q, k, offs_m, offs_n, t_i, seg_i, pos_i, candidate_i, t_j, seg_j, pos_j, flags_j, TABLE, h, group_bit, N,
+                          H, NUM_BUCKETS, BUCKET_SCALE, qk_scale, PRECISION, DIAGONAL, BIAS, CONTENT, PACKED, FAST_LOG2)
+        p = tl.exp2(scores - lse[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         ds = p * (dp - delta_row[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
@@ -369,7 +376,7 @@ def _dq_block(dq, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, seg_i,
 @triton.jit
 def _cama_dq_kernel(Q, K, V, DO, LSE, DELTA, T, SEG, POS, FLAGS, START, HEAD_GROUP, TABLE, DQ, sm_scale, N,
                     H: tl.constexpr, D: tl.constexpr, NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr,
-                    PRECISION: tl.constexpr, BIAS: tl.constexpr, TABLE_GRAD: tl.constexpr, PACKED: tl.constexpr, BLOCK_M: tl.constexpr,
+                    PRECISION: tl.constexpr, BIAS: tl.constexpr, TABLE_GRAD: tl.constexpr, PACKED: tl.constexpr, FAST_LOG2: tl.constexpr, BLOCK_M: tl.constexpr,
                     BLOCK_N: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -383,7 +390,7 @@ def _cama_dq_kernel(Q, K, V, DO, LSE, DELTA, T, SEG, POS, FLAGS, START, HEAD_GRO
     q = tl.load(Q + base + offs_m[:, None] * D + offs_d[None, :], mask=rows[:, None], other=0.0)
     do = tl.load(DO + base + offs_m[:, None] * D + offs_d[None, :], mask=rows[:, None], other=0.0)
     lse = tl.load(LSE + pid_bh.to(tl.int64) * N + offs_m, mask=rows, other=float("inf"))
-    lse = tl.where(lse == float("-inf"), float("inf"), lse)
+    lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
     delta_row = tl.load(DELTA + pid_bh.to(tl.int64) * N + offs_m, mask=rows, other=0.0)
     T_row, SEG_row, POS_row, FLAGS_row = T + b * N, SEG + b * N, POS + b * N, FLAGS + b * N
     t_i = tl.load(T_row + offs_m, mask=rows, other=0)
@@ -398,17 +405,17 @@ def _cama_dq_kernel(Q, K, V, DO, LSE, DELTA, T, SEG, POS, FLAGS, START, HEAD_GRO
     if group_bit < 0:
         dq = _dq_block(dq, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
                        FLAGS_row, TABLE, h, group_bit, sm_scale, N, lo, start_m, H, D, NUM_BUCKETS, BUCKET_SCALE, PRECISION, BLOCK_N,
-                       False, BIAS, True, PACKED)
+                       False, BIAS, True, PACKED, FAST_LOG2)
         dq = _dq_block(dq, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
                        FLAGS_row, TABLE, h, group_bit, sm_scale, N, diagonal_lo, diagonal_hi, H, D, NUM_BUCKETS, BUCKET_SCALE, PRECISION, BLOCK_N,
-                       True, BIAS, True, PACKED)
+                       True, BIAS, True, PACKED, FAST_LOG2)
     else:
         dq = _dq_block(dq, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
                        FLAGS_row, TABLE, h, group_bit, sm_scale, N, lo, start_m, H, D, NUM_BUCKETS, BUCKET_SCALE, PRECISION, BLOCK_N,
-                       False, BIAS, False, PACKED)
+                       False, BIAS, False, PACKED, FAST_LOG2)
         dq = _dq_block(dq, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
                        FLAGS_row, TABLE, h, group_bit, sm_scale, N, diagonal_lo, diagonal_hi, H, D, NUM_BUCKETS, BUCKET_SCALE, PRECISION, BLOCK_N,
-                       True, BIAS, False, PACKED)
+                       True, BIAS, False, PACKED, FAST_LOG2)
     tl.store(DQ + base + offs_m[:, None] * D + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty), mask=rows[:, None])
 
 
@@ -420,7 +427,8 @@ def _launch_meta(q: Tensor, table: Tensor, num_buckets: int, packed: bool) -> di
     # float32 inputs get exact float32 products (tests, correctness checks); bf16/fp16 use tensor cores.
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     return dict(H=table.shape[1], NUM_BUCKETS=num_buckets, BUCKET_SCALE=LOG_BUCKET_PER_OCTAVE, PRECISION=precision,
-                BIAS=ABLATION["bias"], TABLE_GRAD=ABLATION["bias"] and ABLATION["table_grad"], PACKED=packed)
+                BIAS=ABLATION["bias"], TABLE_GRAD=ABLATION["bias"] and ABLATION["table_grad"], PACKED=packed,
+                FAST_LOG2=not _INTERPRETED)
 
 
 class _CamaEvents(torch.autograd.Function):
@@ -429,7 +437,7 @@ class _CamaEvents(torch.autograd.Function):
         batch, heads, length, dim = q.shape
         out = torch.empty_like(q)
         lse = torch.empty(batch, heads, length, device=q.device, dtype=torch.float32)
-        table32 = table.float().contiguous()
+        table32 = (table.float() * _LOG2E).contiguous()  # the kernels add the bias in log2 units
         grid = lambda meta_params: (triton.cdiv(length, meta_params["BLOCK_M"]), batch * heads)  # noqa: E731
         _cama_forward_kernel[grid](q, k, v, meta.times, meta.segment, meta.position, meta.flags, meta.block_start, meta.head_group,
                                    table32, out, lse, sm_scale, length, D=dim,
@@ -448,7 +456,7 @@ class _CamaEvents(torch.autograd.Function):
         delta = (grad_out.float() * out.float()).sum(-1) - (grad_lse.float() if grad_lse is not None else 0.0)
         delta = delta.contiguous()
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        dtable = torch.zeros_like(table32)
+        dtable = torch.zeros_like(table32)  # natural units: d(score)/d(bias) = 1
         launch = _launch_meta(q, table32, ctx.num_buckets, ctx.packed)
         _cama_dkdv_kernel[lambda meta_params: (triton.cdiv(length, meta_params["BLOCK_N"]), batch * heads)](
             q, k, v, grad_out, lse, delta, meta.times, meta.segment, meta.position, meta.flags, meta.segment_end, meta.head_group,

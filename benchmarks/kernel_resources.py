@@ -1,0 +1,97 @@
+"""Offline resource report of the fused CamA Triton kernels for the H100 (sm_90), no GPU needed.
+
+Compiles every autotune candidate of the forward, dK/dV and dQ kernels with Triton's own ptxas and
+reads registers per thread, spill stack and shared memory from the cubin (`cuobjdump -res-usage`),
+plus an instruction mix from the SASS: tensor-core ops (HGMMA), SFU ops (MUFU.EX2 / MUFU.LG2) and
+local-memory traffic (LDL / STL, i.e. spills). A kernel at the 255-register cap with spills runs
+its inner loop through local memory; that, not the matmuls, is what to fix first.
+
+    .venv/bin/python benchmarks/kernel_resources.py [--out DIR]     # prints a table, writes JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ["TRITON_INTERPRET"] = "0"  # compile for real even where tests set the interpreter
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from recsys.ops import cama_triton  # noqa: E402
+
+TARGET = GPUTarget("cuda", 90, 32)
+TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+POINTERS_AND_SCALARS = {
+    "forward": (cama_triton._cama_forward_kernel,
+                "Q K V T SEG POS FLAGS START HEAD_GROUP TABLE O LSE sm_scale N",
+                "*bf16 *bf16 *bf16 *i32 *i32 *i32 *i32 *i32 *i32 *fp32 *bf16 *fp32 fp32 i32", {}),
+    "dkdv": (cama_triton._cama_dkdv_kernel,
+             "Q K V DO LSE DELTA T SEG POS FLAGS END HEAD_GROUP TABLE DK DV DTABLE sm_scale N",
+             "*bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *i32 *i32 *i32 *i32 *i32 *i32 *fp32 *bf16 *bf16 *fp32 fp32 i32", {"TABLE_BINS": 256}),
+    "dq": (cama_triton._cama_dq_kernel,
+           "Q K V DO LSE DELTA T SEG POS FLAGS START HEAD_GROUP TABLE DQ sm_scale N",
+           "*bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *i32 *i32 *i32 *i32 *i32 *i32 *fp32 *bf16 fp32 i32", {}),
+}
+SASS_OPS = ("HGMMA", "MUFU.EX2", "MUFU.LG2", "LDL", "STL", "LDS", "BAR")
+
+
+def compile_report(kernel: str, config: triton.Config, constants: dict) -> dict:
+    autotuned, names, types, extra = POINTERS_AND_SCALARS[kernel]
+    fn = autotuned.fn
+    constexprs = {**constants, **extra, **config.kwargs}
+    signature = dict(zip(names.split(), types.split())) | {name: "constexpr" for name in constexprs}
+    source = ASTSource(fn=fn, signature=signature, constexprs={(fn.arg_names.index(c),): v for c, v in constexprs.items()})
+    compiled = triton.compile(source, target=TARGET, options={"num_warps": config.num_warps, "num_stages": config.num_stages})
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as handle:
+        handle.write(compiled.asm["cubin"])
+    usage = subprocess.run([TOOLS / "cuobjdump", "-res-usage", handle.name], capture_output=True, text=True, check=True).stdout
+    sass = subprocess.run([TOOLS / "cuobjdump", "-sass", handle.name], capture_output=True, text=True, check=True).stdout
+    os.unlink(handle.name)
+
+    def field(name: str) -> int:
+        found = re.search(rf"{name}:(\d+)", usage)
+        return int(found.group(1)) if found else 0
+
+    return {"kernel": kernel, **config.kwargs, "warps": config.num_warps, "stages": config.num_stages,
+            "registers": field("REG"), "spill_stack_bytes": field("STACK"), "shared_bytes": compiled.metadata.shared,
+            **{op: len(re.findall(rf"\b{re.escape(op)}\b", sass)) for op in SASS_OPS}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
+    parser.add_argument("--head-dim", type=int, default=64)
+    args = parser.parse_args()
+    base = dict(H=4, D=args.head_dim, NUM_BUCKETS=128, BUCKET_SCALE=cama_triton.LOG_BUCKET_PER_OCTAVE, PRECISION="tf32",
+                PACKED=False, FAST_LOG2=True)
+    variants = {"bias": dict(BIAS=True, TABLE_GRAD=True), "no bias (ablation)": dict(BIAS=False, TABLE_GRAD=False)}
+    rows = []
+    for kernel, (autotuned, *_rest) in POINTERS_AND_SCALARS.items():
+        for config in autotuned.configs:
+            for variant, flags in variants.items():
+                rows.append({"variant": variant, **compile_report(kernel, config, base | flags)})
+    print(f"{'kernel':<8} {'variant':<19} {'BM':>4} {'BN':>4} {'warps':>5} {'regs':>5} {'spill B':>8} {'smem KiB':>9} "
+          + " ".join(f"{op:>9}" for op in SASS_OPS))
+    for r in rows:
+        print(f"{r['kernel']:<8} {r['variant']:<19} {r['BLOCK_M']:>4} {r['BLOCK_N']:>4} {r['warps']:>5} {r['registers']:>5} "
+              f"{r['spill_stack_bytes']:>8} {r['shared_bytes'] / 1024:>9.1f} " + " ".join(f"{r[op]:>9}" for op in SASS_OPS))
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = {"target": "sm_90", "triton": triton.__version__, "head_dim": args.head_dim, "rows": rows}
+    (args.out / "kernel_resources.json").write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out / 'kernel_resources.json'}")
+
+
+if __name__ == "__main__":
+    main()
