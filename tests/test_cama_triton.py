@@ -114,3 +114,24 @@ def test_grab_with_fused_cama_equals_softmax_grab_with_gradients(prepared, packe
     for name, grad in dense_grads.items():
         if grad is not None:
             torch.testing.assert_close(fused_grads[name], grad, rtol=1e-3, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_fused_cama_outside_the_interpreter_on_cpu_names_the_alternative():
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from recsys.ops.cama_triton import cama_meta, cama_triton_attention, channel_bits\n"
+        "n = 4\n"
+        "z = torch.zeros(1, n, dtype=torch.int64)\n"
+        "real = torch.ones(1, n, dtype=torch.bool)\n"
+        "meta = cama_meta(z, torch.arange(n).view(1, n), torch.arange(n).view(1, n), real, ~real, z + 1, *channel_bits([torch.zeros(0, dtype=torch.int64)]))\n"
+        "x = torch.randn(1, 1, n, 16)\n"
+        "cama_triton_attention(x, x, x, x[:, :, :1], x[:, :, :1], meta, torch.zeros(129, 1), 128, packed=False)\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "runs on CUDA" in done.stderr and "softmax" in done.stderr

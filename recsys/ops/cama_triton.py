@@ -476,6 +476,9 @@ def cama_triton_attention(q: Tensor, k: Tensor, v: Tensor, k_context: Tensor, v_
     """q, k, v `[B, H, N, D]` (event keys), k/v_context `[B, H, S, D]` (key s serves segment s),
     table `[num_buckets + 1, H]` -> `[B, H, N, D]`, equal to `cama_attention` over `[context, events]`.
     `packed=False` promises one segment per row (the padded layout) and skips the segment test."""
+    if not q.is_cuda and not _INTERPRETED:
+        raise RuntimeError("the fused CamA kernel runs on CUDA (on the CPU only under TRITON_INTERPRET=1, as the tests do); "
+                           "use attention 'softmax' elsewhere")
     dim = q.shape[-1]
     padded = max(16, triton.next_power_of_2(dim))  # tl.dot wants a power of two >= 16; zeros change nothing
     # Under autocast the action-aware keys/values can come out float32 next to bfloat16 queries.
