@@ -6,7 +6,8 @@ achieved TFLOP/s next to the measured bf16 matmul ceiling.
    dense-mask reference, CamA (dense, FlexAttention, fused Triton kernel) against its reference;
    forward and gradients (the bias table's included), float32; the fused kernel's bucket mismatches.
 3. Attention forward + backward (bf16, B·n tokens fixed, CUDA events, warm-up, median):
-   full causal flash attention (SDPA, the yardstick), SparseCTR structural eager and compiled,
+   full causal flash attention (SDPA, the yardstick), SparseCTR structural eager, compiled and with
+   the fused local-branch kernel (`sparsectr_structural_triton`),
    CamA with its temporal bias (dense: n ≤ --dense-max-n; cama_flex; cama_triton). Suffixes:
    `_fwd` times the forward alone (against flash's forward), `cama_triton_nobias` /
    `cama_triton_notablegrad` switch the bias or its table gradient off (what they cost).
@@ -45,7 +46,7 @@ from recsys.ops.cama import cama_attention, cama_attention_reference  # noqa: E4
 from recsys.ops.cama_flex import cama_block_mask, cama_flex_attention, head_channels  # noqa: E402
 from recsys.ops.cama_triton import ABLATION as cama_triton_ablation  # noqa: E402
 from recsys.ops.cama_triton import cama_meta, cama_triton_attention, channel_bits  # noqa: E402
-from recsys.ops.evo_attention import evo_branches, evo_branches_reference  # noqa: E402
+from recsys.ops.evo_attention import evo_attend_fused_local, evo_branches, evo_branches_reference, evo_geometry  # noqa: E402
 
 NOMINAL_H100_BF16 = 989.4e12  # dense, SXM, without sparsity
 
@@ -98,6 +99,11 @@ def check_correctness(device: str, sparsectr: bool = True) -> dict:
         grads = torch.autograd.grad(sum(o.square().sum() for o in out), leaves)
         report[name] = {"forward_max_rel": max(_max_rel(o, r) for o, r in zip(out, reference)),
                         "grad_max_rel": max(_max_rel(g, r) for g, r in zip(grads, reference_grads))}
+    if device == "cuda" and sparsectr:  # the interpreter path is covered by tests/test_evo_local_triton.py
+        out = fused_local_branches(q, k, v, kp, vp, times, layout, tail, window, scales)
+        grads = torch.autograd.grad(sum(o.square().sum() for o in out), leaves)
+        report["sparsectr_structural_triton"] = {"forward_max_rel": max(_max_rel(o, r) for o, r in zip(out, reference)),
+                                                 "grad_max_rel": max(_max_rel(g, r) for g, r in zip(grads, reference_grads))}
     times, q, k, v, extra = make_inputs("cama", batch, n, heads, dim, chunks, device, torch.float32)
     delta = (times.unsqueeze(2) - times.unsqueeze(1)).clamp_min(0)
     from recsys.ops.temporal import log_bucket
@@ -155,6 +161,12 @@ def _bucket_mismatch_rate(times: torch.Tensor) -> float:
     return float((fused.long() != log_bucket(delta.long())).float().mean())
 
 
+def fused_local_branches(q, k, v, k_profile, v_profile, times, layout, tail: int, window: int, scales):
+    """SparseCTR's three branches with the local one fused (geometry built per call, as `evo_branches` does)."""
+    geometry = evo_geometry(times, *layout, q.shape[2] - layout[0].shape[1], tail, window, 0, 0)
+    return evo_attend_fused_local(q, k, v, k_profile, v_profile, k, v, geometry, window, scales, times, 0, 0)
+
+
 def cama_triton_meta(times: torch.Tensor, extra: dict, device: str):
     segment, position, times, real, is_candidate, actions, _, _ = cama_flex_inputs(times, extra, device)
     return cama_meta(segment, position, times, real, is_candidate, actions, *channel_bits(extra["groups"]))
@@ -188,7 +200,7 @@ def attention_table(args) -> list[dict]:
         for kernel in args.kernels:
             if (kernel == "cama" and n > args.dense_max_n) or (kernel.endswith("_compiled") and n not in args.compile_ns):
                 continue
-            if ("cama_flex" in kernel or "cama_triton" in kernel) and args.device != "cuda":
+            if ("cama_flex" in kernel or "_triton" in kernel) and args.device != "cuda":
                 continue  # FlexAttention has no backward on CPU; Triton runs only interpreted there
             forward_only = kernel.endswith("_fwd")
             variant = kernel.removesuffix("_fwd")
@@ -214,6 +226,9 @@ def attention_table(args) -> list[dict]:
                 elif variant == "cama_flex":
                     keys, values = torch.cat([extra["context"][0], k], 2), torch.cat([extra["context"][1], v], 2)
                     out = cama_flex_attention(q, keys, values, block_mask, times, extra["bias_table"], 1, 128)
+                elif variant == "sparsectr_structural_triton":
+                    outs = fused_local_branches(q, k, v, *extra["profile"], times, extra["layout"], args.tail, args.window, extra["scales"])
+                    out = outs[0] + outs[1] + outs[2]
                 elif variant == "sparsectr_structural_compiled":
                     chunk_id, chunk_start, chunk_end, chunk_valid = extra["layout"]
                     outs = compiled(q, k, v, *extra["profile"], k, v, times, chunk_id, chunk_start, chunk_end, chunk_valid,
@@ -346,11 +361,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ROOT / "benchmarks" / "out")))
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the suite itself")
     parser.add_argument("--parts", default="correctness,attention,training")
-    parser.add_argument("--train-models", default="sparsectr,grab,grab:triton", help="model[:attention] labels for the training part")
+    parser.add_argument("--train-models", default="sparsectr,sparsectr:triton,grab:triton", help="model[:attention] labels for the training part")
     parser.add_argument("--skip-sparsectr-checks", action="store_true", help="correctness of the CamA kernels only (no compile)")
     parser.add_argument("--min-n", type=int, default=None, help="smallest n of the attention table")
     parser.add_argument("--max-n", type=int, default=None, help="largest n of the attention table")
-    parser.add_argument("--kernels", default="full_causal_sdpa,sparsectr_structural,sparsectr_structural_compiled,cama,cama_flex,cama_triton")
+    parser.add_argument("--kernels", default="full_causal_sdpa,sparsectr_structural,sparsectr_structural_compiled,sparsectr_structural_triton,cama,cama_flex,cama_triton")
     args = parser.parse_args()
     quick = args.quick
     args.min_n, args.max_n = (256, 512) if quick else (args.min_n or 1024, args.max_n or 32768)

@@ -1,6 +1,7 @@
-"""Offline resource report of the fused CamA Triton kernels for the H100 (sm_90), no GPU needed.
+"""Offline resource report of the fused Triton kernels for the H100 (sm_90), no GPU needed.
 
-Compiles every autotune candidate of the forward, dK/dV and dQ kernels with Triton's own ptxas and
+Compiles every autotune candidate of CamA's forward, dK/dV and dQ kernels and of SparseCTR's fused
+local branch with Triton's own ptxas and
 reads registers per thread, spill stack and shared memory from the cubin (`cuobjdump -res-usage`),
 plus an instruction mix from the SASS: tensor-core ops (HGMMA), SFU ops (MUFU.EX2 / MUFU.LG2) and
 local-memory traffic (LDL / STL, i.e. spills). A kernel at the 255-register cap with spills runs
@@ -29,7 +30,7 @@ from triton.compiler import ASTSource  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from recsys.ops import cama_triton  # noqa: E402
+from recsys.ops import cama_triton, evo_local_triton  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
@@ -44,11 +45,20 @@ POINTERS_AND_SCALARS = {
            "Q K V DO LSE DELTA T SEG POS FLAGS START HEAD_GROUP TABLE DQ sm_scale N",
            "*bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *i32 *i32 *i32 *i32 *i32 *i32 *fp32 *bf16 fp32 i32", {}),
 }
+# SparseCTR's fused local branch (window 64, 4 heads).
+LOCAL = {
+    "local fwd": (evo_local_triton._local_forward_kernel, "Q K V T FLAGS SCALES O LSE sm_scale L",
+                  "*bf16 *bf16 *bf16 *i32 *i32 *fp32 *bf16 *fp32 fp32 i32", {}),
+    "local dkdv": (evo_local_triton._local_dkdv_kernel, "Q K V DO LSE DELTA T FLAGS SCALES DK DV DSCALES sm_scale L",
+                   "*bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *i32 *i32 *fp32 *bf16 *bf16 *fp32 fp32 i32", {}),
+    "local dq": (evo_local_triton._local_dq_kernel, "Q K V DO LSE DELTA T FLAGS SCALES DQ sm_scale L",
+                 "*bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *i32 *i32 *fp32 *bf16 fp32 i32", {}),
+}
 SASS_OPS = ("HGMMA", "MUFU.EX2", "MUFU.LG2", "LDL", "STL", "LDS", "BAR")
 
 
 def compile_report(kernel: str, config: triton.Config, constants: dict) -> dict:
-    autotuned, names, types, extra = POINTERS_AND_SCALARS[kernel]
+    autotuned, names, types, extra = (POINTERS_AND_SCALARS | LOCAL)[kernel]
     fn = autotuned.fn
     constexprs = {**constants, **extra, **config.kwargs}
     signature = dict(zip(names.split(), types.split())) | {name: "constexpr" for name in constexprs}
@@ -82,10 +92,14 @@ def main() -> None:
         for config in autotuned.configs:
             for variant, flags in variants.items():
                 rows.append({"variant": variant, **compile_report(kernel, config, base | flags)})
-    print(f"{'kernel':<8} {'variant':<19} {'BM':>4} {'BN':>4} {'warps':>5} {'regs':>5} {'spill B':>8} {'smem KiB':>9} "
+    local = dict(H=4, D=args.head_dim, WINDOW=64, WEEKEND_BOTH=False, PRECISION="tf32", FAST_MATH=True)
+    for kernel, (autotuned, *_rest) in LOCAL.items():
+        for config in autotuned.configs:
+            rows.append({"variant": "composite bias", **compile_report(kernel, config, local)})
+    print(f"{'kernel':<10} {'variant':<19} {'BM':>4} {'BN':>4} {'warps':>5} {'regs':>5} {'spill B':>8} {'smem KiB':>9} "
           + " ".join(f"{op:>9}" for op in SASS_OPS))
     for r in rows:
-        print(f"{r['kernel']:<8} {r['variant']:<19} {r['BLOCK_M']:>4} {r['BLOCK_N']:>4} {r['warps']:>5} {r['registers']:>5} "
+        print(f"{r['kernel']:<10} {r['variant']:<19} {r['BLOCK_M']:>4} {r['BLOCK_N']:>4} {r['warps']:>5} {r['registers']:>5} "
               f"{r['spill_stack_bytes']:>8} {r['shared_bytes'] / 1024:>9.1f} " + " ".join(f"{r[op]:>9}" for op in SASS_OPS))
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"target": "sm_90", "triton": triton.__version__, "head_dim": args.head_dim, "rows": rows}

@@ -10,8 +10,10 @@ Options ([summary]/[ours] choices of the spec), all in `SparseCTRConfig`:
 `fusion` gate (sigmoid per position and head, as NSA) | softmax (over the three branches);
 `compression` mean | mlp (a learned per-token map averaged over the chunk);
 `weekend_rule` same_type (b_wkd = 0 when both days are of one type) | both_weekend;
-`attention` structural (the linear-cost kernels) | reference (dense masks, tests) | full (every
-earlier event: the `transformer` baseline); `temporal_bias` on/off; `tail`, `window`, `num_chunks`
+`attention` structural (the linear-cost kernels) | triton (structural, with the local branch's
+history part in one fused Triton kernel, `recsys.ops.evo_local_triton`; a GPU training path, export
+serves the structural twin) | reference (dense masks, tests) | full (every earlier event: the
+`transformer` baseline); `temporal_bias` on/off; `tail`, `window`, `num_chunks`
 default to the feature spec's chunking section.
 """
 
@@ -28,7 +30,7 @@ from torch import Tensor, nn
 from recsys.models.base import ModelOutput, RankingModel, SequenceInputs, all_times, history_valid
 from recsys.models.embedding import EmbeddedBatch, EmbeddingLayout
 from recsys.models.layers import PredictionHead, SwiGLU
-from recsys.ops.evo_attention import EvoGeometry, evo_attend, evo_branches_reference, evo_geometry
+from recsys.ops.evo_attention import EvoGeometry, evo_attend, evo_attend_fused_local, evo_branches_reference, evo_geometry
 from recsys.ops.temporal import WEEKEND_BOTH, WEEKEND_SAME_TYPE, alibi_scales, composite_temporal_bias
 
 
@@ -42,7 +44,7 @@ class SparseCTRConfig:
     fusion: Literal["gate", "softmax"] = "gate"
     compression: Literal["mean", "mlp"] = "mean"
     weekend_rule: Literal["same_type", "both_weekend"] = "same_type"
-    attention: Literal["structural", "reference", "full"] = "structural"
+    attention: Literal["structural", "triton", "reference", "full"] = "structural"
     temporal_bias: bool = True
     head_hidden: Tuple[int, ...] = field(default=(128, 64))
     dropout: float = 0.0
@@ -62,6 +64,7 @@ class EvoAttention(nn.Module):
         self.gate = nn.Linear(cfg.d_model, 3 * cfg.heads)
         self.fusion = cfg.fusion
         self.reference = cfg.attention == "reference"
+        self.fused_local = cfg.attention == "triton"
         self.scales = nn.Parameter(alibi_scales(cfg.heads), requires_grad=cfg.temporal_bias)
         if not cfg.temporal_bias:
             self.scales.data.zero_()
@@ -87,6 +90,13 @@ class EvoAttention(nn.Module):
             else:
                 branches = evo_branches_reference(q, k, v, k_profile, v_profile, k_summary, v_summary, times, inputs.chunk_id, inputs.chunk_start,
                                                   inputs.chunk_end, inputs.chunk_valid, self.tail, self.window, self.scales, self.utc_offset, self.weekend_rule)
+        elif self.fused_local:
+            if torch.jit.is_scripting():
+                raise RuntimeError("attention='triton' is a GPU training path; export the structural model (same parameters)")
+            else:
+                assert geometry is not None, "attention='triton' needs the batch's evo_geometry"
+                branches = evo_attend_fused_local(q, k, v, k_profile, v_profile, k_summary, v_summary, geometry, self.window, self.scales,
+                                                  times, self.utc_offset, self.weekend_rule)
         else:
             assert geometry is not None, "structural attention needs the batch's evo_geometry"
             branches = evo_attend(q, k, v, k_profile, v_profile, k_summary, v_summary, geometry, self.window, self.scales)
@@ -162,7 +172,7 @@ class SparseCTR(RankingModel):
         self.window = cfg.window or int(chunking["window"])
         self.utc_offset = utc_offset_seconds
         self.weekend_rule = WEEKEND_BOTH if cfg.weekend_rule == "both_weekend" else WEEKEND_SAME_TYPE
-        self.structural = cfg.attention == "structural"
+        self.structural = cfg.attention in ("structural", "triton")
         self.token = nn.Linear(layout.content_dim + layout.action_dim, cfg.d_model)
         self.profile = nn.Linear(layout.side_dim, cfg.d_model) if layout.side_dim else None
         self.profile_token = nn.Parameter(torch.zeros(1, 1, cfg.d_model))

@@ -203,6 +203,21 @@ def evo_attend(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Te
     )
 
 
+def evo_attend_fused_local(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, k_summary: Tensor, v_summary: Tensor,
+                           geometry: EvoGeometry, window: int, scales: Tensor, times: Tensor, utc_offset: int,
+                           weekend_rule: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """`evo_attend` with the history part of the local branch in the fused Triton kernel
+    (`recsys.ops.evo_local_triton`; CUDA, or Triton's interpreter in tests). Not scriptable."""
+    from recsys.ops.evo_local_triton import local_history_triton  # triton: a training-time dependency only
+
+    length = geometry.chunk_id.shape[1]
+    history = local_history_triton(q[:, :, :length], k[:, :, :length], v[:, :, :length], k_profile, v_profile, times[:, :length],
+                                   geometry.chunk_id > 0, window, scales, utc_offset, weekend_rule)
+    local = history if q.shape[2] == length else torch.cat(
+        [history, _candidate_local(q, k, v, k_profile, v_profile, geometry, window, scales)], dim=2)
+    return global_branch(q, k_summary, v_summary, geometry, scales), transition_branch(q, k, v, geometry, scales), local
+
+
 def evo_branches(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, k_summary: Tensor, v_summary: Tensor,
                  times: Tensor, chunk_id: Tensor, chunk_start: Tensor, chunk_end: Tensor, chunk_valid: Tensor, tail: int, window: int,
                  scales: Tensor, utc_offset: int, weekend_rule: int) -> Tuple[Tensor, Tensor, Tensor]:

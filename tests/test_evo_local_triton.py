@@ -1,0 +1,65 @@
+"""SparseCTR's fused local-branch kernel (Triton's interpreter here) equals the structural
+`local_branch`: outputs and the gradients of q, k, v, the profile key/value and the temporal scales."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from recsys.ops.chunking import personalized_chunks
+from recsys.ops.evo_attention import evo_geometry, local_branch
+from recsys.ops.evo_local_triton import local_history_triton
+from recsys.ops.temporal import alibi_scales
+
+
+@pytest.mark.parametrize("window,dim,weekend_rule,utc_offset", [(8, 16, 0, 0), (16, 8, 1, 8 * 3600), (20, 16, 0, -5 * 3600)])
+def test_fused_local_branch_equals_structural_with_gradients(window, dim, weekend_rule, utc_offset):
+    generator = torch.Generator().manual_seed(torch.seed() % 2**31)
+    batch, length, heads = 3, 45, 2
+    lengths = torch.tensor([length, 29, 1])
+    # Gaps from seconds to days: every term of the composite bias (log-time, clock hour, weekend) varies.
+    gaps = torch.randint(1, 200_000, (batch, length), generator=generator) * torch.randint(0, 2, (batch, length), generator=generator)
+    times = 1_704_067_200 + gaps.cumsum(1)
+    real = torch.arange(length).view(1, -1) >= (length - lengths).view(-1, 1)
+    times = torch.where(real, times, torch.zeros_like(times))
+    layout = personalized_chunks(times, lengths, 4)
+    geometry = evo_geometry(times, *layout, 0, 2, window, utc_offset, weekend_rule)
+    leaves = [torch.randn(batch, heads, length, dim, generator=generator) for _ in range(3)]
+    leaves += [torch.randn(batch, heads, 1, dim, generator=generator) for _ in range(2)]
+    leaves.append(alibi_scales(heads) + 0.3 * torch.randn(3, heads, generator=generator))
+    leaves = [x.requires_grad_() for x in leaves]
+    upstream = torch.randn(batch, heads, length, dim, generator=generator)
+
+    q, k, v, k_profile, v_profile, scales = leaves
+    expected = local_branch(q, k, v, k_profile, v_profile, geometry, window, scales)
+    expected_grads = torch.autograd.grad((expected * upstream).sum(), leaves)
+    got = local_history_triton(q, k, v, k_profile, v_profile, times, real, window, scales, utc_offset, weekend_rule)
+    got_grads = torch.autograd.grad((got * upstream).sum(), leaves)
+
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    for name, g, e in zip(("q", "k", "v", "k_profile", "v_profile", "scales"), got_grads, expected_grads):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4, msg=lambda m, name=name: f"grad of {name}: {m}")
+
+
+def test_sparsectr_with_fused_local_equals_structural_with_gradients(prepared):
+    import numpy as np
+
+    from recsys.data.loader import BatchBuilder
+    from recsys.data.store import PreparedDataset
+    from recsys.models.registry import build_model
+
+    dataset = PreparedDataset(prepared)
+    batch = BatchBuilder(dataset, max_history=40, num_chunks=4).build(np.asarray(dataset.split_indices("test")[:5]))
+    results = []
+    for attention in ("structural", "triton"):
+        torch.manual_seed(0)
+        model = build_model("sparsectr", dataset.metadata, {"d_model": 16, "heads": 2, "layers": 2, "window": 8, "attention": attention})
+        out = model(batch)
+        grads = torch.autograd.grad(out.logits.square().sum(), list(model.parameters()), allow_unused=True)
+        results.append((out.logits, dict(zip([name for name, _ in model.named_parameters()], grads))))
+    (structural, structural_grads), (fused, fused_grads) = results
+    torch.testing.assert_close(fused, structural, rtol=1e-4, atol=1e-5)
+    assert any(name.endswith("scales") for name in fused_grads)
+    for name, grad in structural_grads.items():
+        if grad is not None:
+            torch.testing.assert_close(fused_grads[name], grad, rtol=1e-3, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
