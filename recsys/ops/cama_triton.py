@@ -21,7 +21,6 @@ Runs on CUDA; on CPU it runs under Triton's interpreter (`TRITON_INTERPRET=1`), 
 
 from __future__ import annotations
 
-import os
 from typing import List, NamedTuple, Tuple
 
 import torch
@@ -30,9 +29,9 @@ import triton.language as tl
 from torch import Tensor
 
 from recsys.ops.temporal import LOG_BUCKET_PER_OCTAVE
+from recsys.ops.triton_tiles import (INTERPRETED, program_block, LOG2E, backward_row_term, finish_rows, load_backward_rows, load_tile, merge_extra_key,
+                                     online_softmax_step, padded_head_dim, pad_head_dim, store_tile, tile_configs)
 
-_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-_LOG2E = 1.4426950408889634
 _REAL, _HISTORY, _CANDIDATE, _FIRST_GROUP_BIT = 1, 2, 4, 3
 
 
@@ -166,6 +165,18 @@ def _tile(q, k, offs_m, offs_n, t_i, seg_i, pos_i, candidate_i, t_j, seg_j, pos_
 
 
 @triton.jit
+def _load_keys(K, V, base, offs_n, offs_d, D: tl.constexpr, cols, T_row, SEG_row, POS_row, FLAGS_row):
+    """A key tile and its events' metadata."""
+    k = load_tile(K, base, offs_n, offs_d, D, cols)
+    v = load_tile(V, base, offs_n, offs_d, D, cols)
+    t_j = tl.load(T_row + offs_n, mask=cols, other=0)
+    seg_j = tl.load(SEG_row + offs_n, mask=cols, other=-1)
+    pos_j = tl.load(POS_row + offs_n, mask=cols, other=0)
+    flags_j = tl.load(FLAGS_row + offs_n, mask=cols, other=0)
+    return k, v, t_j, seg_j, pos_j, flags_j
+
+
+@triton.jit
 def _forward_block(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
                    FLAGS_row, TABLE, h, group_bit, sm_scale, N, lo, hi, H: tl.constexpr, D: tl.constexpr,
                    NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -174,36 +185,18 @@ def _forward_block(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         cols = offs_n < N
-        k = tl.load(K + base + offs_n[:, None] * D + offs_d[None, :], mask=cols[:, None], other=0.0)
-        v = tl.load(V + base + offs_n[:, None] * D + offs_d[None, :], mask=cols[:, None], other=0.0)
-        t_j = tl.load(T_row + offs_n, mask=cols, other=0)
-        seg_j = tl.load(SEG_row + offs_n, mask=cols, other=-1)
-        pos_j = tl.load(POS_row + offs_n, mask=cols, other=0)
-        flags_j = tl.load(FLAGS_row + offs_n, mask=cols, other=0)
+        k, v, t_j, seg_j, pos_j, flags_j = _load_keys(K, V, base, offs_n, offs_d, D, cols, T_row, SEG_row, POS_row, FLAGS_row)
         scores, _ = _tile(q, k, offs_m, offs_n, t_i, seg_i, pos_i, candidate_i, t_j, seg_j, pos_j, flags_j, TABLE, h, group_bit, N,
                           H, NUM_BUCKETS, BUCKET_SCALE, qk_scale, PRECISION, DIAGONAL, BIAS, CONTENT, PACKED, FAST_LOG2)
-        m_new = tl.maximum(m_i, tl.max(scores, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(scores - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
+        acc, l_i, m_i = online_softmax_step(acc, l_i, m_i, scores, v, PRECISION)
     return acc, l_i, m_i
-
-
-def _configs(shapes: List[Tuple[int, int, int, int]]) -> List[triton.Config]:
-    """(BLOCK_M, BLOCK_N, warps, stages) candidates, tuned per (N, D, H) on the GPU; one small tile when interpreted."""
-    if _INTERPRETED:  # unequal tiles, as on the GPU: the tests then cover the diagonal split's bookkeeping
-        m, n = shapes[-1][:2]
-        return [triton.Config({"BLOCK_M": 32 if m > n else 16, "BLOCK_N": 32 if n > m else 16}, num_warps=1)]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st) for m, n, w, st in shapes]
 
 
 # BLOCK_M >= BLOCK_N in query-major kernels and BLOCK_N >= BLOCK_M in the key-major one: a block then
 # starts on a boundary of the other axis' blocks, which the diagonal split relies on.
-_QUERY_MAJOR = _configs([(64, 64, 4, 3), (128, 128, 8, 2), (128, 64, 4, 2), (64, 32, 4, 3), (128, 64, 8, 3)])
-_KEY_MAJOR = _configs([(64, 64, 4, 3), (64, 128, 8, 2), (32, 128, 8, 3), (16, 64, 4, 3), (32, 64, 4, 3)])
+# Interpreted, the tiles are unequal as on the GPU, so the tests cover the diagonal split's bookkeeping.
+_QUERY_MAJOR = tile_configs([(64, 64, 4, 3), (128, 128, 8, 2), (128, 64, 4, 2), (64, 32, 4, 3), (128, 64, 8, 3)], interpreted=(32, 16))
+_KEY_MAJOR = tile_configs([(64, 64, 4, 3), (64, 128, 8, 2), (32, 128, 8, 3), (16, 64, 4, 3), (32, 64, 4, 3)], interpreted=(16, 32))
 
 
 @triton.autotune(configs=_QUERY_MAJOR, key=["N", "D", "H", "BIAS", "PACKED"])
@@ -212,16 +205,8 @@ def _cama_forward_kernel(Q, K, V, T, SEG, POS, FLAGS, START, HEAD_GROUP, TABLE, 
                          H: tl.constexpr, D: tl.constexpr, NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr,
                          PRECISION: tl.constexpr, BIAS: tl.constexpr, TABLE_GRAD: tl.constexpr, PACKED: tl.constexpr, FAST_LOG2: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    start_m = pid_m * BLOCK_M
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, D)
-    rows = offs_m < N
-    base = pid_bh.to(tl.int64) * N * D
-    q = tl.load(Q + base + offs_m[:, None] * D + offs_d[None, :], mask=rows[:, None], other=0.0)
+    b, h, pid_bh, start_m, offs_m, offs_d, rows, base = program_block(BLOCK_M, H, N, D)
+    q = load_tile(Q, base, offs_m, offs_d, D, rows)
     T_row, SEG_row, POS_row, FLAGS_row = T + b * N, SEG + b * N, POS + b * N, FLAGS + b * N
     t_i = tl.load(T_row + offs_m, mask=rows, other=0)
     seg_i = tl.load(SEG_row + offs_m, mask=rows, other=-2)
@@ -250,10 +235,8 @@ def _cama_forward_kernel(Q, K, V, T, SEG, POS, FLAGS, START, HEAD_GROUP, TABLE, 
         acc, l_i, m_i = _forward_block(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row,
                                        POS_row, FLAGS_row, TABLE, h, group_bit, sm_scale, N, diagonal_lo, diagonal_hi, H, D,
                                        NUM_BUCKETS, BUCKET_SCALE, PRECISION, BLOCK_N, True, BIAS, False, PACKED, FAST_LOG2)
-    has_key = l_i > 0
-    out = acc / tl.where(has_key, l_i, 1.0)[:, None]
-    lse = tl.where(has_key, (m_i + tl.log2(tl.where(has_key, l_i, 1.0))) / 1.4426950408889634, float("-inf"))
-    tl.store(O + base + offs_m[:, None] * D + offs_d[None, :], out.to(O.dtype.element_ty), mask=rows[:, None])
+    out, lse = finish_rows(acc, l_i, m_i)
+    store_tile(O, base, offs_m, offs_d, D, rows, out)
     tl.store(LSE + pid_bh.to(tl.int64) * N + offs_m, lse, mask=rows)
 
 
@@ -271,11 +254,7 @@ def _dkdv_block(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         rows = offs_m < N
-        q = tl.load(Q + base + offs_m[:, None] * D + offs_d[None, :], mask=rows[:, None], other=0.0)
-        do = tl.load(DO + base + offs_m[:, None] * D + offs_d[None, :], mask=rows[:, None], other=0.0)
-        lse = tl.load(LSE + pid_bh.to(tl.int64) * N + offs_m, mask=rows, other=float("inf"))
-        lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634  # no event key: no gradient here
-        delta_row = tl.load(DELTA + pid_bh.to(tl.int64) * N + offs_m, mask=rows, other=0.0)
+        q, do, lse, delta_row = load_backward_rows(Q, DO, LSE, DELTA, base, pid_bh.to(tl.int64) * N, offs_m, offs_d, D, rows)
         t_i = tl.load(T_row + offs_m, mask=rows, other=0)
         seg_i = tl.load(SEG_row + offs_m, mask=rows, other=-2)
         pos_i = tl.load(POS_row + offs_m, mask=rows, other=0)
@@ -304,22 +283,9 @@ def _cama_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, SEG, POS, FLAGS, END, HEAD_GRO
                       PRECISION: tl.constexpr, BIAS: tl.constexpr, TABLE_GRAD: tl.constexpr, PACKED: tl.constexpr, FAST_LOG2: tl.constexpr, BLOCK_M: tl.constexpr,
                       BLOCK_N: tl.constexpr):
     """One key block per program: walks the query blocks that can see it; dK, dV and the bias histogram."""
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    start_n = pid_n * BLOCK_N
-    offs_n = start_n + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, D)
-    cols = offs_n < N
-    base = pid_bh.to(tl.int64) * N * D
-    k = tl.load(K + base + offs_n[:, None] * D + offs_d[None, :], mask=cols[:, None], other=0.0)
-    v = tl.load(V + base + offs_n[:, None] * D + offs_d[None, :], mask=cols[:, None], other=0.0)
+    b, h, pid_bh, start_n, offs_n, offs_d, cols, base = program_block(BLOCK_N, H, N, D)
     T_row, SEG_row, POS_row, FLAGS_row = T + b * N, SEG + b * N, POS + b * N, FLAGS + b * N
-    t_j = tl.load(T_row + offs_n, mask=cols, other=0)
-    seg_j = tl.load(SEG_row + offs_n, mask=cols, other=-1)
-    pos_j = tl.load(POS_row + offs_n, mask=cols, other=0)
-    flags_j = tl.load(FLAGS_row + offs_n, mask=cols, other=0)
+    k, v, t_j, seg_j, pos_j, flags_j = _load_keys(K, V, base, offs_n, offs_d, D, cols, T_row, SEG_row, POS_row, FLAGS_row)
     group_bit = tl.load(HEAD_GROUP + h)
     dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, D], dtype=tl.float32)
@@ -341,8 +307,8 @@ def _cama_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, SEG, POS, FLAGS, END, HEAD_GRO
         dk, dv, histogram = _dkdv_block(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n, offs_d, t_j, seg_j, pos_j,
                                         flags_j, T_row, SEG_row, POS_row, FLAGS_row, TABLE, h, group_bit, sm_scale, N, diagonal_end, hi, H, D,
                                         NUM_BUCKETS, BUCKET_SCALE, TABLE_BINS, PRECISION, BLOCK_M, False, BIAS, TABLE_GRAD, False, PACKED, FAST_LOG2)
-    tl.store(DK + base + offs_n[:, None] * D + offs_d[None, :], (dk * sm_scale).to(DK.dtype.element_ty), mask=cols[:, None])
-    tl.store(DV + base + offs_n[:, None] * D + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=cols[:, None])
+    store_tile(DK, base, offs_n, offs_d, D, cols, dk * sm_scale)
+    store_tile(DV, base, offs_n, offs_d, D, cols, dv)
     if TABLE_GRAD:
         bins = tl.arange(0, TABLE_BINS)
         tl.atomic_add(DTABLE + bins * H + h, histogram, mask=bins <= NUM_BUCKETS)
@@ -357,12 +323,7 @@ def _dq_block(dq, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, seg_i,
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         cols = offs_n < N
-        k = tl.load(K + base + offs_n[:, None] * D + offs_d[None, :], mask=cols[:, None], other=0.0)
-        v = tl.load(V + base + offs_n[:, None] * D + offs_d[None, :], mask=cols[:, None], other=0.0)
-        t_j = tl.load(T_row + offs_n, mask=cols, other=0)
-        seg_j = tl.load(SEG_row + offs_n, mask=cols, other=-1)
-        pos_j = tl.load(POS_row + offs_n, mask=cols, other=0)
-        flags_j = tl.load(FLAGS_row + offs_n, mask=cols, other=0)
+        k, v, t_j, seg_j, pos_j, flags_j = _load_keys(K, V, base, offs_n, offs_d, D, cols, T_row, SEG_row, POS_row, FLAGS_row)
         scores, _ = _tile(q, k, offs_m, offs_n, t_i, seg_i, pos_i, candidate_i, t_j, seg_j, pos_j, flags_j, TABLE, h, group_bit, N,
                           H, NUM_BUCKETS, BUCKET_SCALE, qk_scale, PRECISION, DIAGONAL, BIAS, CONTENT, PACKED, FAST_LOG2)
         p = tl.exp2(scores - lse[:, None])
@@ -378,20 +339,8 @@ def _cama_dq_kernel(Q, K, V, DO, LSE, DELTA, T, SEG, POS, FLAGS, START, HEAD_GRO
                     H: tl.constexpr, D: tl.constexpr, NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr,
                     PRECISION: tl.constexpr, BIAS: tl.constexpr, TABLE_GRAD: tl.constexpr, PACKED: tl.constexpr, FAST_LOG2: tl.constexpr, BLOCK_M: tl.constexpr,
                     BLOCK_N: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    start_m = pid_m * BLOCK_M
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, D)
-    rows = offs_m < N
-    base = pid_bh.to(tl.int64) * N * D
-    q = tl.load(Q + base + offs_m[:, None] * D + offs_d[None, :], mask=rows[:, None], other=0.0)
-    do = tl.load(DO + base + offs_m[:, None] * D + offs_d[None, :], mask=rows[:, None], other=0.0)
-    lse = tl.load(LSE + pid_bh.to(tl.int64) * N + offs_m, mask=rows, other=float("inf"))
-    lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
-    delta_row = tl.load(DELTA + pid_bh.to(tl.int64) * N + offs_m, mask=rows, other=0.0)
+    b, h, pid_bh, start_m, offs_m, offs_d, rows, base = program_block(BLOCK_M, H, N, D)
+    q, do, lse, delta_row = load_backward_rows(Q, DO, LSE, DELTA, base, pid_bh.to(tl.int64) * N, offs_m, offs_d, D, rows)
     T_row, SEG_row, POS_row, FLAGS_row = T + b * N, SEG + b * N, POS + b * N, FLAGS + b * N
     t_i = tl.load(T_row + offs_m, mask=rows, other=0)
     seg_i = tl.load(SEG_row + offs_m, mask=rows, other=-2)
@@ -416,7 +365,7 @@ def _cama_dq_kernel(Q, K, V, DO, LSE, DELTA, T, SEG, POS, FLAGS, START, HEAD_GRO
         dq = _dq_block(dq, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
                        FLAGS_row, TABLE, h, group_bit, sm_scale, N, diagonal_lo, diagonal_hi, H, D, NUM_BUCKETS, BUCKET_SCALE, PRECISION, BLOCK_N,
                        True, BIAS, False, PACKED, FAST_LOG2)
-    tl.store(DQ + base + offs_m[:, None] * D + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty), mask=rows[:, None])
+    store_tile(DQ, base, offs_m, offs_d, D, rows, dq * sm_scale)
 
 
 # Ablation switches for benchmarks/gpu_suite.py only: what the temporal bias and its table gradient cost.
@@ -428,7 +377,7 @@ def _launch_meta(q: Tensor, table: Tensor, num_buckets: int, packed: bool) -> di
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     return dict(H=table.shape[1], NUM_BUCKETS=num_buckets, BUCKET_SCALE=LOG_BUCKET_PER_OCTAVE, PRECISION=precision,
                 BIAS=ABLATION["bias"], TABLE_GRAD=ABLATION["bias"] and ABLATION["table_grad"], PACKED=packed,
-                FAST_LOG2=not _INTERPRETED)
+                FAST_LOG2=not INTERPRETED)
 
 
 class _CamaEvents(torch.autograd.Function):
@@ -437,7 +386,7 @@ class _CamaEvents(torch.autograd.Function):
         batch, heads, length, dim = q.shape
         out = torch.empty_like(q)
         lse = torch.empty(batch, heads, length, device=q.device, dtype=torch.float32)
-        table32 = (table.float() * _LOG2E).contiguous()  # the kernels add the bias in log2 units
+        table32 = (table.float() * LOG2E).contiguous()  # the kernels add the bias in log2 units
         grid = lambda meta_params: (triton.cdiv(length, meta_params["BLOCK_M"]), batch * heads)  # noqa: E731
         _cama_forward_kernel[grid](q, k, v, meta.times, meta.segment, meta.position, meta.flags, meta.block_start, meta.head_group,
                                    table32, out, lse, sm_scale, length, D=dim,
@@ -453,8 +402,7 @@ class _CamaEvents(torch.autograd.Function):
         batch, heads, length, dim = q.shape
         grad_out = grad_out.contiguous()
         # dS = P ∘ (dP − rowsum(dO ∘ O) + dLSE): the LSE output's gradient folds into the row term.
-        delta = (grad_out.float() * out.float()).sum(-1) - (grad_lse.float() if grad_lse is not None else 0.0)
-        delta = delta.contiguous()
+        delta = backward_row_term(grad_out, out, grad_lse)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         dtable = torch.zeros_like(table32)  # natural units: d(score)/d(bias) = 1
         launch = _launch_meta(q, table32, ctx.num_buckets, ctx.packed)
@@ -467,30 +415,20 @@ class _CamaEvents(torch.autograd.Function):
         return dq, dk, dv, dtable.to(ctx.table_dtype), None, None, None, None
 
 
-def _pad_head_dim(x: Tensor, dim: int) -> Tensor:
-    return torch.nn.functional.pad(x, (0, dim - x.shape[-1])).contiguous() if x.shape[-1] != dim else x.contiguous()
-
 
 def cama_triton_attention(q: Tensor, k: Tensor, v: Tensor, k_context: Tensor, v_context: Tensor, meta: CamaMeta, table: Tensor,
                           num_buckets: int, packed: bool = True) -> Tensor:
     """q, k, v `[B, H, N, D]` (event keys), k/v_context `[B, H, S, D]` (key s serves segment s),
     table `[num_buckets + 1, H]` -> `[B, H, N, D]`, equal to `cama_attention` over `[context, events]`.
     `packed=False` promises one segment per row (the padded layout) and skips the segment test."""
-    if not q.is_cuda and not _INTERPRETED:
+    if not q.is_cuda and not INTERPRETED:
         raise RuntimeError("the fused CamA kernel runs on CUDA (on the CPU only under TRITON_INTERPRET=1, as the tests do); "
                            "use attention 'softmax' elsewhere")
     dim = q.shape[-1]
-    padded = max(16, triton.next_power_of_2(dim))  # tl.dot wants a power of two >= 16; zeros change nothing
+    padded = padded_head_dim(dim)
     # Under autocast the action-aware keys/values can come out float32 next to bfloat16 queries.
     k, v = k.to(q.dtype), v.to(q.dtype)
-    out, lse = _CamaEvents.apply(_pad_head_dim(q, padded), _pad_head_dim(k, padded), _pad_head_dim(v, padded),
+    out, lse = _CamaEvents.apply(pad_head_dim(q, padded), pad_head_dim(k, padded), pad_head_dim(v, padded),
                                  table, meta, num_buckets, dim**-0.5, packed)
-    out = out[..., :dim]
-    segment = meta.segment.long().view(q.shape[0], 1, -1, 1)
-    context_k = k_context.gather(2, segment.expand(-1, q.shape[1], -1, dim))
-    context_v = v_context.gather(2, segment.expand(-1, q.shape[1], -1, dim))
-    context_score = (q.float() * context_k.float()).sum(-1) * dim**-0.5
-    total = torch.logaddexp(lse, context_score)
-    weight_events = torch.exp(lse - total).unsqueeze(-1)
-    weight_context = torch.exp(context_score - total).unsqueeze(-1)
-    return (out.float() * weight_events + context_v.float() * weight_context).to(q.dtype)
+    segment = meta.segment.long().view(q.shape[0], 1, -1, 1).expand(-1, q.shape[1], -1, dim)
+    return merge_extra_key(out[..., :dim], lse, q, k_context.gather(2, segment), v_context.gather(2, segment))

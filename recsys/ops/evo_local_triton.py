@@ -17,8 +17,6 @@ Runs on CUDA; on CPU under Triton's interpreter (`TRITON_INTERPRET=1`), which th
 from __future__ import annotations
 
 import math
-import os
-from typing import List, Tuple
 
 import torch
 import triton
@@ -26,8 +24,9 @@ import triton.language as tl
 from torch import Tensor
 
 from recsys.ops.temporal import _is_weekend
+from recsys.ops.triton_tiles import (INTERPRETED, program_block, backward_row_term, finish_rows, load_backward_rows, load_tile, merge_extra_key,
+                                     online_softmax_step, padded_head_dim, pad_head_dim, store_tile, tile_configs)
 
-_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 _REAL, _WEEKEND = 1, 2
 
 
@@ -67,13 +66,7 @@ def _local_tile(q, k, offs_m, offs_n, t_i, weekend_i, T_row, FLAGS_row, s_time, 
     return tl.where(visible, scores, float("-inf")), b_time, b_hour, b_weekend
 
 
-def _configs(shapes: List[Tuple[int, int, int, int]]) -> List[triton.Config]:
-    if _INTERPRETED:
-        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1)]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st) for m, n, w, st in shapes]
-
-
-_TILES = _configs([(64, 64, 4, 3), (64, 32, 4, 3), (128, 64, 8, 2), (32, 64, 4, 3)])
+_TILES = tile_configs([(64, 64, 4, 3), (64, 32, 4, 3), (128, 64, 8, 2), (32, 64, 4, 3)])
 
 
 @triton.autotune(configs=_TILES, key=["L", "D", "WINDOW"])
@@ -81,16 +74,8 @@ _TILES = _configs([(64, 64, 4, 3), (64, 32, 4, 3), (128, 64, 8, 2), (32, 64, 4, 
 def _local_forward_kernel(Q, K, V, T, FLAGS, SCALES, O, LSE, sm_scale, L, H: tl.constexpr, D: tl.constexpr, WINDOW: tl.constexpr,
                           WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr, BLOCK_M: tl.constexpr,
                           BLOCK_N: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    start_m = pid_m * BLOCK_M
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, D)
-    rows = offs_m < L
-    base = pid_bh.to(tl.int64) * L * D
-    q = tl.load(Q + base + offs_m[:, None] * D + offs_d[None, :], mask=rows[:, None], other=0.0)
+    b, h, pid_bh, start_m, offs_m, offs_d, rows, base = program_block(BLOCK_M, H, L, D)
+    q = load_tile(Q, base, offs_m, offs_d, D, rows)
     T_row, FLAGS_row = T + b * L, FLAGS + b * L
     t_i = tl.load(T_row + offs_m, mask=rows, other=0)
     weekend_i = (tl.load(FLAGS_row + offs_m, mask=rows, other=0) & 2) != 0
@@ -103,22 +88,14 @@ def _local_forward_kernel(Q, K, V, T, FLAGS, SCALES, O, LSE, sm_scale, L, H: tl.
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         cols = offs_n < L
-        k = tl.load(K + base + offs_n[:, None] * D + offs_d[None, :], mask=cols[:, None], other=0.0)
-        v = tl.load(V + base + offs_n[:, None] * D + offs_d[None, :], mask=cols[:, None], other=0.0)
+        k = load_tile(K, base, offs_n, offs_d, D, cols)
+        v = load_tile(V, base, offs_n, offs_d, D, cols)
         scores, _, _, _ = _local_tile(q, k, offs_m, offs_n, t_i, weekend_i, T_row, FLAGS_row, s_time, s_hour, s_weekend, sm_scale, L,
                                       WINDOW, WEEKEND_BOTH, PRECISION, FAST_MATH)
         scores = scores * 1.4426950408889634
-        m_new = tl.maximum(m_i, tl.max(scores, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(scores - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
-    has_key = l_i > 0
-    out = acc / tl.where(has_key, l_i, 1.0)[:, None]
-    lse = tl.where(has_key, (m_i + tl.log2(tl.where(has_key, l_i, 1.0))) / 1.4426950408889634, float("-inf"))
-    tl.store(O + base + offs_m[:, None] * D + offs_d[None, :], out.to(O.dtype.element_ty), mask=rows[:, None])
+        acc, l_i, m_i = online_softmax_step(acc, l_i, m_i, scores, v, PRECISION)
+    out, lse = finish_rows(acc, l_i, m_i)
+    store_tile(O, base, offs_m, offs_d, D, rows, out)
     tl.store(LSE + pid_bh.to(tl.int64) * L + offs_m, lse, mask=rows)
 
 
@@ -128,17 +105,9 @@ def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, FLAGS, SCALES, DK, DV, DSCALE
                        WINDOW: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One key block per program: the query tiles whose window reaches it; dK, dV and d(scales)."""
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    start_n = pid_n * BLOCK_N
-    offs_n = start_n + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, D)
-    cols = offs_n < L
-    base = pid_bh.to(tl.int64) * L * D
-    k = tl.load(K + base + offs_n[:, None] * D + offs_d[None, :], mask=cols[:, None], other=0.0)
-    v = tl.load(V + base + offs_n[:, None] * D + offs_d[None, :], mask=cols[:, None], other=0.0)
+    b, h, pid_bh, start_n, offs_n, offs_d, cols, base = program_block(BLOCK_N, H, L, D)
+    k = load_tile(K, base, offs_n, offs_d, D, cols)
+    v = load_tile(V, base, offs_n, offs_d, D, cols)
     T_row, FLAGS_row = T + b * L, FLAGS + b * L
     s_time, s_hour, s_weekend = tl.load(SCALES + h), tl.load(SCALES + H + h), tl.load(SCALES + 2 * H + h)
     dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
@@ -151,16 +120,12 @@ def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, FLAGS, SCALES, DK, DV, DSCALE
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         rows = offs_m < L
-        q = tl.load(Q + base + offs_m[:, None] * D + offs_d[None, :], mask=rows[:, None], other=0.0)
-        do = tl.load(DO + base + offs_m[:, None] * D + offs_d[None, :], mask=rows[:, None], other=0.0)
-        lse = tl.load(LSE + pid_bh.to(tl.int64) * L + offs_m, mask=rows, other=float("inf"))
-        lse = tl.where(lse == float("-inf"), float("inf"), lse)
-        delta_row = tl.load(DELTA + pid_bh.to(tl.int64) * L + offs_m, mask=rows, other=0.0)
+        q, do, lse, delta_row = load_backward_rows(Q, DO, LSE, DELTA, base, pid_bh.to(tl.int64) * L, offs_m, offs_d, D, rows)
         t_i = tl.load(T_row + offs_m, mask=rows, other=0)
         weekend_i = (tl.load(FLAGS_row + offs_m, mask=rows, other=0) & 2) != 0
         scores, b_time, b_hour, b_weekend = _local_tile(q, k, offs_m, offs_n, t_i, weekend_i, T_row, FLAGS_row, s_time, s_hour,
                                                         s_weekend, sm_scale, L, WINDOW, WEEKEND_BOTH, PRECISION, FAST_MATH)
-        p = tl.exp2((scores - lse[:, None]) * 1.4426950408889634)
+        p = tl.exp2(scores * 1.4426950408889634 - lse[:, None])
         dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         ds = p * (dp - delta_row[:, None])
@@ -168,8 +133,8 @@ def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, FLAGS, SCALES, DK, DV, DSCALE
         d_time += tl.sum(ds * b_time, 0)
         d_hour += tl.sum(ds * b_hour, 0)
         d_weekend += tl.sum(ds * b_weekend, 0)
-    tl.store(DK + base + offs_n[:, None] * D + offs_d[None, :], (dk * sm_scale).to(DK.dtype.element_ty), mask=cols[:, None])
-    tl.store(DV + base + offs_n[:, None] * D + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=cols[:, None])
+    store_tile(DK, base, offs_n, offs_d, D, cols, dk * sm_scale)
+    store_tile(DV, base, offs_n, offs_d, D, cols, dv)
     tl.atomic_add(DSCALES + h, tl.sum(d_time, 0))
     tl.atomic_add(DSCALES + H + h, tl.sum(d_hour, 0))
     tl.atomic_add(DSCALES + 2 * H + h, tl.sum(d_weekend, 0))
@@ -180,20 +145,8 @@ def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, FLAGS, SCALES, DK, DV, DSCALE
 def _local_dq_kernel(Q, K, V, DO, LSE, DELTA, T, FLAGS, SCALES, DQ, sm_scale, L, H: tl.constexpr, D: tl.constexpr, WINDOW: tl.constexpr,
                      WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr, BLOCK_M: tl.constexpr,
                           BLOCK_N: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    start_m = pid_m * BLOCK_M
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, D)
-    rows = offs_m < L
-    base = pid_bh.to(tl.int64) * L * D
-    q = tl.load(Q + base + offs_m[:, None] * D + offs_d[None, :], mask=rows[:, None], other=0.0)
-    do = tl.load(DO + base + offs_m[:, None] * D + offs_d[None, :], mask=rows[:, None], other=0.0)
-    lse = tl.load(LSE + pid_bh.to(tl.int64) * L + offs_m, mask=rows, other=float("inf"))
-    lse = tl.where(lse == float("-inf"), float("inf"), lse)
-    delta_row = tl.load(DELTA + pid_bh.to(tl.int64) * L + offs_m, mask=rows, other=0.0)
+    b, h, pid_bh, start_m, offs_m, offs_d, rows, base = program_block(BLOCK_M, H, L, D)
+    q, do, lse, delta_row = load_backward_rows(Q, DO, LSE, DELTA, base, pid_bh.to(tl.int64) * L, offs_m, offs_d, D, rows)
     T_row, FLAGS_row = T + b * L, FLAGS + b * L
     t_i = tl.load(T_row + offs_m, mask=rows, other=0)
     weekend_i = (tl.load(FLAGS_row + offs_m, mask=rows, other=0) & 2) != 0
@@ -204,20 +157,20 @@ def _local_dq_kernel(Q, K, V, DO, LSE, DELTA, T, FLAGS, SCALES, DQ, sm_scale, L,
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         cols = offs_n < L
-        k = tl.load(K + base + offs_n[:, None] * D + offs_d[None, :], mask=cols[:, None], other=0.0)
-        v = tl.load(V + base + offs_n[:, None] * D + offs_d[None, :], mask=cols[:, None], other=0.0)
+        k = load_tile(K, base, offs_n, offs_d, D, cols)
+        v = load_tile(V, base, offs_n, offs_d, D, cols)
         scores, _, _, _ = _local_tile(q, k, offs_m, offs_n, t_i, weekend_i, T_row, FLAGS_row, s_time, s_hour, s_weekend, sm_scale, L,
                                       WINDOW, WEEKEND_BOTH, PRECISION, FAST_MATH)
-        p = tl.exp2((scores - lse[:, None]) * 1.4426950408889634)
+        p = tl.exp2(scores * 1.4426950408889634 - lse[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         ds = p * (dp - delta_row[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
-    tl.store(DQ + base + offs_m[:, None] * D + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty), mask=rows[:, None])
+    store_tile(DQ, base, offs_m, offs_d, D, rows, dq * sm_scale)
 
 
 def _launch(q: Tensor, window: int, weekend_rule: int) -> dict:
     return dict(H=q.shape[1], D=q.shape[-1], WINDOW=window, WEEKEND_BOTH=weekend_rule == 1,
-                PRECISION="ieee" if q.dtype == torch.float32 else "tf32", FAST_MATH=not _INTERPRETED)
+                PRECISION="ieee" if q.dtype == torch.float32 else "tf32", FAST_MATH=not INTERPRETED)
 
 
 class _LocalHistory(torch.autograd.Function):
@@ -239,7 +192,7 @@ class _LocalHistory(torch.autograd.Function):
         q, k, v, out, lse, scales32, times, flags = ctx.saved_tensors
         batch, heads, length, _ = q.shape
         grad_out = grad_out.contiguous()
-        delta = ((grad_out.float() * out.float()).sum(-1) - (grad_lse.float() if grad_lse is not None else 0.0)).contiguous()
+        delta = backward_row_term(grad_out, out, grad_lse)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         dscales = torch.zeros_like(scales32)
         launch = _launch(q, ctx.window, ctx.weekend_rule)
@@ -250,26 +203,21 @@ class _LocalHistory(torch.autograd.Function):
         return dq, dk, dv, dscales.to(ctx.scales_dtype), None, None, None, None, None
 
 
-def _pad_head_dim(x: Tensor, dim: int) -> Tensor:
-    return torch.nn.functional.pad(x, (0, dim - x.shape[-1])).contiguous() if x.shape[-1] != dim else x.contiguous()
-
 
 def local_history_triton(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, times: Tensor, real: Tensor,
                          window: int, scales: Tensor, utc_offset: int, weekend_rule: int) -> Tensor:
     """The local branch's history queries: q, k, v `[B, H, L, D]`, profile k/v `[B, H, 1, D]`, times
     `[B, L]` int64 (time-sorted, left-padded), real `[B, L]` bool, scales `[3, H]` -> `[B, H, L, D]`,
     equal to `local_branch` on the history positions."""
-    if not q.is_cuda and not _INTERPRETED:
+    if not q.is_cuda and not INTERPRETED:
         raise RuntimeError("the fused local kernel runs on CUDA (on the CPU only under TRITON_INTERPRET=1); use attention 'structural'")
     batch, heads, length, dim = q.shape
     base = torch.where(real, times, torch.full_like(times, torch.iinfo(torch.int64).max)).min(dim=1, keepdim=True).values
     relative = torch.where(real, times - torch.where(base == torch.iinfo(torch.int64).max, torch.zeros_like(base), base), torch.zeros_like(times))
     flags = real.int() * _REAL + _is_weekend(times + utc_offset).int() * _WEEKEND
-    padded = max(16, triton.next_power_of_2(dim))
+    padded = padded_head_dim(dim)
     k, v = k.to(q.dtype), v.to(q.dtype)
-    out, lse = _LocalHistory.apply(_pad_head_dim(q, padded), _pad_head_dim(k, padded), _pad_head_dim(v, padded), scales,
+    out, lse = _LocalHistory.apply(pad_head_dim(q, padded), pad_head_dim(k, padded), pad_head_dim(v, padded), scales,
                                    relative.int().contiguous(), flags.int().contiguous(), window, weekend_rule, 1.0 / math.sqrt(dim))
-    out = out[..., :dim]
-    profile_score = (q.float() * k_profile.float()).sum(-1) / math.sqrt(dim)  # [B, H, L]; bias 0
-    total = torch.logaddexp(lse, profile_score)
-    return (out.float() * torch.exp(lse - total).unsqueeze(-1) + v_profile.float() * torch.exp(profile_score - total).unsqueeze(-1)).to(q.dtype)
+    length_view = (batch, heads, length, dim)
+    return merge_extra_key(out[..., :dim], lse, q, k_profile.expand(length_view), v_profile.expand(length_view))
