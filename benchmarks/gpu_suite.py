@@ -18,7 +18,8 @@ achieved TFLOP/s next to the measured bf16 matmul ceiling.
    (3 × analytic forward FLOPs per sample × samples/s ÷ the measured ceiling).
 
     python benchmarks/gpu_suite.py --dataset PREPARED_DIR [--out DIR]     # on the GPU machine
-    .venv/bin/python benchmarks/gpu_suite.py --device cpu --quick --dataset DIR   # smoke test here
+    TRITON_INTERPRET=1 .venv/bin/python benchmarks/gpu_suite.py --device cpu --quick --dataset DIR   # smoke test here
+                                            # (the Triton kernels interpreted; times mean nothing)
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -45,6 +48,9 @@ from attention import analytic_flops, make_inputs, run_once  # noqa: E402
 from recsys.ops.cama import cama_attention, cama_attention_reference  # noqa: E402
 from recsys.ops.cama_flex import cama_block_mask, cama_flex_attention, head_channels  # noqa: E402
 from recsys.ops.cama_triton import ABLATION as cama_triton_ablation  # noqa: E402
+from recsys.ops.cama_triton import _bucket  # noqa: E402
+from recsys.ops.temporal import LOG_BUCKET_PER_OCTAVE, log_bucket  # noqa: E402
+from recsys.ops.triton_tiles import INTERPRETED  # noqa: E402
 from recsys.ops.cama_triton import cama_meta, cama_triton_attention, channel_bits  # noqa: E402
 from recsys.ops.evo_attention import evo_attend_fused_local, evo_branches, evo_branches_reference, evo_geometry  # noqa: E402
 
@@ -99,7 +105,7 @@ def check_correctness(device: str, sparsectr: bool = True) -> dict:
         grads = torch.autograd.grad(sum(o.square().sum() for o in out), leaves)
         report[name] = {"forward_max_rel": max(_max_rel(o, r) for o, r in zip(out, reference)),
                         "grad_max_rel": max(_max_rel(g, r) for g, r in zip(grads, reference_grads))}
-    if device == "cuda" and sparsectr:  # the interpreter path is covered by tests/test_evo_local_triton.py
+    if (device == "cuda" or INTERPRETED) and sparsectr:
         out = fused_local_branches(q, k, v, kp, vp, times, layout, tail, window, scales)
         grads = torch.autograd.grad(sum(o.square().sum() for o in out), leaves)
         report["sparsectr_structural_triton"] = {"forward_max_rel": max(_max_rel(o, r) for o, r in zip(out, reference)),
@@ -129,7 +135,7 @@ def check_correctness(device: str, sparsectr: bool = True) -> dict:
             flex_out = cama_flex_attention(q.detach(), keys.detach(), values.detach(), block_mask, times, table.detach(), 1, 128)
         grad_error = float("nan")
     report["cama_flex"] = {"forward_max_rel": _max_rel(flex_out, ref), "grad_max_rel": grad_error}
-    if device == "cuda":  # the interpreter path is covered by tests/test_cama_triton.py
+    if device == "cuda" or INTERPRETED:
         leaves = [q, k, v, *extra["context"], table]
         meta = cama_triton_meta(times, extra, device)
         fused = cama_triton_attention(q, k, v, *extra["context"], meta, table, 128, packed=False)
@@ -141,23 +147,19 @@ def check_correctness(device: str, sparsectr: bool = True) -> dict:
     return report
 
 
+@triton.jit
+def _kernel_buckets(delta_ptr, out_ptr, count, scale: tl.constexpr, FAST: tl.constexpr, BLOCK: tl.constexpr):
+    """The fused kernels' bucket of each Δ (module level: Triton resolves a kernel's names in its module)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    delta = tl.load(delta_ptr + offs, mask=offs < count, other=1)
+    tl.store(out_ptr + offs, _bucket(delta, 128, scale, FAST), mask=offs < count)
+
+
 def _bucket_mismatch_rate(times: torch.Tensor) -> float:
     """Share of (query, key) pairs that the kernels' bucket (SFU lg2.approx) puts elsewhere than `log_bucket`."""
-    import triton
-    import triton.language as tl
-
-    from recsys.ops.cama_triton import _bucket
-    from recsys.ops.temporal import LOG_BUCKET_PER_OCTAVE, log_bucket
-
-    @triton.jit
-    def buckets(delta_ptr, out_ptr, count, scale: tl.constexpr, BLOCK: tl.constexpr):
-        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        delta = tl.load(delta_ptr + offs, mask=offs < count, other=1)
-        tl.store(out_ptr + offs, _bucket(delta, 128, scale, True), mask=offs < count)
-
     delta = (times.unsqueeze(2) - times.unsqueeze(1)).clamp(1, 2**31 - 1).flatten().int().contiguous()
     fused = torch.empty_like(delta)
-    buckets[(triton.cdiv(delta.numel(), 1024),)](delta, fused, delta.numel(), LOG_BUCKET_PER_OCTAVE, 1024)
+    _kernel_buckets[(triton.cdiv(delta.numel(), 1024),)](delta, fused, delta.numel(), LOG_BUCKET_PER_OCTAVE, not INTERPRETED, 1024)
     return float((fused.long() != log_bucket(delta.long())).float().mean())
 
 
@@ -200,8 +202,8 @@ def attention_table(args) -> list[dict]:
         for kernel in args.kernels:
             if (kernel == "cama" and n > args.dense_max_n) or (kernel.endswith("_compiled") and n not in args.compile_ns):
                 continue
-            if ("cama_flex" in kernel or "_triton" in kernel) and args.device != "cuda":
-                continue  # FlexAttention has no backward on CPU; Triton runs only interpreted there
+            if ("cama_flex" in kernel or ("_triton" in kernel and not INTERPRETED)) and args.device != "cuda":
+                continue  # FlexAttention has no backward on CPU; Triton runs there only interpreted
             forward_only = kernel.endswith("_fwd")
             variant = kernel.removesuffix("_fwd")
             if variant.startswith("cama_triton"):  # _nobias / _notablegrad: what the bias and its gradient cost
