@@ -29,7 +29,7 @@ from recsys.models.embedding import EmbeddedBatch, EmbeddingLayout
 from recsys.models.layers import MLP, SwiGLU
 from recsys.ops.cama import cama_attention, cama_attention_reference, cama_mask, cama_pointwise_attention
 from recsys.ops.cama_flex import cama_block_mask, cama_flex_attention, head_channels
-from recsys.ops.cama_triton import cama_meta, cama_triton_attention, channel_bits
+from recsys.ops.cama_triton import CamaMeta, cama_meta, cama_triton_attention, channel_bits
 from recsys.ops.temporal import log_bucket
 
 CONTENT_CHANNEL = "all"
@@ -111,7 +111,12 @@ class CamA(nn.Module):
         self.action_groups = [fn(group) for group in self.action_groups]
         return self
 
-    def forward(self, x: Tensor, context: Tensor, seq: FlatSequence) -> Tensor:
+    def meta(self, seq: FlatSequence) -> CamaMeta:
+        """The fused kernel's per-batch metadata (the same for every layer: build it once)."""
+        return cama_meta(seq.segment, seq.position, seq.times, seq.real, seq.is_candidate, seq.action_ids, self.action_groups,
+                         self.head_group)
+
+    def forward(self, x: Tensor, context: Tensor, seq: FlatSequence, meta: Optional[CamaMeta] = None) -> Tensor:
         batch, length, width = x.shape
         q = self._split(self.q(x))
         k, v = self.kv(x).chunk(2, dim=-1)
@@ -127,9 +132,8 @@ class CamA(nn.Module):
             if torch.jit.is_scripting():
                 raise RuntimeError("attention='triton' is a GPU training path; export the softmax twin (same parameters)")
             else:
-                meta = cama_meta(seq.segment, seq.position, seq.times, seq.real, seq.is_candidate, seq.action_ids,
-                                 self.action_groups, self.head_group)
-                out = cama_triton_attention(q, k, v, context_k, context_v, meta, self.time_bias.weight, self.num_buckets,
+                out = cama_triton_attention(q, k, v, context_k, context_v, meta if meta is not None else self.meta(seq),
+                                            self.time_bias.weight, self.num_buckets,
                                             packed=context.shape[1] > 1)  # one context token per segment
                 return self.out(out.transpose(1, 2).reshape(batch, length, width))
         keys, values = torch.cat([context_k, k], dim=2), torch.cat([context_v, v], dim=2)
@@ -166,8 +170,8 @@ class GRABBlock(nn.Module):
         self.ffn = SwiGLU(cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, context: Tensor, seq: FlatSequence) -> Tensor:
-        x = x + self.dropout(self.attention(self.attention_norm(x), self.attention_norm(context), seq))
+    def forward(self, x: Tensor, context: Tensor, seq: FlatSequence, meta: Optional[CamaMeta] = None) -> Tensor:
+        x = x + self.dropout(self.attention(self.attention_norm(x), self.attention_norm(context), seq, meta))
         return x + self.dropout(self.ffn(self.ffn_norm(x)))
 
 
@@ -199,6 +203,7 @@ class GRAB(RankingModel):
         self.head_norm = nn.LayerNorm(cfg.d_model)
         self.head = MLP(cfg.d_model, cfg.head_hidden, 1, cfg.dropout)
         self.logit_clamp = LOGIT_CLAMP
+        self.fused_attention = cfg.attention == "triton"
 
     def score(self, embedded: EmbeddedBatch, inputs: SequenceInputs) -> ModelOutput:
         batch, length = inputs.history_times.shape
@@ -226,8 +231,14 @@ class GRAB(RankingModel):
 
     def _encode(self, seq: FlatSequence) -> Tensor:
         x, context = seq.tokens, seq.context
+        meta: Optional[CamaMeta] = None
+        if self.fused_attention:
+            if torch.jit.is_scripting():
+                raise RuntimeError("attention='triton' is a GPU training path; export the softmax twin (same parameters)")
+            else:
+                meta = self.blocks[0].attention.meta(seq)
         for block in self.blocks:
-            x = block(x, context, seq)
+            x = block(x, context, seq, meta)
         return x
 
 

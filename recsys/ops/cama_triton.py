@@ -19,8 +19,6 @@ mask and bias is the twin the tests and `benchmarks/gpu_suite.py` compare agains
 Runs on CUDA; on CPU it runs under Triton's interpreter (`TRITON_INTERPRET=1`), which the tests use.
 """
 
-from __future__ import annotations
-
 from typing import List, NamedTuple, Tuple
 
 import torch
@@ -29,8 +27,8 @@ import triton.language as tl
 from torch import Tensor
 
 from recsys.ops.temporal import LOG_BUCKET_PER_OCTAVE
-from recsys.ops.triton_tiles import (INTERPRETED, program_block, LOG2E, backward_row_term, finish_rows, load_backward_rows, load_tile, merge_extra_key,
-                                     online_softmax_step, padded_head_dim, pad_head_dim, store_tile, tile_configs)
+from recsys.ops.triton_tiles import (INTERPRETED, LOG2E, backward_row_term, finish_rows, load_backward_rows, load_tile, merge_extra_key,
+                                     online_softmax_step, pad_head_dim, padded_head_dim, program_block, store_tile, tile_configs)
 
 _REAL, _HISTORY, _CANDIDATE, _FIRST_GROUP_BIT = 1, 2, 4, 3
 

@@ -24,8 +24,8 @@ import triton.language as tl
 from torch import Tensor
 
 from recsys.ops.temporal import _is_weekend
-from recsys.ops.triton_tiles import (INTERPRETED, program_block, backward_row_term, finish_rows, load_backward_rows, load_tile, merge_extra_key,
-                                     online_softmax_step, padded_head_dim, pad_head_dim, store_tile, tile_configs)
+from recsys.ops.triton_tiles import (INTERPRETED, backward_row_term, finish_rows, load_backward_rows, load_tile, merge_extra_key,
+                                     online_softmax_step, pad_head_dim, padded_head_dim, program_block, store_tile, tile_configs)
 
 _REAL, _WEEKEND = 1, 2
 
