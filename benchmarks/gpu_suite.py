@@ -165,7 +165,7 @@ def _bucket_mismatch_rate(times: torch.Tensor) -> float:
 
 def fused_local_branches(q, k, v, k_profile, v_profile, times, layout, tail: int, window: int, scales):
     """SparseCTR's three branches with the local one fused (geometry built per call, as `evo_branches` does)."""
-    geometry = evo_geometry(times, *layout, q.shape[2] - layout[0].shape[1], tail, window, 0, 0)
+    geometry = evo_geometry(times, *layout, q.shape[2] - layout[0].shape[1], tail, window, 0, 0, local_history=False)
     return evo_attend_fused_local(q, k, v, k_profile, v_profile, k, v, geometry, window, scales, times, 0, 0)
 
 

@@ -173,6 +173,7 @@ class SparseCTR(RankingModel):
         self.utc_offset = utc_offset_seconds
         self.weekend_rule = WEEKEND_BOTH if cfg.weekend_rule == "both_weekend" else WEEKEND_SAME_TYPE
         self.structural = cfg.attention in ("structural", "triton")
+        self.fused_local = cfg.attention == "triton"
         self.token = nn.Linear(layout.content_dim + layout.action_dim, cfg.d_model)
         self.profile = nn.Linear(layout.side_dim, cfg.d_model) if layout.side_dim else None
         self.profile_token = nn.Parameter(torch.zeros(1, 1, cfg.d_model))
@@ -217,7 +218,7 @@ class SparseCTR(RankingModel):
         geometry: Optional[EvoGeometry] = None
         if self.structural:
             geometry = evo_geometry(times, inputs.chunk_id, inputs.chunk_start, inputs.chunk_end, inputs.chunk_valid, candidates,
-                                    self.tail, self.window, self.utc_offset, self.weekend_rule)
+                                    self.tail, self.window, self.utc_offset, self.weekend_rule, not self.fused_local)
         for block in self.blocks:
             x = block(x, profile, times, inputs, geometry)
         return x

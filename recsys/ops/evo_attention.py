@@ -101,9 +101,11 @@ class EvoGeometry(NamedTuple):
 
 
 def evo_geometry(times: Tensor, chunk_id: Tensor, chunk_start: Tensor, chunk_end: Tensor, chunk_valid: Tensor, candidates: int,
-                 tail: int, window: int, utc_offset: int, weekend_rule: int) -> EvoGeometry:
+                 tail: int, window: int, utc_offset: int, weekend_rule: int, local_history: bool = True) -> EvoGeometry:
     """Everything the three branches need that does not depend on q, k, v: key positions,
-    visibility and temporal components. Computed once per batch and shared by all layers."""
+    visibility and temporal components. Computed once per batch and shared by all layers.
+    `local_history=False` leaves the history window's tensors empty (the fused local kernel
+    computes them per tile; they are the largest part of the geometry)."""
     batch, length = chunk_id.shape
     num_chunks = chunk_end.shape[1]
     query_pos = _query_positions(length, candidates, times.device)
@@ -118,16 +120,20 @@ def evo_geometry(times: Tensor, chunk_id: Tensor, chunk_start: Tensor, chunk_end
     tail_terms = temporal_components(times, times.gather(1, positions), utc_offset, weekend_rule)
 
     history_valid = chunk_id > 0
-    blocks = (length + window - 1) // window
-    pad = blocks * window - length
-    t_blocks = F.pad(times[:, :length], (pad, 0)).view(batch, blocks, window)
-    valid_win = _with_previous_block(F.pad(history_valid, (pad, 0)).view(batch, blocks, window), 1)  # [B, nb, 2w]
-    query_index = torch.arange(window, device=times.device).view(window, 1)
-    key_index = torch.arange(2 * window, device=times.device).view(1, 2 * window)
-    band = (key_index > query_index) & (key_index <= query_index + window)  # i - w < j <= i
-    visible = band.view(1, 1, window, 2 * window) & valid_win.unsqueeze(2)  # [B, nb, w, 2w]
-    local_visible = torch.cat([visible, visible.new_ones(batch, blocks, window, 1)], dim=3).unsqueeze(1)
-    local_terms = temporal_components(t_blocks, _with_previous_block(t_blocks, 1), utc_offset, weekend_rule)
+    if local_history:
+        blocks = (length + window - 1) // window
+        pad = blocks * window - length
+        t_blocks = F.pad(times[:, :length], (pad, 0)).view(batch, blocks, window)
+        valid_win = _with_previous_block(F.pad(history_valid, (pad, 0)).view(batch, blocks, window), 1)  # [B, nb, 2w]
+        query_index = torch.arange(window, device=times.device).view(window, 1)
+        key_index = torch.arange(2 * window, device=times.device).view(1, 2 * window)
+        band = (key_index > query_index) & (key_index <= query_index + window)  # i - w < j <= i
+        visible = band.view(1, 1, window, 2 * window) & valid_win.unsqueeze(2)  # [B, nb, w, 2w]
+        local_visible = torch.cat([visible, visible.new_ones(batch, blocks, window, 1)], dim=3).unsqueeze(1)
+        local_terms = temporal_components(t_blocks, _with_previous_block(t_blocks, 1), utc_offset, weekend_rule)
+    else:
+        local_visible = torch.zeros(batch, 1, 0, window, 2 * window + 1, dtype=torch.bool, device=times.device)
+        local_terms = torch.zeros(batch, 0, 3, window, 2 * window, device=times.device)
 
     # With no candidates these are empty ([B, ·, 0, ·]): nothing reads them.
     start = max(0, length - window)
