@@ -48,11 +48,10 @@ from attention import analytic_flops, make_inputs, run_once  # noqa: E402
 from recsys.ops.cama import cama_attention, cama_attention_reference  # noqa: E402
 from recsys.ops.cama_flex import cama_block_mask, cama_flex_attention, head_channels  # noqa: E402
 from recsys.ops.cama_triton import ABLATION as cama_triton_ablation  # noqa: E402
-from recsys.ops.cama_triton import _bucket  # noqa: E402
+from recsys.ops.cama_triton import _bucket, cama_meta, cama_triton_attention, channel_bits  # noqa: E402
+from recsys.ops.evo_attention import evo_attend_fused_local, evo_branches, evo_branches_reference, evo_geometry  # noqa: E402
 from recsys.ops.temporal import LOG_BUCKET_PER_OCTAVE, log_bucket  # noqa: E402
 from recsys.ops.triton_tiles import INTERPRETED  # noqa: E402
-from recsys.ops.cama_triton import cama_meta, cama_triton_attention, channel_bits  # noqa: E402
-from recsys.ops.evo_attention import evo_attend_fused_local, evo_branches, evo_branches_reference, evo_geometry  # noqa: E402
 
 NOMINAL_H100_BF16 = 989.4e12  # dense, SXM, without sparsity
 
@@ -112,8 +111,6 @@ def check_correctness(device: str, sparsectr: bool = True) -> dict:
                                                  "grad_max_rel": max(_max_rel(g, r) for g, r in zip(grads, reference_grads))}
     times, q, k, v, extra = make_inputs("cama", batch, n, heads, dim, chunks, device, torch.float32)
     delta = (times.unsqueeze(2) - times.unsqueeze(1)).clamp_min(0)
-    from recsys.ops.temporal import log_bucket
-
     bias = F.embedding(log_bucket(delta), extra["bias_table"]).permute(0, 3, 1, 2)
     bias = torch.cat([bias.new_zeros(bias.shape[:3] + (1,)), bias], dim=3)
     keys, values = torch.cat([extra["context"][0], k], 2), torch.cat([extra["context"][1], v], 2)
@@ -184,8 +181,6 @@ def cama_flex_inputs(times: torch.Tensor, extra: dict, device: str):
 
 
 def _cama_bias(times: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    from recsys.ops.temporal import log_bucket
-
     delta = (times.unsqueeze(2) - times.unsqueeze(1)).clamp_min(0)
     bias = F.embedding(log_bucket(delta), table).permute(0, 3, 1, 2)
     return torch.cat([bias.new_zeros(bias.shape[:3] + (1,)), bias], dim=3)

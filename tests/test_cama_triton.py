@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from recsys.ops.cama import cama_attention, cama_mask
 from recsys.ops.cama_triton import cama_meta, cama_triton_attention, channel_bits
 from recsys.ops.temporal import log_bucket
+from tests.model_variants import assert_attention_paths_agree
 
 CONTENT = torch.zeros(0, dtype=torch.int64)
 HEAD_GROUPS = [CONTENT, CONTENT, torch.tensor([2, 3]), torch.tensor([3])]
@@ -90,30 +91,8 @@ def test_fused_cama_refuses_history_out_of_time_order():
 
 @pytest.mark.parametrize("packed", [False, True])
 def test_grab_with_fused_cama_equals_softmax_grab_with_gradients(prepared, packed):
-    import numpy as np
-
-    from recsys.data.loader import BatchBuilder
-    from recsys.data.store import PreparedDataset
-    from recsys.models.registry import build_model
-
-    dataset = PreparedDataset(prepared)
-    batch = BatchBuilder(dataset, max_history=24, num_chunks=4).build(np.asarray(dataset.split_indices("test")[:5]))
-    results = []
-    for attention in ("softmax", "triton"):
-        torch.manual_seed(0)
-        model = build_model("grab", dataset.metadata, {"d_model": 16, "heads": 4, "layers": 2, "attention": attention, "packed": packed})
-        out = model(batch)
-        valid = batch.chunk_id > 0
-        loss = out.logits.square().sum() + out.history_logits[valid].square().sum()
-        grads = torch.autograd.grad(loss, [p for p in model.parameters()], allow_unused=True)
-        results.append((out, dict(zip([n for n, _ in model.named_parameters()], grads))))
-    (dense, dense_grads), (fused, fused_grads) = results
-    torch.testing.assert_close(fused.logits, dense.logits, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(fused.history_logits[valid], dense.history_logits[valid], rtol=1e-4, atol=1e-5)
-    assert any(name.endswith("time_bias.weight") for name in fused_grads)
-    for name, grad in dense_grads.items():
-        if grad is not None:
-            torch.testing.assert_close(fused_grads[name], grad, rtol=1e-3, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+    assert_attention_paths_agree(prepared, "grab", {"d_model": 16, "heads": 4, "layers": 2, "packed": packed},
+                                 ("softmax", "triton"), max_history=24, trained_parameter="time_bias.weight")
 
 
 def test_fused_cama_outside_the_interpreter_on_cpu_names_the_alternative():

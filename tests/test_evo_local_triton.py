@@ -10,6 +10,7 @@ from recsys.ops.chunking import personalized_chunks
 from recsys.ops.evo_attention import evo_geometry, local_branch
 from recsys.ops.evo_local_triton import local_history_triton
 from recsys.ops.temporal import alibi_scales
+from tests.model_variants import assert_attention_paths_agree
 
 
 @pytest.mark.parametrize("window,dim,weekend_rule,utc_offset", [(8, 16, 0, 0), (16, 8, 1, 8 * 3600), (20, 16, 0, -5 * 3600)])
@@ -42,24 +43,5 @@ def test_fused_local_branch_equals_structural_with_gradients(window, dim, weeken
 
 
 def test_sparsectr_with_fused_local_equals_structural_with_gradients(prepared):
-    import numpy as np
-
-    from recsys.data.loader import BatchBuilder
-    from recsys.data.store import PreparedDataset
-    from recsys.models.registry import build_model
-
-    dataset = PreparedDataset(prepared)
-    batch = BatchBuilder(dataset, max_history=40, num_chunks=4).build(np.asarray(dataset.split_indices("test")[:5]))
-    results = []
-    for attention in ("structural", "triton"):
-        torch.manual_seed(0)
-        model = build_model("sparsectr", dataset.metadata, {"d_model": 16, "heads": 2, "layers": 2, "window": 8, "attention": attention})
-        out = model(batch)
-        grads = torch.autograd.grad(out.logits.square().sum(), list(model.parameters()), allow_unused=True)
-        results.append((out.logits, dict(zip([name for name, _ in model.named_parameters()], grads))))
-    (structural, structural_grads), (fused, fused_grads) = results
-    torch.testing.assert_close(fused, structural, rtol=1e-4, atol=1e-5)
-    assert any(name.endswith("scales") for name in fused_grads)
-    for name, grad in structural_grads.items():
-        if grad is not None:
-            torch.testing.assert_close(fused_grads[name], grad, rtol=1e-3, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+    assert_attention_paths_agree(prepared, "sparsectr", {"d_model": 16, "heads": 2, "layers": 2, "window": 8},
+                                 ("structural", "triton"), max_history=40, trained_parameter="scales")

@@ -163,6 +163,16 @@ def _tile(q, k, offs_m, offs_n, t_i, seg_i, pos_i, candidate_i, t_j, seg_j, pos_
 
 
 @triton.jit
+def _query_meta(T_row, SEG_row, POS_row, FLAGS_row, offs_m, rows):
+    """A query block's times, segments, positions and candidate flags."""
+    t_i = tl.load(T_row + offs_m, mask=rows, other=0)
+    seg_i = tl.load(SEG_row + offs_m, mask=rows, other=-2)
+    pos_i = tl.load(POS_row + offs_m, mask=rows, other=0)
+    candidate_i = (tl.load(FLAGS_row + offs_m, mask=rows, other=0) & 4) != 0
+    return t_i, seg_i, pos_i, candidate_i
+
+
+@triton.jit
 def _load_keys(K, V, base, offs_n, offs_d, D: tl.constexpr, cols, T_row, SEG_row, POS_row, FLAGS_row):
     """A key tile and its events' metadata."""
     k = load_tile(K, base, offs_n, offs_d, D, cols)
@@ -175,17 +185,29 @@ def _load_keys(K, V, base, offs_n, offs_d, D: tl.constexpr, cols, T_row, SEG_row
 
 
 @triton.jit
+def _key_tile_scores(start_n, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row, FLAGS_row,
+                     TABLE, h, group_bit, qk_scale, N, H: tl.constexpr, D: tl.constexpr, NUM_BUCKETS: tl.constexpr,
+                     BUCKET_SCALE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, DIAGONAL: tl.constexpr,
+                     BIAS: tl.constexpr, CONTENT: tl.constexpr, PACKED: tl.constexpr, FAST_LOG2: tl.constexpr):
+    """The key tile at `start_n` and its scores against the query block (what the forward and dQ walk)."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    cols = offs_n < N
+    k, v, t_j, seg_j, pos_j, flags_j = _load_keys(K, V, base, offs_n, offs_d, D, cols, T_row, SEG_row, POS_row, FLAGS_row)
+    scores, _ = _tile(q, k, offs_m, offs_n, t_i, seg_i, pos_i, candidate_i, t_j, seg_j, pos_j, flags_j, TABLE, h, group_bit, N,
+                      H, NUM_BUCKETS, BUCKET_SCALE, qk_scale, PRECISION, DIAGONAL, BIAS, CONTENT, PACKED, FAST_LOG2)
+    return k, v, scores
+
+
+@triton.jit
 def _forward_block(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
                    FLAGS_row, TABLE, h, group_bit, sm_scale, N, lo, hi, H: tl.constexpr, D: tl.constexpr,
                    NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
                    DIAGONAL: tl.constexpr, BIAS: tl.constexpr, CONTENT: tl.constexpr, PACKED: tl.constexpr, FAST_LOG2: tl.constexpr):
     qk_scale = sm_scale * 1.4426950408889634
     for start_n in range(lo, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        cols = offs_n < N
-        k, v, t_j, seg_j, pos_j, flags_j = _load_keys(K, V, base, offs_n, offs_d, D, cols, T_row, SEG_row, POS_row, FLAGS_row)
-        scores, _ = _tile(q, k, offs_m, offs_n, t_i, seg_i, pos_i, candidate_i, t_j, seg_j, pos_j, flags_j, TABLE, h, group_bit, N,
-                          H, NUM_BUCKETS, BUCKET_SCALE, qk_scale, PRECISION, DIAGONAL, BIAS, CONTENT, PACKED, FAST_LOG2)
+        k, v, scores = _key_tile_scores(start_n, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row,
+                                        POS_row, FLAGS_row, TABLE, h, group_bit, qk_scale, N, H, D, NUM_BUCKETS, BUCKET_SCALE,
+                                        PRECISION, BLOCK_N, DIAGONAL, BIAS, CONTENT, PACKED, FAST_LOG2)
         acc, l_i, m_i = online_softmax_step(acc, l_i, m_i, scores, v, PRECISION)
     return acc, l_i, m_i
 
@@ -206,10 +228,7 @@ def _cama_forward_kernel(Q, K, V, T, SEG, POS, FLAGS, START, HEAD_GROUP, TABLE, 
     b, h, pid_bh, start_m, offs_m, offs_d, rows, base = program_block(BLOCK_M, H, N, D)
     q = load_tile(Q, base, offs_m, offs_d, D, rows)
     T_row, SEG_row, POS_row, FLAGS_row = T + b * N, SEG + b * N, POS + b * N, FLAGS + b * N
-    t_i = tl.load(T_row + offs_m, mask=rows, other=0)
-    seg_i = tl.load(SEG_row + offs_m, mask=rows, other=-2)
-    pos_i = tl.load(POS_row + offs_m, mask=rows, other=0)
-    candidate_i = (tl.load(FLAGS_row + offs_m, mask=rows, other=0) & 4) != 0
+    t_i, seg_i, pos_i, candidate_i = _query_meta(T_row, SEG_row, POS_row, FLAGS_row, offs_m, rows)
     group_bit = tl.load(HEAD_GROUP + h)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -253,10 +272,7 @@ def _dkdv_block(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n
         offs_m = start_m + tl.arange(0, BLOCK_M)
         rows = offs_m < N
         q, do, lse, delta_row = load_backward_rows(Q, DO, LSE, DELTA, base, pid_bh.to(tl.int64) * N, offs_m, offs_d, D, rows)
-        t_i = tl.load(T_row + offs_m, mask=rows, other=0)
-        seg_i = tl.load(SEG_row + offs_m, mask=rows, other=-2)
-        pos_i = tl.load(POS_row + offs_m, mask=rows, other=0)
-        candidate_i = (tl.load(FLAGS_row + offs_m, mask=rows, other=0) & 4) != 0
+        t_i, seg_i, pos_i, candidate_i = _query_meta(T_row, SEG_row, POS_row, FLAGS_row, offs_m, rows)
         scores, bucket = _tile(q, k, offs_m, offs_n, t_i, seg_i, pos_i, candidate_i, t_j, seg_j, pos_j, flags_j, TABLE, h, group_bit,
                                N, H, NUM_BUCKETS, BUCKET_SCALE, qk_scale, PRECISION, DIAGONAL, BIAS, CONTENT, PACKED, FAST_LOG2)
         p = tl.exp2(scores - lse[:, None])  # 0 at forbidden keys (-inf) and rows past N (lse +inf)
@@ -319,11 +335,9 @@ def _dq_block(dq, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, seg_i,
               CONTENT: tl.constexpr, PACKED: tl.constexpr, FAST_LOG2: tl.constexpr):
     qk_scale = sm_scale * 1.4426950408889634
     for start_n in range(lo, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        cols = offs_n < N
-        k, v, t_j, seg_j, pos_j, flags_j = _load_keys(K, V, base, offs_n, offs_d, D, cols, T_row, SEG_row, POS_row, FLAGS_row)
-        scores, _ = _tile(q, k, offs_m, offs_n, t_i, seg_i, pos_i, candidate_i, t_j, seg_j, pos_j, flags_j, TABLE, h, group_bit, N,
-                          H, NUM_BUCKETS, BUCKET_SCALE, qk_scale, PRECISION, DIAGONAL, BIAS, CONTENT, PACKED, FAST_LOG2)
+        k, v, scores = _key_tile_scores(start_n, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row,
+                                        POS_row, FLAGS_row, TABLE, h, group_bit, qk_scale, N, H, D, NUM_BUCKETS, BUCKET_SCALE,
+                                        PRECISION, BLOCK_N, DIAGONAL, BIAS, CONTENT, PACKED, FAST_LOG2)
         p = tl.exp2(scores - lse[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         ds = p * (dp - delta_row[:, None])
@@ -340,10 +354,7 @@ def _cama_dq_kernel(Q, K, V, DO, LSE, DELTA, T, SEG, POS, FLAGS, START, HEAD_GRO
     b, h, pid_bh, start_m, offs_m, offs_d, rows, base = program_block(BLOCK_M, H, N, D)
     q, do, lse, delta_row = load_backward_rows(Q, DO, LSE, DELTA, base, pid_bh.to(tl.int64) * N, offs_m, offs_d, D, rows)
     T_row, SEG_row, POS_row, FLAGS_row = T + b * N, SEG + b * N, POS + b * N, FLAGS + b * N
-    t_i = tl.load(T_row + offs_m, mask=rows, other=0)
-    seg_i = tl.load(SEG_row + offs_m, mask=rows, other=-2)
-    pos_i = tl.load(POS_row + offs_m, mask=rows, other=0)
-    candidate_i = (tl.load(FLAGS_row + offs_m, mask=rows, other=0) & 4) != 0
+    t_i, seg_i, pos_i, candidate_i = _query_meta(T_row, SEG_row, POS_row, FLAGS_row, offs_m, rows)
     group_bit = tl.load(HEAD_GROUP + h)
     dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     lo = tl.minimum(tl.load(START + b * N + start_m) // BLOCK_N * BLOCK_N, start_m)

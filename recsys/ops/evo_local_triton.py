@@ -66,6 +66,25 @@ def _local_tile(q, k, offs_m, offs_n, t_i, weekend_i, T_row, FLAGS_row, s_time, 
     return tl.where(visible, scores, float("-inf")), b_time, b_hour, b_weekend
 
 
+@triton.jit
+def _query_times(T_row, FLAGS_row, offs_m, rows):
+    return tl.load(T_row + offs_m, mask=rows, other=0), (tl.load(FLAGS_row + offs_m, mask=rows, other=0) & 2) != 0
+
+
+@triton.jit
+def _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, weekend_i, T_row, FLAGS_row, s_time, s_hour, s_weekend, sm_scale, L,
+                 D: tl.constexpr, BLOCK_N: tl.constexpr, WINDOW: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr,
+                 FAST_MATH: tl.constexpr):
+    """The key tile at `start_n` and its natural-log scores against the query block (forward and dQ)."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    cols = offs_n < L
+    k = load_tile(K, base, offs_n, offs_d, D, cols)
+    v = load_tile(V, base, offs_n, offs_d, D, cols)
+    scores, _, _, _ = _local_tile(q, k, offs_m, offs_n, t_i, weekend_i, T_row, FLAGS_row, s_time, s_hour, s_weekend, sm_scale, L,
+                                  WINDOW, WEEKEND_BOTH, PRECISION, FAST_MATH)
+    return k, v, scores
+
+
 _TILES = tile_configs([(64, 64, 4, 3), (64, 32, 4, 3), (128, 64, 8, 2), (32, 64, 4, 3)])
 
 
@@ -77,8 +96,7 @@ def _local_forward_kernel(Q, K, V, T, FLAGS, SCALES, O, LSE, sm_scale, L, H: tl.
     b, h, pid_bh, start_m, offs_m, offs_d, rows, base = program_block(BLOCK_M, H, L, D)
     q = load_tile(Q, base, offs_m, offs_d, D, rows)
     T_row, FLAGS_row = T + b * L, FLAGS + b * L
-    t_i = tl.load(T_row + offs_m, mask=rows, other=0)
-    weekend_i = (tl.load(FLAGS_row + offs_m, mask=rows, other=0) & 2) != 0
+    t_i, weekend_i = _query_times(T_row, FLAGS_row, offs_m, rows)
     s_time, s_hour, s_weekend = tl.load(SCALES + h), tl.load(SCALES + H + h), tl.load(SCALES + 2 * H + h)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -86,12 +104,8 @@ def _local_forward_kernel(Q, K, V, T, FLAGS, SCALES, O, LSE, sm_scale, L, H: tl.
     lo = tl.maximum(start_m - WINDOW + 1, 0) // BLOCK_N * BLOCK_N
     hi = tl.minimum(start_m + BLOCK_M, L)
     for start_n in range(lo, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        cols = offs_n < L
-        k = load_tile(K, base, offs_n, offs_d, D, cols)
-        v = load_tile(V, base, offs_n, offs_d, D, cols)
-        scores, _, _, _ = _local_tile(q, k, offs_m, offs_n, t_i, weekend_i, T_row, FLAGS_row, s_time, s_hour, s_weekend, sm_scale, L,
-                                      WINDOW, WEEKEND_BOTH, PRECISION, FAST_MATH)
+        k, v, scores = _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, weekend_i, T_row, FLAGS_row, s_time, s_hour,
+                                    s_weekend, sm_scale, L, D, BLOCK_N, WINDOW, WEEKEND_BOTH, PRECISION, FAST_MATH)
         scores = scores * 1.4426950408889634
         acc, l_i, m_i = online_softmax_step(acc, l_i, m_i, scores, v, PRECISION)
     out, lse = finish_rows(acc, l_i, m_i)
@@ -121,8 +135,7 @@ def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, FLAGS, SCALES, DK, DV, DSCALE
         offs_m = start_m + tl.arange(0, BLOCK_M)
         rows = offs_m < L
         q, do, lse, delta_row = load_backward_rows(Q, DO, LSE, DELTA, base, pid_bh.to(tl.int64) * L, offs_m, offs_d, D, rows)
-        t_i = tl.load(T_row + offs_m, mask=rows, other=0)
-        weekend_i = (tl.load(FLAGS_row + offs_m, mask=rows, other=0) & 2) != 0
+        t_i, weekend_i = _query_times(T_row, FLAGS_row, offs_m, rows)
         scores, b_time, b_hour, b_weekend = _local_tile(q, k, offs_m, offs_n, t_i, weekend_i, T_row, FLAGS_row, s_time, s_hour,
                                                         s_weekend, sm_scale, L, WINDOW, WEEKEND_BOTH, PRECISION, FAST_MATH)
         p = tl.exp2(scores * 1.4426950408889634 - lse[:, None])
@@ -148,19 +161,14 @@ def _local_dq_kernel(Q, K, V, DO, LSE, DELTA, T, FLAGS, SCALES, DQ, sm_scale, L,
     b, h, pid_bh, start_m, offs_m, offs_d, rows, base = program_block(BLOCK_M, H, L, D)
     q, do, lse, delta_row = load_backward_rows(Q, DO, LSE, DELTA, base, pid_bh.to(tl.int64) * L, offs_m, offs_d, D, rows)
     T_row, FLAGS_row = T + b * L, FLAGS + b * L
-    t_i = tl.load(T_row + offs_m, mask=rows, other=0)
-    weekend_i = (tl.load(FLAGS_row + offs_m, mask=rows, other=0) & 2) != 0
+    t_i, weekend_i = _query_times(T_row, FLAGS_row, offs_m, rows)
     s_time, s_hour, s_weekend = tl.load(SCALES + h), tl.load(SCALES + H + h), tl.load(SCALES + 2 * H + h)
     dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     lo = tl.maximum(start_m - WINDOW + 1, 0) // BLOCK_N * BLOCK_N
     hi = tl.minimum(start_m + BLOCK_M, L)
     for start_n in range(lo, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        cols = offs_n < L
-        k = load_tile(K, base, offs_n, offs_d, D, cols)
-        v = load_tile(V, base, offs_n, offs_d, D, cols)
-        scores, _, _, _ = _local_tile(q, k, offs_m, offs_n, t_i, weekend_i, T_row, FLAGS_row, s_time, s_hour, s_weekend, sm_scale, L,
-                                      WINDOW, WEEKEND_BOTH, PRECISION, FAST_MATH)
+        k, v, scores = _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, weekend_i, T_row, FLAGS_row, s_time, s_hour,
+                                    s_weekend, sm_scale, L, D, BLOCK_N, WINDOW, WEEKEND_BOTH, PRECISION, FAST_MATH)
         p = tl.exp2(scores * 1.4426950408889634 - lse[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         ds = p * (dp - delta_row[:, None])
