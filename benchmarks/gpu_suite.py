@@ -10,7 +10,8 @@ achieved TFLOP/s next to the measured bf16 matmul ceiling.
    the fused local-branch kernel (`sparsectr_structural_triton`),
    CamA with its temporal bias (dense: n ≤ --dense-max-n; cama_flex; cama_triton). Suffixes:
    `_fwd` times the forward alone (against flash's forward), `cama_triton_nobias` /
-   `cama_triton_notablegrad` switch the bias or its table gradient off (what they cost).
+   `cama_triton_notablegrad` switch the bias or its table gradient off, `cama_triton_exactlog2` uses
+   libdevice's log2 for the bucket instead of the SFU's (what each costs).
    Useful FLOPs only: a causal query counts the keys it may see.
 4. Training step (embeddings + model + AdamW + embedding optimizer, bf16 autocast, unsharded tables)
    for sparsectr and grab at history 1,024 and 4,096: samples/s with the data loader in the loop,
@@ -141,6 +142,12 @@ def check_correctness(device: str, sparsectr: bool = True) -> dict:
         dense_grads = torch.autograd.grad(dense.square().sum(), leaves)
         report["cama_triton"] = {"forward_max_rel": _max_rel(fused, dense), "grad_max_rel": max(_max_rel(g, r) for g, r in zip(fused_grads, dense_grads)),
                                  "bucket_mismatch_rate": _bucket_mismatch_rate(times)}
+        cama_triton_ablation.update(fast_log2=False)
+        exact = cama_triton_attention(q, k, v, *extra["context"], meta, table, 128, packed=False)
+        exact_grads = torch.autograd.grad(exact.square().sum(), leaves)
+        cama_triton_ablation.update(fast_log2=True)
+        report["cama_triton_exactlog2"] = {"forward_max_rel": _max_rel(exact, dense),
+                                           "grad_max_rel": max(_max_rel(g, r) for g, r in zip(exact_grads, dense_grads))}
     return report
 
 
@@ -202,7 +209,8 @@ def attention_table(args) -> list[dict]:
             forward_only = kernel.endswith("_fwd")
             variant = kernel.removesuffix("_fwd")
             if variant.startswith("cama_triton"):  # _nobias / _notablegrad: what the bias and its gradient cost
-                cama_triton_ablation.update(bias=not variant.endswith("_nobias"), table_grad=not variant.endswith("_notablegrad"))
+                cama_triton_ablation.update(bias=not variant.endswith("_nobias"), table_grad=not variant.endswith("_notablegrad"),
+                                            fast_log2=not variant.endswith("_exactlog2"))
             base = variant.replace("_compiled", "").split("_flex")[0].split("_triton")[0]
             times, q, k, v, extra = make_inputs(base, batch, n, args.heads, args.head_dim, args.chunks, args.device, dtype,
                                                 dense_mask=variant == base)
@@ -251,7 +259,7 @@ def attention_table(args) -> list[dict]:
                          **({"block_mask_ms": mask_ms} if fused_cama else {})})
             print(f"  attention {kernel:<30} n={n:>6}: {seconds * 1e3:9.2f} ms", file=sys.stderr, flush=True)
             del times, q, k, v, extra
-            cama_triton_ablation.update(bias=True, table_grad=True)
+            cama_triton_ablation.update(bias=True, table_grad=True, fast_log2=True)
         n *= 2
     flash = {(r["n"], r["kernel"].endswith("_fwd")): r["ms"] for r in rows if r["kernel"].startswith("full_causal_sdpa") and "ms" in r}
     for r in rows:

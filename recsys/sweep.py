@@ -29,7 +29,7 @@ from recsys.data.spec import SpecError
 from recsys.data.store import PreparedDataset
 from recsys.pipeline import Pipeline, _merge, run_pipeline
 from recsys.train.config import apply_overrides
-from recsys.tracking.mlflow_tracker import RunTracker
+from recsys.tracking.mlflow_tracker import RunTracker, finished_children
 
 
 class SweepSection(BaseModel):
@@ -156,17 +156,18 @@ def _plot(results: List[dict], out: Path, laws: Dict[str, Dict[str, Dict[str, fl
     models = sorted({r["model"] for r in results})
     compute_figure, compute_axis = plt.subplots(figsize=(6, 4))
     history_figure, history_axis = plt.subplots(figsize=(6, 4))
-    for model in models:
+    for index, model in enumerate(models):
+        color = f"C{index}"  # a model's points and its fitted curves share one colour
         mine = [r for r in results if r["model"] == model]
         flops = np.array([r["train_flops"] for r in mine])
-        compute_axis.scatter(flops, [r["test"]["logloss"] for r in mine], label=model)
+        compute_axis.scatter(flops, [r["test"]["logloss"] for r in mine], label=model, color=color)
         grid = np.geomspace(flops.min(), flops.max(), 100)
         for axis_name, style in (("compute", "-"), ("frontier", "--")):
             law = laws.get(axis_name, {}).get(model, {})
             if "b" in law:
-                compute_axis.plot(grid, saturating_power_law(grid, law["a"], law["b"], law["c"]), style,
+                compute_axis.plot(grid, saturating_power_law(grid, law["a"], law["b"], law["c"]), style, color=color,
                                   label=f"{model} {'all points' if axis_name == 'compute' else 'frontier'}: b={law['b']:.2f}, R²={law['r2']:.2f}")
-        history_axis.plot(*_best_auc_per_length(mine), marker="o", label=model)
+        history_axis.plot(*_best_auc_per_length(mine), marker="o", label=model, color=color)
     compute_axis.set(xscale="log", xlabel="training FLOPs", ylabel="test logloss", title="logloss vs compute")
     history_axis.set(xscale="log", xlabel="history length", ylabel="best test AUC", title="AUC vs history length")
     paths = []
@@ -218,11 +219,16 @@ def run_sweep(pipeline: Pipeline, sweep: SweepSection, say: Callable[[str], None
         results = []
         points = grid_points(sweep)
         default_history = PreparedDataset(dataset).spec.history.max_length
+        logged = finished_children(parent.run_id)  # finished points whose metrics files are gone (another machine)
         for index, point in enumerate(points, start=1):
             config = point_config(sweep, point, dataset)
             digest = config_hash(config)
             run_dir = sweep_dir / f"{point['model']}-{digest}"
             metrics_path = run_dir / "metrics.json"
+            if not metrics_path.exists() and digest in logged:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                metrics_path.write_text(json.dumps(logged[digest]))
+                say(f"point {index}/{len(points)}: {run_dir.name} recovered from its finished MLflow run {logged[digest]['run_id']}")
             if only_models is not None and point["model"] not in only_models:
                 if metrics_path.exists():
                     say(f"point {index}/{len(points)}: {point} done before ({run_dir.name})")

@@ -77,6 +77,18 @@ def test_composite_bias_terms():
     assert both.flatten().tolist() == [-1.0, -1.0]
 
 
+def test_log_time_term_is_exact_at_every_power_of_two():
+    # Δ = 2^k - 1, 2^k, 2^k + 1 up to 2^52: floor(log2) changes exactly at 2^k (CUDA's float64 log2
+    # gives log2(64) = 5.999..., so a floor(log2(Δ)) formula is one octave low there on the GPU).
+    powers = torch.tensor([2**k for k in range(1, 53)], dtype=torch.int64)
+    deltas = torch.stack([powers - 1, powers, powers + 1], 1).flatten()
+    exponents = torch.arange(1, 53).repeat_interleave(3) - torch.tensor([1, 0, 0]).repeat(52)
+    exponents[0] = 0  # Δ = 1
+    bias = composite_temporal_bias(deltas.view(-1, 1), torch.zeros(len(deltas), 1, dtype=torch.int64), torch.tensor([[1.0], [0.0], [0.0]]),
+                                   0, WEEKEND_SAME_TYPE)
+    assert bias.flatten().tolist() == (-exponents.double()).tolist()
+
+
 def test_structural_kernels_are_scriptable_and_match_eager():
     generator = torch.Generator().manual_seed(torch.seed() % 2**31)
     times, lengths, layout = _layout([20, 5, 0], 20, 4, generator)

@@ -63,6 +63,16 @@ def test_tiny_sweep_runs_resumes_and_fits(tmp_path):
     assert second.returncode == 0 and second.stderr.count("done before") == 4
     only = subprocess.run(command + ["--models", "dnn"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
     assert only.returncode == 0 and only.stderr.count("done before") == 4
+    # A point whose metrics file is lost (the sweep dir stayed on another machine) is recovered from
+    # its finished MLflow child run, not trained again.
+    lost = sorted((tmp_path / "work" / "sweep").glob("dnn-*/metrics.json"))[0]
+    kept = json.loads(lost.read_text())
+    lost.unlink()
+    recovered = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
+    assert recovered.returncode == 0 and recovered.stderr.count("recovered from its finished MLflow run") == 1, recovered.stderr[-3000:]
+    restored = json.loads(lost.read_text())
+    assert restored["run_id"] == kept["run_id"] and restored["model"] == "dnn"
+    assert restored["test"]["logloss"] == pytest.approx(kept["test"]["logloss"]) and restored["train_flops"] == pytest.approx(kept["train_flops"])
     unknown = subprocess.run(command + ["--models", "nosuch"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
     assert unknown.returncode == 2 and "nosuch" in unknown.stderr
     laws = json.loads((tmp_path / "work" / "sweep" / "laws.json").read_text())

@@ -377,8 +377,9 @@ def _cama_dq_kernel(Q, K, V, DO, LSE, DELTA, T, SEG, POS, FLAGS, START, HEAD_GRO
     store_tile(DQ, base, offs_m, offs_d, D, rows, dq * sm_scale)
 
 
-# Ablation switches for benchmarks/gpu_suite.py only: what the temporal bias and its table gradient cost.
-ABLATION = {"bias": True, "table_grad": True}
+# Ablation switches for benchmarks/gpu_suite.py only: what the temporal bias, its table gradient and
+# the SFU's approximate log2 (against libdevice's exact one) cost.
+ABLATION = {"bias": True, "table_grad": True, "fast_log2": True}
 
 
 def _launch_meta(q: Tensor, table: Tensor, num_buckets: int, packed: bool) -> dict:
@@ -386,7 +387,7 @@ def _launch_meta(q: Tensor, table: Tensor, num_buckets: int, packed: bool) -> di
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     return dict(H=table.shape[1], NUM_BUCKETS=num_buckets, BUCKET_SCALE=LOG_BUCKET_PER_OCTAVE, PRECISION=precision,
                 BIAS=ABLATION["bias"], TABLE_GRAD=ABLATION["bias"] and ABLATION["table_grad"], PACKED=packed,
-                FAST_LOG2=not INTERPRETED)
+                FAST_LOG2=ABLATION["fast_log2"] and not INTERPRETED)
 
 
 class _CamaEvents(torch.autograd.Function):

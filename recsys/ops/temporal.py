@@ -34,7 +34,9 @@ def temporal_components(query_times: Tensor, key_times: Tensor, utc_offset_secon
     tq = query_times.unsqueeze(-1)
     tk = key_times.unsqueeze(-2)
     delta = (tq - tk).abs().clamp_min(1).to(torch.float64)
-    b_time = -torch.floor(torch.log2(delta))
+    # floor(log2(Δ)) from the binary exponent, exact for Δ < 2**53 on every device: CUDA's float64
+    # log2(64) is 5.999..., so floor(log2) put every power of two one octave low there (not on the CPU).
+    b_time = 1 - torch.frexp(delta)[1].to(torch.float64)
     local_q = tq + utc_offset_seconds
     local_k = tk + utc_offset_seconds
     hour_gap = torch.remainder(local_q - local_k, 86_400).to(torch.float64) / 3600.0

@@ -89,3 +89,38 @@ class RunTracker:
     def end(self, status: str = "FINISHED") -> None:
         if self.enabled and self._mlflow.active_run() is not None:
             self._mlflow.end_run(status=status)
+
+
+_SPLIT_METRICS = ("auc", "gauc", "gauc_unweighted", "logloss", "ne", "calibration", "samples")
+
+
+def finished_children(parent_run_id: str, tracking_uri: Optional[str] = None) -> Dict[str, Dict[str, Any]]:
+    """The finished child runs of a sweep's parent run, keyed by their `config_hash` tag, each as the
+    result dict `recsys train --metrics-out` writes (run id, model, valid/test metrics, parameter
+    counts, FLOPs, throughput). A sweep whose local metrics files were lost resumes from these: the
+    MLflow store is the record of what finished."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri or default_tracking_uri())
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs([parent.info.experiment_id],
+                              f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'FINISHED'")
+    results: Dict[str, Dict[str, Any]] = {}
+    for run in runs:
+        metrics, params, tags = run.data.metrics, run.data.params, run.data.tags
+        if "config_hash" not in tags or "test_logloss" not in metrics or "train_flops" not in metrics:
+            continue
+        results[tags["config_hash"]] = {
+            "run_id": run.info.run_id,
+            "model": tags.get("model", params.get("config.model.name")),
+            **{split: {key: metrics[f"{split}_{key}"] for key in _SPLIT_METRICS if f"{split}_{key}" in metrics} for split in ("valid", "test")},
+            "parameters": {kind: int(params[f"parameters.{kind}"]) for kind in ("dense", "embedding") if f"parameters.{kind}" in params},
+            "train_seconds": metrics.get("train_seconds"),
+            "samples_per_s": metrics.get("train_samples_per_s"),
+            "forward_flops_per_sample": float(params.get("forward_flops_per_sample", "nan")),
+            "analytic_forward_flops_per_sample": float(params.get("analytic_forward_flops_per_sample", "nan")),
+            "train_flops": metrics["train_flops"],
+            "world_size": int(params.get("world_size", 1)),
+            "recovered_from_mlflow": True,
+        }
+    return results
