@@ -194,6 +194,25 @@ def _cama_bias(times: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
 
 
 # -- attention -----------------------------------------------------------------------------------
+def profile_step(step, device: str, top: int = 15) -> list[dict]:
+    """Where one call's time goes: the `top` kernels (CUDA) or operators (CPU) by self time over 3
+    profiled calls, per call, printed and returned for the JSON."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as profiler:
+        for _ in range(3):
+            step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    key = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
+    events = sorted(profiler.key_averages(), key=lambda e: getattr(e, key), reverse=True)[:top]
+    rows = [{"name": e.key, "ms_per_call": getattr(e, key) / 3e3, "calls_per_call": e.count / 3} for e in events]
+    for row in rows:
+        print(f"    {row['ms_per_call']:8.3f} ms  x{row['calls_per_call']:<5.0f} {row['name'][:90]}", file=sys.stderr, flush=True)
+    return rows
+
+
 def attention_table(args) -> list[dict]:
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     compiled = torch.compile(evo_branches, dynamic=False)
@@ -257,6 +276,8 @@ def attention_table(args) -> list[dict]:
             rows.append({"kernel": kernel, "n": n, "batch": batch, "ms": seconds * 1e3, "tflops_per_s": flops / seconds / 1e12,
                          "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else None,
                          **({"block_mask_ms": mask_ms} if fused_cama else {})})
+            if args.profile:
+                rows[-1]["profile"] = profile_step(step, args.device)
             print(f"  attention {kernel:<30} n={n:>6}: {seconds * 1e3:9.2f} ms", file=sys.stderr, flush=True)
             del times, q, k, v, extra
             cama_triton_ablation.update(bias=True, table_grad=True, fast_log2=True)
@@ -370,6 +391,7 @@ def main() -> None:
     parser.add_argument("--skip-sparsectr-checks", action="store_true", help="correctness of the CamA kernels only (no compile)")
     parser.add_argument("--min-n", type=int, default=None, help="smallest n of the attention table")
     parser.add_argument("--max-n", type=int, default=None, help="largest n of the attention table")
+    parser.add_argument("--profile", action="store_true", help="also profile each timed kernel: its top kernels by self time")
     parser.add_argument("--kernels", default="full_causal_sdpa,sparsectr_structural,sparsectr_structural_compiled,sparsectr_structural_triton,cama,cama_flex,cama_triton")
     args = parser.parse_args()
     quick = args.quick
