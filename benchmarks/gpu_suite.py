@@ -7,7 +7,8 @@ achieved TFLOP/s next to the measured bf16 matmul ceiling.
    forward and gradients (the bias table's included), float32; the fused kernel's bucket mismatches.
 3. Attention forward + backward (bf16, B·n tokens fixed, CUDA events, warm-up, median):
    full causal flash attention (SDPA, the yardstick), SparseCTR structural eager, compiled and with
-   the fused local-branch kernel (`sparsectr_structural_triton`),
+   the fused local-branch kernel (`sparsectr_structural_triton`), all three branches fused
+   (`sparsectr_fused`: the keyed kernel for global and transition, as `attention: triton` trains),
    CamA with its temporal bias (dense: n ≤ --dense-max-n; cama_flex; cama_triton). Suffixes:
    `_fwd` times the forward alone (against flash's forward), `cama_triton_nobias` /
    `cama_triton_notablegrad` switch the bias or its table gradient off, `cama_triton_exactlog2` uses
@@ -50,7 +51,7 @@ from recsys.ops.cama import cama_attention, cama_attention_reference  # noqa: E4
 from recsys.ops.cama_flex import cama_block_mask, cama_flex_attention, head_channels  # noqa: E402
 from recsys.ops.cama_triton import ABLATION as cama_triton_ablation  # noqa: E402
 from recsys.ops.cama_triton import _bucket, cama_meta, cama_triton_attention, channel_bits  # noqa: E402
-from recsys.ops.evo_attention import evo_attend_fused_local, evo_branches, evo_branches_reference, evo_geometry  # noqa: E402
+from recsys.ops.evo_attention import evo_attend_fused, evo_branches, evo_branches_reference, evo_geometry  # noqa: E402
 from recsys.ops.temporal import LOG_BUCKET_PER_OCTAVE, log_bucket  # noqa: E402
 from recsys.ops.triton_tiles import INTERPRETED  # noqa: E402
 
@@ -106,10 +107,11 @@ def check_correctness(device: str, sparsectr: bool = True) -> dict:
         report[name] = {"forward_max_rel": max(_max_rel(o, r) for o, r in zip(out, reference)),
                         "grad_max_rel": max(_max_rel(g, r) for g, r in zip(grads, reference_grads))}
     if (device == "cuda" or INTERPRETED) and sparsectr:
-        out = fused_local_branches(q, k, v, kp, vp, times, layout, tail, window, scales)
-        grads = torch.autograd.grad(sum(o.square().sum() for o in out), leaves)
-        report["sparsectr_structural_triton"] = {"forward_max_rel": max(_max_rel(o, r) for o, r in zip(out, reference)),
-                                                 "grad_max_rel": max(_max_rel(g, r) for g, r in zip(grads, reference_grads))}
+        for name, keyed in (("sparsectr_structural_triton", False), ("sparsectr_fused", True)):
+            out = fused_branches(q, k, v, kp, vp, times, layout, tail, window, scales, keyed)
+            grads = torch.autograd.grad(sum(o.square().sum() for o in out), leaves)
+            report[name] = {"forward_max_rel": max(_max_rel(o, r) for o, r in zip(out, reference)),
+                            "grad_max_rel": max(_max_rel(g, r) for g, r in zip(grads, reference_grads))}
     times, q, k, v, extra = make_inputs("cama", batch, n, heads, dim, chunks, device, torch.float32)
     delta = (times.unsqueeze(2) - times.unsqueeze(1)).clamp_min(0)
     bias = F.embedding(log_bucket(delta), extra["bias_table"]).permute(0, 3, 1, 2)
@@ -167,10 +169,11 @@ def _bucket_mismatch_rate(times: torch.Tensor) -> float:
     return float((fused.long() != log_bucket(delta.long())).float().mean())
 
 
-def fused_local_branches(q, k, v, k_profile, v_profile, times, layout, tail: int, window: int, scales):
-    """SparseCTR's three branches with the local one fused (geometry built per call, as `evo_branches` does)."""
-    geometry = evo_geometry(times, *layout, q.shape[2] - layout[0].shape[1], tail, window, 0, 0, local_history=False)
-    return evo_attend_fused_local(q, k, v, k_profile, v_profile, k, v, geometry, window, scales, times, 0, 0)
+def fused_branches(q, k, v, k_profile, v_profile, times, layout, tail: int, window: int, scales, keyed: bool):
+    """SparseCTR's three branches with the local one fused and, if `keyed`, the global and transition
+    ones too (geometry built per call, as `evo_branches` does)."""
+    geometry = evo_geometry(times, *layout, q.shape[2] - layout[0].shape[1], tail, window, 0, 0, fused=keyed)
+    return evo_attend_fused(q, k, v, k_profile, v_profile, k, v, geometry, window, scales, times, 0, 0, keyed=keyed)
 
 
 def cama_triton_meta(times: torch.Tensor, extra: dict, device: str):
@@ -223,14 +226,14 @@ def attention_table(args) -> list[dict]:
         for kernel in args.kernels:
             if (kernel == "cama" and n > args.dense_max_n) or (kernel.endswith("_compiled") and n not in args.compile_ns):
                 continue
-            if ("cama_flex" in kernel or ("_triton" in kernel and not INTERPRETED)) and args.device != "cuda":
+            if ("cama_flex" in kernel or (("_triton" in kernel or "_fused" in kernel) and not INTERPRETED)) and args.device != "cuda":
                 continue  # FlexAttention has no backward on CPU; Triton runs there only interpreted
             forward_only = kernel.endswith("_fwd")
             variant = kernel.removesuffix("_fwd")
             if variant.startswith("cama_triton"):  # _nobias / _notablegrad: what the bias and its gradient cost
                 cama_triton_ablation.update(bias=not variant.endswith("_nobias"), table_grad=not variant.endswith("_notablegrad"),
                                             fast_log2=not variant.endswith("_exactlog2"))
-            base = variant.replace("_compiled", "").split("_flex")[0].split("_triton")[0]
+            base = "sparsectr_structural" if variant == "sparsectr_fused" else variant.replace("_compiled", "").split("_flex")[0].split("_triton")[0]
             times, q, k, v, extra = make_inputs(base, batch, n, args.heads, args.head_dim, args.chunks, args.device, dtype,
                                                 dense_mask=variant == base)
             fused_cama = base == "cama" and variant != base
@@ -250,8 +253,9 @@ def attention_table(args) -> list[dict]:
                 elif variant == "cama_flex":
                     keys, values = torch.cat([extra["context"][0], k], 2), torch.cat([extra["context"][1], v], 2)
                     out = cama_flex_attention(q, keys, values, block_mask, times, extra["bias_table"], 1, 128)
-                elif variant == "sparsectr_structural_triton":
-                    outs = fused_local_branches(q, k, v, *extra["profile"], times, extra["layout"], args.tail, args.window, extra["scales"])
+                elif variant in ("sparsectr_structural_triton", "sparsectr_fused"):
+                    outs = fused_branches(q, k, v, *extra["profile"], times, extra["layout"], args.tail, args.window, extra["scales"],
+                                          keyed=variant == "sparsectr_fused")
                     out = outs[0] + outs[1] + outs[2]
                 elif variant == "sparsectr_structural_compiled":
                     chunk_id, chunk_start, chunk_end, chunk_valid = extra["layout"]
@@ -392,7 +396,7 @@ def main() -> None:
     parser.add_argument("--min-n", type=int, default=None, help="smallest n of the attention table")
     parser.add_argument("--max-n", type=int, default=None, help="largest n of the attention table")
     parser.add_argument("--profile", action="store_true", help="also profile each timed kernel: its top kernels by self time")
-    parser.add_argument("--kernels", default="full_causal_sdpa,sparsectr_structural,sparsectr_structural_compiled,sparsectr_structural_triton,cama,cama_flex,cama_triton")
+    parser.add_argument("--kernels", default="full_causal_sdpa,sparsectr_structural,sparsectr_structural_compiled,sparsectr_structural_triton,sparsectr_fused,cama,cama_flex,cama_triton")
     args = parser.parse_args()
     quick = args.quick
     args.min_n, args.max_n = (256, 512) if quick else (args.min_n or 1024, args.max_n or 32768)

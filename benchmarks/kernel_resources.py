@@ -1,7 +1,7 @@
 """Offline resource report of the fused Triton kernels for the H100 (sm_90), no GPU needed.
 
 Compiles every autotune candidate of CamA's forward, dK/dV and dQ kernels and of SparseCTR's fused
-local branch with Triton's own ptxas and
+local branch and of its keyed (global / transition) branches with Triton's own ptxas and
 reads registers per thread, spill stack and shared memory from the cubin (`cuobjdump -res-usage`),
 plus an instruction mix from the SASS: tensor-core ops (HGMMA), SFU ops (MUFU.EX2 / MUFU.LG2) and
 local-memory traffic (LDL / STL, i.e. spills). A kernel at the 255-register cap with spills runs
@@ -30,7 +30,7 @@ from triton.compiler import ASTSource  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from recsys.ops import cama_triton, evo_local_triton  # noqa: E402
+from recsys.ops import cama_triton, evo_keyed_triton, evo_local_triton  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
@@ -54,11 +54,21 @@ LOCAL = {
     "local dq": (evo_local_triton._local_dq_kernel, "Q K V DO LSE DELTA T FLAGS SCALES DQ sm_scale L",
                  "*bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *i32 *i32 *fp32 *bf16 fp32 i32", {}),
 }
+# SparseCTR's global and transition branches (keys: chunk summaries or chunk tails).
+KEYED = {
+    "keyed fwd": (evo_keyed_triton._keyed_forward_kernel, "Q K V TQ QFLAGS TK KEND KFLAGS SCALES O LSE sm_scale T L NK",
+                  "*bf16 *bf16 *bf16 *i32 *i32 *i32 *i32 *i32 *fp32 *bf16 *fp32 fp32 i32 i32 i32", {}),
+    "keyed dkdv": (evo_keyed_triton._keyed_dkdv_kernel,
+                   "Q K V DO LSE DELTA TQ QFLAGS TK KEND KFLAGS SCALES DK DV DSCALES sm_scale T L NK QUERIES",
+                   "*bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *i32 *i32 *i32 *i32 *i32 *fp32 *fp32 *fp32 *fp32 fp32 i32 i32 i32 i32", {}),
+    "keyed dq": (evo_keyed_triton._keyed_dq_kernel, "Q K V DO LSE DELTA TQ QFLAGS TK KEND KFLAGS SCALES DQ sm_scale T L NK",
+                 "*bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *i32 *i32 *i32 *i32 *i32 *fp32 *bf16 fp32 i32 i32 i32", {}),
+}
 SASS_OPS = ("HGMMA", "MUFU.EX2", "MUFU.LG2", "LDL", "STL", "LDS", "BAR")
 
 
 def compile_report(kernel: str, config: triton.Config, constants: dict) -> dict:
-    autotuned, names, types, extra = (POINTERS_AND_SCALARS | LOCAL)[kernel]
+    autotuned, names, types, extra = (POINTERS_AND_SCALARS | LOCAL | KEYED)[kernel]
     fn = autotuned.fn
     constexprs = {**constants, **extra, **config.kwargs}
     signature = dict(zip(names.split(), types.split())) | {name: "constexpr" for name in constexprs}
@@ -83,19 +93,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
     parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--only", default="", help="compile only the kernels whose name starts with this (e.g. 'keyed')")
     args = parser.parse_args()
     base = dict(H=4, D=args.head_dim, NUM_BUCKETS=128, BUCKET_SCALE=cama_triton.LOG_BUCKET_PER_OCTAVE, PRECISION="tf32",
                 PACKED=False, FAST_LOG2=True)
     variants = {"bias": dict(BIAS=True, TABLE_GRAD=True), "no bias (ablation)": dict(BIAS=False, TABLE_GRAD=False)}
     rows = []
-    for kernel, (autotuned, *_rest) in POINTERS_AND_SCALARS.items():
+    for kernel, (autotuned, *_rest) in POINTERS_AND_SCALARS.items() if "cama".startswith(args.only) or not args.only else ():
         for config in autotuned.configs:
             for variant, flags in variants.items():
                 rows.append({"variant": variant, **compile_report(kernel, config, base | flags)})
     local = dict(H=4, D=args.head_dim, WINDOW=64, WEEKEND_BOTH=False, PRECISION="tf32", FAST_MATH=True)
-    for kernel, (autotuned, *_rest) in LOCAL.items():
+    for kernel, (autotuned, *_rest) in LOCAL.items() if "local".startswith(args.only) or not args.only else ():
         for config in autotuned.configs:
             rows.append({"variant": "composite bias", **compile_report(kernel, config, local)})
+    keyed = dict(H=4, D=args.head_dim, WEEKEND_BOTH=False, PRECISION="tf32", FAST_MATH=True)
+    for kernel, (autotuned, *_rest) in KEYED.items() if "keyed".startswith(args.only) or not args.only else ():
+        for config in autotuned.configs:
+            rows.append({"variant": "composite bias", **compile_report(kernel, config, keyed)})
     print(f"{'kernel':<10} {'variant':<19} {'BM':>4} {'BN':>4} {'warps':>5} {'regs':>5} {'spill B':>8} {'smem KiB':>9} "
           + " ".join(f"{op:>9}" for op in SASS_OPS))
     for r in rows:

@@ -10,7 +10,6 @@ from recsys.ops.chunking import personalized_chunks
 from recsys.ops.evo_attention import evo_geometry, local_branch
 from recsys.ops.evo_local_triton import local_history_triton
 from recsys.ops.temporal import alibi_scales
-from tests.model_variants import assert_attention_paths_agree
 
 
 @pytest.mark.parametrize("window,dim,weekend_rule,utc_offset", [(8, 16, 0, 0), (16, 8, 1, 8 * 3600), (20, 16, 0, -5 * 3600)])
@@ -40,8 +39,3 @@ def test_fused_local_branch_equals_structural_with_gradients(window, dim, weeken
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     for name, g, e in zip(("q", "k", "v", "k_profile", "v_profile", "scales"), got_grads, expected_grads):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4, msg=lambda m, name=name: f"grad of {name}: {m}")
-
-
-def test_sparsectr_with_fused_local_equals_structural_with_gradients(prepared):
-    assert_attention_paths_agree(prepared, "sparsectr", {"d_model": 16, "heads": 2, "layers": 2, "window": 8},
-                                 ("structural", "triton"), max_history=40, trained_parameter="scales")

@@ -10,9 +10,9 @@ Options ([summary]/[ours] choices of the spec), all in `SparseCTRConfig`:
 `fusion` gate (sigmoid per position and head, as NSA) | softmax (over the three branches);
 `compression` mean | mlp (a learned per-token map averaged over the chunk);
 `weekend_rule` same_type (b_wkd = 0 when both days are of one type) | both_weekend;
-`attention` structural (the linear-cost kernels) | triton (structural, with the local branch's
-history part in one fused Triton kernel, `recsys.ops.evo_local_triton`; a GPU training path, export
-serves the structural twin) | reference (dense masks, tests) | full (every earlier event: the
+`attention` structural (the linear-cost kernels) | triton (the global and transition branches in
+one fused Triton kernel, `recsys.ops.evo_keyed_triton`, the local branch's history part in another,
+`recsys.ops.evo_local_triton`; a GPU training path, export serves the structural twin) | reference (dense masks, tests) | full (every earlier event: the
 `transformer` baseline); `temporal_bias` on/off; `tail`, `window`, `num_chunks`
 default to the feature spec's chunking section.
 """
@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from recsys.models.base import ModelOutput, RankingModel, SequenceInputs, all_times, history_valid
 from recsys.models.embedding import EmbeddedBatch, EmbeddingLayout
 from recsys.models.layers import PredictionHead, SwiGLU
-from recsys.ops.evo_attention import EvoGeometry, evo_attend, evo_attend_fused_local, evo_branches_reference, evo_geometry
+from recsys.ops.evo_attention import EvoGeometry, evo_attend, evo_attend_fused, evo_branches_reference, evo_geometry
 from recsys.ops.temporal import WEEKEND_BOTH, WEEKEND_SAME_TYPE, alibi_scales, composite_temporal_bias
 
 
@@ -95,7 +95,7 @@ class EvoAttention(nn.Module):
                 raise RuntimeError("attention='triton' is a GPU training path; export the structural model (same parameters)")
             else:
                 assert geometry is not None, "attention='triton' needs the batch's evo_geometry"
-                branches = evo_attend_fused_local(q, k, v, k_profile, v_profile, k_summary, v_summary, geometry, self.window, self.scales,
+                branches = evo_attend_fused(q, k, v, k_profile, v_profile, k_summary, v_summary, geometry, self.window, self.scales,
                                                   times, self.utc_offset, self.weekend_rule)
         else:
             assert geometry is not None, "structural attention needs the batch's evo_geometry"
@@ -218,7 +218,7 @@ class SparseCTR(RankingModel):
         geometry: Optional[EvoGeometry] = None
         if self.structural:
             geometry = evo_geometry(times, inputs.chunk_id, inputs.chunk_start, inputs.chunk_end, inputs.chunk_valid, candidates,
-                                    self.tail, self.window, self.utc_offset, self.weekend_rule, not self.fused_local)
+                                    self.tail, self.window, self.utc_offset, self.weekend_rule, self.fused_local)
         for block in self.blocks:
             x = block(x, profile, times, inputs, geometry)
         return x

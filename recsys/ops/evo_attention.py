@@ -98,29 +98,37 @@ class EvoGeometry(NamedTuple):
     candidate_valid: Tensor  # [B, 1, 1, ≤w]
     candidate_terms: Tensor
     candidate_self_terms: Tensor
+    chunk_end: Tensor  # [B, P]: the key layout the fused kernels read instead of the tensors above
+    chunk_valid: Tensor  # [B, P]
+    tail_valid: Tensor  # [B, P·tail]
 
 
 def evo_geometry(times: Tensor, chunk_id: Tensor, chunk_start: Tensor, chunk_end: Tensor, chunk_valid: Tensor, candidates: int,
-                 tail: int, window: int, utc_offset: int, weekend_rule: int, local_history: bool = True) -> EvoGeometry:
+                 tail: int, window: int, utc_offset: int, weekend_rule: int, fused: bool = False) -> EvoGeometry:
     """Everything the three branches need that does not depend on q, k, v: key positions,
     visibility and temporal components. Computed once per batch and shared by all layers.
-    `local_history=False` leaves the history window's tensors empty (the fused local kernel
-    computes them per tile; they are the largest part of the geometry)."""
+    `fused=True` leaves the visibility and temporal tensors of the global and transition branches and
+    of the history window empty: the fused kernels (`evo_attend_fused`) compute them per tile."""
     batch, length = chunk_id.shape
     num_chunks = chunk_end.shape[1]
     query_pos = _query_positions(length, candidates, times.device)
 
-    chunk_times = times[:, :length].gather(1, (chunk_end - 1).clamp_min(0))
-    global_visible = (chunk_valid.unsqueeze(1) & (chunk_end.unsqueeze(1) <= query_pos.view(1, -1, 1))).unsqueeze(1)
-    global_terms = temporal_components(times, chunk_times, utc_offset, weekend_rule)
-
     positions, valid = tail_positions(chunk_start, chunk_end, chunk_valid, tail)
-    tail_chunk_end = chunk_end.repeat_interleave(tail, dim=1)
-    tail_visible = (valid.unsqueeze(1) & (tail_chunk_end.unsqueeze(1) <= query_pos.view(1, -1, 1))).unsqueeze(1)
-    tail_terms = temporal_components(times, times.gather(1, positions), utc_offset, weekend_rule)
+    if fused:
+        global_visible = torch.zeros(batch, 1, 0, num_chunks, dtype=torch.bool, device=times.device)
+        global_terms = torch.zeros(batch, 3, 0, num_chunks, device=times.device)
+        tail_visible = torch.zeros(batch, 1, 0, num_chunks * tail, dtype=torch.bool, device=times.device)
+        tail_terms = torch.zeros(batch, 3, 0, num_chunks * tail, device=times.device)
+    else:
+        chunk_times = times[:, :length].gather(1, (chunk_end - 1).clamp_min(0))
+        global_visible = (chunk_valid.unsqueeze(1) & (chunk_end.unsqueeze(1) <= query_pos.view(1, -1, 1))).unsqueeze(1)
+        global_terms = temporal_components(times, chunk_times, utc_offset, weekend_rule)
+        tail_chunk_end = chunk_end.repeat_interleave(tail, dim=1)
+        tail_visible = (valid.unsqueeze(1) & (tail_chunk_end.unsqueeze(1) <= query_pos.view(1, -1, 1))).unsqueeze(1)
+        tail_terms = temporal_components(times, times.gather(1, positions), utc_offset, weekend_rule)
 
     history_valid = chunk_id > 0
-    if local_history:
+    if not fused:
         blocks = (length + window - 1) // window
         pad = blocks * window - length
         t_blocks = F.pad(times[:, :length], (pad, 0)).view(batch, blocks, window)
@@ -142,7 +150,7 @@ def evo_geometry(times: Tensor, chunk_id: Tensor, chunk_start: Tensor, chunk_end
     candidate_terms = temporal_components(t_cand, times[:, start:length], utc_offset, weekend_rule)
     candidate_self_terms = temporal_components(t_cand.unsqueeze(-1), t_cand.unsqueeze(-1), utc_offset, weekend_rule)
     return EvoGeometry(chunk_id, global_visible, global_terms, positions, tail_visible, tail_terms, local_visible, local_terms,
-                       candidate_valid, candidate_terms, candidate_self_terms)
+                       candidate_valid, candidate_terms, candidate_self_terms, chunk_end, chunk_valid, valid)
 
 
 def global_branch(q: Tensor, k_summary: Tensor, v_summary: Tensor, geometry: EvoGeometry, scales: Tensor) -> Tensor:
@@ -209,19 +217,42 @@ def evo_attend(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Te
     )
 
 
-def evo_attend_fused_local(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, k_summary: Tensor, v_summary: Tensor,
-                           geometry: EvoGeometry, window: int, scales: Tensor, times: Tensor, utc_offset: int,
-                           weekend_rule: int) -> Tuple[Tensor, Tensor, Tensor]:
-    """`evo_attend` with the history part of the local branch in the fused Triton kernel
-    (`recsys.ops.evo_local_triton`; CUDA, or Triton's interpreter in tests). Not scriptable."""
-    from recsys.ops.evo_local_triton import local_history_triton  # triton: a training-time dependency only
+def evo_attend_fused(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, k_summary: Tensor, v_summary: Tensor,
+                     geometry: EvoGeometry, window: int, scales: Tensor, times: Tensor, utc_offset: int,
+                     weekend_rule: int, keyed: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
+    """`evo_attend` with the global and transition branches in the fused keyed kernel
+    (`recsys.ops.evo_keyed_triton`) and the history part of the local branch in the fused local
+    kernel (`recsys.ops.evo_local_triton`); the candidates' local keys stay `_candidate_local`.
+    `geometry` from `evo_geometry(..., fused=True)`. `keyed=False` keeps the structural global and
+    transition branches (geometry from `fused=False`): what the keyed kernel gains, for benchmarks.
+    CUDA, or Triton's interpreter in tests; not scriptable."""
+    from recsys.ops.evo_keyed_triton import keyed_attention_triton  # triton: a training-time dependency only
+    from recsys.ops.evo_local_triton import local_history_triton
 
-    length = geometry.chunk_id.shape[1]
-    history = local_history_triton(q[:, :, :length], k[:, :, :length], v[:, :, :length], k_profile, v_profile, times[:, :length],
-                                   geometry.chunk_id > 0, window, scales, utc_offset, weekend_rule)
+    length, num_chunks = geometry.chunk_id.shape[1], geometry.chunk_end.shape[1]
+    tail = geometry.tail_positions.shape[1] // max(num_chunks, 1)
+    history_real = geometry.chunk_id > 0
+    query_real = torch.cat([history_real, history_real.new_ones(history_real.shape[0], q.shape[2] - length)], dim=1)
+    history_times = times[:, :length]
+
+    def attend_keys(keys: Tensor, values: Tensor, key_times: Tensor, key_end: Tensor, key_valid: Tensor) -> Tensor:
+        return keyed_attention_triton(q, keys, values, times, query_real, length, key_times, key_end, key_valid, scales, utc_offset,
+                                      weekend_rule)
+
+    history = local_history_triton(q[:, :, :length], k[:, :, :length], v[:, :, :length], k_profile, v_profile, history_times,
+                                   history_real, window, scales, utc_offset, weekend_rule)
     local = history if q.shape[2] == length else torch.cat(
         [history, _candidate_local(q, k, v, k_profile, v_profile, geometry, window, scales)], dim=2)
-    return global_branch(q, k_summary, v_summary, geometry, scales), transition_branch(q, k, v, geometry, scales), local
+    if not keyed:
+        return global_branch(q, k_summary, v_summary, geometry, scales), transition_branch(q, k, v, geometry, scales), local
+    chunk_times = history_times.gather(1, (geometry.chunk_end - 1).clamp_min(0))
+    global_out = attend_keys(chunk_summaries(k_summary[:, :, :length], geometry.chunk_id, num_chunks),
+                       chunk_summaries(v_summary[:, :, :length], geometry.chunk_id, num_chunks), chunk_times, geometry.chunk_end,
+                       geometry.chunk_valid)
+    positions = geometry.tail_positions
+    transition_out = attend_keys(_gather_positions(k, positions), _gather_positions(v, positions), history_times.gather(1, positions),
+                           geometry.chunk_end.repeat_interleave(tail, dim=1), geometry.tail_valid)
+    return global_out, transition_out, local
 
 
 def evo_branches(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, k_summary: Tensor, v_summary: Tensor,

@@ -39,14 +39,9 @@ def _sin(x, FAST_MATH: tl.constexpr):
 
 
 @triton.jit
-def _local_tile(q, k, offs_m, offs_n, t_i, weekend_i, T_row, FLAGS_row, s_time, s_hour, s_weekend, sm_scale, L,
-                WINDOW: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr):
-    """Natural-log scores (bias included, -inf outside the window or at padding) and the three terms."""
-    in_range = offs_n < L
-    t_j = tl.load(T_row + offs_n, mask=in_range, other=0)
-    flags_j = tl.load(FLAGS_row + offs_n, mask=in_range, other=0)
-    real_j = (flags_j & 1) != 0
-    weekend_j = (flags_j & 2) != 0
+def composite_terms(t_i, weekend_i, t_j, weekend_j, WEEKEND_BOTH: tl.constexpr, FAST_MATH: tl.constexpr):
+    """`temporal_components` for a tile: int32 times and weekend bits of queries `[BM]` and keys
+    `[BN]` -> the log-time, hour and weekend terms `[BM, BN]` (float32)."""
     delta = t_i[:, None] - t_j[None, :]
     magnitude = tl.maximum(tl.abs(delta), 1)
     # floor(log2(m)) exactly in int32: the float32 exponent of m, minus one where rounding to float32
@@ -61,6 +56,18 @@ def _local_tile(q, k, offs_m, offs_n, t_i, weekend_i, T_row, FLAGS_row, s_time, 
     else:
         same_type = weekend_i[:, None] == weekend_j[None, :]
     b_weekend = tl.where(same_type, 0.0, -1.0)
+    return b_time, b_hour, b_weekend
+
+
+@triton.jit
+def _local_tile(q, k, offs_m, offs_n, t_i, weekend_i, T_row, FLAGS_row, s_time, s_hour, s_weekend, sm_scale, L,
+                WINDOW: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr):
+    """Natural-log scores (bias included, -inf outside the window or at padding) and the three terms."""
+    in_range = offs_n < L
+    t_j = tl.load(T_row + offs_n, mask=in_range, other=0)
+    flags_j = tl.load(FLAGS_row + offs_n, mask=in_range, other=0)
+    real_j = (flags_j & 1) != 0
+    b_time, b_hour, b_weekend = composite_terms(t_i, weekend_i, t_j, (flags_j & 2) != 0, WEEKEND_BOTH, FAST_MATH)
     scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * sm_scale + s_time * b_time + s_hour * b_hour + s_weekend * b_weekend
     visible = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] > offs_m[:, None] - WINDOW) & (real_j & in_range)[None, :]
     return tl.where(visible, scores, float("-inf")), b_time, b_hour, b_weekend
@@ -86,6 +93,8 @@ def _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, weekend_i, T_row, 
 
 
 _TILES = tile_configs([(64, 64, 4, 3), (64, 32, 4, 3), (128, 64, 8, 2), (32, 64, 4, 3)])
+# dK/dV: the offline sm_90 compile spills at 64x64 (680 B), 64x32 and 128x64; 32-row query tiles do not.
+_DKDV_TILES = tile_configs([(32, 64, 4, 3), (32, 32, 4, 3)])
 
 
 @triton.autotune(configs=_TILES, key=["L", "D", "WINDOW"])
@@ -113,7 +122,7 @@ def _local_forward_kernel(Q, K, V, T, FLAGS, SCALES, O, LSE, sm_scale, L, H: tl.
     tl.store(LSE + pid_bh.to(tl.int64) * L + offs_m, lse, mask=rows)
 
 
-@triton.autotune(configs=_TILES, key=["L", "D", "WINDOW"], reset_to_zero=["DSCALES"])
+@triton.autotune(configs=_DKDV_TILES, key=["L", "D", "WINDOW"], reset_to_zero=["DSCALES"])
 @triton.jit
 def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, FLAGS, SCALES, DK, DV, DSCALES, sm_scale, L, H: tl.constexpr, D: tl.constexpr,
                        WINDOW: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr,

@@ -29,14 +29,23 @@ def _is_weekend(local_seconds: Tensor) -> Tensor:
     return torch.remainder(torch.div(local_seconds, 86_400, rounding_mode="floor") + 3, 7) >= 5
 
 
+def floor_log2(delta: Tensor) -> Tensor:
+    """`floor(log2(max(|Δ|, 1)))` of int64 `delta`, exact on every device. float64 log2 alone is not:
+    CUDA's log2(64) is 5.999... (one octave low at powers of two) and the CPU's rounds 2^k - 1 up to k
+    for k >= 49, so the estimate is corrected against exact integer powers of two. (Not torch.frexp:
+    inductor's CPU code for its int32 exponent does not compile; not a float64 bit view: TorchScript
+    has no view(dtype).)"""
+    magnitude = delta.abs().clamp_min(1)
+    estimate = torch.floor(torch.log2(magnitude.to(torch.float64))).to(torch.int64).clamp(0, 61)
+    power = torch.bitwise_left_shift(torch.ones_like(estimate), estimate)
+    return estimate - (power > magnitude).to(torch.int64) + (power * 2 <= magnitude).to(torch.int64)
+
+
 def temporal_components(query_times: Tensor, key_times: Tensor, utc_offset_seconds: int, weekend_rule: int) -> Tensor:
     """`[..., Q]` and `[..., K]` int64 seconds -> `[..., 3, Q, K]` float32 (time, hour, weekend terms)."""
     tq = query_times.unsqueeze(-1)
     tk = key_times.unsqueeze(-2)
-    delta = (tq - tk).abs().clamp_min(1).to(torch.float64)
-    # floor(log2(Δ)) from the binary exponent, exact for Δ < 2**53 on every device: CUDA's float64
-    # log2(64) is 5.999..., so floor(log2) put every power of two one octave low there (not on the CPU).
-    b_time = 1 - torch.frexp(delta)[1].to(torch.float64)
+    b_time = -floor_log2(tq - tk).to(torch.float64)
     local_q = tq + utc_offset_seconds
     local_k = tk + utc_offset_seconds
     hour_gap = torch.remainder(local_q - local_k, 86_400).to(torch.float64) / 3600.0
