@@ -8,7 +8,7 @@ at position L) sees it when the key is valid and `end_j <= i`, with the composit
 of `t_i - t_j` (`temporal_components`). A query that sees no key gets zeros, as in
 `recsys.ops.evo_attention._attend`. The structural version builds `[B, H, T, K]` bias and visibility
 tensors and runs SDPA with an additive mask; here the bias is computed per tile in registers from
-int32 times and weekend bits (`evo_local_triton.composite_terms`, shared with the local branch).
+int32 times and weekend bits (`evo_bias_triton.composite_terms`, shared with the local branch).
 
 The key lists are short (chunks, chunks × tail), so dK/dV splits the queries over `SPLIT` programs
 per key block and sums their float32 partials afterwards: one program per key block would leave
@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from recsys.ops.evo_local_triton import composite_terms
+from recsys.ops.evo_bias_triton import accumulate_key_gradients, add_scale_gradients, composite_terms
 from recsys.ops.temporal import _is_weekend
 from recsys.ops.triton_tiles import (INTERPRETED, backward_row_term, finish_rows, load_backward_rows, load_tile,
                                      online_softmax_step, pad_head_dim, padded_head_dim, program_block, store_tile, tile_configs)
@@ -47,6 +47,19 @@ def _keyed_tile(q, k, t_i, weekend_i, position_i, TK_row, END_row, FLAGS_row, of
     scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * sm_scale + s_time * b_time + s_hour * b_hour + s_weekend * b_weekend
     visible = (end_j[None, :] <= position_i[:, None]) & (((flags_j & 1) != 0) & in_range)[None, :]
     return tl.where(visible, scores, float("-inf")), b_time, b_hour, b_weekend
+
+
+@triton.jit
+def _key_block(start_n, q, K, V, key_base, offs_d, t_i, weekend_i, position_i, TK_row, END_row, FLAGS_row, NK, s_time, s_hour, s_weekend,
+               sm_scale, D: tl.constexpr, BLOCK_N: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr,
+               FAST_MATH: tl.constexpr):
+    """The key block at `start_n` and its natural-log scores against a query tile (forward and dQ)."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    k = load_tile(K, key_base, offs_n, offs_d, D, offs_n < NK)
+    v = load_tile(V, key_base, offs_n, offs_d, D, offs_n < NK)
+    scores, _, _, _ = _keyed_tile(q, k, t_i, weekend_i, position_i, TK_row, END_row, FLAGS_row, offs_n, NK, s_time, s_hour, s_weekend,
+                                  sm_scale, WEEKEND_BOTH, PRECISION, FAST_MATH)
+    return k, v, scores
 
 
 @triton.jit
@@ -82,11 +95,8 @@ def _keyed_forward_kernel(Q, K, V, TQ, QFLAGS, TK, KEND, KFLAGS, SCALES, O, LSE,
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     for start_n in range(0, NK, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = load_tile(K, key_base, offs_n, offs_d, D, offs_n < NK)
-        v = load_tile(V, key_base, offs_n, offs_d, D, offs_n < NK)
-        scores, _, _, _ = _keyed_tile(q, k, t_i, weekend_i, position_i, TK + b * NK, KEND + b * NK, KFLAGS + b * NK, offs_n, NK,
-                                      s_time, s_hour, s_weekend, sm_scale, WEEKEND_BOTH, PRECISION, FAST_MATH)
+        k, v, scores = _key_block(start_n, q, K, V, key_base, offs_d, t_i, weekend_i, position_i, TK + b * NK, KEND + b * NK,
+                                  KFLAGS + b * NK, NK, s_time, s_hour, s_weekend, sm_scale, D, BLOCK_N, WEEKEND_BOTH, PRECISION, FAST_MATH)
         acc, l_i, m_i = online_softmax_step(acc, l_i, m_i, scores * 1.4426950408889634, v, PRECISION)
     out, lse = finish_rows(acc, l_i, m_i)
     store_tile(O, base, offs_m, offs_d, D, rows, out)
@@ -124,20 +134,12 @@ def _keyed_dkdv_kernel(Q, K, V, DO, LSE, DELTA, TQ, QFLAGS, TK, KEND, KFLAGS, SC
         t_i, weekend_i, position_i = _queries(TQ, QFLAGS, b, offs_m, rows, T, L)
         scores, b_time, b_hour, b_weekend = _keyed_tile(q, k, t_i, weekend_i, position_i, TK + b * NK, KEND + b * NK, KFLAGS + b * NK,
                                                         offs_n, NK, s_time, s_hour, s_weekend, sm_scale, WEEKEND_BOTH, PRECISION, FAST_MATH)
-        p = tl.exp2(scores * 1.4426950408889634 - lse[:, None])
-        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
-        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        ds = p * (dp - delta_row[:, None])
-        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
-        d_time += tl.sum(ds * b_time, 0)
-        d_hour += tl.sum(ds * b_hour, 0)
-        d_weekend += tl.sum(ds * b_weekend, 0)
+        dk, dv, d_time, d_hour, d_weekend = accumulate_key_gradients(dk, dv, d_time, d_hour, d_weekend, q, do, v, scores, lse, delta_row,
+                                                                     b_time, b_hour, b_weekend, PRECISION)
     partial_base = (split.to(tl.int64) * tl.num_programs(1) + pid_bh) * NK * D
     store_tile(DK, partial_base, offs_n, offs_d, D, cols, dk * sm_scale)
     store_tile(DV, partial_base, offs_n, offs_d, D, cols, dv)
-    tl.atomic_add(DSCALES + h, tl.sum(d_time, 0))
-    tl.atomic_add(DSCALES + H + h, tl.sum(d_hour, 0))
-    tl.atomic_add(DSCALES + 2 * H + h, tl.sum(d_weekend, 0))
+    add_scale_gradients(DSCALES, h, H, d_time, d_hour, d_weekend)
 
 
 @triton.autotune(configs=_TILES, key=["T", "NK", "D"])
@@ -152,11 +154,8 @@ def _keyed_dq_kernel(Q, K, V, DO, LSE, DELTA, TQ, QFLAGS, TK, KEND, KFLAGS, SCAL
     key_base = pid_bh.to(tl.int64) * NK * D
     dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     for start_n in range(0, NK, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = load_tile(K, key_base, offs_n, offs_d, D, offs_n < NK)
-        v = load_tile(V, key_base, offs_n, offs_d, D, offs_n < NK)
-        scores, _, _, _ = _keyed_tile(q, k, t_i, weekend_i, position_i, TK + b * NK, KEND + b * NK, KFLAGS + b * NK, offs_n, NK,
-                                      s_time, s_hour, s_weekend, sm_scale, WEEKEND_BOTH, PRECISION, FAST_MATH)
+        k, v, scores = _key_block(start_n, q, K, V, key_base, offs_d, t_i, weekend_i, position_i, TK + b * NK, KEND + b * NK,
+                                  KFLAGS + b * NK, NK, s_time, s_hour, s_weekend, sm_scale, D, BLOCK_N, WEEKEND_BOTH, PRECISION, FAST_MATH)
         p = tl.exp2(scores * 1.4426950408889634 - lse[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         ds = p * (dp - delta_row[:, None])

@@ -23,40 +23,12 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from recsys.ops.evo_bias_triton import accumulate_key_gradients, add_scale_gradients, composite_terms
 from recsys.ops.temporal import _is_weekend
 from recsys.ops.triton_tiles import (INTERPRETED, backward_row_term, finish_rows, load_backward_rows, load_tile, merge_extra_key,
                                      online_softmax_step, pad_head_dim, padded_head_dim, program_block, store_tile, tile_configs)
 
 _REAL, _WEEKEND = 1, 2
-
-
-@triton.jit
-def _sin(x, FAST_MATH: tl.constexpr):
-    if FAST_MATH:  # the SFU's sin.approx (x is in [0, pi)): libdevice's sinf keeps a range-reduction table in local memory
-        return tl.inline_asm_elementwise("sin.approx.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
-    else:
-        return tl.sin(x)
-
-
-@triton.jit
-def composite_terms(t_i, weekend_i, t_j, weekend_j, WEEKEND_BOTH: tl.constexpr, FAST_MATH: tl.constexpr):
-    """`temporal_components` for a tile: int32 times and weekend bits of queries `[BM]` and keys
-    `[BN]` -> the log-time, hour and weekend terms `[BM, BN]` (float32)."""
-    delta = t_i[:, None] - t_j[None, :]
-    magnitude = tl.maximum(tl.abs(delta), 1)
-    # floor(log2(m)) exactly in int32: the float32 exponent of m, minus one where rounding to float32
-    # carried m up to the next power of two.
-    exponent = ((magnitude.to(tl.float32).to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
-    exponent -= ((magnitude >> exponent) == 0).to(tl.int32)
-    b_time = -exponent.to(tl.float32)
-    seconds_of_day = ((delta % 86400) + 86400) % 86400
-    b_hour = -_sin(seconds_of_day.to(tl.float32) * (3.141592653589793 / 86400.0), FAST_MATH)
-    if WEEKEND_BOTH:
-        same_type = weekend_i[:, None] & weekend_j[None, :]
-    else:
-        same_type = weekend_i[:, None] == weekend_j[None, :]
-    b_weekend = tl.where(same_type, 0.0, -1.0)
-    return b_time, b_hour, b_weekend
 
 
 @triton.jit
@@ -147,19 +119,11 @@ def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, FLAGS, SCALES, DK, DV, DSCALE
         t_i, weekend_i = _query_times(T_row, FLAGS_row, offs_m, rows)
         scores, b_time, b_hour, b_weekend = _local_tile(q, k, offs_m, offs_n, t_i, weekend_i, T_row, FLAGS_row, s_time, s_hour,
                                                         s_weekend, sm_scale, L, WINDOW, WEEKEND_BOTH, PRECISION, FAST_MATH)
-        p = tl.exp2(scores * 1.4426950408889634 - lse[:, None])
-        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
-        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        ds = p * (dp - delta_row[:, None])
-        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
-        d_time += tl.sum(ds * b_time, 0)
-        d_hour += tl.sum(ds * b_hour, 0)
-        d_weekend += tl.sum(ds * b_weekend, 0)
+        dk, dv, d_time, d_hour, d_weekend = accumulate_key_gradients(dk, dv, d_time, d_hour, d_weekend, q, do, v, scores, lse, delta_row,
+                                                                     b_time, b_hour, b_weekend, PRECISION)
     store_tile(DK, base, offs_n, offs_d, D, cols, dk * sm_scale)
     store_tile(DV, base, offs_n, offs_d, D, cols, dv)
-    tl.atomic_add(DSCALES + h, tl.sum(d_time, 0))
-    tl.atomic_add(DSCALES + H + h, tl.sum(d_hour, 0))
-    tl.atomic_add(DSCALES + 2 * H + h, tl.sum(d_weekend, 0))
+    add_scale_gradients(DSCALES, h, H, d_time, d_hour, d_weekend)
 
 
 @triton.autotune(configs=_TILES, key=["L", "D", "WINDOW"])
