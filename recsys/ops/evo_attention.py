@@ -247,11 +247,11 @@ def evo_attend_fused(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profi
         return global_branch(q, k_summary, v_summary, geometry, scales), transition_branch(q, k, v, geometry, scales), local
     chunk_times = history_times.gather(1, (geometry.chunk_end - 1).clamp_min(0))
     global_out = attend_keys(chunk_summaries(k_summary[:, :, :length], geometry.chunk_id, num_chunks),
-                       chunk_summaries(v_summary[:, :, :length], geometry.chunk_id, num_chunks), chunk_times, geometry.chunk_end,
-                       geometry.chunk_valid)
+                             chunk_summaries(v_summary[:, :, :length], geometry.chunk_id, num_chunks), chunk_times, geometry.chunk_end,
+                             geometry.chunk_valid)
     positions = geometry.tail_positions
     transition_out = attend_keys(_gather_positions(k, positions), _gather_positions(v, positions), history_times.gather(1, positions),
-                           geometry.chunk_end.repeat_interleave(tail, dim=1), geometry.tail_valid)
+                                 geometry.chunk_end.repeat_interleave(tail, dim=1), geometry.tail_valid)
     return global_out, transition_out, local
 
 

@@ -104,7 +104,7 @@ def finished_children(parent_run_id: str, tracking_uri: Optional[str] = None) ->
     client = MlflowClient(tracking_uri or default_tracking_uri())
     parent = client.get_run(parent_run_id)
     runs = client.search_runs([parent.info.experiment_id],
-                              f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'FINISHED'")
+                              f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'FINISHED'", max_results=50_000)
     results: Dict[str, Dict[str, Any]] = {}
     for run in runs:
         metrics, params, tags = run.data.metrics, run.data.params, run.data.tags
