@@ -135,8 +135,8 @@ def fit_log_linear(lengths: np.ndarray, auc: np.ndarray) -> Dict[str, float]:
     coef = np.linalg.lstsq(design, auc, rcond=None)[0]
     predicted = design @ coef
     ss_res, ss_tot = float(((auc - predicted) ** 2).sum()), float(((auc - auc.mean()) ** 2).sum())
-    dof = max(len(x) - 2, 1)
-    slope_err = math.sqrt(ss_res / dof / max(float(((x - x.mean()) ** 2).sum()), 1e-12))
+    dof = len(x) - 2  # two lengths fit the line exactly: no error estimate (NaN, not a misleading 0)
+    slope_err = math.sqrt(ss_res / dof / max(float(((x - x.mean()) ** 2).sum()), 1e-12)) if dof > 0 else float("nan")
     return {"slope_per_doubling": float(coef[0]), "slope_err": slope_err, "intercept": float(coef[1]),
             "r2": 1 - ss_res / ss_tot if ss_tot > 0 else float("nan"), "points": int(len(x))}
 
@@ -167,7 +167,13 @@ def _plot(results: List[dict], out: Path, laws: Dict[str, Dict[str, Dict[str, fl
             if "b" in law:
                 compute_axis.plot(grid, saturating_power_law(grid, law["a"], law["b"], law["c"]), style, color=color,
                                   label=f"{model} {'all points' if axis_name == 'compute' else 'frontier'}: b={law['b']:.2f}, R²={law['r2']:.2f}")
-        history_axis.plot(*_best_auc_per_length(mine), marker="o", label=model, color=color)
+        lengths, best = _best_auc_per_length(mine)
+        history_axis.scatter(lengths, best, label=model, color=color)
+        law = laws.get("history", {}).get(model, {})
+        if "slope_per_doubling" in law:
+            span = np.geomspace(min(lengths), max(lengths), 50)
+            history_axis.plot(span, law["slope_per_doubling"] * np.log2(span) + law["intercept"], "--", color=color,
+                              label=f"{model}: {law['slope_per_doubling']:+.4f} AUC per doubling")
     compute_axis.set(xscale="log", xlabel="training FLOPs", ylabel="test logloss", title="logloss vs compute")
     history_axis.set(xscale="log", xlabel="history length", ylabel="best test AUC", title="AUC vs history length")
     paths = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -26,6 +27,10 @@ def test_power_law_fit_recovers_known_parameters():
     assert law["r2"] > 0.99 and np.isfinite(law["b_err"])
     linear = fit_log_linear(np.array([16, 32, 64, 128.0]), np.array([0.70, 0.71, 0.72, 0.73]))
     assert linear["slope_per_doubling"] == pytest.approx(0.01) and linear["r2"] == pytest.approx(1.0)
+    noisy = fit_log_linear(np.array([16, 32, 64, 128.0]), np.array([0.70, 0.712, 0.719, 0.731]))
+    assert 0 < noisy["slope_err"] < 0.002
+    two_lengths = fit_log_linear(np.array([64, 256.0]), np.array([0.70, 0.72]))
+    assert two_lengths["slope_per_doubling"] == pytest.approx(0.01) and math.isnan(two_lengths["slope_err"])
 
 
 def test_frontier_law_ignores_under_trained_points():
