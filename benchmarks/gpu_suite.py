@@ -309,7 +309,8 @@ def training_table(args) -> list[dict]:
     train_ids = dataset.split_indices("train")
     rows = []
     for label in args.train_models:
-        model_name, _, attention = label.partition(":")
+        compile_blocks = label.endswith("+compile")  # e.g. sparsectr:triton+compile: train.compile on
+        model_name, _, attention = label.removesuffix("+compile").partition(":")
         for history in args.histories:
             tokens = args.train_tokens if model_name == "sparsectr" else args.train_tokens // 2
             batch_size = max(1, tokens // history)
@@ -318,7 +319,7 @@ def training_table(args) -> list[dict]:
                 "data": {"dataset": str(args.dataset), "batch_size": batch_size, "eval_batch_size": batch_size, "max_history": history,
                          "num_chunks": 16, "workers": args.workers, "order": "shuffle"},
                 "model": {"name": model_name, "options": options}, "sharding": {"enabled": False},
-                "train": {"epochs": 1, "device": args.device, "bf16": True, "seed": 0},
+                "train": {"epochs": 1, "device": args.device, "bf16": True, "seed": 0, "compile": compile_blocks},
                 "output_dir": tempfile.mkdtemp(prefix="gpu-suite-"),
             })
             trainer = Trainer(cfg, ctx)
@@ -391,7 +392,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ROOT / "benchmarks" / "out")))
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the suite itself")
     parser.add_argument("--parts", default="correctness,attention,training")
-    parser.add_argument("--train-models", default="sparsectr,sparsectr:triton,grab:triton", help="model[:attention] labels for the training part")
+    parser.add_argument("--train-models", default="sparsectr,sparsectr:triton,grab:triton",
+                        help="model[:attention][+compile] labels for the training part (+compile: train.compile, blocks torch.compile'd)")
     parser.add_argument("--skip-sparsectr-checks", action="store_true", help="correctness of the CamA kernels only (no compile)")
     parser.add_argument("--min-n", type=int, default=None, help="smallest n of the attention table")
     parser.add_argument("--max-n", type=int, default=None, help="largest n of the attention table")

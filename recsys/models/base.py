@@ -64,6 +64,17 @@ class RankingModel(nn.Module):
     def score(self, embedded: EmbeddedBatch, inputs: SequenceInputs) -> ModelOutput:
         raise TypeError(f"{type(self).__name__} must define score()")
 
+    def compile_blocks(self) -> int:
+        """`torch.compile` each encoder block in place (`nn.Module.compile`: the parameters and the
+        state-dict keys stay as they are, so checkpoints and export see the plain model). Returns the
+        number of blocks; a model without encoder blocks (the pooled baselines) refuses."""
+        blocks = getattr(self, "blocks", None)
+        if not isinstance(blocks, nn.ModuleList) or len(blocks) == 0:
+            raise ValueError(f"train.compile: {type(self).__name__} has no encoder blocks to compile")
+        for block in blocks:
+            block.compile()
+        return len(blocks)
+
     def dense_parameters(self):
         """Parameters the dense optimizer owns (embedding tables get fused optimizers)."""
         table_params = {id(p) for collection in self.embedding.sequence_collections.values() for p in collection.parameters()}

@@ -59,6 +59,8 @@ class TrainSection(Section):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: bool = True
+    compile: bool = Field(False, description="torch.compile each encoder block in place (sparsectr, grab, transformer): "
+                                             "a speed option, measured by benchmarks/gpu_suite.py; state dict and export unchanged")
 
 
 class SequenceSection(Section):
