@@ -338,6 +338,10 @@ def training_table(args) -> list[dict]:
                 rows.append({"model": label, "history": history, "batch": batch_size, "error": "out of memory"})
                 torch.cuda.empty_cache()
                 continue
+            except Exception as exc:  # e.g. a +compile variant torch.compile cannot handle: keep the other rows
+                rows.append({"model": label, "history": history, "batch": batch_size, "error": f"{type(exc).__name__}: {exc}"[:300]})
+                print(f"  train {label} L={history}: {rows[-1]['error']}", file=sys.stderr, flush=True)
+                continue
             peak = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else None
             mean_length = float(resident.history_lengths.float().mean())
             loader = make_loader(trainer._batches("train", phase), args.workers)
