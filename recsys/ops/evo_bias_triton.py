@@ -39,6 +39,12 @@ def composite_terms(t_i, weekend_i, t_j, weekend_j, WEEKEND_BOTH: tl.constexpr, 
 
 
 @triton.jit
+def load_scales(SCALES, h, H: tl.constexpr):
+    """Head h's three temporal scales from the `[3, H]` float32 table."""
+    return tl.load(SCALES + h), tl.load(SCALES + H + h), tl.load(SCALES + 2 * H + h)
+
+
+@triton.jit
 def accumulate_key_gradients(dk, dv, d_time, d_hour, d_weekend, q, do, v, scores, lse, delta_row, b_time, b_hour, b_weekend,
                              PRECISION: tl.constexpr):
     """One query tile's contribution to a key block's dK, dV and the three scale sums; `scores` natural

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from recsys.ops.evo_bias_triton import accumulate_key_gradients, add_scale_gradients, composite_terms
+from recsys.ops.evo_bias_triton import accumulate_key_gradients, add_scale_gradients, composite_terms, load_scales
 from recsys.ops.temporal import _is_weekend
 from recsys.ops.triton_tiles import (INTERPRETED, backward_row_term, finish_rows, load_backward_rows, load_tile,
                                      online_softmax_step, pad_head_dim, padded_head_dim, program_block, store_tile, tile_configs)
@@ -70,11 +70,6 @@ def _queries(TQ, QFLAGS, b, offs_m, rows, T, L):
     return t_i, weekend_i, tl.minimum(offs_m, L)
 
 
-@triton.jit
-def _scales(SCALES, h, H: tl.constexpr):
-    return tl.load(SCALES + h), tl.load(SCALES + H + h), tl.load(SCALES + 2 * H + h)
-
-
 # Key lists are 16-256 long: narrow key tiles. dK/dV holds two [BLOCK_N, D] accumulators besides the
 # tile: short query tiles keep it under the register cap (the offline sm_90 compile spills at 64x32).
 _TILES = tile_configs([(64, 16, 4, 3), (64, 32, 4, 3), (128, 32, 8, 2), (128, 64, 8, 2)])
@@ -89,7 +84,7 @@ def _keyed_forward_kernel(Q, K, V, TQ, QFLAGS, TK, KEND, KFLAGS, SCALES, O, LSE,
     b, h, pid_bh, start_m, offs_m, offs_d, rows, base = program_block(BLOCK_M, H, T, D)
     q = load_tile(Q, base, offs_m, offs_d, D, rows)
     t_i, weekend_i, position_i = _queries(TQ, QFLAGS, b, offs_m, rows, T, L)
-    s_time, s_hour, s_weekend = _scales(SCALES, h, H)
+    s_time, s_hour, s_weekend = load_scales(SCALES, h, H)
     key_base = pid_bh.to(tl.int64) * NK * D
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -114,7 +109,7 @@ def _keyed_dkdv_kernel(Q, K, V, DO, LSE, DELTA, TQ, QFLAGS, TK, KEND, KFLAGS, SC
     split = tl.program_id(2)
     k = load_tile(K, key_base, offs_n, offs_d, D, cols)
     v = load_tile(V, key_base, offs_n, offs_d, D, cols)
-    s_time, s_hour, s_weekend = _scales(SCALES, h, H)
+    s_time, s_hour, s_weekend = load_scales(SCALES, h, H)
     end_j = tl.load(KEND + b * NK + offs_n, mask=cols, other=0)
     valid_j = ((tl.load(KFLAGS + b * NK + offs_n, mask=cols, other=0) & 1) != 0) & cols
     # no query before the earliest end of a valid key sees this block
@@ -150,7 +145,7 @@ def _keyed_dq_kernel(Q, K, V, DO, LSE, DELTA, TQ, QFLAGS, TK, KEND, KFLAGS, SCAL
     b, h, pid_bh, start_m, offs_m, offs_d, rows, base = program_block(BLOCK_M, H, T, D)
     q, do, lse, delta_row = load_backward_rows(Q, DO, LSE, DELTA, base, pid_bh.to(tl.int64) * T, offs_m, offs_d, D, rows)
     t_i, weekend_i, position_i = _queries(TQ, QFLAGS, b, offs_m, rows, T, L)
-    s_time, s_hour, s_weekend = _scales(SCALES, h, H)
+    s_time, s_hour, s_weekend = load_scales(SCALES, h, H)
     key_base = pid_bh.to(tl.int64) * NK * D
     dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     for start_n in range(0, NK, BLOCK_N):

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from recsys.ops.evo_bias_triton import accumulate_key_gradients, add_scale_gradients, composite_terms
+from recsys.ops.evo_bias_triton import accumulate_key_gradients, add_scale_gradients, composite_terms, load_scales
 from recsys.ops.temporal import _is_weekend
 from recsys.ops.triton_tiles import (INTERPRETED, backward_row_term, finish_rows, load_backward_rows, load_tile, merge_extra_key,
                                      online_softmax_step, pad_head_dim, padded_head_dim, program_block, store_tile, tile_configs)
@@ -48,6 +48,12 @@ def _local_tile(q, k, offs_m, offs_n, t_i, weekend_i, T_row, FLAGS_row, s_time, 
 @triton.jit
 def _query_times(T_row, FLAGS_row, offs_m, rows):
     return tl.load(T_row + offs_m, mask=rows, other=0), (tl.load(FLAGS_row + offs_m, mask=rows, other=0) & 2) != 0
+
+
+@triton.jit
+def _window_key_range(start_m, L, WINDOW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The key tiles a query block's windows reach: from the earliest window start to its last query."""
+    return tl.maximum(start_m - WINDOW + 1, 0) // BLOCK_N * BLOCK_N, tl.minimum(start_m + BLOCK_M, L)
 
 
 @triton.jit
@@ -78,12 +84,11 @@ def _local_forward_kernel(Q, K, V, T, FLAGS, SCALES, O, LSE, sm_scale, L, H: tl.
     q = load_tile(Q, base, offs_m, offs_d, D, rows)
     T_row, FLAGS_row = T + b * L, FLAGS + b * L
     t_i, weekend_i = _query_times(T_row, FLAGS_row, offs_m, rows)
-    s_time, s_hour, s_weekend = tl.load(SCALES + h), tl.load(SCALES + H + h), tl.load(SCALES + 2 * H + h)
+    s_time, s_hour, s_weekend = load_scales(SCALES, h, H)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
-    lo = tl.maximum(start_m - WINDOW + 1, 0) // BLOCK_N * BLOCK_N
-    hi = tl.minimum(start_m + BLOCK_M, L)
+    lo, hi = _window_key_range(start_m, L, WINDOW, BLOCK_M, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
         k, v, scores = _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, weekend_i, T_row, FLAGS_row, s_time, s_hour,
                                     s_weekend, sm_scale, L, D, BLOCK_N, WINDOW, WEEKEND_BOTH, PRECISION, FAST_MATH)
@@ -104,7 +109,7 @@ def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, FLAGS, SCALES, DK, DV, DSCALE
     k = load_tile(K, base, offs_n, offs_d, D, cols)
     v = load_tile(V, base, offs_n, offs_d, D, cols)
     T_row, FLAGS_row = T + b * L, FLAGS + b * L
-    s_time, s_hour, s_weekend = tl.load(SCALES + h), tl.load(SCALES + H + h), tl.load(SCALES + 2 * H + h)
+    s_time, s_hour, s_weekend = load_scales(SCALES, h, H)
     dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, D], dtype=tl.float32)
     d_time = tl.zeros([BLOCK_N], dtype=tl.float32)
@@ -135,10 +140,9 @@ def _local_dq_kernel(Q, K, V, DO, LSE, DELTA, T, FLAGS, SCALES, DQ, sm_scale, L,
     q, do, lse, delta_row = load_backward_rows(Q, DO, LSE, DELTA, base, pid_bh.to(tl.int64) * L, offs_m, offs_d, D, rows)
     T_row, FLAGS_row = T + b * L, FLAGS + b * L
     t_i, weekend_i = _query_times(T_row, FLAGS_row, offs_m, rows)
-    s_time, s_hour, s_weekend = tl.load(SCALES + h), tl.load(SCALES + H + h), tl.load(SCALES + 2 * H + h)
+    s_time, s_hour, s_weekend = load_scales(SCALES, h, H)
     dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
-    lo = tl.maximum(start_m - WINDOW + 1, 0) // BLOCK_N * BLOCK_N
-    hi = tl.minimum(start_m + BLOCK_M, L)
+    lo, hi = _window_key_range(start_m, L, WINDOW, BLOCK_M, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
         k, v, scores = _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, weekend_i, T_row, FLAGS_row, s_time, s_hour,
                                     s_weekend, sm_scale, L, D, BLOCK_N, WINDOW, WEEKEND_BOTH, PRECISION, FAST_MATH)
