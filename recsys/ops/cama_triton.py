@@ -212,6 +212,20 @@ def _forward_block(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos
     return acc, l_i, m_i
 
 
+@triton.jit
+def _forward_walk(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row, FLAGS_row,
+                  TABLE, h, group_bit, sm_scale, N, lo, start_m, diagonal_lo, diagonal_hi, H: tl.constexpr, D: tl.constexpr,
+                  NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+                  BIAS: tl.constexpr, CONTENT: tl.constexpr, PACKED: tl.constexpr, FAST_LOG2: tl.constexpr):
+    """A query block's key blocks: those before it (`lo` .. `start_m`), then the diagonal ones."""
+    acc, l_i, m_i = _forward_block(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
+                                   FLAGS_row, TABLE, h, group_bit, sm_scale, N, lo, start_m, H, D, NUM_BUCKETS, BUCKET_SCALE, PRECISION,
+                                   BLOCK_N, False, BIAS, CONTENT, PACKED, FAST_LOG2)
+    return _forward_block(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
+                          FLAGS_row, TABLE, h, group_bit, sm_scale, N, diagonal_lo, diagonal_hi, H, D, NUM_BUCKETS, BUCKET_SCALE, PRECISION,
+                          BLOCK_N, True, BIAS, CONTENT, PACKED, FAST_LOG2)
+
+
 # BLOCK_M >= BLOCK_N in query-major kernels and BLOCK_N >= BLOCK_M in the key-major one: a block then
 # starts on a boundary of the other axis' blocks, which the diagonal split relies on.
 # Interpreted, the tiles are unequal as on the GPU, so the tests cover the diagonal split's bookkeeping.
@@ -239,19 +253,13 @@ def _cama_forward_kernel(Q, K, V, T, SEG, POS, FLAGS, START, HEAD_GROUP, TABLE, 
     diagonal_hi = tl.minimum(start_m + BLOCK_M, N)
     # One branch per program, outside the loops: the channel is a compile-time constant inside them.
     if group_bit < 0:
-        acc, l_i, m_i = _forward_block(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row,
-                                       POS_row, FLAGS_row, TABLE, h, group_bit, sm_scale, N, lo, start_m, H, D, NUM_BUCKETS,
-                                       BUCKET_SCALE, PRECISION, BLOCK_N, False, BIAS, True, PACKED, FAST_LOG2)
-        acc, l_i, m_i = _forward_block(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row,
-                                       POS_row, FLAGS_row, TABLE, h, group_bit, sm_scale, N, diagonal_lo, diagonal_hi, H, D,
-                                       NUM_BUCKETS, BUCKET_SCALE, PRECISION, BLOCK_N, True, BIAS, True, PACKED, FAST_LOG2)
+        acc, l_i, m_i = _forward_walk(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
+                                      FLAGS_row, TABLE, h, group_bit, sm_scale, N, lo, start_m, diagonal_lo, diagonal_hi, H, D, NUM_BUCKETS,
+                                      BUCKET_SCALE, PRECISION, BLOCK_N, BIAS, True, PACKED, FAST_LOG2)
     else:
-        acc, l_i, m_i = _forward_block(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row,
-                                       POS_row, FLAGS_row, TABLE, h, group_bit, sm_scale, N, lo, start_m, H, D, NUM_BUCKETS,
-                                       BUCKET_SCALE, PRECISION, BLOCK_N, False, BIAS, False, PACKED, FAST_LOG2)
-        acc, l_i, m_i = _forward_block(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row,
-                                       POS_row, FLAGS_row, TABLE, h, group_bit, sm_scale, N, diagonal_lo, diagonal_hi, H, D,
-                                       NUM_BUCKETS, BUCKET_SCALE, PRECISION, BLOCK_N, True, BIAS, False, PACKED, FAST_LOG2)
+        acc, l_i, m_i = _forward_walk(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
+                                      FLAGS_row, TABLE, h, group_bit, sm_scale, N, lo, start_m, diagonal_lo, diagonal_hi, H, D, NUM_BUCKETS,
+                                      BUCKET_SCALE, PRECISION, BLOCK_N, BIAS, False, PACKED, FAST_LOG2)
     out, lse = finish_rows(acc, l_i, m_i)
     store_tile(O, base, offs_m, offs_d, D, rows, out)
     tl.store(LSE + pid_bh.to(tl.int64) * N + offs_m, lse, mask=rows)
@@ -290,6 +298,21 @@ def _dkdv_block(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n
     return dk, dv, histogram
 
 
+@triton.jit
+def _dkdv_walk(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n, offs_d, t_j, seg_j, pos_j, flags_j, T_row, SEG_row,
+               POS_row, FLAGS_row, TABLE, h, group_bit, sm_scale, N, start_n, diagonal_end, hi, H: tl.constexpr, D: tl.constexpr,
+               NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr, TABLE_BINS: tl.constexpr, PRECISION: tl.constexpr,
+               BLOCK_M: tl.constexpr, BIAS: tl.constexpr, TABLE_GRAD: tl.constexpr, CONTENT: tl.constexpr, PACKED: tl.constexpr,
+               FAST_LOG2: tl.constexpr):
+    """A key block's query blocks: the diagonal ones (`start_n` .. `diagonal_end`), then those after it."""
+    dk, dv, histogram = _dkdv_block(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n, offs_d, t_j, seg_j, pos_j, flags_j,
+                                    T_row, SEG_row, POS_row, FLAGS_row, TABLE, h, group_bit, sm_scale, N, start_n, diagonal_end, H, D,
+                                    NUM_BUCKETS, BUCKET_SCALE, TABLE_BINS, PRECISION, BLOCK_M, True, BIAS, TABLE_GRAD, CONTENT, PACKED, FAST_LOG2)
+    return _dkdv_block(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n, offs_d, t_j, seg_j, pos_j, flags_j,
+                       T_row, SEG_row, POS_row, FLAGS_row, TABLE, h, group_bit, sm_scale, N, diagonal_end, hi, H, D,
+                       NUM_BUCKETS, BUCKET_SCALE, TABLE_BINS, PRECISION, BLOCK_M, False, BIAS, TABLE_GRAD, CONTENT, PACKED, FAST_LOG2)
+
+
 @triton.autotune(configs=_KEY_MAJOR, key=["N", "D", "H", "BIAS", "TABLE_GRAD", "PACKED"], reset_to_zero=["DTABLE"])
 @triton.jit
 def _cama_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, SEG, POS, FLAGS, END, HEAD_GROUP, TABLE, DK, DV, DTABLE, sm_scale, N,
@@ -308,19 +331,13 @@ def _cama_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, SEG, POS, FLAGS, END, HEAD_GRO
     hi = tl.where(tl.max(flags_j & 1, 0) > 0, hi, start_n)  # a block of padding is nobody's key
     diagonal_end = tl.minimum(start_n + BLOCK_N, hi)
     if group_bit < 0:
-        dk, dv, histogram = _dkdv_block(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n, offs_d, t_j, seg_j, pos_j,
-                                        flags_j, T_row, SEG_row, POS_row, FLAGS_row, TABLE, h, group_bit, sm_scale, N, start_n, diagonal_end, H, D,
-                                        NUM_BUCKETS, BUCKET_SCALE, TABLE_BINS, PRECISION, BLOCK_M, True, BIAS, TABLE_GRAD, True, PACKED, FAST_LOG2)
-        dk, dv, histogram = _dkdv_block(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n, offs_d, t_j, seg_j, pos_j,
-                                        flags_j, T_row, SEG_row, POS_row, FLAGS_row, TABLE, h, group_bit, sm_scale, N, diagonal_end, hi, H, D,
-                                        NUM_BUCKETS, BUCKET_SCALE, TABLE_BINS, PRECISION, BLOCK_M, False, BIAS, TABLE_GRAD, True, PACKED, FAST_LOG2)
+        dk, dv, histogram = _dkdv_walk(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n, offs_d, t_j, seg_j, pos_j, flags_j,
+                                       T_row, SEG_row, POS_row, FLAGS_row, TABLE, h, group_bit, sm_scale, N, start_n, diagonal_end, hi, H, D,
+                                       NUM_BUCKETS, BUCKET_SCALE, TABLE_BINS, PRECISION, BLOCK_M, BIAS, TABLE_GRAD, True, PACKED, FAST_LOG2)
     else:
-        dk, dv, histogram = _dkdv_block(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n, offs_d, t_j, seg_j, pos_j,
-                                        flags_j, T_row, SEG_row, POS_row, FLAGS_row, TABLE, h, group_bit, sm_scale, N, start_n, diagonal_end, H, D,
-                                        NUM_BUCKETS, BUCKET_SCALE, TABLE_BINS, PRECISION, BLOCK_M, True, BIAS, TABLE_GRAD, False, PACKED, FAST_LOG2)
-        dk, dv, histogram = _dkdv_block(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n, offs_d, t_j, seg_j, pos_j,
-                                        flags_j, T_row, SEG_row, POS_row, FLAGS_row, TABLE, h, group_bit, sm_scale, N, diagonal_end, hi, H, D,
-                                        NUM_BUCKETS, BUCKET_SCALE, TABLE_BINS, PRECISION, BLOCK_M, False, BIAS, TABLE_GRAD, False, PACKED, FAST_LOG2)
+        dk, dv, histogram = _dkdv_walk(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n, offs_d, t_j, seg_j, pos_j, flags_j,
+                                       T_row, SEG_row, POS_row, FLAGS_row, TABLE, h, group_bit, sm_scale, N, start_n, diagonal_end, hi, H, D,
+                                       NUM_BUCKETS, BUCKET_SCALE, TABLE_BINS, PRECISION, BLOCK_M, BIAS, TABLE_GRAD, False, PACKED, FAST_LOG2)
     store_tile(DK, base, offs_n, offs_d, D, cols, dk * sm_scale)
     store_tile(DV, base, offs_n, offs_d, D, cols, dv)
     if TABLE_GRAD:
@@ -345,6 +362,20 @@ def _dq_block(dq, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, seg_i,
     return dq
 
 
+@triton.jit
+def _dq_walk(dq, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row, FLAGS_row,
+             TABLE, h, group_bit, sm_scale, N, lo, start_m, diagonal_lo, diagonal_hi, H: tl.constexpr, D: tl.constexpr,
+             NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BIAS: tl.constexpr,
+             CONTENT: tl.constexpr, PACKED: tl.constexpr, FAST_LOG2: tl.constexpr):
+    """As `_forward_walk`, for dQ."""
+    dq = _dq_block(dq, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
+                   FLAGS_row, TABLE, h, group_bit, sm_scale, N, lo, start_m, H, D, NUM_BUCKETS, BUCKET_SCALE, PRECISION, BLOCK_N,
+                   False, BIAS, CONTENT, PACKED, FAST_LOG2)
+    return _dq_block(dq, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
+                     FLAGS_row, TABLE, h, group_bit, sm_scale, N, diagonal_lo, diagonal_hi, H, D, NUM_BUCKETS, BUCKET_SCALE, PRECISION,
+                     BLOCK_N, True, BIAS, CONTENT, PACKED, FAST_LOG2)
+
+
 @triton.autotune(configs=_QUERY_MAJOR, key=["N", "D", "H", "BIAS", "PACKED"])
 @triton.jit
 def _cama_dq_kernel(Q, K, V, DO, LSE, DELTA, T, SEG, POS, FLAGS, START, HEAD_GROUP, TABLE, DQ, sm_scale, N,
@@ -361,19 +392,13 @@ def _cama_dq_kernel(Q, K, V, DO, LSE, DELTA, T, SEG, POS, FLAGS, START, HEAD_GRO
     diagonal_lo = tl.maximum(lo, start_m)
     diagonal_hi = tl.minimum(start_m + BLOCK_M, N)
     if group_bit < 0:
-        dq = _dq_block(dq, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
-                       FLAGS_row, TABLE, h, group_bit, sm_scale, N, lo, start_m, H, D, NUM_BUCKETS, BUCKET_SCALE, PRECISION, BLOCK_N,
-                       False, BIAS, True, PACKED, FAST_LOG2)
-        dq = _dq_block(dq, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
-                       FLAGS_row, TABLE, h, group_bit, sm_scale, N, diagonal_lo, diagonal_hi, H, D, NUM_BUCKETS, BUCKET_SCALE, PRECISION, BLOCK_N,
-                       True, BIAS, True, PACKED, FAST_LOG2)
+        dq = _dq_walk(dq, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
+                      FLAGS_row, TABLE, h, group_bit, sm_scale, N, lo, start_m, diagonal_lo, diagonal_hi, H, D, NUM_BUCKETS, BUCKET_SCALE,
+                      PRECISION, BLOCK_N, BIAS, True, PACKED, FAST_LOG2)
     else:
-        dq = _dq_block(dq, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
-                       FLAGS_row, TABLE, h, group_bit, sm_scale, N, lo, start_m, H, D, NUM_BUCKETS, BUCKET_SCALE, PRECISION, BLOCK_N,
-                       False, BIAS, False, PACKED, FAST_LOG2)
-        dq = _dq_block(dq, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
-                       FLAGS_row, TABLE, h, group_bit, sm_scale, N, diagonal_lo, diagonal_hi, H, D, NUM_BUCKETS, BUCKET_SCALE, PRECISION, BLOCK_N,
-                       True, BIAS, False, PACKED, FAST_LOG2)
+        dq = _dq_walk(dq, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
+                      FLAGS_row, TABLE, h, group_bit, sm_scale, N, lo, start_m, diagonal_lo, diagonal_hi, H, D, NUM_BUCKETS, BUCKET_SCALE,
+                      PRECISION, BLOCK_N, BIAS, False, PACKED, FAST_LOG2)
     store_tile(DQ, base, offs_m, offs_d, D, rows, dq * sm_scale)
 
 
