@@ -39,6 +39,18 @@ def chunk_summaries(values: Tensor, chunk_id: Tensor, num_chunks: int) -> Tensor
     return (sums / counts.clamp_min(1.0).view(batch, 1, num_chunks + 1, 1))[:, :, 1:].to(values.dtype)
 
 
+def chunk_summaries_matmul(values: Tensor, chunk_id: Tensor, num_chunks: int) -> Tensor:
+    """`chunk_summaries` as one batched matmul with the `[B, P, L]` chunk membership (the fused path):
+    the tensor cores accumulate in float32, and neither direction materialises a float32 copy or an
+    int64 index of `values`, as scatter_add and its gather backward do. Membership weights are exact
+    ones; the sum is rounded once to `values.dtype` before the division."""
+    chunk_numbers = torch.arange(1, num_chunks + 1, device=chunk_id.device).view(1, -1, 1)
+    membership = chunk_id.unsqueeze(1) == chunk_numbers  # [B, P, L]
+    counts = membership.sum(-1).clamp_min(1).to(values.dtype)
+    sums = torch.matmul(membership.to(values.dtype).unsqueeze(1), values)  # [B, H, P, D]
+    return sums / counts.view(counts.shape[0], 1, num_chunks, 1)
+
+
 def tail_positions(chunk_start: Tensor, chunk_end: Tensor, chunk_valid: Tensor, tail: int) -> Tuple[Tensor, Tensor]:
     """Positions `[B, P·tail]` of the last `tail` events of every chunk and their validity."""
     offsets = torch.arange(tail, device=chunk_end.device) - tail
@@ -246,8 +258,8 @@ def evo_attend_fused(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profi
     if not keyed:
         return global_branch(q, k_summary, v_summary, geometry, scales), transition_branch(q, k, v, geometry, scales), local
     chunk_times = history_times.gather(1, (geometry.chunk_end - 1).clamp_min(0))
-    global_out = attend_keys(chunk_summaries(k_summary[:, :, :length], geometry.chunk_id, num_chunks),
-                             chunk_summaries(v_summary[:, :, :length], geometry.chunk_id, num_chunks), chunk_times, geometry.chunk_end,
+    global_out = attend_keys(chunk_summaries_matmul(k_summary[:, :, :length], geometry.chunk_id, num_chunks),
+                             chunk_summaries_matmul(v_summary[:, :, :length], geometry.chunk_id, num_chunks), chunk_times, geometry.chunk_end,
                              geometry.chunk_valid)
     positions = geometry.tail_positions
     transition_out = attend_keys(_gather_positions(k, positions), _gather_positions(v, positions), history_times.gather(1, positions),

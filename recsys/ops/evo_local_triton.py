@@ -7,9 +7,10 @@ the real history keys j with i - window < j <= i, with the composite RelTemporal
 structural version materialises the three bias terms and a visibility tensor for every
 `[query block, 2·window + 1]` pair and runs SDPA's math path; here each tile computes the terms in
 registers from int32 times and a per-event flag word (real, local weekend), and a query block
-visits only the one to three key tiles its window covers. The profile key is merged afterwards
-through the log-sum-exp, as the CamA kernel does with its context token. Candidates keep
-`candidate_local` (M queries, PyTorch).
+visits only the one to three key tiles its window covers. The profile key starts every row's online
+softmax (`triton_tiles.profile_key_start`); the dQ kernel adds its share and sums the profile key's
+and value's gradients (`profile_key_gradients`), so no full-size float32 merge runs outside the
+kernels. Candidates keep `candidate_local` (M queries, PyTorch).
 
 Runs on CUDA; on CPU under Triton's interpreter (`TRITON_INTERPRET=1`), which the tests use.
 """
@@ -25,8 +26,9 @@ from torch import Tensor
 
 from recsys.ops.evo_bias_triton import accumulate_key_gradients, add_scale_gradients, composite_terms, load_scales
 from recsys.ops.temporal import _is_weekend
-from recsys.ops.triton_tiles import (INTERPRETED, backward_row_term, finish_rows, load_backward_rows, load_tile, merge_extra_key,
-                                     online_softmax_step, pad_head_dim, padded_head_dim, program_block, store_tile, tile_configs)
+from recsys.ops.triton_tiles import (INTERPRETED, backward_row_term, finish_rows, load_backward_rows, load_tile, online_softmax_step,
+                                     pad_head_dim, padded_head_dim, profile_key_gradients, profile_key_start, program_block, store_tile,
+                                     tile_configs)
 
 _REAL, _WEEKEND = 1, 2
 
@@ -77,7 +79,7 @@ _DKDV_TILES = tile_configs([(32, 64, 4, 3), (32, 32, 4, 3)])
 
 @triton.autotune(configs=_TILES, key=["L", "D", "WINDOW"])
 @triton.jit
-def _local_forward_kernel(Q, K, V, T, FLAGS, SCALES, O, LSE, sm_scale, L, H: tl.constexpr, D: tl.constexpr, WINDOW: tl.constexpr,
+def _local_forward_kernel(Q, K, V, KP, VP, T, FLAGS, SCALES, O, LSE, sm_scale, L, H: tl.constexpr, D: tl.constexpr, WINDOW: tl.constexpr,
                           WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr, BLOCK_M: tl.constexpr,
                           BLOCK_N: tl.constexpr):
     b, h, pid_bh, start_m, offs_m, offs_d, rows, base = program_block(BLOCK_M, H, L, D)
@@ -85,9 +87,7 @@ def _local_forward_kernel(Q, K, V, T, FLAGS, SCALES, O, LSE, sm_scale, L, H: tl.
     T_row, FLAGS_row = T + b * L, FLAGS + b * L
     t_i, weekend_i = _query_times(T_row, FLAGS_row, offs_m, rows)
     s_time, s_hour, s_weekend = load_scales(SCALES, h, H)
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    acc, l_i, m_i = profile_key_start(q, KP, VP, pid_bh, offs_d, sm_scale, BLOCK_M, D)
     lo, hi = _window_key_range(start_m, L, WINDOW, BLOCK_M, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
         k, v, scores = _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, weekend_i, T_row, FLAGS_row, s_time, s_hour,
@@ -131,11 +131,11 @@ def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, FLAGS, SCALES, DK, DV, DSCALE
     add_scale_gradients(DSCALES, h, H, d_time, d_hour, d_weekend)
 
 
-@triton.autotune(configs=_TILES, key=["L", "D", "WINDOW"])
+@triton.autotune(configs=_TILES, key=["L", "D", "WINDOW"], reset_to_zero=["DKP", "DVP"])
 @triton.jit
-def _local_dq_kernel(Q, K, V, DO, LSE, DELTA, T, FLAGS, SCALES, DQ, sm_scale, L, H: tl.constexpr, D: tl.constexpr, WINDOW: tl.constexpr,
-                     WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr, BLOCK_M: tl.constexpr,
-                          BLOCK_N: tl.constexpr):
+def _local_dq_kernel(Q, K, V, KP, VP, DO, LSE, DELTA, T, FLAGS, SCALES, DQ, DKP, DVP, sm_scale, L, H: tl.constexpr, D: tl.constexpr,
+                     WINDOW: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     b, h, pid_bh, start_m, offs_m, offs_d, rows, base = program_block(BLOCK_M, H, L, D)
     q, do, lse, delta_row = load_backward_rows(Q, DO, LSE, DELTA, base, pid_bh.to(tl.int64) * L, offs_m, offs_d, D, rows)
     T_row, FLAGS_row = T + b * L, FLAGS + b * L
@@ -150,6 +150,7 @@ def _local_dq_kernel(Q, K, V, DO, LSE, DELTA, T, FLAGS, SCALES, DQ, sm_scale, L,
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         ds = p * (dp - delta_row[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+    dq = profile_key_gradients(dq, q, do, lse, delta_row, KP, VP, DKP, DVP, pid_bh, offs_d, sm_scale, D)
     store_tile(DQ, base, offs_m, offs_d, D, rows, dq * sm_scale)
 
 
@@ -160,33 +161,36 @@ def _launch(q: Tensor, window: int, weekend_rule: int) -> dict:
 
 class _LocalHistory(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, scales: Tensor, times: Tensor, flags: Tensor, window: int, weekend_rule: int,
-                sm_scale: float):
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, scales: Tensor, times: Tensor, flags: Tensor,
+                window: int, weekend_rule: int, sm_scale: float):
         batch, heads, length, _ = q.shape
         out = torch.empty_like(q)
         lse = torch.empty(batch, heads, length, device=q.device, dtype=torch.float32)
         scales32 = scales.float().contiguous()
         _local_forward_kernel[lambda meta: (triton.cdiv(length, meta["BLOCK_M"]), batch * heads)](
-            q, k, v, times, flags, scales32, out, lse, sm_scale, length, **_launch(q, window, weekend_rule))
-        ctx.save_for_backward(q, k, v, out, lse, scales32, times, flags)
+            q, k, v, k_profile, v_profile, times, flags, scales32, out, lse, sm_scale, length, **_launch(q, window, weekend_rule))
+        ctx.save_for_backward(q, k, v, k_profile, v_profile, out, lse, scales32, times, flags)
         ctx.window, ctx.weekend_rule, ctx.sm_scale, ctx.scales_dtype = window, weekend_rule, sm_scale, scales.dtype
-        return out, lse
+        return out
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor, grad_lse: Tensor):
-        q, k, v, out, lse, scales32, times, flags = ctx.saved_tensors
+    def backward(ctx, grad_out: Tensor):
+        q, k, v, k_profile, v_profile, out, lse, scales32, times, flags = ctx.saved_tensors
         batch, heads, length, _ = q.shape
         grad_out = grad_out.contiguous()
-        delta = backward_row_term(grad_out, out, grad_lse)
+        delta = backward_row_term(grad_out, out, None)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        dk_profile = torch.zeros(k_profile.shape, device=q.device, dtype=torch.float32)
+        dv_profile = torch.zeros_like(dk_profile)
         dscales = torch.zeros_like(scales32)
         launch = _launch(q, ctx.window, ctx.weekend_rule)
         _local_dkdv_kernel[lambda meta: (triton.cdiv(length, meta["BLOCK_N"]), batch * heads)](
             q, k, v, grad_out, lse, delta, times, flags, scales32, dk, dv, dscales, ctx.sm_scale, length, **launch)
         _local_dq_kernel[lambda meta: (triton.cdiv(length, meta["BLOCK_M"]), batch * heads)](
-            q, k, v, grad_out, lse, delta, times, flags, scales32, dq, ctx.sm_scale, length, **launch)
-        return dq, dk, dv, dscales.to(ctx.scales_dtype), None, None, None, None, None
-
+            q, k, v, k_profile, v_profile, grad_out, lse, delta, times, flags, scales32, dq, dk_profile, dv_profile, ctx.sm_scale, length,
+            **launch)
+        return (dq, dk, dv, dk_profile.to(k_profile.dtype), dv_profile.to(v_profile.dtype), dscales.to(ctx.scales_dtype),
+                None, None, None, None, None)
 
 
 def local_history_triton(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, times: Tensor, real: Tensor,
@@ -196,13 +200,12 @@ def local_history_triton(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_p
     equal to `local_branch` on the history positions."""
     if not q.is_cuda and not INTERPRETED:
         raise RuntimeError("the fused local kernel runs on CUDA (on the CPU only under TRITON_INTERPRET=1); use attention 'structural'")
-    batch, heads, length, dim = q.shape
+    dim = q.shape[-1]
     base = torch.where(real, times, torch.full_like(times, torch.iinfo(torch.int64).max)).min(dim=1, keepdim=True).values
     relative = torch.where(real, times - torch.where(base == torch.iinfo(torch.int64).max, torch.zeros_like(base), base), torch.zeros_like(times))
     flags = real.int() * _REAL + _is_weekend(times + utc_offset).int() * _WEEKEND
     padded = padded_head_dim(dim)
-    k, v = k.to(q.dtype), v.to(q.dtype)
-    out, lse = _LocalHistory.apply(pad_head_dim(q, padded), pad_head_dim(k, padded), pad_head_dim(v, padded), scales,
-                                   relative.int().contiguous(), flags.int().contiguous(), window, weekend_rule, 1.0 / math.sqrt(dim))
-    length_view = (batch, heads, length, dim)
-    return merge_extra_key(out[..., :dim], lse, q, k_profile.expand(length_view), v_profile.expand(length_view))
+    q, k, v, k_profile, v_profile = (pad_head_dim(x.to(q.dtype), padded) for x in (q, k, v, k_profile, v_profile))
+    out = _LocalHistory.apply(q, k, v, k_profile, v_profile, scales, relative.int().contiguous(), flags.int().contiguous(), window,
+                              weekend_rule, 1.0 / math.sqrt(dim))
+    return out[..., :dim]

@@ -78,10 +78,63 @@ def load_backward_rows(Q, DO, LSE, DELTA, base, row_base, offs_m, offs_d, D: tl.
     return q, do, lse, delta
 
 
-def backward_row_term(grad_out: Tensor, out: Tensor, grad_lse: Tensor | None) -> Tensor:
-    """dS = P ∘ (dP − rowsum(dO ∘ O) + dLSE): the LSE output's gradient folds into the row term."""
+@triton.jit
+def profile_key_start(q, KP, VP, pid_bh, offs_d, sm_scale, BLOCK_M: tl.constexpr, D: tl.constexpr):
+    """The online softmax state `(acc, l, m)` after one always-visible key with bias 0, the same
+    `[D]` key/value for every query of a (batch, head) row (SparseCTR's profile token): every row
+    then has a key, so no row needs the empty-row case."""
+    kp = tl.load(KP + pid_bh.to(tl.int64) * D + offs_d).to(tl.float32)
+    vp = tl.load(VP + pid_bh.to(tl.int64) * D + offs_d).to(tl.float32)
+    m_i = tl.sum(q.to(tl.float32) * kp[None, :], 1) * (sm_scale * 1.4426950408889634)
+    return tl.zeros([BLOCK_M, D], dtype=tl.float32) + vp[None, :], tl.full([BLOCK_M], 1.0, dtype=tl.float32), m_i
+
+
+@triton.jit
+def profile_key_gradients(dq, q, do, lse, delta_row, KP, VP, DKP, DVP, pid_bh, offs_d, sm_scale, D: tl.constexpr):
+    """dQ's share of the profile key (dq unscaled, as the dQ kernels accumulate it) and the tile's
+    sums into the profile key's and value's float32 gradients (atomics: every query tile of the row
+    adds to them). `lse` in log2 units, +inf for rows past the end."""
+    kp = tl.load(KP + pid_bh.to(tl.int64) * D + offs_d).to(tl.float32)
+    vp = tl.load(VP + pid_bh.to(tl.int64) * D + offs_d).to(tl.float32)
+    q32, do32 = q.to(tl.float32), do.to(tl.float32)
+    p = tl.exp2(tl.sum(q32 * kp[None, :], 1) * (sm_scale * 1.4426950408889634) - lse)
+    ds = p * (tl.sum(do32 * vp[None, :], 1) - delta_row)
+    tl.atomic_add(DKP + pid_bh.to(tl.int64) * D + offs_d, tl.sum(ds[:, None] * q32, 0) * sm_scale)
+    tl.atomic_add(DVP + pid_bh.to(tl.int64) * D + offs_d, tl.sum(p[:, None] * do32, 0))
+    return dq + ds[:, None] * kp[None, :]
+
+
+@triton.jit
+def _row_term_kernel(DO, O, DLSE, DELTA, ROWS, D: tl.constexpr, HAS_DLSE: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    rows = offs < ROWS
+    offs_d = tl.arange(0, D)
+    do = tl.load(DO + offs[:, None] * D + offs_d[None, :], mask=rows[:, None], other=0.0).to(tl.float32)
+    out = tl.load(O + offs[:, None] * D + offs_d[None, :], mask=rows[:, None], other=0.0).to(tl.float32)
+    term = tl.sum(do * out, 1)
+    if HAS_DLSE:
+        term -= tl.load(DLSE + offs, mask=rows, other=0.0).to(tl.float32)
+    tl.store(DELTA + offs, term, mask=rows)
+
+
+def backward_row_term_reference(grad_out: Tensor, out: Tensor, grad_lse: Tensor | None) -> Tensor:
     term = (grad_out.float() * out.float()).sum(-1)
     return (term - grad_lse.float() if grad_lse is not None else term).contiguous()
+
+
+def backward_row_term(grad_out: Tensor, out: Tensor, grad_lse: Tensor | None) -> Tensor:
+    """dS = P ∘ (dP − rowsum(dO ∘ O) + dLSE): the LSE output's gradient folds into the row term.
+    One pass over the bf16 dO and O (`backward_row_term_reference` casts both to float32 first: three
+    full-size temporaries at long n); `grad_out` and `out` contiguous `[..., D]`, D a power of two."""
+    dim = out.shape[-1]
+    rows = out.numel() // dim
+    delta = torch.empty(out.shape[:-1], device=out.device, dtype=torch.float32)
+    block = 16 if INTERPRETED else 64
+    grad_out, out = grad_out.contiguous(), out.contiguous()
+    grad_lse = grad_lse.contiguous() if grad_lse is not None else None
+    _row_term_kernel[(triton.cdiv(rows, block),)](grad_out, out, grad_lse if grad_lse is not None else delta, delta, rows, D=dim,
+                                                 HAS_DLSE=grad_lse is not None, BLOCK=block)
+    return delta
 
 
 def pad_head_dim(x: Tensor, dim: int) -> Tensor:

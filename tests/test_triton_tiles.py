@@ -1,0 +1,43 @@
+"""Helpers the fused kernels share equal their plain PyTorch twins: the backward's row term (Triton,
+interpreted here) and the chunk means by matmul that the fused SparseCTR path uses."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from recsys.ops.chunking import personalized_chunks
+from recsys.ops.evo_attention import chunk_summaries, chunk_summaries_matmul
+from recsys.ops.triton_tiles import backward_row_term, backward_row_term_reference
+
+
+@pytest.mark.parametrize("with_lse_grad", [False, True])
+def test_row_term_kernel_equals_reference(with_lse_grad):
+    generator = torch.Generator().manual_seed(torch.seed() % 2**31)
+    shape = (2, 3, 37, 16)  # 222 rows: the last block is partial
+    grad_out, out = torch.randn(shape, generator=generator), torch.randn(shape, generator=generator)
+    grad_lse = torch.randn(shape[:-1], generator=generator) if with_lse_grad else None
+    torch.testing.assert_close(backward_row_term(grad_out, out, grad_lse), backward_row_term_reference(grad_out, out, grad_lse),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_chunk_means_by_matmul_equal_scatter_add_with_gradients(dtype, tolerance):
+    generator = torch.Generator().manual_seed(torch.seed() % 2**31)
+    batch, heads, length, dim, chunks = 3, 2, 50, 8, 6
+    lengths = torch.tensor([length, 17, 0])
+    times = (1_704_067_200 + torch.randint(1, 90_000, (batch, length), generator=generator).cumsum(1))
+    real = torch.arange(length).view(1, -1) >= (length - lengths).view(-1, 1)
+    chunk_id = personalized_chunks(torch.where(real, times, torch.zeros_like(times)), lengths, chunks)[0]
+    values = torch.randn(batch, heads, length, dim, generator=generator).to(dtype).requires_grad_()
+    upstream = torch.randn(batch, heads, chunks, dim, generator=generator).to(dtype)
+
+    expected = chunk_summaries(values, chunk_id, chunks)
+    (expected_grad,) = torch.autograd.grad((expected.float() * upstream.float()).sum(), values)
+    got = chunk_summaries_matmul(values, chunk_id, chunks)
+    (got_grad,) = torch.autograd.grad((got.float() * upstream.float()).sum(), values)
+
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.float(), expected.float(), rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(got_grad.float(), expected_grad.float(), rtol=tolerance, atol=tolerance)
+    assert torch.all(got[2] == 0), "a row with no history has zero summaries"
