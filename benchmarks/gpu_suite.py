@@ -197,9 +197,11 @@ def _cama_bias(times: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
 
 
 # -- attention -----------------------------------------------------------------------------------
-def profile_step(step, device: str, top: int = 15) -> list[dict]:
+def profile_step(step, device: str, top: int = 15) -> dict:
     """Where one call's time goes: the `top` kernels (CUDA) or operators (CPU) by self time over 3
-    profiled calls, per call, printed and returned for the JSON."""
+    profiled calls, per call, printed and returned for the JSON; with the GPU kernels' total and the
+    CPU's total, so a step the host cannot feed (GPU idle between launches) shows as kernels << wall."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
@@ -208,12 +210,33 @@ def profile_step(step, device: str, top: int = 15) -> list[dict]:
             step()
         if device == "cuda":
             torch.cuda.synchronize()
+    averages = profiler.key_averages()
     key = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
-    events = sorted(profiler.key_averages(), key=lambda e: getattr(e, key), reverse=True)[:top]
+    events = sorted(averages, key=lambda e: getattr(e, key), reverse=True)[:top]
     rows = [{"name": e.key, "ms_per_call": getattr(e, key) / 3e3, "calls_per_call": e.count / 3} for e in events]
+    kernels = [e for e in averages if e.device_type == DeviceType.CUDA]
+    totals = {"gpu_kernel_ms": sum(e.self_device_time_total for e in kernels) / 3e3, "gpu_kernels": sum(e.count for e in kernels) / 3,
+              "cpu_ms": sum(e.self_cpu_time_total for e in averages if e.device_type == DeviceType.CPU) / 3e3}
     for row in rows:
         print(f"    {row['ms_per_call']:8.3f} ms  x{row['calls_per_call']:<5.0f} {row['name'][:90]}", file=sys.stderr, flush=True)
-    return rows
+    print(f"    GPU kernels {totals['gpu_kernel_ms']:.3f} ms in {totals['gpu_kernels']:.0f} launches; host {totals['cpu_ms']:.3f} ms",
+          file=sys.stderr, flush=True)
+    return {"top": rows, **totals}
+
+
+def capture_graph(step):
+    """`step` (forward + backward) captured as one CUDA graph after warm-up on a side stream (which
+    also runs the Triton autotuners outside the capture); returns its replay."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
 
 
 def attention_table(args) -> list[dict]:
@@ -229,7 +252,10 @@ def attention_table(args) -> list[dict]:
             if ("cama_flex" in kernel or (("_triton" in kernel or "_fused" in kernel) and not INTERPRETED)) and args.device != "cuda":
                 continue  # FlexAttention has no backward on CPU; Triton runs there only interpreted
             forward_only = kernel.endswith("_fwd")
-            variant = kernel.removesuffix("_fwd")
+            graphed = kernel.endswith("_graph")  # replayed as one CUDA graph: what launch overhead costs
+            if graphed and args.device != "cuda":
+                continue
+            variant = kernel.removesuffix("_fwd").removesuffix("_graph")
             if variant.startswith("cama_triton"):  # _nobias / _notablegrad: what the bias and its gradient cost
                 cama_triton_ablation.update(bias=not variant.endswith("_nobias"), table_grad=not variant.endswith("_notablegrad"),
                                             fast_log2=not variant.endswith("_exactlog2"))
@@ -269,11 +295,17 @@ def attention_table(args) -> list[dict]:
                     out = run_once(base, times, q, k, v, extra, args.tail, args.window)
                 if forward_only:
                     return
+                for leaf in leaves:  # as a training step after zero_grad: gradients assigned, not accumulated
+                    leaf.grad = None
                 out.backward(upstream)
 
+            leaves = [x for x in [q, k, v, *extra.get("profile", []), *extra.get("context", []), extra.get("scales"),
+                                  extra.get("bias_table")] if x is not None]
             if args.device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             try:
+                if graphed:
+                    step = capture_graph(step)
                 seconds = timer(step, args.repeats, 3, args.device)
             except torch.OutOfMemoryError:
                 rows.append({"kernel": kernel, "n": n, "batch": batch, "error": "out of memory"})

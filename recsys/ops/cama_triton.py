@@ -465,5 +465,15 @@ def cama_triton_attention(q: Tensor, k: Tensor, v: Tensor, k_context: Tensor, v_
     k, v = k.to(q.dtype), v.to(q.dtype)
     out, lse = _CamaEvents.apply(pad_head_dim(q, padded), pad_head_dim(k, padded), pad_head_dim(v, padded),
                                  table, meta, num_buckets, dim**-0.5, packed)
-    segment = meta.segment.long().view(q.shape[0], 1, -1, 1).expand(-1, q.shape[1], -1, dim)
-    return merge_extra_key(out[..., :dim], lse, q, k_context.gather(2, segment), v_context.gather(2, segment))
+    return merge_extra_key(out[..., :dim], lse, q, _per_query(k_context, meta.segment), _per_query(v_context, meta.segment))
+
+
+def _per_query(context: Tensor, segment: Tensor) -> Tensor:
+    """`[B, H, S, D]` context keys -> `[B, H, N, D]`, row n holding its segment's key. Not a gather:
+    its backward scatter-adds every query of a segment into the same few addresses (atomics on one
+    row: 77 ms at B·N = 65,536 on the H100). An expand (one segment) or a one-hot matmul reduce instead."""
+    batch, heads, segments, dim = context.shape
+    if segments == 1:
+        return context.expand(batch, heads, segment.shape[1], dim)
+    one_hot = torch.nn.functional.one_hot(segment.long(), segments).to(context.dtype).unsqueeze(1)  # [B, 1, N, S]
+    return torch.matmul(one_hot, context)
