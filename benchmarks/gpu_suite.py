@@ -436,6 +436,7 @@ def main() -> None:
     parser.add_argument("--skip-sparsectr-checks", action="store_true", help="correctness of the CamA kernels only (no compile)")
     parser.add_argument("--min-n", type=int, default=None, help="smallest n of the attention table")
     parser.add_argument("--max-n", type=int, default=None, help="largest n of the attention table")
+    parser.add_argument("--histories", default=None, help="comma-separated history lengths of the training table (default 1024,4096)")
     parser.add_argument("--profile", action="store_true", help="also profile each timed kernel: its top kernels by self time")
     parser.add_argument("--kernels", default="full_causal_sdpa,sparsectr_structural,sparsectr_structural_compiled,sparsectr_structural_triton,sparsectr_fused,cama,cama_flex,cama_triton")
     args = parser.parse_args()
@@ -447,7 +448,7 @@ def main() -> None:
     args.chunks, args.tail, args.window, args.dense_max_n = 16, 2, 64, (512 if quick else 4096)
     args.compile_ns = {256, 512} if quick else {2048, 8192}  # each shape compiles once: keep the suite short
     args.repeats, args.train_repeats, args.loader_batches = (2, 2, 2) if quick else (10, 10, 30)
-    args.histories = [64] if quick else [1024, 4096]
+    args.histories = [64] if quick else [int(h) for h in (args.histories or "1024,4096").split(",")]
     args.train_tokens = 4096 if quick else 262144
     args.d_model, args.model_heads, args.layers = (16, 2, 1) if quick else (256, 4, 4)
     args.workers = 0 if quick else 12
