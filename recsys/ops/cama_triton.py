@@ -451,6 +451,7 @@ class _CamaEvents(torch.autograd.Function):
 
 
 
+@torch.compiler.disable  # train.compile: inductor's build of these autotuned kernels fails; they run as they are
 def cama_triton_attention(q: Tensor, k: Tensor, v: Tensor, k_context: Tensor, v_context: Tensor, meta: CamaMeta, table: Tensor,
                           num_buckets: int, packed: bool = True) -> Tensor:
     """q, k, v `[B, H, N, D]` (event keys), k/v_context `[B, H, S, D]` (key s serves segment s),

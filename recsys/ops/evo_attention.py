@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from recsys.ops.temporal import bias_from_components, composite_temporal_bias, temporal_components
+from recsys.ops.temporal import _is_weekend, bias_from_components, composite_temporal_bias, temporal_components
 
 
 
@@ -96,6 +96,58 @@ def _with_previous_block(x: Tensor, block_dim: int) -> Tensor:
     return torch.cat([shifted, x], dim=block_dim + 1)
 
 
+class FusedTimes(NamedTuple):
+    """What the fused kernels read about time, built once per batch: int32 seconds since the row's
+    earliest real query (differences, not epochs, reach the kernels) and flag words, bit 1 real or
+    valid, bit 2 a weekend in local time. Queries `[B, T]`, their history part `[B, L]` (the local
+    kernel's keys too), chunk keys `[B, P]` and tail keys `[B, P·tail]` with the positions their
+    chunks end at."""
+
+    query_times: Tensor
+    query_flags: Tensor
+    history_times: Tensor
+    history_flags: Tensor
+    chunk_times: Tensor
+    chunk_end: Tensor
+    chunk_flags: Tensor
+    tail_times: Tensor
+    tail_end: Tensor
+    tail_flags: Tensor
+
+
+def _flag_words(real: Tensor, times: Tensor, utc_offset: int) -> Tensor:
+    return (real.to(torch.int32) + 2 * _is_weekend(times + utc_offset).to(torch.int32)).contiguous()
+
+
+def _relative(event_times: Tensor, real: Tensor, base: Tensor) -> Tensor:
+    return torch.where(real, event_times - base, torch.zeros_like(event_times)).to(torch.int32).contiguous()
+
+
+def fused_times(times: Tensor, history_real: Tensor, chunk_end: Tensor, chunk_valid: Tensor, tail_positions: Tensor, tail_valid: Tensor,
+                utc_offset: int) -> FusedTimes:
+    """`FusedTimes` of a batch: times `[B, T]` int64 (history then candidates), history_real `[B, L]`."""
+    batch, length = history_real.shape
+    query_real = torch.cat([history_real, torch.ones(batch, times.shape[1] - length, dtype=torch.bool, device=times.device)], dim=1)
+    # the earliest real time (padding stands in as the row's latest time; a row with nothing real keeps zeros)
+    latest = times.max(dim=1, keepdim=True).values
+    base = torch.where(query_real, times, latest).min(dim=1, keepdim=True).values
+
+    history_times = times[:, :length]
+    chunk_times = history_times.gather(1, (chunk_end - 1).clamp_min(0))
+    tail_times = history_times.gather(1, tail_positions)
+    tail = tail_positions.shape[1] // max(chunk_end.shape[1], 1)
+    return FusedTimes(_relative(times, query_real, base), _flag_words(query_real, times, utc_offset),
+                      _relative(history_times, history_real, base), _flag_words(history_real, history_times, utc_offset),
+                      _relative(chunk_times, chunk_valid, base), chunk_end.to(torch.int32).contiguous(), _flag_words(chunk_valid, chunk_times, utc_offset),
+                      _relative(tail_times, tail_valid, base), chunk_end.repeat_interleave(tail, dim=1).to(torch.int32).contiguous(),
+                      _flag_words(tail_valid, tail_times, utc_offset))
+
+
+def _no_fused_times(device: torch.device) -> FusedTimes:
+    empty = torch.zeros(0, 0, dtype=torch.int32, device=device)
+    return FusedTimes(empty, empty, empty, empty, empty, empty, empty, empty, empty, empty)
+
+
 class EvoGeometry(NamedTuple):
     """What `evo_geometry` computes once per batch (a NamedTuple: typed, and safe in TorchScript)."""
 
@@ -113,6 +165,7 @@ class EvoGeometry(NamedTuple):
     chunk_end: Tensor  # [B, P]: the key layout the fused kernels read instead of the tensors above
     chunk_valid: Tensor  # [B, P]
     tail_valid: Tensor  # [B, P·tail]
+    fused_times: FusedTimes  # empty unless `fused=True`
 
 
 def evo_geometry(times: Tensor, chunk_id: Tensor, chunk_start: Tensor, chunk_end: Tensor, chunk_valid: Tensor, candidates: int,
@@ -161,8 +214,10 @@ def evo_geometry(times: Tensor, chunk_id: Tensor, chunk_start: Tensor, chunk_end
     candidate_valid = history_valid[:, start:].view(batch, 1, 1, -1)
     candidate_terms = temporal_components(t_cand, times[:, start:length], utc_offset, weekend_rule)
     candidate_self_terms = temporal_components(t_cand.unsqueeze(-1), t_cand.unsqueeze(-1), utc_offset, weekend_rule)
+    times_for_kernels = fused_times(times, history_valid, chunk_end, chunk_valid, positions, valid, utc_offset) if fused \
+        else _no_fused_times(times.device)
     return EvoGeometry(chunk_id, global_visible, global_terms, positions, tail_visible, tail_terms, local_visible, local_terms,
-                       candidate_valid, candidate_terms, candidate_self_terms, chunk_end, chunk_valid, valid)
+                       candidate_valid, candidate_terms, candidate_self_terms, chunk_end, chunk_valid, valid, times_for_kernels)
 
 
 def global_branch(q: Tensor, k_summary: Tensor, v_summary: Tensor, geometry: EvoGeometry, scales: Tensor) -> Tensor:
@@ -238,32 +293,28 @@ def evo_attend_fused(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profi
     `geometry` from `evo_geometry(..., fused=True)`. `keyed=False` keeps the structural global and
     transition branches (geometry from `fused=False`): what the keyed kernel gains, for benchmarks.
     CUDA, or Triton's interpreter in tests; not scriptable."""
-    from recsys.ops.evo_keyed_triton import keyed_attention_triton  # triton: a training-time dependency only
-    from recsys.ops.evo_local_triton import local_history_triton
+    from recsys.ops.evo_keyed_triton import keyed_attention_prepared  # triton: a training-time dependency only
+    from recsys.ops.evo_local_triton import local_history_prepared
 
     length, num_chunks = geometry.chunk_id.shape[1], geometry.chunk_end.shape[1]
-    tail = geometry.tail_positions.shape[1] // max(num_chunks, 1)
-    history_real = geometry.chunk_id > 0
-    query_real = torch.cat([history_real, history_real.new_ones(history_real.shape[0], q.shape[2] - length)], dim=1)
-    history_times = times[:, :length]
-
-    def attend_keys(keys: Tensor, values: Tensor, key_times: Tensor, key_end: Tensor, key_valid: Tensor) -> Tensor:
-        return keyed_attention_triton(q, keys, values, times, query_real, length, key_times, key_end, key_valid, scales, utc_offset,
-                                      weekend_rule)
-
-    history = local_history_triton(q[:, :, :length], k[:, :, :length], v[:, :, :length], k_profile, v_profile, history_times,
-                                   history_real, window, scales, utc_offset, weekend_rule)
+    if geometry.fused_times.query_times.numel() == 0:  # a geometry built with fused=False (keyed=False benchmarks)
+        geometry = geometry._replace(fused_times=fused_times(times, geometry.chunk_id > 0, geometry.chunk_end, geometry.chunk_valid,
+                                                             geometry.tail_positions, geometry.tail_valid, utc_offset))
+    timing = geometry.fused_times
+    history = local_history_prepared(q[:, :, :length], k[:, :, :length], v[:, :, :length], k_profile, v_profile, timing.history_times,
+                                     timing.history_flags, window, scales, weekend_rule)
     local = history if q.shape[2] == length else torch.cat(
         [history, _candidate_local(q, k, v, k_profile, v_profile, geometry, window, scales)], dim=2)
     if not keyed:
         return global_branch(q, k_summary, v_summary, geometry, scales), transition_branch(q, k, v, geometry, scales), local
-    chunk_times = history_times.gather(1, (geometry.chunk_end - 1).clamp_min(0))
-    global_out = attend_keys(chunk_summaries_matmul(k_summary[:, :, :length], geometry.chunk_id, num_chunks),
-                             chunk_summaries_matmul(v_summary[:, :, :length], geometry.chunk_id, num_chunks), chunk_times, geometry.chunk_end,
-                             geometry.chunk_valid)
+    global_out = keyed_attention_prepared(q, chunk_summaries_matmul(k_summary[:, :, :length], geometry.chunk_id, num_chunks),
+                                          chunk_summaries_matmul(v_summary[:, :, :length], geometry.chunk_id, num_chunks), timing.query_times,
+                                          timing.query_flags, length, timing.chunk_times, timing.chunk_end, timing.chunk_flags, scales,
+                                          weekend_rule)
     positions = geometry.tail_positions
-    transition_out = attend_keys(_gather_positions(k, positions), _gather_positions(v, positions), history_times.gather(1, positions),
-                                 geometry.chunk_end.repeat_interleave(tail, dim=1), geometry.tail_valid)
+    transition_out = keyed_attention_prepared(q, _gather_positions(k, positions), _gather_positions(v, positions), timing.query_times,
+                                              timing.query_flags, length, timing.tail_times, timing.tail_end, timing.tail_flags, scales,
+                                              weekend_rule)
     return global_out, transition_out, local
 
 

@@ -193,19 +193,28 @@ class _LocalHistory(torch.autograd.Function):
                 None, None, None, None, None)
 
 
+@torch.compiler.disable  # train.compile: inductor's build of these autotuned kernels fails; they run as they are
+def local_history_prepared(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, times: Tensor, flags: Tensor, window: int,
+                           scales: Tensor, weekend_rule: int) -> Tensor:
+    """`local_history_triton` with the batch's int32 times and flag words (bit 1 real, bit 2 weekend)
+    already built (`recsys.ops.evo_attention.FusedTimes`)."""
+    if not q.is_cuda and not INTERPRETED:
+        raise RuntimeError("the fused local kernel runs on CUDA (on the CPU only under TRITON_INTERPRET=1); use attention 'structural'")
+    dim = q.shape[-1]
+    padded = padded_head_dim(dim)
+    q, k, v, k_profile, v_profile = (pad_head_dim(x.to(q.dtype), padded) for x in (q, k, v, k_profile, v_profile))
+    out = _LocalHistory.apply(q, k, v, k_profile, v_profile, scales, times, flags, window, weekend_rule, 1.0 / math.sqrt(dim))
+    return out[..., :dim]
+
+
 def local_history_triton(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, times: Tensor, real: Tensor,
                          window: int, scales: Tensor, utc_offset: int, weekend_rule: int) -> Tensor:
     """The local branch's history queries: q, k, v `[B, H, L, D]`, profile k/v `[B, H, 1, D]`, times
     `[B, L]` int64 (time-sorted, left-padded), real `[B, L]` bool, scales `[3, H]` -> `[B, H, L, D]`,
     equal to `local_branch` on the history positions."""
-    if not q.is_cuda and not INTERPRETED:
-        raise RuntimeError("the fused local kernel runs on CUDA (on the CPU only under TRITON_INTERPRET=1); use attention 'structural'")
-    dim = q.shape[-1]
-    base = torch.where(real, times, torch.full_like(times, torch.iinfo(torch.int64).max)).min(dim=1, keepdim=True).values
-    relative = torch.where(real, times - torch.where(base == torch.iinfo(torch.int64).max, torch.zeros_like(base), base), torch.zeros_like(times))
+    far = torch.iinfo(torch.int64).max
+    base = torch.where(real, times, torch.full_like(times, far)).min(dim=1, keepdim=True).values
+    relative = torch.where(real, times - torch.where(base == far, torch.zeros_like(base), base), torch.zeros_like(times))
     flags = real.int() * _REAL + _is_weekend(times + utc_offset).int() * _WEEKEND
-    padded = padded_head_dim(dim)
-    q, k, v, k_profile, v_profile = (pad_head_dim(x.to(q.dtype), padded) for x in (q, k, v, k_profile, v_profile))
-    out = _LocalHistory.apply(q, k, v, k_profile, v_profile, scales, relative.int().contiguous(), flags.int().contiguous(), window,
-                              weekend_rule, 1.0 / math.sqrt(dim))
-    return out[..., :dim]
+    return local_history_prepared(q, k, v, k_profile, v_profile, relative.int().contiguous(), flags.int().contiguous(), window, scales,
+                                  weekend_rule)
