@@ -384,7 +384,11 @@ def training_table(args) -> list[dict]:
             loader = make_loader(trainer._batches("train", phase), args.workers)
             with_loader = _train_rate(trainer, loader, phase, args.loader_batches, batch_size, args.device)
             rate = batch_size / step_seconds
+            if args.profile:  # where the resident step's time goes, as for the attention kernels
+                print(f"  profile {label} L={history}:", file=sys.stderr, flush=True)
+                step_profile = profile_step(lambda: trainer._train_step(resident, phase), args.device, top=25)
             rows.append({
+                **({"profile": step_profile} if args.profile else {}),
                 "model": label, "history": history, "batch": batch_size, "mean_history_resident": mean_length,
                 "samples_per_s_resident": rate, "samples_per_s_with_loader": with_loader, "samples_per_s_loader_alone": loader_rate,
                 "peak_gib": peak, "model_flops_per_sample": flops_per_sample,
