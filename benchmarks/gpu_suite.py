@@ -12,8 +12,10 @@ achieved TFLOP/s next to the measured bf16 matmul ceiling.
    CamA with its temporal bias (dense: n ≤ --dense-max-n; cama_flex; cama_triton). Suffixes:
    `_fwd` times the forward alone (against flash's forward), `cama_triton_nobias` /
    `cama_triton_notablegrad` switch the bias or its table gradient off, `cama_triton_exactlog2` uses
-   libdevice's log2 for the bucket instead of the SFU's (what each costs).
-   Useful FLOPs only: a causal query counts the keys it may see.
+   libdevice's log2 for the bucket instead of the SFU's (what each costs), `_graph` replays forward +
+   backward as one CUDA graph (what the host's launches cost). The backward takes a fixed random dO.
+   Useful FLOPs only: a causal query counts the keys it may see. `--profile`: top GPU kernels and
+   the GPU-kernel vs host totals of each row (and of each training step).
 4. Training step (embeddings + model + AdamW + embedding optimizer, bf16 autocast, unsharded tables)
    for sparsectr and grab at history 1,024 and 4,096: samples/s with the data loader in the loop,
    without it (one resident batch), the loader alone, peak memory and model FLOPs utilisation
@@ -442,7 +444,9 @@ def main() -> None:
     parser.add_argument("--max-n", type=int, default=None, help="largest n of the attention table")
     parser.add_argument("--histories", default=None, help="comma-separated history lengths of the training table (default 1024,4096)")
     parser.add_argument("--profile", action="store_true", help="also profile each timed kernel: its top kernels by self time")
-    parser.add_argument("--kernels", default="full_causal_sdpa,sparsectr_structural,sparsectr_structural_compiled,sparsectr_structural_triton,sparsectr_fused,cama,cama_flex,cama_triton")
+    parser.add_argument("--kernels", default="full_causal_sdpa,sparsectr_structural,sparsectr_structural_compiled,sparsectr_structural_triton,"
+                                              "sparsectr_fused,sparsectr_fused_graph,cama,cama_flex,cama_triton",
+                        help="attention rows; a name ending in _graph replays that kernel's forward + backward as one CUDA graph")
     args = parser.parse_args()
     quick = args.quick
     args.min_n, args.max_n = (256, 512) if quick else (args.min_n or 1024, args.max_n or 32768)
