@@ -346,8 +346,10 @@ def training_table(args) -> list[dict]:
     train_ids = dataset.split_indices("train")
     rows = []
     for label in args.train_models:
-        compile_blocks = label.endswith("+compile")  # e.g. sparsectr:triton+compile: train.compile on
-        model_name, _, attention = label.removesuffix("+compile").partition(":")
+        # e.g. sparsectr:triton+compile: train.compile on; +graphs: compile_mode reduce-overhead (CUDA graphs)
+        compile_mode = "reduce-overhead" if label.endswith("+graphs") else "default"
+        compile_blocks = label.endswith(("+compile", "+graphs"))
+        model_name, _, attention = label.removesuffix("+compile").removesuffix("+graphs").partition(":")
         for history in args.histories:
             tokens = args.train_tokens if model_name == "sparsectr" else args.train_tokens // 2
             batch_size = max(1, tokens // history)
@@ -356,7 +358,8 @@ def training_table(args) -> list[dict]:
                 "data": {"dataset": str(args.dataset), "batch_size": batch_size, "eval_batch_size": batch_size, "max_history": history,
                          "num_chunks": 16, "workers": args.workers, "order": "shuffle"},
                 "model": {"name": model_name, "options": options}, "sharding": {"enabled": False},
-                "train": {"epochs": 1, "device": args.device, "bf16": True, "seed": 0, "compile": compile_blocks},
+                "train": {"epochs": 1, "device": args.device, "bf16": True, "seed": 0, "compile": compile_blocks,
+                          "compile_mode": compile_mode},
                 "output_dir": tempfile.mkdtemp(prefix="gpu-suite-"),
             })
             trainer = Trainer(cfg, ctx)

@@ -165,10 +165,12 @@ def test_compiled_blocks_train_as_eager_and_export_the_plain_model(tmp_path, pre
         path = _config(tmp_path, prepared, name, 64, name)
         raw = yaml.safe_load(path.read_text())
         raw["sharding"] = {"enabled": False}
-        raw["train"].update({"max_steps": 8, "eval_every": None, "compile": compile_blocks})
+        # reduce-overhead: the GPU's CUDA-graph mode; on the CPU inductor compiles the same code without graphs
+        raw["train"].update({"max_steps": 8, "eval_every": None, "compile": compile_blocks, "compile_mode": "reduce-overhead"})
         path.write_text(yaml.safe_dump(raw))
         results[name] = _train(path, tmp_path / f"{name}.json")
     assert results["compiled"]["compiled_blocks"] == 1 and results["eager"]["compiled_blocks"] == 0
+    assert results["compiled"]["compile_mode"] == "reduce-overhead" and results["eager"]["compile_mode"] is None
     # The FLOP counter sees through the compiled blocks.
     assert results["compiled"]["forward_flops_per_sample"] == pytest.approx(results["eager"]["forward_flops_per_sample"], rel=1e-6)
     # Stated tolerance: inductor may reorder float sums; 8 steps from the same seed stay this close.

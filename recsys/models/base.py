@@ -64,7 +64,7 @@ class RankingModel(nn.Module):
     def score(self, embedded: EmbeddedBatch, inputs: SequenceInputs) -> ModelOutput:
         raise TypeError(f"{type(self).__name__} must define score()")
 
-    def compile_blocks(self) -> int:
+    def compile_blocks(self, mode: str = "default") -> int:
         """`torch.compile` each encoder block in place (`nn.Module.compile`: the parameters and the
         state-dict keys stay as they are, so checkpoints and export see the plain model). Returns the
         number of blocks; a model without encoder blocks (the pooled baselines) refuses."""
@@ -72,7 +72,7 @@ class RankingModel(nn.Module):
         if not isinstance(blocks, nn.ModuleList) or len(blocks) == 0:
             raise ValueError(f"train.compile: {type(self).__name__} has no encoder blocks to compile")
         for block in blocks:
-            block.compile()
+            block.compile(mode=mode)
         return len(blocks)
 
     def dense_parameters(self):

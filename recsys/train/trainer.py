@@ -93,7 +93,7 @@ class Trainer:
         seed_everything(cfg.train.seed)
         model = build_model(cfg.model.name, self.dataset.metadata, cfg.model.options)
         self.analytic_flops_per_sample = analytic_forward_flops(model, self.max_history, 1, self.num_chunks)
-        self.compiled_blocks = model.compile_blocks() if cfg.train.compile else 0
+        self.compiled_blocks = model.compile_blocks(cfg.train.compile_mode) if cfg.train.compile else 0
         self.parameter_counts = {
             "dense": sum(p.numel() for p in model.dense_parameters()),
             "embedding": sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in model.dense_parameters()),
@@ -362,6 +362,7 @@ def run_training(cfg: TrainConfig, metrics_out: Optional[Path] = None, resume: b
             "train_flops": 3.0 * trainer.analytic_flops_per_sample * trainer.samples_seen,
             "world_size": ctx.world_size,
             "compiled_blocks": trainer.compiled_blocks,
+            "compile_mode": trainer.cfg.train.compile_mode if trainer.compiled_blocks else None,
         }
         if ctx.is_main:
             tracker.log_metrics({f"test_{k}": v for k, v in test.items()}
