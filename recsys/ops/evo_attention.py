@@ -297,6 +297,9 @@ def evo_attend_fused(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profi
     from recsys.ops.evo_local_triton import local_history_prepared
 
     length, num_chunks = geometry.chunk_id.shape[1], geometry.chunk_end.shape[1]
+    # The kernels read contiguous [B, H, T, D]; the model's heads are transposed views of one
+    # projection. One copy here instead of one per kernel call (q feeds three).
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     if geometry.fused_times.query_times.numel() == 0:  # a geometry built with fused=False (keyed=False benchmarks)
         geometry = geometry._replace(fused_times=fused_times(times, geometry.chunk_id > 0, geometry.chunk_end, geometry.chunk_valid,
                                                              geometry.tail_positions, geometry.tail_valid, utc_offset))
