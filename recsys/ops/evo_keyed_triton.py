@@ -27,11 +27,9 @@ import triton.language as tl
 from torch import Tensor
 
 from recsys.ops.evo_bias_triton import accumulate_key_gradients, add_scale_gradients, composite_terms, load_scales
-from recsys.ops.temporal import _is_weekend
 from recsys.ops.triton_tiles import (INTERPRETED, backward_row_term, finish_rows, load_backward_rows, load_tile,
                                      online_softmax_step, pad_head_dim, padded_head_dim, program_block, store_tile, tile_configs)
 
-_VALID, _WEEKEND = 1, 2
 _QUERIES_PER_SPLIT = 1024  # dK/dV: queries one program walks for its key block
 
 
@@ -205,8 +203,11 @@ class _KeyedAttention(torch.autograd.Function):
 @torch.compiler.disable  # train.compile: inductor's build of these autotuned kernels fails; they run as they are
 def keyed_attention_prepared(q: Tensor, k: Tensor, v: Tensor, query_times: Tensor, query_flags: Tensor, history_length: int,
                              key_times: Tensor, key_end: Tensor, key_flags: Tensor, scales: Tensor, weekend_rule: int) -> Tensor:
-    """`keyed_attention_triton` with the batch's int32 times and flag words already built
-    (`recsys.ops.evo_attention.FusedTimes`: once per batch, not once per layer and branch)."""
+    """q `[B, H, T, D]` (history then candidates), keys k/v `[B, H, K, D]`, scales `[3, H]` ->
+    `[B, H, T, D]`: equal to `evo_attention._attend` with the visibility `key valid & (key_end <= position)`
+    (candidates at position `history_length`) and the composite bias of the time differences. Times
+    and flag words (bit 1 valid, bit 2 weekend) as `recsys.ops.evo_attention.FusedTimes` holds them,
+    built once per batch."""
     if not q.is_cuda and not INTERPRETED:
         raise RuntimeError("the fused keyed kernel runs on CUDA (on the CPU only under TRITON_INTERPRET=1); use attention 'structural'")
     dim = q.shape[-1]
@@ -214,22 +215,3 @@ def keyed_attention_prepared(q: Tensor, k: Tensor, v: Tensor, query_times: Tenso
     out = _KeyedAttention.apply(pad_head_dim(q, padded), pad_head_dim(k.to(q.dtype), padded), pad_head_dim(v.to(q.dtype), padded), scales,
                                 query_times, query_flags, key_times, key_end, key_flags, history_length, weekend_rule, 1.0 / math.sqrt(dim))
     return out[..., :dim]
-
-
-def keyed_attention_triton(q: Tensor, k: Tensor, v: Tensor, query_times: Tensor, query_real: Tensor, history_length: int, key_times: Tensor,
-                           key_end: Tensor, key_valid: Tensor, scales: Tensor, utc_offset: int, weekend_rule: int) -> Tensor:
-    """q `[B, H, T, D]` (history then candidates), keys k/v `[B, H, K, D]`; query_times `[B, T]` int64
-    and query_real `[B, T]` bool; key_times / key_end `[B, K]` int64, key_valid `[B, K]` bool; scales
-    `[3, H]` -> `[B, H, T, D]`: equal to `_attend` with the visibility `key_valid & (key_end <= position)`
-    (candidates at position `history_length`) and the composite bias of the time differences."""
-    far = torch.iinfo(torch.int64).max
-    base = torch.where(query_real, query_times, torch.full_like(query_times, far)).min(dim=1, keepdim=True).values
-    base = torch.where(base == far, torch.zeros_like(base), base)
-
-    def relative(times: Tensor, real: Tensor) -> Tensor:
-        return torch.where(real, times - base, torch.zeros_like(times)).int().contiguous()
-
-    query_flags = (_is_weekend(query_times + utc_offset).int() * _WEEKEND).contiguous()
-    key_flags = (key_valid.int() * _VALID + _is_weekend(key_times + utc_offset).int() * _WEEKEND).contiguous()
-    return keyed_attention_prepared(q, k, v, relative(query_times, query_real), query_flags, history_length, relative(key_times, key_valid),
-                                    key_end.int().contiguous(), key_flags, scales, weekend_rule)
