@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from recsys.ops.chunking import personalized_chunks
-from recsys.ops.evo_attention import chunk_summaries, chunk_summaries_matmul
+from recsys.ops.evo_attention import chunk_membership, chunk_summaries, chunk_summaries_matmul
 from recsys.ops.triton_tiles import backward_row_term, backward_row_term_reference
 
 
@@ -34,7 +34,7 @@ def test_chunk_means_by_matmul_equal_scatter_add_with_gradients(dtype, tolerance
 
     expected = chunk_summaries(values, chunk_id, chunks)
     (expected_grad,) = torch.autograd.grad((expected.float() * upstream.float()).sum(), values)
-    got = chunk_summaries_matmul(values, chunk_id, chunks)
+    got = chunk_summaries_matmul(values, chunk_membership(chunk_id, chunks))
     (got_grad,) = torch.autograd.grad((got.float() * upstream.float()).sum(), values)
 
     assert got.dtype == dtype

@@ -39,16 +39,19 @@ def chunk_summaries(values: Tensor, chunk_id: Tensor, num_chunks: int) -> Tensor
     return (sums / counts.clamp_min(1.0).view(batch, 1, num_chunks + 1, 1))[:, :, 1:].to(values.dtype)
 
 
-def chunk_summaries_matmul(values: Tensor, chunk_id: Tensor, num_chunks: int) -> Tensor:
-    """`chunk_summaries` as one batched matmul with the `[B, P, L]` chunk membership (the fused path):
-    the tensor cores accumulate in float32, and neither direction materialises a float32 copy or an
-    int64 index of `values`, as scatter_add and its gather backward do. Membership weights are exact
-    ones; the sum is rounded once to `values.dtype` before the division."""
-    chunk_numbers = torch.arange(1, num_chunks + 1, device=chunk_id.device).view(1, -1, 1)
-    membership = chunk_id.unsqueeze(1) == chunk_numbers  # [B, P, L]
+def chunk_membership(chunk_id: Tensor, num_chunks: int) -> Tensor:
+    """`[B, P, L]` bool: event l belongs to chunk p (chunk ids 1..P; 0 is padding)."""
+    return chunk_id.unsqueeze(1) == torch.arange(1, num_chunks + 1, device=chunk_id.device).view(1, -1, 1)
+
+
+def chunk_summaries_matmul(values: Tensor, membership: Tensor) -> Tensor:
+    """`chunk_summaries` as one batched matmul with the chunk membership (`chunk_membership`, built
+    once per layer for k and v): the tensor cores accumulate in float32, and neither direction
+    materialises a float32 copy or an int64 index of `values`, as scatter_add and its gather backward
+    do. Membership weights are exact ones; the sum is rounded once to `values.dtype` before the division."""
     counts = membership.sum(-1).clamp_min(1).to(values.dtype)
     sums = torch.matmul(membership.to(values.dtype).unsqueeze(1), values)  # [B, H, P, D]
-    return sums / counts.view(counts.shape[0], 1, num_chunks, 1)
+    return sums / counts.view(counts.shape[0], 1, counts.shape[1], 1)
 
 
 def tail_positions(chunk_start: Tensor, chunk_end: Tensor, chunk_valid: Tensor, tail: int) -> Tuple[Tensor, Tensor]:
@@ -115,12 +118,21 @@ class FusedTimes(NamedTuple):
     tail_flags: Tensor
 
 
-def _flag_words(real: Tensor, times: Tensor, utc_offset: int) -> Tensor:
+def flag_words(real: Tensor, times: Tensor, utc_offset: int) -> Tensor:
+    """int32 words the fused kernels read: bit 1 real (or valid), bit 2 a weekend in local time."""
     return (real.to(torch.int32) + 2 * _is_weekend(times + utc_offset).to(torch.int32)).contiguous()
 
 
-def _relative(event_times: Tensor, real: Tensor, base: Tensor) -> Tensor:
+def relative_int32(event_times: Tensor, real: Tensor, base: Tensor) -> Tensor:
+    """int32 seconds since `base` `[B, 1]` (0 where not real): differences, not epochs, reach the kernels."""
     return torch.where(real, event_times - base, torch.zeros_like(event_times)).to(torch.int32).contiguous()
+
+
+def earliest_real_time(times: Tensor, real: Tensor) -> Tensor:
+    """`[B, 1]`: each row's earliest real time (padding stands in as the row's latest time, so a row
+    with nothing real gets a base that only zeros are measured from)."""
+    latest = times.max(dim=1, keepdim=True).values
+    return torch.where(real, times, latest).min(dim=1, keepdim=True).values
 
 
 def fused_times(times: Tensor, history_real: Tensor, chunk_end: Tensor, chunk_valid: Tensor, tail_positions: Tensor, tail_valid: Tensor,
@@ -128,19 +140,17 @@ def fused_times(times: Tensor, history_real: Tensor, chunk_end: Tensor, chunk_va
     """`FusedTimes` of a batch: times `[B, T]` int64 (history then candidates), history_real `[B, L]`."""
     batch, length = history_real.shape
     query_real = torch.cat([history_real, torch.ones(batch, times.shape[1] - length, dtype=torch.bool, device=times.device)], dim=1)
-    # the earliest real time (padding stands in as the row's latest time; a row with nothing real keeps zeros)
-    latest = times.max(dim=1, keepdim=True).values
-    base = torch.where(query_real, times, latest).min(dim=1, keepdim=True).values
+    base = earliest_real_time(times, query_real)
 
     history_times = times[:, :length]
     chunk_times = history_times.gather(1, (chunk_end - 1).clamp_min(0))
     tail_times = history_times.gather(1, tail_positions)
     tail = tail_positions.shape[1] // max(chunk_end.shape[1], 1)
-    return FusedTimes(_relative(times, query_real, base), _flag_words(query_real, times, utc_offset),
-                      _relative(history_times, history_real, base), _flag_words(history_real, history_times, utc_offset),
-                      _relative(chunk_times, chunk_valid, base), chunk_end.to(torch.int32).contiguous(), _flag_words(chunk_valid, chunk_times, utc_offset),
-                      _relative(tail_times, tail_valid, base), chunk_end.repeat_interleave(tail, dim=1).to(torch.int32).contiguous(),
-                      _flag_words(tail_valid, tail_times, utc_offset))
+    return FusedTimes(relative_int32(times, query_real, base), flag_words(query_real, times, utc_offset),
+                      relative_int32(history_times, history_real, base), flag_words(history_real, history_times, utc_offset),
+                      relative_int32(chunk_times, chunk_valid, base), chunk_end.to(torch.int32).contiguous(), flag_words(chunk_valid, chunk_times, utc_offset),
+                      relative_int32(tail_times, tail_valid, base), chunk_end.repeat_interleave(tail, dim=1).to(torch.int32).contiguous(),
+                      flag_words(tail_valid, tail_times, utc_offset))
 
 
 def _no_fused_times(device: torch.device) -> FusedTimes:
@@ -310,8 +320,9 @@ def evo_attend_fused(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profi
         [history, _candidate_local(q, k, v, k_profile, v_profile, geometry, window, scales)], dim=2)
     if not keyed:
         return global_branch(q, k_summary, v_summary, geometry, scales), transition_branch(q, k, v, geometry, scales), local
-    global_out = keyed_attention_prepared(q, chunk_summaries_matmul(k_summary[:, :, :length], geometry.chunk_id, num_chunks),
-                                          chunk_summaries_matmul(v_summary[:, :, :length], geometry.chunk_id, num_chunks), timing.query_times,
+    membership = chunk_membership(geometry.chunk_id, num_chunks)
+    global_out = keyed_attention_prepared(q, chunk_summaries_matmul(k_summary[:, :, :length], membership),
+                                          chunk_summaries_matmul(v_summary[:, :, :length], membership), timing.query_times,
                                           timing.query_flags, length, timing.chunk_times, timing.chunk_end, timing.chunk_flags, scales,
                                           weekend_rule)
     positions = geometry.tail_positions

@@ -25,12 +25,10 @@ import triton.language as tl
 from torch import Tensor
 
 from recsys.ops.evo_bias_triton import accumulate_key_gradients, add_scale_gradients, composite_terms, load_scales
-from recsys.ops.temporal import _is_weekend
 from recsys.ops.triton_tiles import (INTERPRETED, backward_row_term, finish_rows, load_backward_rows, load_tile, online_softmax_step,
                                      pad_head_dim, padded_head_dim, profile_key_gradients, profile_key_start, program_block, store_tile,
                                      tile_configs)
 
-_REAL, _WEEKEND = 1, 2
 
 
 @triton.jit
@@ -211,10 +209,9 @@ def local_history_triton(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_p
                          window: int, scales: Tensor, utc_offset: int, weekend_rule: int) -> Tensor:
     """The local branch's history queries: q, k, v `[B, H, L, D]`, profile k/v `[B, H, 1, D]`, times
     `[B, L]` int64 (time-sorted, left-padded), real `[B, L]` bool, scales `[3, H]` -> `[B, H, L, D]`,
-    equal to `local_branch` on the history positions."""
-    far = torch.iinfo(torch.int64).max
-    base = torch.where(real, times, torch.full_like(times, far)).min(dim=1, keepdim=True).values
-    relative = torch.where(real, times - torch.where(base == far, torch.zeros_like(base), base), torch.zeros_like(times))
-    flags = real.int() * _REAL + _is_weekend(times + utc_offset).int() * _WEEKEND
-    return local_history_prepared(q, k, v, k_profile, v_profile, relative.int().contiguous(), flags.int().contiguous(), window, scales,
+    equal to `local_branch` on the history positions. Builds the time words as `fused_times` does."""
+    from recsys.ops.evo_attention import earliest_real_time, flag_words, relative_int32
+
+    relative = relative_int32(times, real, earliest_real_time(times, real))
+    return local_history_prepared(q, k, v, k_profile, v_profile, relative, flag_words(real, times, utc_offset), window, scales,
                                   weekend_rule)
