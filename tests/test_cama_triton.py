@@ -80,6 +80,69 @@ def test_fused_cama_equals_dense_cama_with_gradients(make_layout, dim):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4, msg=lambda m, name=name: f"grad of {name}: {m}")
 
 
+def _steady(generator: torch.Generator, batch=2, length=157, candidates=3):
+    """Long histories at a steady pace (1-120 s apart, a few 40,000 s session gaps), so that most key
+    tiles away from the diagonal span few buckets and take the kernels' threshold bias."""
+    gaps = torch.randint(1, 120, (batch, length), generator=generator)
+    gaps[:, torch.randint(0, length, (3,), generator=generator)] += 40_000
+    history_times = 1_700_000_000 + gaps.cumsum(1)
+    times = torch.cat([history_times, (history_times[:, -1:] + 30).expand(batch, candidates)], dim=1)
+    n = length + candidates
+    real = torch.ones(batch, n, dtype=torch.bool)
+    is_candidate = (torch.arange(n) >= length).view(1, -1).expand(batch, n)
+    actions = torch.where(is_candidate, 0, torch.randint(1, 4, (batch, n), generator=generator))
+    return torch.zeros(batch, n, dtype=torch.int64), torch.arange(n).expand(batch, n), times, real, is_candidate, actions, 1
+
+
+def _threshold_tiles(times: torch.Tensor, block_m: int, block_n: int, steps: int) -> int:
+    """How many off-diagonal (query block, key block) tiles span at most `steps` bucket edges."""
+    count = 0
+    for row in times:
+        for start_m in range(0, row.numel(), block_m):
+            t_i = row[start_m:start_m + block_m]
+            for start_n in range(0, start_m, block_n):
+                t_j = row[start_n:start_n + block_n]
+                low = log_bucket((t_i.min() - t_j.max()).clamp_min(1).view(1))
+                high = log_bucket((t_i.max() - t_j.min()).clamp_min(1).view(1))
+                count += int(high - low <= steps)
+    return count
+
+
+def test_threshold_bias_tiles_equal_dense_cama_with_gradients():
+    """The threshold path (bias without a per-pair log2 or gather, off the diagonal) equals the dense
+    CamA, table gradient included; the layout is checked to send tiles down that path."""
+    from recsys.ops import cama_triton
+
+    generator = torch.Generator().manual_seed(torch.seed() % 2**31)
+    layout = _steady(generator)
+    assert _threshold_tiles(layout[2], 32, 16, cama_triton.ABLATION["bias_steps"]) > 20
+    segment, position, times, real, is_candidate, actions, contexts = layout
+    batch, n = segment.shape
+    heads, buckets, dim = len(HEAD_GROUPS), 128, 16
+    leaves = [torch.randn(batch, heads, n, dim, generator=generator) for _ in range(3)]
+    leaves += [torch.randn(batch, heads, contexts, dim, generator=generator) for _ in range(2)]
+    leaves.append(torch.randn(buckets + 1, heads, generator=generator))
+    leaves = [x.requires_grad_() for x in leaves]
+    upstream = torch.randn(batch, heads, n, dim, generator=generator)
+    expected = _dense(*leaves, layout, buckets)
+    expected_grads = torch.autograd.grad((expected * upstream).sum(), leaves)
+    meta = cama_meta(segment, position, times, real, is_candidate, actions, *channel_bits(HEAD_GROUPS))
+    got = cama_triton_attention(*leaves[:5], meta, leaves[5], buckets, packed=False)
+    got_grads = torch.autograd.grad((got * upstream).sum(), leaves)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    for name, g, e in zip(("q", "k", "v", "k_context", "v_context", "bias_table"), got_grads, expected_grads):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4, msg=lambda m, name=name: f"grad of {name}: {m}")
+
+
+def test_bucket_thresholds_reproduce_log_bucket():
+    from recsys.ops.cama_triton import bucket_thresholds
+
+    thresholds = bucket_thresholds(128, torch.device("cpu")).long()
+    deltas = torch.cat([torch.arange(1, 100_000), torch.randint(100_000, 2**31 - 1, (100_000,))])
+    from_thresholds = (deltas[:, None] >= thresholds[None, :]).sum(1) - 1
+    assert torch.equal(from_thresholds, log_bucket(deltas, 128))
+
+
 def test_fused_cama_refuses_history_out_of_time_order():
     generator = torch.Generator().manual_seed(0)
     segment, position, times, real, is_candidate, actions, _ = _packed(generator)
