@@ -59,7 +59,11 @@ def _dense(q, k, v, k_context, v_context, table, layout, buckets):
 @pytest.mark.parametrize("make_layout,dim", [(_packed, 16), (_padded, 8)])
 def test_fused_cama_equals_dense_cama_with_gradients(make_layout, dim):
     generator = torch.Generator().manual_seed(torch.seed() % 2**31)
-    layout = make_layout(generator)
+    _assert_fused_equals_dense(make_layout(generator), dim, generator)
+
+
+def _assert_fused_equals_dense(layout, dim: int, generator: torch.Generator) -> None:
+    """Outputs and the gradients of q, k, v, context k/v and the bias table against `_dense`."""
     segment, position, times, real, is_candidate, actions, contexts = layout
     batch, n = segment.shape
     heads, buckets = len(HEAD_GROUPS), 128
@@ -116,22 +120,7 @@ def test_threshold_bias_tiles_equal_dense_cama_with_gradients():
     generator = torch.Generator().manual_seed(torch.seed() % 2**31)
     layout = _steady(generator)
     assert _threshold_tiles(layout[2], 32, 16, cama_triton.ABLATION["bias_steps"]) > 20
-    segment, position, times, real, is_candidate, actions, contexts = layout
-    batch, n = segment.shape
-    heads, buckets, dim = len(HEAD_GROUPS), 128, 16
-    leaves = [torch.randn(batch, heads, n, dim, generator=generator) for _ in range(3)]
-    leaves += [torch.randn(batch, heads, contexts, dim, generator=generator) for _ in range(2)]
-    leaves.append(torch.randn(buckets + 1, heads, generator=generator))
-    leaves = [x.requires_grad_() for x in leaves]
-    upstream = torch.randn(batch, heads, n, dim, generator=generator)
-    expected = _dense(*leaves, layout, buckets)
-    expected_grads = torch.autograd.grad((expected * upstream).sum(), leaves)
-    meta = cama_meta(segment, position, times, real, is_candidate, actions, *channel_bits(HEAD_GROUPS))
-    got = cama_triton_attention(*leaves[:5], meta, leaves[5], buckets, packed=False)
-    got_grads = torch.autograd.grad((got * upstream).sum(), leaves)
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
-    for name, g, e in zip(("q", "k", "v", "k_context", "v_context", "bias_table"), got_grads, expected_grads):
-        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4, msg=lambda m, name=name: f"grad of {name}: {m}")
+    _assert_fused_equals_dense(layout, 16, generator)
 
 
 def test_bucket_thresholds_reproduce_log_bucket():
