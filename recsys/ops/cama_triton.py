@@ -176,8 +176,8 @@ def _tile(q, k, offs_m, offs_n, t_i, seg_i, pos_i, candidate_i, t_j, seg_j, pos_
           H: tl.constexpr, NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr, qk_scale, PRECISION: tl.constexpr,
           DIAGONAL: tl.constexpr, BIAS: tl.constexpr, CONTENT: tl.constexpr, PACKED: tl.constexpr, FAST_LOG2: tl.constexpr,
           THRESH, FAR: tl.constexpr, STEPS: tl.constexpr):
-    """Scores of one tile in log2 units (bias included, -inf where the channel forbids the key), its
-    buckets (FAR: its Δ instead) and, FAR, its lowest bucket.
+    """Scores of one tile in log2 units (bias included, -inf where the channel forbids the key) and its
+    buckets (FAR: its Δ instead).
 
     FAR tiles (off the diagonal, at most STEPS bucket edges inside: the walks check it) take the bias
     through `_threshold_bias`; the others by bucket and table gather, which costs ~4x the tile's
@@ -200,7 +200,6 @@ def _tile(q, k, offs_m, offs_n, t_i, seg_i, pos_i, candidate_i, t_j, seg_j, pos_
     if PACKED:  # several users per row; a padded row holds one user and skips this test
         ok = ok & (seg_i[:, None] == seg_j[None, :])
     scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-    low = 0
     if BIAS:
         if FAR:
             bucket = t_i[:, None] - t_j[None, :]
@@ -211,7 +210,7 @@ def _tile(q, k, offs_m, offs_n, t_i, seg_i, pos_i, candidate_i, t_j, seg_j, pos_
             scores += tl.load(TABLE + bucket * H + h)
     else:  # ablation (benchmarks only): no temporal bias
         bucket = tl.zeros([1, 1], dtype=tl.int32)
-    return tl.where(ok, scores, float("-inf")), bucket, low
+    return tl.where(ok, scores, float("-inf")), bucket
 
 
 @triton.jit
@@ -266,7 +265,7 @@ def _key_tile_scores(start_n, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, 
     offs_n = start_n + tl.arange(0, BLOCK_N)
     cols = offs_n < N
     k, v, t_j, seg_j, pos_j, flags_j = _load_keys(K, V, base, offs_n, offs_d, D, cols, T_row, SEG_row, POS_row, FLAGS_row)
-    scores, _, _ = _tile(q, k, offs_m, offs_n, t_i, seg_i, pos_i, candidate_i, t_j, seg_j, pos_j, flags_j, TABLE, h, group_bit, N,
+    scores, _ = _tile(q, k, offs_m, offs_n, t_i, seg_i, pos_i, candidate_i, t_j, seg_j, pos_j, flags_j, TABLE, h, group_bit, N,
                          H, NUM_BUCKETS, BUCKET_SCALE, qk_scale, PRECISION, DIAGONAL, BIAS, CONTENT, PACKED, FAST_LOG2, THRESH, FAR, STEPS)
     return k, v, scores
 
@@ -364,7 +363,7 @@ def _dkdv_block(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n
         rows = offs_m < N
         q, do, lse, delta_row = load_backward_rows(Q, DO, LSE, DELTA, base, pid_bh.to(tl.int64) * N, offs_m, offs_d, D, rows)
         t_i, seg_i, pos_i, candidate_i = _query_meta(T_row, SEG_row, POS_row, FLAGS_row, offs_m, rows)
-        scores, bucket, _ = _tile(q, k, offs_m, offs_n, t_i, seg_i, pos_i, candidate_i, t_j, seg_j, pos_j, flags_j, TABLE, h, group_bit,
+        scores, bucket = _tile(q, k, offs_m, offs_n, t_i, seg_i, pos_i, candidate_i, t_j, seg_j, pos_j, flags_j, TABLE, h, group_bit,
                                     N, H, NUM_BUCKETS, BUCKET_SCALE, qk_scale, PRECISION, DIAGONAL, BIAS, CONTENT, PACKED, FAST_LOG2,
                                     THRESH, FAR, STEPS)
         p = tl.exp2(scores - lse[:, None])  # 0 at forbidden keys (-inf) and rows past N (lse +inf)
