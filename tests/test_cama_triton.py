@@ -119,7 +119,8 @@ def test_threshold_bias_tiles_equal_dense_cama_with_gradients():
 
     generator = torch.Generator().manual_seed(torch.seed() % 2**31)
     layout = _steady(generator)
-    assert _threshold_tiles(layout[2], 32, 16, cama_triton.ABLATION["bias_steps"]) > 20
+    # 40 off-diagonal tiles (two rows of 5 query blocks); 12-32 of them qualify over 150 seeds.
+    assert _threshold_tiles(layout[2], 32, 16, cama_triton.ABLATION["bias_steps"]) >= 8
     _assert_fused_equals_dense(layout, 16, generator)
 
 
