@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import sys
 from pathlib import Path
 
@@ -39,9 +37,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from recsys.ops import cama_triton  # noqa: E402
 from recsys.ops.temporal import LOG_BUCKET_PER_OCTAVE, log_bucket  # noqa: E402
+from recsys.ops.triton_tiles import INTERPRETED, LOG2E  # noqa: E402
 
-LOG2E = 1.4426950408889634
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @triton.jit
@@ -136,26 +133,6 @@ def _rung_forward(Q, K, V, TIMES, FLAGS, HEAD_GROUP, TABLE, THRESHOLDS, O, sm_sc
     tl.store(O + base + offs_m[:, None] * D + offs_d[None, :], out.to(O.dtype.element_ty), mask=rows[:, None])
 
 
-def bucket_thresholds(num_buckets: int) -> torch.Tensor:
-    """thresholds[v] = the smallest Δ >= 1 whose `log_bucket` is >= v (v = 0 .. num_buckets), int32,
-    capped at 2^31 - 1 for buckets no int32 Δ reaches."""
-    limit = 2**31 - 1
-    out = []
-    for value in range(num_buckets + 1):
-        low, high = 1, limit
-        if int(log_bucket(torch.tensor([limit]), num_buckets)) < value:
-            out.append(limit)
-            continue
-        while low < high:  # binary search on the monotone bucket
-            middle = (low + high) // 2
-            if int(log_bucket(torch.tensor([middle]), num_buckets)) >= value:
-                high = middle
-            else:
-                low = middle + 1
-        out.append(low)
-    return torch.tensor(out, dtype=torch.int32)
-
-
 def rung_inputs(batch: int, n: int, heads: int, dim: int, device: str, dtype: torch.dtype, table_scale: float = 0.01):
     generator = torch.Generator().manual_seed(0)
     gaps = torch.randint(1, 120, (batch, n), generator=generator)
@@ -166,7 +143,7 @@ def rung_inputs(batch: int, n: int, heads: int, dim: int, device: str, dtype: to
     head_group = torch.tensor([-1] * (heads // 2) + [3] * (heads - heads // 2), dtype=torch.int32)
     table = table_scale * torch.randn(129, heads, generator=generator) * LOG2E
     q, k, v = (torch.randn(batch, heads, n, dim, generator=generator).to(dtype) for _ in range(3))
-    return [x.to(device) for x in (q, k, v, times, flags, head_group, table, bucket_thresholds(128))]
+    return [x.to(device) for x in (q, k, v, times, flags, head_group, table, cama_triton.bucket_thresholds(128, torch.device(device)))]
 
 
 def run_rung(rung: int, inputs, block_m: int, block_n: int, warps: int, stages: int):
