@@ -12,8 +12,10 @@ achieved TFLOP/s next to the measured bf16 matmul ceiling.
    CamA with its temporal bias (dense: n ≤ --dense-max-n; cama_flex; cama_triton). Suffixes:
    `_fwd` times the forward alone (against flash's forward), `cama_triton_nobias` /
    `cama_triton_notablegrad` switch the bias or its table gradient off, `cama_triton_exactlog2` uses
-   libdevice's log2 for the bucket instead of the SFU's, `cama_triton_gather` takes every tile's bias
-   by bucket and table gather (no threshold path; what that path saves), `_graph` replays forward +
+   libdevice's log2 for the bucket instead of the SFU's, `cama_triton_threshold` takes the bias of
+   off-diagonal tiles spanning at most 6 bucket edges by threshold compares instead of the per-pair
+   log2 and table gather (faster until session 7 made the gather direct), `cama_triton_bucketmajor`
+   reads the bias table `[buckets, H]` row-major (what the head-major layout saves), `_graph` replays forward +
    backward as one CUDA graph (what the host's launches cost). The backward takes a fixed random dO.
    Useful FLOPs only: a causal query counts the keys it may see. `--profile`: top GPU kernels and
    the GPU-kernel vs host totals of each row (and of each training step).
@@ -58,7 +60,8 @@ from recsys.ops.evo_attention import evo_attend_fused, evo_branches, evo_branche
 from recsys.ops.temporal import LOG_BUCKET_PER_OCTAVE, log_bucket  # noqa: E402
 from recsys.ops.triton_tiles import INTERPRETED  # noqa: E402
 
-CAMA_BIAS_STEPS = cama_triton_ablation["bias_steps"]  # the default; `cama_triton_gather` sets 0 (every tile by table gather)
+CAMA_BIAS_STEPS = cama_triton_ablation["bias_steps"]  # the default (0: every tile by table gather)
+CAMA_THRESHOLD_STEPS = 6  # `cama_triton_threshold`: off-diagonal tiles spanning <= 6 bucket edges by thresholds
 NOMINAL_H100_BF16 = 989.4e12  # dense, SXM, without sparsity
 
 
@@ -263,7 +266,8 @@ def attention_table(args) -> list[dict]:
             if variant.startswith("cama_triton"):  # _nobias / _notablegrad: what the bias and its gradient cost
                 cama_triton_ablation.update(bias=not variant.endswith("_nobias"), table_grad=not variant.endswith("_notablegrad"),
                                             fast_log2=not variant.endswith("_exactlog2"),
-                                            bias_steps=0 if variant.endswith("_gather") else CAMA_BIAS_STEPS)
+                                            bias_steps=CAMA_THRESHOLD_STEPS if variant.endswith("_threshold") else CAMA_BIAS_STEPS,
+                                            table_layout="bucket_major" if variant.endswith("_bucketmajor") else "head_major")
             base = "sparsectr_structural" if variant == "sparsectr_fused" else variant.replace("_compiled", "").split("_flex")[0].split("_triton")[0]
             times, q, k, v, extra = make_inputs(base, batch, n, args.heads, args.head_dim, args.chunks, args.device, dtype,
                                                 dense_mask=variant == base)
@@ -324,7 +328,7 @@ def attention_table(args) -> list[dict]:
                 rows[-1]["profile"] = profile_step(step, args.device)
             print(f"  attention {kernel:<30} n={n:>6}: {seconds * 1e3:9.2f} ms", file=sys.stderr, flush=True)
             del times, q, k, v, extra, upstream
-            cama_triton_ablation.update(bias=True, table_grad=True, fast_log2=True, bias_steps=CAMA_BIAS_STEPS)
+            cama_triton_ablation.update(bias=True, table_grad=True, fast_log2=True, bias_steps=CAMA_BIAS_STEPS, table_layout="head_major")
         n *= 2
     flash = {(r["n"], r["kernel"].endswith("_fwd")): r["ms"] for r in rows if r["kernel"].startswith("full_causal_sdpa") and "ms" in r}
     for r in rows:

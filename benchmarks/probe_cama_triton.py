@@ -12,6 +12,17 @@ bias on and off) at the same configurations:
   4 + the temporal bias per pair: bucket by log2, table gather
   5 rung 3 + the bias through the tile's bucket range: comparisons of Δ against bucket thresholds
     (no log2, no gather per pair off the diagonal's few boundaries)
+  6 rung 4 with the SFU's lg2.approx (the production kernel's FAST_LOG2) instead of libdevice's log2
+  7 rung 6 with the table head-major (`[H, buckets]`: a head's entries in a few cache lines, where
+    `[buckets, H]` puts one per 32 bytes and a warp's gather touches up to 8x more lines)
+  8 rung 6 without the gather: the bias is a linear function of the bucket (what the log2 costs alone)
+  9 rung 3 with the keys' times and flags loaded one tile ahead (Triton pipelines only the loads that
+    feed a dot; these otherwise wait a global-memory latency every tile)
+ 10 rung 7 with the same prefetch
+ 11 rung 7 with the gather as one `ld.global.nc` per pair in registers (inline PTX): Triton's pipeliner
+    turns a 32-bit `tl.load` gather into 4-byte cp.async copies through shared memory and a layout
+    round trip per tile
+ 12 rung 7 with a volatile `tl.load` (which the pipeliner leaves alone)
 
 Prints a table (ms, x flash forward, registers, spill bytes) and writes JSON to --out.
 
@@ -39,12 +50,16 @@ from recsys.ops import cama_triton  # noqa: E402
 from recsys.ops.temporal import LOG_BUCKET_PER_OCTAVE, log_bucket  # noqa: E402
 from recsys.ops.triton_tiles import INTERPRETED, LOG2E  # noqa: E402
 
+INTERPRETED_JIT: tl.constexpr = tl.constexpr(INTERPRETED)
+LINEAR_STEP: tl.constexpr = tl.constexpr(0.01 * LOG2E)  # rung 8's bias per bucket, log2 units
+RUNGS = 13
+
 
 
 @triton.jit
-def _rung_tile(q, K, V, base, b, N, offs_m, t_i, start_n, group_bit, TIMES, FLAGS, TABLE, THRESHOLDS, h, qk_scale,
+def _rung_tile(q, K, V, base, b, N, offs_m, t_i, start_n, group_bit, TIMES, FLAGS, TABLE, TABLE_T, THRESHOLDS, h, qk_scale,
                H: tl.constexpr, D: tl.constexpr, NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr, RUNG: tl.constexpr,
-               BLOCK_N: tl.constexpr, DIAGONAL: tl.constexpr):
+               BLOCK_N: tl.constexpr, DIAGONAL: tl.constexpr, t_pre, flags_pre, PREFETCHED: tl.constexpr):
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D)
     if RUNG >= 1:
@@ -59,16 +74,35 @@ def _rung_tile(q, K, V, base, b, N, offs_m, t_i, start_n, group_bit, TIMES, FLAG
         return scores, v
     ok = (offs_m[:, None] >= offs_n[None, :]) | (not DIAGONAL)
     if RUNG >= 2:
-        flags_j = tl.load(FLAGS + b * N + offs_n, mask=offs_n < N, other=0)
+        if PREFETCHED:
+            flags_j = flags_pre
+        else:
+            flags_j = tl.load(FLAGS + b * N + offs_n, mask=offs_n < N, other=0)
         ok = ok & ((flags_j & 2) != 0)[None, :]
         if RUNG >= 3:
-            t_j = tl.load(TIMES + b * N + offs_n, mask=offs_n < N, other=0)
+            if PREFETCHED:
+                t_j = t_pre
+            else:
+                t_j = tl.load(TIMES + b * N + offs_n, mask=offs_n < N, other=0)
             if group_bit >= 0:
                 ok = ok & (((flags_j >> group_bit) & 1) != 0)[None, :] & (t_j[None, :] < t_i[:, None])
             delta = t_i[:, None] - t_j[None, :]
             if RUNG == 4:
                 bucket = tl.minimum(tl.log2(tl.maximum(delta, 1).to(tl.float32)) * BUCKET_SCALE, NUM_BUCKETS).to(tl.int32)
                 scores += tl.load(TABLE + bucket * H + h)
+            if RUNG >= 6:
+                fast = not INTERPRETED_JIT
+                bucket = cama_triton._bucket(delta, NUM_BUCKETS, BUCKET_SCALE, fast)
+                if RUNG == 6:
+                    scores += tl.load(TABLE + bucket * H + h)
+                if RUNG == 7:
+                    scores += tl.load(TABLE_T + h * (NUM_BUCKETS + 1) + bucket)
+                if RUNG == 11:
+                    scores += cama_triton._gather(TABLE_T + h * (NUM_BUCKETS + 1) + bucket, not INTERPRETED_JIT)
+                if RUNG == 12:
+                    scores += tl.load(TABLE_T + h * (NUM_BUCKETS + 1) + bucket, volatile=True)
+                if RUNG == 8:
+                    scores += bucket.to(tl.float32) * LINEAR_STEP
             if RUNG == 5:
                 # Buckets are monotone in Δ: the tile spans bucket(min Δ) .. bucket(max Δ).
                 low_delta = tl.maximum(tl.min(t_i, 0) - tl.max(t_j, 0), 1)
@@ -86,12 +120,22 @@ def _rung_tile(q, K, V, base, b, N, offs_m, t_i, start_n, group_bit, TIMES, FLAG
 
 
 @triton.jit
-def _rung_loop(acc, l_i, m_i, q, K, V, base, b, N, offs_m, t_i, lo, hi, group_bit, TIMES, FLAGS, TABLE, THRESHOLDS, h, qk_scale,
+def _rung_loop(acc, l_i, m_i, q, K, V, base, b, N, offs_m, t_i, lo, hi, group_bit, TIMES, FLAGS, TABLE, TABLE_T, THRESHOLDS, h, qk_scale,
                H: tl.constexpr, D: tl.constexpr, NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr, RUNG: tl.constexpr,
                BLOCK_N: tl.constexpr, DIAGONAL: tl.constexpr):
+    PREFETCHED: tl.constexpr = RUNG >= 9
+    TILE_RUNG: tl.constexpr = 3 if RUNG == 9 else (7 if RUNG == 10 else RUNG)
+    offs_next = lo + tl.arange(0, BLOCK_N)
+    t_pre = tl.load(TIMES + b * N + offs_next, mask=offs_next < N, other=0)
+    flags_pre = tl.load(FLAGS + b * N + offs_next, mask=offs_next < N, other=0)
     for start_n in range(lo, hi, BLOCK_N):
-        scores, v = _rung_tile(q, K, V, base, b, N, offs_m, t_i, start_n, group_bit, TIMES, FLAGS, TABLE, THRESHOLDS, h, qk_scale,
-                               H, D, NUM_BUCKETS, BUCKET_SCALE, RUNG, BLOCK_N, DIAGONAL)
+        t_j, flags_j = t_pre, flags_pre
+        if PREFETCHED:  # the next tile's, so their latency overlaps this tile's work
+            offs_next = start_n + BLOCK_N + tl.arange(0, BLOCK_N)
+            t_pre = tl.load(TIMES + b * N + offs_next, mask=offs_next < N, other=0)
+            flags_pre = tl.load(FLAGS + b * N + offs_next, mask=offs_next < N, other=0)
+        scores, v = _rung_tile(q, K, V, base, b, N, offs_m, t_i, start_n, group_bit, TIMES, FLAGS, TABLE, TABLE_T, THRESHOLDS, h, qk_scale,
+                               H, D, NUM_BUCKETS, BUCKET_SCALE, TILE_RUNG, BLOCK_N, DIAGONAL, t_j, flags_j, PREFETCHED)
         if RUNG >= 2:  # -inf-safe: a row may see no key in a tile (the channel masks)
             m_new = tl.maximum(m_i, tl.max(scores, 1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -108,7 +152,7 @@ def _rung_loop(acc, l_i, m_i, q, K, V, base, b, N, offs_m, t_i, lo, hi, group_bi
 
 
 @triton.jit
-def _rung_forward(Q, K, V, TIMES, FLAGS, HEAD_GROUP, TABLE, THRESHOLDS, O, sm_scale, N, H: tl.constexpr, D: tl.constexpr,
+def _rung_forward(Q, K, V, TIMES, FLAGS, HEAD_GROUP, TABLE, TABLE_T, THRESHOLDS, O, sm_scale, N, H: tl.constexpr, D: tl.constexpr,
                   NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr, RUNG: tl.constexpr, BLOCK_M: tl.constexpr,
                   BLOCK_N: tl.constexpr):
     start_m = tl.program_id(0) * BLOCK_M
@@ -125,10 +169,10 @@ def _rung_forward(Q, K, V, TIMES, FLAGS, HEAD_GROUP, TABLE, THRESHOLDS, O, sm_sc
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
-    acc, l_i, m_i = _rung_loop(acc, l_i, m_i, q, K, V, base, b, N, offs_m, t_i, 0, start_m, group_bit, TIMES, FLAGS, TABLE, THRESHOLDS,
+    acc, l_i, m_i = _rung_loop(acc, l_i, m_i, q, K, V, base, b, N, offs_m, t_i, 0, start_m, group_bit, TIMES, FLAGS, TABLE, TABLE_T, THRESHOLDS,
                                h, qk_scale, H, D, NUM_BUCKETS, BUCKET_SCALE, RUNG, BLOCK_N, False)
     acc, l_i, m_i = _rung_loop(acc, l_i, m_i, q, K, V, base, b, N, offs_m, t_i, start_m, tl.minimum(start_m + BLOCK_M, N), group_bit,
-                               TIMES, FLAGS, TABLE, THRESHOLDS, h, qk_scale, H, D, NUM_BUCKETS, BUCKET_SCALE, RUNG, BLOCK_N, True)
+                               TIMES, FLAGS, TABLE, TABLE_T, THRESHOLDS, h, qk_scale, H, D, NUM_BUCKETS, BUCKET_SCALE, RUNG, BLOCK_N, True)
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     tl.store(O + base + offs_m[:, None] * D + offs_d[None, :], out.to(O.dtype.element_ty), mask=rows[:, None])
 
@@ -143,22 +187,25 @@ def rung_inputs(batch: int, n: int, heads: int, dim: int, device: str, dtype: to
     head_group = torch.tensor([-1] * (heads // 2) + [3] * (heads - heads // 2), dtype=torch.int32)
     table = table_scale * torch.randn(129, heads, generator=generator) * LOG2E
     q, k, v = (torch.randn(batch, heads, n, dim, generator=generator).to(dtype) for _ in range(3))
-    return [x.to(device) for x in (q, k, v, times, flags, head_group, table, cama_triton.bucket_thresholds(128, torch.device(device)))]
+    return [x.to(device) for x in (q, k, v, times, flags, head_group, table, cama_triton.bucket_thresholds(128, torch.device(device)),
+                                   table.t().contiguous())]
 
 
 def run_rung(rung: int, inputs, block_m: int, block_n: int, warps: int, stages: int):
-    q, k, v, times, flags, head_group, table, thresholds = inputs
+    q, k, v, times, flags, head_group, table, thresholds, table_t = inputs
     batch, heads, n, dim = q.shape
     out = torch.empty_like(q)
     kernel = _rung_forward[(triton.cdiv(n, block_m), batch * heads)](
-        q, k, v, times, flags, head_group, table, thresholds, out, dim**-0.5, n, H=heads, D=dim, NUM_BUCKETS=128,
+        q, k, v, times, flags, head_group, table, table_t, thresholds, out, dim**-0.5, n, H=heads, D=dim, NUM_BUCKETS=128,
         BUCKET_SCALE=LOG_BUCKET_PER_OCTAVE, RUNG=rung, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
     return out, kernel
 
 
 def reference(rung: int, inputs) -> torch.Tensor:
     """What rung `rung` computes, densely in float32."""
-    q, k, v, times, flags, head_group, table, _ = inputs
+    q, k, v, times, flags, head_group, table = inputs[:7]
+    if rung == 8:
+        table = LINEAR_STEP * torch.arange(table.shape[0], device=q.device, dtype=torch.float32)[:, None].expand_as(table)
     n = q.shape[2]
     scores = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
     index = torch.arange(n, device=q.device)
@@ -172,7 +219,7 @@ def reference(rung: int, inputs) -> torch.Tensor:
         earlier = times[:, None, :, None] > times[:, None, None, :]
         action_ok = in_group[:, :, None, :] & earlier
         ok = ok & torch.where(action[None, :, None, None], action_ok, torch.ones_like(action_ok))
-    if rung >= 4:
+    if rung >= 4:  # 8: the linear table set above
         bucket = log_bucket((times[:, :, None] - times[:, None, :]).long(), 128)  # [B, N, N]
         scores = scores + (table / LOG2E)[bucket].permute(0, 3, 1, 2)
     scores = scores.masked_fill(~ok, float("-inf"))
@@ -182,12 +229,12 @@ def reference(rung: int, inputs) -> torch.Tensor:
 
 def check(device: str) -> None:
     inputs = rung_inputs(2, 256, 4, 16, device, torch.float32, table_scale=0.5)
-    for rung in range(6):
+    for rung in range(RUNGS):
         out, _ = run_rung(rung, inputs, 32, 16, 1, 1)
-        expected = reference(min(rung, 4), inputs)
+        expected = reference({8: 8, 9: 3}.get(rung, min(rung, 4)), inputs)
         error = float((out - expected).abs().max() / expected.abs().max())
         # Rung 1 changes no arithmetic; the others must differ from what the rung below computes.
-        below = {2: 1, 3: 2, 4: 3, 5: 3}.get(rung)
+        below = {2: 1, 3: 2, 4: 3, 5: 3, 6: 3, 7: 3, 8: 4, 9: 2, 10: 3, 11: 3, 12: 3}.get(rung)
         previous = float((out - reference(below, inputs)).abs().max() / expected.abs().max()) if below else 1.0
         print(f"rung {rung}: max rel error {error:.2e} (against the rung below: {previous:.2e})")
         assert error < 1e-4 < previous, rung
@@ -210,7 +257,7 @@ def backward_rows(n: int, batch: int, heads: int, dim: int, device: str, q, k, v
     print(f"flash backward {flash_backward_ms:.3f} ms", flush=True)
     out = torch.empty_like(q)
     lse = torch.empty(q.shape[:3], device=device, dtype=torch.float32)
-    common = dict(H=heads, D=dim, NUM_BUCKETS=128, BUCKET_SCALE=LOG_BUCKET_PER_OCTAVE, PRECISION="tf32", PACKED=False, FAST_LOG2=not INTERPRETED)
+    common = dict(H=heads, D=dim, TABLE_STRIDE=table32.stride(0), HEAD_STRIDE=table32.stride(1), NUM_BUCKETS=128, BUCKET_SCALE=LOG_BUCKET_PER_OCTAVE, PRECISION="tf32", PACKED=False, FAST_LOG2=not INTERPRETED)
     thresholds = cama_triton.bucket_thresholds(128, torch.device(device))
     cama_triton._cama_forward_kernel[lambda m: (triton.cdiv(n, m["BLOCK_M"]), batch * heads)](
         q, k, v, meta.times, meta.segment, meta.position, meta.flags, meta.block_start, meta.head_group, table32, thresholds, out, lse,
@@ -220,14 +267,17 @@ def backward_rows(n: int, batch: int, heads: int, dim: int, device: str, q, k, v
     for name, kernel, grid_block in (("dkdv", cama_triton._cama_dkdv_kernel, "BLOCK_N"), ("dq", cama_triton._cama_dq_kernel, "BLOCK_M")):
         for config in kernel.configs:
             tiles = config.kwargs
-            for bias, steps in [(False, 0)] + [(True, x) for x in step_values]:
+            variants = [(False, 0, False)] + [(True, x, True) for x in step_values]
+            if name == "dkdv":  # what the table gradient costs
+                variants += [(True, 0, False)]
+            for bias, steps, table_grad in variants:
                 def launch():
                     grid = (triton.cdiv(n, tiles[grid_block]), batch * heads)
                     if name == "dkdv":
                         dtable.zero_()
                         return kernel.fn[grid](q, k, v, upstream, lse, delta, meta.times, meta.segment, meta.position, meta.flags,
                                                meta.segment_end, meta.head_group, table32, thresholds, dk, dv, dtable, dim**-0.5, n, TABLE_BINS=256,
-                                               BIAS=bias, TABLE_GRAD=bias, STEPS=steps, **common, **tiles, num_warps=config.num_warps,
+                                               BIAS=bias, TABLE_GRAD=table_grad, STEPS=steps, **common, **tiles, num_warps=config.num_warps,
                                                num_stages=config.num_stages)
                     return kernel.fn[grid](q, k, v, upstream, lse, delta, meta.times, meta.segment, meta.position, meta.flags,
                                            meta.block_start, meta.head_group, table32, thresholds, dq, dim**-0.5, n, BIAS=bias, TABLE_GRAD=bias, STEPS=steps,
@@ -237,11 +287,11 @@ def backward_rows(n: int, batch: int, heads: int, dim: int, device: str, q, k, v
                     compiled = launch()
                     ms = timer(launch, 20, 3, device) * 1e3
                 except Exception as error:
-                    rows.append({"kernel": f"production {name} bias={bias} steps={steps}", "config": label, "error": str(error)[:200]})
+                    rows.append({"kernel": f"production {name} bias={bias} steps={steps} grad={table_grad}", "config": label, "error": str(error)[:200]})
                     continue
-                rows.append({"kernel": f"production {name} bias={bias} steps={steps}", "config": label, "ms": ms, "x_flash": ms / flash_backward_ms,
+                rows.append({"kernel": f"production {name} bias={bias} steps={steps} grad={table_grad}", "config": label, "ms": ms, "x_flash": ms / flash_backward_ms,
                              "registers": getattr(compiled, 'n_regs', None), "spills": getattr(compiled, 'n_spills', None)})
-                print(f"production {name} bias={bias} steps={steps} {label}: {ms:.3f} ms regs {getattr(compiled, 'n_regs', None)} spills {getattr(compiled, 'n_spills', None)}", flush=True)
+                print(f"production {name} bias={bias} steps={steps} grad={table_grad} {label}: {ms:.3f} ms regs {getattr(compiled, 'n_regs', None)} spills {getattr(compiled, 'n_spills', None)}", flush=True)
     return rows
 
 
@@ -275,10 +325,10 @@ def main() -> None:
 
     times64, cq, ck, cv, extra = make_inputs("cama", batch, args.n, heads, dim, 8, device, torch.bfloat16, dense_mask=False)
     meta = cama_triton_meta(times64, extra, device)
-    table32 = (extra["bias_table"].float() * LOG2E).contiguous()
+    table32 = cama_triton._kernel_table(extra["bias_table"])
     thresholds = cama_triton.bucket_thresholds(128, torch.device(device))
     for block_m, block_n, warps, stages in configs:
-        for rung in range(0 if args.skip_rungs else 6):
+        for rung in range(0 if args.skip_rungs else RUNGS):
             try:
                 _, compiled = run_rung(rung, inputs, block_m, block_n, warps, stages)
                 ms = timer(lambda: run_rung(rung, inputs, block_m, block_n, warps, stages), 20, 3, device) * 1e3
@@ -296,7 +346,8 @@ def main() -> None:
             def production():
                 return cama_triton._cama_forward_kernel.fn[(triton.cdiv(args.n, block_m), batch * heads)](
                     cq, ck, cv, meta.times, meta.segment, meta.position, meta.flags, meta.block_start, meta.head_group, table32,
-                    thresholds, out, lse, dim**-0.5, args.n, H=heads, D=dim, NUM_BUCKETS=128, BUCKET_SCALE=LOG_BUCKET_PER_OCTAVE,
+                    thresholds, out, lse, dim**-0.5, args.n, H=heads, D=dim, TABLE_STRIDE=table32.stride(0),
+                    HEAD_STRIDE=table32.stride(1), NUM_BUCKETS=128, BUCKET_SCALE=LOG_BUCKET_PER_OCTAVE,
                     PRECISION="tf32", BIAS=bias, TABLE_GRAD=bias, PACKED=False, FAST_LOG2=not INTERPRETED, STEPS=steps, BLOCK_M=block_m, BLOCK_N=block_n,
                     num_warps=warps, num_stages=stages)
             try:
@@ -312,10 +363,10 @@ def main() -> None:
     rows += backward_rows(args.n, batch, heads, dim, device, cq, ck, cv, meta, table32, flash_ms, [int(x) for x in args.steps.split(",")])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "probe_cama_triton.json").write_text(json.dumps({"n": args.n, "batch": batch, "rows": rows}, indent=2))
-    print(f"{'kernel':<24} {'config':<16} {'ms':>8} {'x flash':>8} {'regs':>5} {'spills':>6}")
+    print(f"{'kernel':<44} {'config':<16} {'ms':>8} {'x flash':>8} {'regs':>5} {'spills':>6}")
     for r in rows:
         config = "x".join(map(str, r.get("config", []))) or "-"
-        print(f"{r['kernel']:<24} {config:<16} {r.get('ms', float('nan')):>8.3f} {r.get('x_flash', 1.0):>8.2f} "
+        print(f"{r['kernel']:<44} {config:<16} {r.get('ms', float('nan')):>8.3f} {r.get('x_flash', 1.0):>8.2f} "
               f"{r.get('registers', '-')!s:>5} {r.get('spills', '-')!s:>6}")
 
 

@@ -1,5 +1,5 @@
-"""Helpers the fused kernels share equal their plain PyTorch twins: the backward's row term (Triton,
-interpreted here) and the chunk means by matmul that the fused SparseCTR path uses."""
+"""Helpers the fused kernels share equal their plain PyTorch twins: the backward's row term and the
+extra-key merge (Triton, interpreted here) and the chunk means by matmul that the fused SparseCTR path uses."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 from recsys.ops.chunking import personalized_chunks
 from recsys.ops.evo_attention import chunk_membership, chunk_summaries, chunk_summaries_matmul
-from recsys.ops.triton_tiles import backward_row_term, backward_row_term_reference
+from recsys.ops.triton_tiles import backward_row_term, backward_row_term_reference, merge_extra_key, merge_extra_key_reference
 
 
 @pytest.mark.parametrize("with_lse_grad", [False, True])
@@ -19,6 +19,33 @@ def test_row_term_kernel_equals_reference(with_lse_grad):
     grad_lse = torch.randn(shape[:-1], generator=generator) if with_lse_grad else None
     torch.testing.assert_close(backward_row_term(grad_out, out, grad_lse), backward_row_term_reference(grad_out, out, grad_lse),
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dim,expanded", [(16, True), (24, False)])
+def test_merge_extra_key_kernel_equals_reference_with_gradients(dim, expanded):
+    """One extra key per query merged through the log-sum-exp, forward and all five gradients; rows that
+    saw no key (lse -inf), a partial last block, a head dim that is not a power of two, and the extra
+    key/value as an expanded view (one per row, as CamA's single-segment context is) or full-size."""
+    generator = torch.Generator().manual_seed(torch.seed() % 2**31)
+    batch, heads, length = 2, 3, 37
+    out, q = (torch.randn(batch, heads, length, dim, generator=generator) for _ in range(2))
+    lse = torch.randn(batch, heads, length, generator=generator)
+    lse[0, 1, :5] = float("-inf")
+    if expanded:
+        k_source, v_source = (torch.randn(batch, heads, 1, dim, generator=generator) for _ in range(2))
+    else:
+        k_source, v_source = (torch.randn(batch, heads, length, dim, generator=generator) for _ in range(2))
+    upstream = torch.randn(batch, heads, length, dim, generator=generator)
+    results = []
+    for merge in (merge_extra_key, merge_extra_key_reference):
+        leaves = [x.clone().requires_grad_() for x in (out, lse, q, k_source, v_source)]
+        k_extra, v_extra = (x.expand(batch, heads, length, dim) for x in leaves[3:])
+        merged = merge(leaves[0], leaves[1], leaves[2], k_extra, v_extra)
+        merged.backward(upstream)
+        results.append([merged] + [x.grad for x in leaves])
+    assert results[0][0].abs().max() > 0 and results[0][2][0, 1, :5].abs().max() == 0  # no gradient into an empty row's lse
+    for fused, reference in zip(*results):
+        torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])

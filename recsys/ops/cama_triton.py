@@ -37,6 +37,7 @@ from recsys.ops.triton_tiles import (INTERPRETED, LOG2E, backward_row_term, fini
                                      online_softmax_step, pad_head_dim, padded_head_dim, program_block, store_tile, tile_configs)
 
 _REAL, _HISTORY, _CANDIDATE, _FIRST_GROUP_BIT = 1, 2, 4, 3
+DIRECT_GATHER: tl.constexpr = tl.constexpr(not INTERPRETED)  # inline PTX does not run in the interpreter
 
 
 class CamaMeta(NamedTuple):
@@ -131,6 +132,18 @@ def _log2(x, FAST_LOG2: tl.constexpr):
 
 
 @triton.jit
+def _gather(pointers, DIRECT: tl.constexpr):
+    """A per-pair table lookup. DIRECT: one `ld.global.nc` per element into the registers it is used
+    in. A plain 32-bit `tl.load` gather inside a loop is software-pipelined by Triton into 4-byte
+    cp.async copies to shared memory plus a layout round trip every tile, which made the bias cost
+    ~4x the tile's matmuls (benchmarks/probe_cama_triton.py, rungs 7 and 11)."""
+    if DIRECT:
+        return tl.inline_asm_elementwise("ld.global.nc.f32 $0, [$1];", "=r,l", [pointers], dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        return tl.load(pointers)
+
+
+@triton.jit
 def _bucket(delta, NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr, FAST_LOG2: tl.constexpr):
     """`log_bucket` on int32 time differences (any shape)."""
     # log2(max(Δ, 1)) >= 0, so truncation is the floor.
@@ -159,21 +172,21 @@ def _tile_buckets(t_i, rows, t_j, history_j, THRESH, NUM_BUCKETS: tl.constexpr, 
 
 
 @triton.jit
-def _threshold_bias(delta, low, TABLE, THRESH, h, H: tl.constexpr, NUM_BUCKETS: tl.constexpr, STEPS: tl.constexpr):
+def _threshold_bias(delta, low, TABLE, THRESH, TABLE_STRIDE: tl.constexpr, NUM_BUCKETS: tl.constexpr, STEPS: tl.constexpr):
     """The bias of a tile whose buckets lie in low .. low + STEPS, without a log2 or a table gather per
     pair: table[low] plus, per bucket edge crossed, the step to the next entry (Δ >= threshold)."""
-    previous = tl.load(TABLE + low * H + h)
+    previous = tl.load(TABLE + low * TABLE_STRIDE)
     bias = tl.zeros(delta.shape, dtype=tl.float32) + previous
     for step in tl.static_range(1, STEPS + 1):
-        value = tl.load(TABLE + tl.minimum(low + step, NUM_BUCKETS) * H + h)
+        value = tl.load(TABLE + tl.minimum(low + step, NUM_BUCKETS) * TABLE_STRIDE)
         bias += tl.where(delta >= tl.load(THRESH + low + step), value - previous, 0.0)
         previous = value
     return bias
 
 
 @triton.jit
-def _tile(q, k, offs_m, offs_n, t_i, seg_i, pos_i, candidate_i, t_j, seg_j, pos_j, flags_j, TABLE, h, group_bit, N,
-          H: tl.constexpr, NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr, qk_scale, PRECISION: tl.constexpr,
+def _tile(q, k, offs_m, offs_n, t_i, seg_i, pos_i, candidate_i, t_j, seg_j, pos_j, flags_j, TABLE, group_bit, N,
+          TABLE_STRIDE: tl.constexpr, NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr, qk_scale, PRECISION: tl.constexpr,
           DIAGONAL: tl.constexpr, BIAS: tl.constexpr, CONTENT: tl.constexpr, PACKED: tl.constexpr, FAST_LOG2: tl.constexpr,
           THRESH, FAR: tl.constexpr, STEPS: tl.constexpr):
     """Scores of one tile in log2 units (bias included, -inf where the channel forbids the key) and its
@@ -204,10 +217,10 @@ def _tile(q, k, offs_m, offs_n, t_i, seg_i, pos_i, candidate_i, t_j, seg_j, pos_
         if FAR:
             bucket = t_i[:, None] - t_j[None, :]
             low, _ = _tile_buckets(t_i, offs_m < N, t_j, history_j, THRESH, NUM_BUCKETS, BUCKET_SCALE, FAST_LOG2)
-            scores += _threshold_bias(bucket, low, TABLE, THRESH, h, H, NUM_BUCKETS, STEPS)
+            scores += _threshold_bias(bucket, low, TABLE, THRESH, TABLE_STRIDE, NUM_BUCKETS, STEPS)
         else:
             bucket = _bucket(t_i[:, None] - t_j[None, :], NUM_BUCKETS, BUCKET_SCALE, FAST_LOG2)
-            scores += tl.load(TABLE + bucket * H + h)
+            scores += _gather(TABLE + bucket * TABLE_STRIDE, DIRECT_GATHER)
     else:  # ablation (benchmarks only): no temporal bias
         bucket = tl.zeros([1, 1], dtype=tl.int32)
     return tl.where(ok, scores, float("-inf")), bucket
@@ -257,7 +270,7 @@ def _far_keys_end(t_i, rows, T_row, FLAGS_row, N, lo, hi, THRESH, NUM_BUCKETS: t
 
 @triton.jit
 def _key_tile_scores(start_n, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row, FLAGS_row,
-                     TABLE, h, group_bit, qk_scale, N, H: tl.constexpr, D: tl.constexpr, NUM_BUCKETS: tl.constexpr,
+                     TABLE, group_bit, qk_scale, N, TABLE_STRIDE: tl.constexpr, D: tl.constexpr, NUM_BUCKETS: tl.constexpr,
                      BUCKET_SCALE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, DIAGONAL: tl.constexpr,
                      BIAS: tl.constexpr, CONTENT: tl.constexpr, PACKED: tl.constexpr, FAST_LOG2: tl.constexpr,
                      THRESH, FAR: tl.constexpr, STEPS: tl.constexpr):
@@ -265,21 +278,21 @@ def _key_tile_scores(start_n, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, 
     offs_n = start_n + tl.arange(0, BLOCK_N)
     cols = offs_n < N
     k, v, t_j, seg_j, pos_j, flags_j = _load_keys(K, V, base, offs_n, offs_d, D, cols, T_row, SEG_row, POS_row, FLAGS_row)
-    scores, _ = _tile(q, k, offs_m, offs_n, t_i, seg_i, pos_i, candidate_i, t_j, seg_j, pos_j, flags_j, TABLE, h, group_bit, N,
-                         H, NUM_BUCKETS, BUCKET_SCALE, qk_scale, PRECISION, DIAGONAL, BIAS, CONTENT, PACKED, FAST_LOG2, THRESH, FAR, STEPS)
+    scores, _ = _tile(q, k, offs_m, offs_n, t_i, seg_i, pos_i, candidate_i, t_j, seg_j, pos_j, flags_j, TABLE, group_bit, N,
+                         TABLE_STRIDE, NUM_BUCKETS, BUCKET_SCALE, qk_scale, PRECISION, DIAGONAL, BIAS, CONTENT, PACKED, FAST_LOG2, THRESH, FAR, STEPS)
     return k, v, scores
 
 
 @triton.jit
 def _forward_block(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
-                   FLAGS_row, TABLE, h, group_bit, sm_scale, N, lo, hi, H: tl.constexpr, D: tl.constexpr,
+                   FLAGS_row, TABLE, group_bit, sm_scale, N, lo, hi, TABLE_STRIDE: tl.constexpr, D: tl.constexpr,
                    NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
                    DIAGONAL: tl.constexpr, BIAS: tl.constexpr, CONTENT: tl.constexpr, PACKED: tl.constexpr, FAST_LOG2: tl.constexpr,
                    THRESH, FAR: tl.constexpr, STEPS: tl.constexpr):
     qk_scale = sm_scale * 1.4426950408889634
     for start_n in range(lo, hi, BLOCK_N):
         k, v, scores = _key_tile_scores(start_n, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row,
-                                        POS_row, FLAGS_row, TABLE, h, group_bit, qk_scale, N, H, D, NUM_BUCKETS, BUCKET_SCALE,
+                                        POS_row, FLAGS_row, TABLE, group_bit, qk_scale, N, TABLE_STRIDE, D, NUM_BUCKETS, BUCKET_SCALE,
                                         PRECISION, BLOCK_N, DIAGONAL, BIAS, CONTENT, PACKED, FAST_LOG2,
                                         THRESH, FAR, STEPS)
         acc, l_i, m_i = online_softmax_step(acc, l_i, m_i, scores, v, PRECISION)
@@ -288,7 +301,7 @@ def _forward_block(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos
 
 @triton.jit
 def _forward_walk(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row, FLAGS_row,
-                  TABLE, h, group_bit, sm_scale, N, lo, start_m, diagonal_lo, diagonal_hi, H: tl.constexpr, D: tl.constexpr,
+                  TABLE, group_bit, sm_scale, N, lo, start_m, diagonal_lo, diagonal_hi, TABLE_STRIDE: tl.constexpr, D: tl.constexpr,
                   NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
                   BIAS: tl.constexpr, CONTENT: tl.constexpr, PACKED: tl.constexpr, FAST_LOG2: tl.constexpr, THRESH, STEPS: tl.constexpr):
     """A query block's key blocks: those before it (`lo` .. `start_m`; threshold bias up to `far_end`),
@@ -296,13 +309,13 @@ def _forward_walk(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_
     far_end = _far_keys_end(t_i, offs_m < N, T_row, FLAGS_row, N, lo, start_m, THRESH, NUM_BUCKETS, BUCKET_SCALE, FAST_LOG2, BIAS,
                             STEPS, BLOCK_N)
     acc, l_i, m_i = _forward_block(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
-                                   FLAGS_row, TABLE, h, group_bit, sm_scale, N, lo, far_end, H, D, NUM_BUCKETS, BUCKET_SCALE, PRECISION,
+                                   FLAGS_row, TABLE, group_bit, sm_scale, N, lo, far_end, TABLE_STRIDE, D, NUM_BUCKETS, BUCKET_SCALE, PRECISION,
                                    BLOCK_N, False, BIAS, CONTENT, PACKED, FAST_LOG2, THRESH, True, STEPS)
     acc, l_i, m_i = _forward_block(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
-                                   FLAGS_row, TABLE, h, group_bit, sm_scale, N, far_end, start_m, H, D, NUM_BUCKETS, BUCKET_SCALE, PRECISION,
+                                   FLAGS_row, TABLE, group_bit, sm_scale, N, far_end, start_m, TABLE_STRIDE, D, NUM_BUCKETS, BUCKET_SCALE, PRECISION,
                                    BLOCK_N, False, BIAS, CONTENT, PACKED, FAST_LOG2, THRESH, False, STEPS)
     return _forward_block(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
-                          FLAGS_row, TABLE, h, group_bit, sm_scale, N, diagonal_lo, diagonal_hi, H, D, NUM_BUCKETS, BUCKET_SCALE, PRECISION,
+                          FLAGS_row, TABLE, group_bit, sm_scale, N, diagonal_lo, diagonal_hi, TABLE_STRIDE, D, NUM_BUCKETS, BUCKET_SCALE, PRECISION,
                           BLOCK_N, True, BIAS, CONTENT, PACKED, FAST_LOG2, THRESH, False, STEPS)
 
 
@@ -318,7 +331,7 @@ _KEY_MAJOR = tile_configs([(64, 64, 4, 3), (32, 64, 4, 3), (16, 64, 4, 3)], inte
 @triton.autotune(configs=_QUERY_MAJOR, key=["N", "D", "H", "BIAS", "PACKED", "STEPS"])
 @triton.jit
 def _cama_forward_kernel(Q, K, V, T, SEG, POS, FLAGS, START, HEAD_GROUP, TABLE, THRESH, O, LSE, sm_scale, N,
-                         H: tl.constexpr, D: tl.constexpr, NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr,
+                         H: tl.constexpr, D: tl.constexpr, TABLE_STRIDE: tl.constexpr, HEAD_STRIDE: tl.constexpr, NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr,
                          PRECISION: tl.constexpr, BIAS: tl.constexpr, TABLE_GRAD: tl.constexpr, PACKED: tl.constexpr, FAST_LOG2: tl.constexpr,
                          STEPS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     b, h, pid_bh, start_m, offs_m, offs_d, rows, base = program_block(BLOCK_M, H, N, D)
@@ -326,6 +339,7 @@ def _cama_forward_kernel(Q, K, V, T, SEG, POS, FLAGS, START, HEAD_GROUP, TABLE, 
     T_row, SEG_row, POS_row, FLAGS_row = T + b * N, SEG + b * N, POS + b * N, FLAGS + b * N
     t_i, seg_i, pos_i, candidate_i = _query_meta(T_row, SEG_row, POS_row, FLAGS_row, offs_m, rows)
     group_bit = tl.load(HEAD_GROUP + h)
+    TABLE += h * HEAD_STRIDE  # this head's entries, TABLE_STRIDE apart
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -336,11 +350,11 @@ def _cama_forward_kernel(Q, K, V, T, SEG, POS, FLAGS, START, HEAD_GROUP, TABLE, 
     # One branch per program, outside the loops: the channel is a compile-time constant inside them.
     if group_bit < 0:
         acc, l_i, m_i = _forward_walk(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
-                                      FLAGS_row, TABLE, h, group_bit, sm_scale, N, lo, start_m, diagonal_lo, diagonal_hi, H, D, NUM_BUCKETS,
+                                      FLAGS_row, TABLE, group_bit, sm_scale, N, lo, start_m, diagonal_lo, diagonal_hi, TABLE_STRIDE, D, NUM_BUCKETS,
                                       BUCKET_SCALE, PRECISION, BLOCK_N, BIAS, True, PACKED, FAST_LOG2, THRESH, STEPS)
     else:
         acc, l_i, m_i = _forward_walk(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
-                                      FLAGS_row, TABLE, h, group_bit, sm_scale, N, lo, start_m, diagonal_lo, diagonal_hi, H, D, NUM_BUCKETS,
+                                      FLAGS_row, TABLE, group_bit, sm_scale, N, lo, start_m, diagonal_lo, diagonal_hi, TABLE_STRIDE, D, NUM_BUCKETS,
                                       BUCKET_SCALE, PRECISION, BLOCK_N, BIAS, False, PACKED, FAST_LOG2, THRESH, STEPS)
     out, lse = finish_rows(acc, l_i, m_i)
     store_tile(O, base, offs_m, offs_d, D, rows, out)
@@ -349,7 +363,7 @@ def _cama_forward_kernel(Q, K, V, T, SEG, POS, FLAGS, START, HEAD_GROUP, TABLE, 
 
 @triton.jit
 def _dkdv_block(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n, offs_d, t_j, seg_j, pos_j, flags_j,
-                T_row, SEG_row, POS_row, FLAGS_row, TABLE, h, group_bit, sm_scale, N, lo, hi, H: tl.constexpr, D: tl.constexpr,
+                T_row, SEG_row, POS_row, FLAGS_row, TABLE, group_bit, sm_scale, N, lo, hi, TABLE_STRIDE: tl.constexpr, D: tl.constexpr,
                 NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr, TABLE_BINS: tl.constexpr, PRECISION: tl.constexpr,
                 BLOCK_M: tl.constexpr, DIAGONAL: tl.constexpr, BIAS: tl.constexpr, TABLE_GRAD: tl.constexpr, CONTENT: tl.constexpr,
                 PACKED: tl.constexpr, FAST_LOG2: tl.constexpr, THRESH, FAR: tl.constexpr, STEPS: tl.constexpr):
@@ -358,13 +372,18 @@ def _dkdv_block(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n
     real_j = (flags_j & 1) != 0
     t_j_low = tl.min(tl.where(real_j, t_j, 2147483647), 0)
     t_j_high = tl.max(tl.where(real_j, t_j, -2147483647), 0)
+    # Off the diagonal, successive query blocks mostly share their lowest bucket (log buckets widen with
+    # Δ): its score gradients are summed per row (within each warp) into `run_rows` until the bucket
+    # changes, and only then reduced across the block into the histogram.
+    run_rows = tl.zeros([BLOCK_M], dtype=tl.float32)
+    run_bucket = -1
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         rows = offs_m < N
         q, do, lse, delta_row = load_backward_rows(Q, DO, LSE, DELTA, base, pid_bh.to(tl.int64) * N, offs_m, offs_d, D, rows)
         t_i, seg_i, pos_i, candidate_i = _query_meta(T_row, SEG_row, POS_row, FLAGS_row, offs_m, rows)
-        scores, bucket = _tile(q, k, offs_m, offs_n, t_i, seg_i, pos_i, candidate_i, t_j, seg_j, pos_j, flags_j, TABLE, h, group_bit,
-                                    N, H, NUM_BUCKETS, BUCKET_SCALE, qk_scale, PRECISION, DIAGONAL, BIAS, CONTENT, PACKED, FAST_LOG2,
+        scores, bucket = _tile(q, k, offs_m, offs_n, t_i, seg_i, pos_i, candidate_i, t_j, seg_j, pos_j, flags_j, TABLE, group_bit,
+                                    N, TABLE_STRIDE, NUM_BUCKETS, BUCKET_SCALE, qk_scale, PRECISION, DIAGONAL, BIAS, CONTENT, PACKED, FAST_LOG2,
                                     THRESH, FAR, STEPS)
         p = tl.exp2(scores - lse[:, None])  # 0 at forbidden keys (-inf) and rows past N (lse +inf)
         dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
@@ -375,15 +394,29 @@ def _dkdv_block(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n
             # Buckets are monotone in Δ: the tile spans bucket(min Δ) .. bucket(max Δ), a few values off the diagonal.
             low = _bucket(tl.min(tl.where(rows, t_i, 2147483647), 0) - t_j_high, NUM_BUCKETS, BUCKET_SCALE, FAST_LOG2)
             high = _bucket(tl.max(tl.where(rows, t_i, -2147483647), 0) - t_j_low, NUM_BUCKETS, BUCKET_SCALE, FAST_LOG2)
-            for value in range(low, high + 1):
-                total = tl.sum(tl.sum(tl.where(bucket == value, ds, 0.0), axis=1), axis=0)
-                histogram += tl.where(bins == value, total, 0.0)
+            if DIAGONAL:
+                first = low
+            else:
+                if low != run_bucket:
+                    histogram += tl.where(bins == run_bucket, tl.sum(run_rows, 0), 0.0)
+                    run_rows = tl.zeros([BLOCK_M], dtype=tl.float32)
+                    run_bucket = low
+                run_rows += tl.sum(tl.where(bucket == low, ds, 0.0), axis=1)
+                first = low + 1
+            # Inside an `if`: a bare nested loop makes Triton skip software-pipelining the walk's
+            # q/dO loads (no cp.async at all; benchmarks/kernel_resources.py).
+            if high >= first:
+                for value in range(first, high + 1):
+                    total = tl.sum(tl.sum(tl.where(bucket == value, ds, 0.0), axis=1), axis=0)
+                    histogram += tl.where(bins == value, total, 0.0)
+    if TABLE_GRAD:
+        histogram += tl.where(bins == run_bucket, tl.sum(run_rows, 0), 0.0)
     return dk, dv, histogram
 
 
 @triton.jit
 def _dkdv_walk(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n, offs_d, t_j, seg_j, pos_j, flags_j, T_row, SEG_row,
-               POS_row, FLAGS_row, TABLE, h, group_bit, sm_scale, N, start_n, diagonal_end, hi, H: tl.constexpr, D: tl.constexpr,
+               POS_row, FLAGS_row, TABLE, group_bit, sm_scale, N, start_n, diagonal_end, hi, TABLE_STRIDE: tl.constexpr, D: tl.constexpr,
                NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr, TABLE_BINS: tl.constexpr, PRECISION: tl.constexpr,
                BLOCK_M: tl.constexpr, BIAS: tl.constexpr, TABLE_GRAD: tl.constexpr, CONTENT: tl.constexpr, PACKED: tl.constexpr,
                FAST_LOG2: tl.constexpr, THRESH, STEPS: tl.constexpr):
@@ -392,11 +425,11 @@ def _dkdv_walk(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n,
     Every tile takes its bias by bucket and gather here: the threshold path with its table gradient
     (STEPS + 1 tile-wide sums per tile) measured slower, 9.1 against 5.9 ms at n = 4,096 on the H100."""
     dk, dv, histogram = _dkdv_block(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n, offs_d, t_j, seg_j, pos_j, flags_j,
-                                    T_row, SEG_row, POS_row, FLAGS_row, TABLE, h, group_bit, sm_scale, N, start_n, diagonal_end, H, D,
+                                    T_row, SEG_row, POS_row, FLAGS_row, TABLE, group_bit, sm_scale, N, start_n, diagonal_end, TABLE_STRIDE, D,
                                     NUM_BUCKETS, BUCKET_SCALE, TABLE_BINS, PRECISION, BLOCK_M, True, BIAS, TABLE_GRAD, CONTENT, PACKED, FAST_LOG2,
                                     THRESH, False, STEPS)
     return _dkdv_block(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n, offs_d, t_j, seg_j, pos_j, flags_j,
-                       T_row, SEG_row, POS_row, FLAGS_row, TABLE, h, group_bit, sm_scale, N, diagonal_end, hi, H, D,
+                       T_row, SEG_row, POS_row, FLAGS_row, TABLE, group_bit, sm_scale, N, diagonal_end, hi, TABLE_STRIDE, D,
                        NUM_BUCKETS, BUCKET_SCALE, TABLE_BINS, PRECISION, BLOCK_M, False, BIAS, TABLE_GRAD, CONTENT, PACKED, FAST_LOG2,
                        THRESH, False, STEPS)
 
@@ -404,7 +437,7 @@ def _dkdv_walk(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n,
 @triton.autotune(configs=_KEY_MAJOR, key=["N", "D", "H", "BIAS", "TABLE_GRAD", "PACKED", "STEPS"], reset_to_zero=["DTABLE"])
 @triton.jit
 def _cama_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, SEG, POS, FLAGS, END, HEAD_GROUP, TABLE, THRESH, DK, DV, DTABLE, sm_scale, N,
-                      H: tl.constexpr, D: tl.constexpr, NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr, TABLE_BINS: tl.constexpr,
+                      H: tl.constexpr, D: tl.constexpr, TABLE_STRIDE: tl.constexpr, HEAD_STRIDE: tl.constexpr, NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr, TABLE_BINS: tl.constexpr,
                       PRECISION: tl.constexpr, BIAS: tl.constexpr, TABLE_GRAD: tl.constexpr, PACKED: tl.constexpr, FAST_LOG2: tl.constexpr, STEPS: tl.constexpr, BLOCK_M: tl.constexpr,
                       BLOCK_N: tl.constexpr):
     """One key block per program: walks the query blocks that can see it; dK, dV and the bias histogram."""
@@ -412,6 +445,7 @@ def _cama_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, SEG, POS, FLAGS, END, HEAD_GRO
     T_row, SEG_row, POS_row, FLAGS_row = T + b * N, SEG + b * N, POS + b * N, FLAGS + b * N
     k, v, t_j, seg_j, pos_j, flags_j = _load_keys(K, V, base, offs_n, offs_d, D, cols, T_row, SEG_row, POS_row, FLAGS_row)
     group_bit = tl.load(HEAD_GROUP + h)
+    TABLE += h * HEAD_STRIDE  # this head's entries, TABLE_STRIDE apart
     dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, D], dtype=tl.float32)
     histogram = tl.zeros([TABLE_BINS], dtype=tl.float32)
@@ -420,28 +454,28 @@ def _cama_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, SEG, POS, FLAGS, END, HEAD_GRO
     diagonal_end = tl.minimum(start_n + BLOCK_N, hi)
     if group_bit < 0:
         dk, dv, histogram = _dkdv_walk(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n, offs_d, t_j, seg_j, pos_j, flags_j,
-                                       T_row, SEG_row, POS_row, FLAGS_row, TABLE, h, group_bit, sm_scale, N, start_n, diagonal_end, hi, H, D,
+                                       T_row, SEG_row, POS_row, FLAGS_row, TABLE, group_bit, sm_scale, N, start_n, diagonal_end, hi, TABLE_STRIDE, D,
                                        NUM_BUCKETS, BUCKET_SCALE, TABLE_BINS, PRECISION, BLOCK_M, BIAS, TABLE_GRAD, True, PACKED, FAST_LOG2, THRESH, STEPS)
     else:
         dk, dv, histogram = _dkdv_walk(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n, offs_d, t_j, seg_j, pos_j, flags_j,
-                                       T_row, SEG_row, POS_row, FLAGS_row, TABLE, h, group_bit, sm_scale, N, start_n, diagonal_end, hi, H, D,
+                                       T_row, SEG_row, POS_row, FLAGS_row, TABLE, group_bit, sm_scale, N, start_n, diagonal_end, hi, TABLE_STRIDE, D,
                                        NUM_BUCKETS, BUCKET_SCALE, TABLE_BINS, PRECISION, BLOCK_M, BIAS, TABLE_GRAD, False, PACKED, FAST_LOG2, THRESH, STEPS)
     store_tile(DK, base, offs_n, offs_d, D, cols, dk * sm_scale)
     store_tile(DV, base, offs_n, offs_d, D, cols, dv)
     if TABLE_GRAD:
         bins = tl.arange(0, TABLE_BINS)
-        tl.atomic_add(DTABLE + bins * H + h, histogram, mask=bins <= NUM_BUCKETS)
+        tl.atomic_add(DTABLE + h * HEAD_STRIDE + bins * TABLE_STRIDE, histogram, mask=bins <= NUM_BUCKETS)
 
 
 @triton.jit
 def _dq_block(dq, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
-              FLAGS_row, TABLE, h, group_bit, sm_scale, N, lo, hi, H: tl.constexpr, D: tl.constexpr, NUM_BUCKETS: tl.constexpr,
+              FLAGS_row, TABLE, group_bit, sm_scale, N, lo, hi, TABLE_STRIDE: tl.constexpr, D: tl.constexpr, NUM_BUCKETS: tl.constexpr,
               BUCKET_SCALE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, DIAGONAL: tl.constexpr, BIAS: tl.constexpr,
               CONTENT: tl.constexpr, PACKED: tl.constexpr, FAST_LOG2: tl.constexpr, THRESH, FAR: tl.constexpr, STEPS: tl.constexpr):
     qk_scale = sm_scale * 1.4426950408889634
     for start_n in range(lo, hi, BLOCK_N):
         k, v, scores = _key_tile_scores(start_n, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row,
-                                        POS_row, FLAGS_row, TABLE, h, group_bit, qk_scale, N, H, D, NUM_BUCKETS, BUCKET_SCALE,
+                                        POS_row, FLAGS_row, TABLE, group_bit, qk_scale, N, TABLE_STRIDE, D, NUM_BUCKETS, BUCKET_SCALE,
                                         PRECISION, BLOCK_N, DIAGONAL, BIAS, CONTENT, PACKED, FAST_LOG2,
                                         THRESH, FAR, STEPS)
         p = tl.exp2(scores - lse[:, None])
@@ -453,27 +487,27 @@ def _dq_block(dq, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, seg_i,
 
 @triton.jit
 def _dq_walk(dq, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row, FLAGS_row,
-             TABLE, h, group_bit, sm_scale, N, lo, start_m, diagonal_lo, diagonal_hi, H: tl.constexpr, D: tl.constexpr,
+             TABLE, group_bit, sm_scale, N, lo, start_m, diagonal_lo, diagonal_hi, TABLE_STRIDE: tl.constexpr, D: tl.constexpr,
              NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BIAS: tl.constexpr,
              CONTENT: tl.constexpr, PACKED: tl.constexpr, FAST_LOG2: tl.constexpr, THRESH, STEPS: tl.constexpr):
     """As `_forward_walk`, for dQ."""
     far_end = _far_keys_end(t_i, offs_m < N, T_row, FLAGS_row, N, lo, start_m, THRESH, NUM_BUCKETS, BUCKET_SCALE, FAST_LOG2, BIAS,
                             STEPS, BLOCK_N)
     dq = _dq_block(dq, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
-                   FLAGS_row, TABLE, h, group_bit, sm_scale, N, lo, far_end, H, D, NUM_BUCKETS, BUCKET_SCALE, PRECISION, BLOCK_N,
+                   FLAGS_row, TABLE, group_bit, sm_scale, N, lo, far_end, TABLE_STRIDE, D, NUM_BUCKETS, BUCKET_SCALE, PRECISION, BLOCK_N,
                    False, BIAS, CONTENT, PACKED, FAST_LOG2, THRESH, True, STEPS)
     dq = _dq_block(dq, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
-                   FLAGS_row, TABLE, h, group_bit, sm_scale, N, far_end, start_m, H, D, NUM_BUCKETS, BUCKET_SCALE, PRECISION, BLOCK_N,
+                   FLAGS_row, TABLE, group_bit, sm_scale, N, far_end, start_m, TABLE_STRIDE, D, NUM_BUCKETS, BUCKET_SCALE, PRECISION, BLOCK_N,
                    False, BIAS, CONTENT, PACKED, FAST_LOG2, THRESH, False, STEPS)
     return _dq_block(dq, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
-                     FLAGS_row, TABLE, h, group_bit, sm_scale, N, diagonal_lo, diagonal_hi, H, D, NUM_BUCKETS, BUCKET_SCALE, PRECISION,
+                     FLAGS_row, TABLE, group_bit, sm_scale, N, diagonal_lo, diagonal_hi, TABLE_STRIDE, D, NUM_BUCKETS, BUCKET_SCALE, PRECISION,
                      BLOCK_N, True, BIAS, CONTENT, PACKED, FAST_LOG2, THRESH, False, STEPS)
 
 
 @triton.autotune(configs=_QUERY_MAJOR, key=["N", "D", "H", "BIAS", "PACKED", "STEPS"])
 @triton.jit
 def _cama_dq_kernel(Q, K, V, DO, LSE, DELTA, T, SEG, POS, FLAGS, START, HEAD_GROUP, TABLE, THRESH, DQ, sm_scale, N,
-                    H: tl.constexpr, D: tl.constexpr, NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr,
+                    H: tl.constexpr, D: tl.constexpr, TABLE_STRIDE: tl.constexpr, HEAD_STRIDE: tl.constexpr, NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr,
                     PRECISION: tl.constexpr, BIAS: tl.constexpr, TABLE_GRAD: tl.constexpr, PACKED: tl.constexpr, FAST_LOG2: tl.constexpr, STEPS: tl.constexpr, BLOCK_M: tl.constexpr,
                     BLOCK_N: tl.constexpr):
     b, h, pid_bh, start_m, offs_m, offs_d, rows, base = program_block(BLOCK_M, H, N, D)
@@ -481,24 +515,25 @@ def _cama_dq_kernel(Q, K, V, DO, LSE, DELTA, T, SEG, POS, FLAGS, START, HEAD_GRO
     T_row, SEG_row, POS_row, FLAGS_row = T + b * N, SEG + b * N, POS + b * N, FLAGS + b * N
     t_i, seg_i, pos_i, candidate_i = _query_meta(T_row, SEG_row, POS_row, FLAGS_row, offs_m, rows)
     group_bit = tl.load(HEAD_GROUP + h)
+    TABLE += h * HEAD_STRIDE  # this head's entries, TABLE_STRIDE apart
     dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     lo = tl.minimum(tl.load(START + b * N + start_m) // BLOCK_N * BLOCK_N, start_m)
     diagonal_lo = tl.maximum(lo, start_m)
     diagonal_hi = tl.minimum(start_m + BLOCK_M, N)
     if group_bit < 0:
         dq = _dq_walk(dq, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
-                      FLAGS_row, TABLE, h, group_bit, sm_scale, N, lo, start_m, diagonal_lo, diagonal_hi, H, D, NUM_BUCKETS, BUCKET_SCALE,
+                      FLAGS_row, TABLE, group_bit, sm_scale, N, lo, start_m, diagonal_lo, diagonal_hi, TABLE_STRIDE, D, NUM_BUCKETS, BUCKET_SCALE,
                       PRECISION, BLOCK_N, BIAS, True, PACKED, FAST_LOG2, THRESH, STEPS)
     else:
         dq = _dq_walk(dq, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
-                      FLAGS_row, TABLE, h, group_bit, sm_scale, N, lo, start_m, diagonal_lo, diagonal_hi, H, D, NUM_BUCKETS, BUCKET_SCALE,
+                      FLAGS_row, TABLE, group_bit, sm_scale, N, lo, start_m, diagonal_lo, diagonal_hi, TABLE_STRIDE, D, NUM_BUCKETS, BUCKET_SCALE,
                       PRECISION, BLOCK_N, BIAS, False, PACKED, FAST_LOG2, THRESH, STEPS)
     store_tile(DQ, base, offs_m, offs_d, D, rows, dq * sm_scale)
 
 
-# Ablation switches for benchmarks/gpu_suite.py only: what the temporal bias, its table gradient and
-# the SFU's approximate log2 (against libdevice's exact one) cost.
-ABLATION = {"bias": True, "table_grad": True, "fast_log2": True, "bias_steps": 6}
+# Ablation switches for benchmarks/gpu_suite.py only: what the temporal bias, its table gradient,
+# the SFU's approximate log2 (against libdevice's exact one) and the table's layout cost.
+ABLATION = {"bias": True, "table_grad": True, "fast_log2": True, "bias_steps": 0, "table_layout": "head_major"}
 _MAX_STEPS = 32
 
 
@@ -522,10 +557,20 @@ def _thresholds_on(num_buckets: int, device: str) -> Tensor:
     return thresholds.int().to(device)
 
 
-def _launch_meta(q: Tensor, table: Tensor, num_buckets: int, packed: bool) -> dict:
+def _kernel_table(table: Tensor) -> Tensor:
+    """The bias table as the kernels read it: float32 in log2 units, `[buckets, H]` with each head's
+    entries adjacent in memory (`ABLATION["table_layout"]`), so a warp's per-pair gather touches a
+    few cache lines of one head instead of one 32-byte row per bucket."""
+    scaled = table.float() * LOG2E
+    if ABLATION["table_layout"] == "head_major":
+        return scaled.t().contiguous().t()
+    return scaled.contiguous()
+
+
+def _launch_meta(q: Tensor, table32: Tensor, num_buckets: int, packed: bool) -> dict:
     # float32 inputs get exact float32 products (tests, correctness checks); bf16/fp16 use tensor cores.
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
-    return dict(H=table.shape[1], NUM_BUCKETS=num_buckets, BUCKET_SCALE=LOG_BUCKET_PER_OCTAVE, PRECISION=precision,
+    return dict(H=q.shape[1], TABLE_STRIDE=table32.stride(0), HEAD_STRIDE=table32.stride(1), NUM_BUCKETS=num_buckets, BUCKET_SCALE=LOG_BUCKET_PER_OCTAVE, PRECISION=precision,
                 BIAS=ABLATION["bias"], TABLE_GRAD=ABLATION["bias"] and ABLATION["table_grad"], PACKED=packed, STEPS=ABLATION["bias_steps"],
                 FAST_LOG2=ABLATION["fast_log2"] and not INTERPRETED)
 
@@ -536,11 +581,11 @@ class _CamaEvents(torch.autograd.Function):
         batch, heads, length, dim = q.shape
         out = torch.empty_like(q)
         lse = torch.empty(batch, heads, length, device=q.device, dtype=torch.float32)
-        table32 = (table.float() * LOG2E).contiguous()  # the kernels add the bias in log2 units
+        table32 = _kernel_table(table)
         grid = lambda meta_params: (triton.cdiv(length, meta_params["BLOCK_M"]), batch * heads)  # noqa: E731
         _cama_forward_kernel[grid](q, k, v, meta.times, meta.segment, meta.position, meta.flags, meta.block_start, meta.head_group,
                                    table32, bucket_thresholds(num_buckets, q.device), out, lse, sm_scale, length, D=dim,
-                                   **_launch_meta(q, table, num_buckets, packed))
+                                   **_launch_meta(q, table32, num_buckets, packed))
         ctx.save_for_backward(q, k, v, out, lse, table32, *meta)
         ctx.num_buckets, ctx.table_dtype, ctx.sm_scale, ctx.packed = num_buckets, table.dtype, sm_scale, packed
         return out, lse
@@ -554,7 +599,7 @@ class _CamaEvents(torch.autograd.Function):
         # dS = P ∘ (dP − rowsum(dO ∘ O) + dLSE): the LSE output's gradient folds into the row term.
         delta = backward_row_term(grad_out, out, grad_lse)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        dtable = torch.zeros_like(table32)  # natural units: d(score)/d(bias) = 1
+        dtable = torch.zeros_like(table32)  # table32's strides; natural units: d(score)/d(bias) = 1
         launch = _launch_meta(q, table32, ctx.num_buckets, ctx.packed)
         _cama_dkdv_kernel[lambda meta_params: (triton.cdiv(length, meta_params["BLOCK_N"]), batch * heads)](
             q, k, v, grad_out, lse, delta, meta.times, meta.segment, meta.position, meta.flags, meta.segment_end, meta.head_group,

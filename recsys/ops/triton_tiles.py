@@ -146,10 +146,104 @@ def padded_head_dim(dim: int) -> int:
     return max(16, triton.next_power_of_2(dim))
 
 
-def merge_extra_key(out: Tensor, lse: Tensor, q: Tensor, k_extra: Tensor, v_extra: Tensor) -> Tensor:
+def merge_extra_key_reference(out: Tensor, lse: Tensor, q: Tensor, k_extra: Tensor, v_extra: Tensor) -> Tensor:
     """Add one more key per query (bias 0, always visible) to attention outputs `out` `[B, H, N, D]`
-    with natural log-sum-exp `lse` `[B, H, N]`; k/v_extra `[B, H, N, D]` (already gathered per query)."""
+    with natural log-sum-exp `lse` `[B, H, N]`; k/v_extra `[B, H, N, D]` (already gathered per query).
+    The plain PyTorch twin of `merge_extra_key` (about ten float32 passes each way at full size)."""
     extra_score = (q.float() * k_extra.float()).sum(-1) * q.shape[-1] ** -0.5
     total = torch.logaddexp(lse, extra_score)
     merged = out.float() * torch.exp(lse - total).unsqueeze(-1) + v_extra.float() * torch.exp(extra_score - total).unsqueeze(-1)
     return merged.to(q.dtype)
+
+
+@triton.jit
+def _extra_rows(Q, KX, VX, LSE, N, H: tl.constexpr, KX_B, KX_H, KX_N, VX_B, VX_H, VX_N, scale, ROWS, D: tl.constexpr,
+                D_PAD: tl.constexpr, BLOCK: tl.constexpr):
+    """A block of rows of `merge_extra_key`: q, the extra key and value (through their strides: they
+    are often expanded views), the extra score and the two softmax weights."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, D_PAD)
+    rows = offs < ROWS
+    valid = rows[:, None] & (offs_d < D)[None, :]
+    bh, n = offs // N, offs % N
+    b, h = bh // H, bh % H
+    q = tl.load(Q + offs[:, None] * D + offs_d[None, :], mask=valid, other=0.0).to(tl.float32)
+    kx = tl.load(KX + (b * KX_B + h * KX_H + n * KX_N)[:, None] + offs_d[None, :], mask=valid, other=0.0).to(tl.float32)
+    vx = tl.load(VX + (b * VX_B + h * VX_H + n * VX_N)[:, None] + offs_d[None, :], mask=valid, other=0.0).to(tl.float32)
+    score = tl.sum(q * kx, 1) * scale
+    lse = tl.load(LSE + offs, mask=rows, other=0.0)
+    top = tl.maximum(lse, score)  # the extra score is finite; lse is -inf for a row that saw no key
+    total = top + tl.log(tl.exp(lse - top) + tl.exp(score - top))
+    return offs, offs_d, valid, q, kx, vx, tl.exp(lse - total), tl.exp(score - total)
+
+
+@triton.jit
+def _merge_forward_kernel(OUT, LSE, Q, KX, VX, MERGED, N, H: tl.constexpr, KX_B, KX_H, KX_N, VX_B, VX_H, VX_N, scale, ROWS,
+                          D: tl.constexpr, D_PAD: tl.constexpr, BLOCK: tl.constexpr):
+    offs, offs_d, valid, q, kx, vx, weight_out, weight_extra = _extra_rows(Q, KX, VX, LSE, N, H, KX_B, KX_H, KX_N, VX_B, VX_H, VX_N,
+                                                                           scale, ROWS, D, D_PAD, BLOCK)
+    out = tl.load(OUT + offs[:, None] * D + offs_d[None, :], mask=valid, other=0.0).to(tl.float32)
+    merged = out * weight_out[:, None] + vx * weight_extra[:, None]
+    tl.store(MERGED + offs[:, None] * D + offs_d[None, :], merged.to(MERGED.dtype.element_ty), mask=valid)
+
+
+@triton.jit
+def _merge_backward_kernel(GRAD, OUT, LSE, Q, KX, VX, D_OUT, D_LSE, D_Q, D_KX, D_VX, N, H: tl.constexpr, KX_B, KX_H, KX_N,
+                           VX_B, VX_H, VX_N, scale, ROWS, D: tl.constexpr, D_PAD: tl.constexpr, BLOCK: tl.constexpr):
+    offs, offs_d, valid, q, kx, vx, weight_out, weight_extra = _extra_rows(Q, KX, VX, LSE, N, H, KX_B, KX_H, KX_N, VX_B, VX_H, VX_N,
+                                                                           scale, ROWS, D, D_PAD, BLOCK)
+    grad = tl.load(GRAD + offs[:, None] * D + offs_d[None, :], mask=valid, other=0.0).to(tl.float32)
+    out = tl.load(OUT + offs[:, None] * D + offs_d[None, :], mask=valid, other=0.0).to(tl.float32)
+    # merged = out·w_o + vx·w_e with (w_o, w_e) the softmax of (lse, score): the weights' gradients
+    # a = w_o·<g, out> and c = w_e·<g, vx> give d lse = a - (a + c)·w_o and d score = c - (a + c)·w_e.
+    from_out = weight_out * tl.sum(grad * out, 1)
+    from_extra = weight_extra * tl.sum(grad * vx, 1)
+    d_score = (from_extra - (from_out + from_extra) * weight_extra) * scale
+    rows = offs < ROWS
+    tl.store(D_LSE + offs, from_out - (from_out + from_extra) * weight_out, mask=rows)
+    at = offs[:, None] * D + offs_d[None, :]
+    tl.store(D_OUT + at, (grad * weight_out[:, None]).to(D_OUT.dtype.element_ty), mask=valid)
+    tl.store(D_VX + at, (grad * weight_extra[:, None]).to(D_VX.dtype.element_ty), mask=valid)
+    tl.store(D_Q + at, (d_score[:, None] * kx).to(D_Q.dtype.element_ty), mask=valid)
+    tl.store(D_KX + at, (d_score[:, None] * q).to(D_KX.dtype.element_ty), mask=valid)
+
+
+def _merge_launch(q: Tensor, k_extra: Tensor, v_extra: Tensor) -> dict:
+    batch, heads, length, dim = q.shape
+    for extra in (k_extra, v_extra):
+        if extra.stride(-1) != 1:
+            raise ValueError("merge_extra_key: the extra key/value need a unit stride along the head dimension")
+    rows = q.numel() // dim
+    block = 16 if INTERPRETED else 32
+    return dict(grid=(triton.cdiv(rows, block),), N=length, H=heads, KX_B=k_extra.stride(0), KX_H=k_extra.stride(1), KX_N=k_extra.stride(2),
+                VX_B=v_extra.stride(0), VX_H=v_extra.stride(1), VX_N=v_extra.stride(2), scale=dim**-0.5, ROWS=rows, D=dim,
+                D_PAD=triton.next_power_of_2(dim), BLOCK=block)
+
+
+class _MergeExtraKey(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, out: Tensor, lse: Tensor, q: Tensor, k_extra: Tensor, v_extra: Tensor) -> Tensor:
+        out, lse, q = out.contiguous(), lse.contiguous(), q.contiguous()
+        merged = torch.empty_like(q)
+        launch = _merge_launch(q, k_extra, v_extra)
+        _merge_forward_kernel[launch.pop("grid")](out, lse, q, k_extra, v_extra, merged, **launch)
+        ctx.save_for_backward(out, lse, q, k_extra, v_extra)
+        return merged
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        out, lse, q, k_extra, v_extra = ctx.saved_tensors
+        d_out, d_q = torch.empty_like(out), torch.empty_like(q)
+        # Full-size, as autograd wants the views' shape; an expanded view's sum over N follows in autograd.
+        d_kx = torch.empty(q.shape, device=q.device, dtype=k_extra.dtype)
+        d_vx = torch.empty(q.shape, device=q.device, dtype=v_extra.dtype)
+        d_lse = torch.empty_like(lse)
+        launch = _merge_launch(q, k_extra, v_extra)
+        _merge_backward_kernel[launch.pop("grid")](grad.contiguous(), out, lse, q, k_extra, v_extra, d_out, d_lse, d_q, d_kx, d_vx, **launch)
+        return d_out, d_lse, d_q, d_kx, d_vx
+
+
+def merge_extra_key(out: Tensor, lse: Tensor, q: Tensor, k_extra: Tensor, v_extra: Tensor) -> Tensor:
+    """`merge_extra_key_reference` in one pass each way (Triton): the merged output in q's dtype, and
+    gradients for out, lse, q and the extra key and value. `lse` float32."""
+    return _MergeExtraKey.apply(out, lse, q, k_extra, v_extra)
