@@ -15,7 +15,8 @@ achieved TFLOP/s next to the measured bf16 matmul ceiling.
    libdevice's log2 for the bucket instead of the SFU's, `cama_triton_threshold` takes the bias of
    off-diagonal tiles spanning at most 6 bucket edges by threshold compares instead of the per-pair
    log2 and table gather (faster until session 7 made the gather direct), `cama_triton_bucketmajor`
-   reads the bias table `[buckets, H]` row-major (what the head-major layout saves), `_graph` replays forward +
+   reads the bias table `[buckets, H]` row-major (what the head-major layout saves), `cama_triton_nosingle`
+   gathers per pair in tiles that lie in one bucket too (what their scalar bias saves), `_graph` replays forward +
    backward as one CUDA graph (what the host's launches cost). The backward takes a fixed random dO.
    Useful FLOPs only: a causal query counts the keys it may see. `--profile`: top GPU kernels and
    the GPU-kernel vs host totals of each row (and of each training step).
@@ -267,7 +268,8 @@ def attention_table(args) -> list[dict]:
                 cama_triton_ablation.update(bias=not variant.endswith("_nobias"), table_grad=not variant.endswith("_notablegrad"),
                                             fast_log2=not variant.endswith("_exactlog2"),
                                             bias_steps=CAMA_THRESHOLD_STEPS if variant.endswith("_threshold") else CAMA_BIAS_STEPS,
-                                            table_layout="bucket_major" if variant.endswith("_bucketmajor") else "head_major")
+                                            table_layout="bucket_major" if variant.endswith("_bucketmajor") else "head_major",
+                                            single_bucket=not variant.endswith("_nosingle"))
             base = "sparsectr_structural" if variant == "sparsectr_fused" else variant.replace("_compiled", "").split("_flex")[0].split("_triton")[0]
             times, q, k, v, extra = make_inputs(base, batch, n, args.heads, args.head_dim, args.chunks, args.device, dtype,
                                                 dense_mask=variant == base)
@@ -328,7 +330,8 @@ def attention_table(args) -> list[dict]:
                 rows[-1]["profile"] = profile_step(step, args.device)
             print(f"  attention {kernel:<30} n={n:>6}: {seconds * 1e3:9.2f} ms", file=sys.stderr, flush=True)
             del times, q, k, v, extra, upstream
-            cama_triton_ablation.update(bias=True, table_grad=True, fast_log2=True, bias_steps=CAMA_BIAS_STEPS, table_layout="head_major")
+            cama_triton_ablation.update(bias=True, table_grad=True, fast_log2=True, bias_steps=CAMA_BIAS_STEPS, table_layout="head_major",
+                                        single_bucket=True)
         n *= 2
     flash = {(r["n"], r["kernel"].endswith("_fwd")): r["ms"] for r in rows if r["kernel"].startswith("full_causal_sdpa") and "ms" in r}
     for r in rows:

@@ -101,7 +101,7 @@ def main() -> None:
     parser.add_argument("--only", default="", help="compile only the kernels whose name starts with this (e.g. 'keyed')")
     args = parser.parse_args()
     base = dict(H=4, D=args.head_dim, TABLE_STRIDE=1, HEAD_STRIDE=129, NUM_BUCKETS=128, BUCKET_SCALE=cama_triton.LOG_BUCKET_PER_OCTAVE, PRECISION="tf32",
-                PACKED=False, FAST_LOG2=True, STEPS=cama_triton.ABLATION["bias_steps"])
+                PACKED=False, FAST_LOG2=True, STEPS=cama_triton.ABLATION["bias_steps"], SINGLE=cama_triton.ABLATION["single_bucket"])
     variants = {"bias": dict(BIAS=True, TABLE_GRAD=True), "no bias (ablation)": dict(BIAS=False, TABLE_GRAD=False)}
     rows = []
     for kernel, (autotuned, *_rest) in POINTERS_AND_SCALARS.items() if "cama".startswith(args.only) or not args.only else ():

@@ -257,7 +257,8 @@ def backward_rows(n: int, batch: int, heads: int, dim: int, device: str, q, k, v
     print(f"flash backward {flash_backward_ms:.3f} ms", flush=True)
     out = torch.empty_like(q)
     lse = torch.empty(q.shape[:3], device=device, dtype=torch.float32)
-    common = dict(H=heads, D=dim, TABLE_STRIDE=table32.stride(0), HEAD_STRIDE=table32.stride(1), NUM_BUCKETS=128, BUCKET_SCALE=LOG_BUCKET_PER_OCTAVE, PRECISION="tf32", PACKED=False, FAST_LOG2=not INTERPRETED)
+    common = dict(H=heads, D=dim, TABLE_STRIDE=table32.stride(0), HEAD_STRIDE=table32.stride(1), NUM_BUCKETS=128, BUCKET_SCALE=LOG_BUCKET_PER_OCTAVE, PRECISION="tf32", PACKED=False, FAST_LOG2=not INTERPRETED,
+                  SINGLE=cama_triton.ABLATION["single_bucket"])
     thresholds = cama_triton.bucket_thresholds(128, torch.device(device))
     cama_triton._cama_forward_kernel[lambda m: (triton.cdiv(n, m["BLOCK_M"]), batch * heads)](
         q, k, v, meta.times, meta.segment, meta.position, meta.flags, meta.block_start, meta.head_group, table32, thresholds, out, lse,
@@ -348,7 +349,8 @@ def main() -> None:
                     cq, ck, cv, meta.times, meta.segment, meta.position, meta.flags, meta.block_start, meta.head_group, table32,
                     thresholds, out, lse, dim**-0.5, args.n, H=heads, D=dim, TABLE_STRIDE=table32.stride(0),
                     HEAD_STRIDE=table32.stride(1), NUM_BUCKETS=128, BUCKET_SCALE=LOG_BUCKET_PER_OCTAVE,
-                    PRECISION="tf32", BIAS=bias, TABLE_GRAD=bias, PACKED=False, FAST_LOG2=not INTERPRETED, STEPS=steps, BLOCK_M=block_m, BLOCK_N=block_n,
+                    PRECISION="tf32", BIAS=bias, TABLE_GRAD=bias, PACKED=False, FAST_LOG2=not INTERPRETED, STEPS=steps,
+                    SINGLE=cama_triton.ABLATION["single_bucket"], BLOCK_M=block_m, BLOCK_N=block_n,
                     num_warps=warps, num_stages=stages)
             try:
                 compiled = production()

@@ -84,11 +84,12 @@ def _assert_fused_equals_dense(layout, dim: int, generator: torch.Generator) -> 
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4, msg=lambda m, name=name: f"grad of {name}: {m}")
 
 
-def _steady(generator: torch.Generator, batch=2, length=157, candidates=3):
-    """Long histories at a steady pace (1-120 s apart, a few 40,000 s session gaps), so that most key
-    tiles away from the diagonal span few buckets and take the kernels' threshold bias."""
+def _steady(generator: torch.Generator, batch=2, length=157, candidates=3, session_gap=40_000, breaks=None):
+    """Long histories at a steady pace (1-120 s apart, three `session_gap` s breaks at `breaks`, else at
+    random), so that most key tiles away from the diagonal span few buckets (the kernels' threshold
+    bias) or, with breaks of weeks, one bucket (their single-bucket tiles)."""
     gaps = torch.randint(1, 120, (batch, length), generator=generator)
-    gaps[:, torch.randint(0, length, (3,), generator=generator)] += 40_000
+    gaps[:, torch.tensor(breaks) if breaks else torch.randint(0, length, (3,), generator=generator)] += session_gap
     history_times = 1_700_000_000 + gaps.cumsum(1)
     times = torch.cat([history_times, (history_times[:, -1:] + 30).expand(batch, candidates)], dim=1)
     n = length + candidates
@@ -130,6 +131,15 @@ def test_threshold_bias_tiles_equal_dense_cama_with_gradients():
         _assert_fused_equals_dense(layout, 16, generator)
     finally:
         cama_triton.ABLATION["bias_steps"] = default_steps
+
+
+def test_single_bucket_tiles_equal_dense_cama_with_gradients():
+    """Tiles whose pairs all fall in one bucket take the bias as one scalar (no per-pair log2 or
+    gather) in all three kernels; with breaks of weeks at query-block boundaries many tiles do."""
+    generator = torch.Generator().manual_seed(torch.seed() % 2**31)
+    layout = _steady(generator, session_gap=2_000_000, breaks=[31, 63, 95])
+    assert _threshold_tiles(layout[2], 32, 16, 0) >= 8  # 40 off-diagonal tiles; the forward's interpreted tile is 32 x 16
+    _assert_fused_equals_dense(layout, 16, generator)
 
 
 def test_bucket_thresholds_reproduce_log_bucket():

@@ -172,6 +172,18 @@ def _tile_buckets(t_i, rows, t_j, history_j, THRESH, NUM_BUCKETS: tl.constexpr, 
 
 
 @triton.jit
+def _bucket_range(t_i, rows, t_j, keys, NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr, FAST_LOG2: tl.constexpr):
+    """`_bucket` of the tile's smallest and largest Δ over `rows` x `keys`: every pair's `_bucket` lies
+    between them (monotone in Δ). No key: high < low or both 0 (rows are never empty)."""
+    t_i_low = tl.min(tl.where(rows, t_i, 2147483647), 0)
+    t_i_high = tl.max(tl.where(rows, t_i, 0), 0)
+    t_j_low = tl.min(tl.where(keys, t_j, 2147483647), 0)
+    t_j_high = tl.max(tl.where(keys, t_j, -1), 0)
+    return (_bucket(t_i_low - t_j_high, NUM_BUCKETS, BUCKET_SCALE, FAST_LOG2),
+            _bucket(t_i_high - t_j_low, NUM_BUCKETS, BUCKET_SCALE, FAST_LOG2))
+
+
+@triton.jit
 def _threshold_bias(delta, low, TABLE, THRESH, TABLE_STRIDE: tl.constexpr, NUM_BUCKETS: tl.constexpr, STEPS: tl.constexpr):
     """The bias of a tile whose buckets lie in low .. low + STEPS, without a log2 or a table gather per
     pair: table[low] plus, per bucket edge crossed, the step to the next entry (Δ >= threshold)."""
@@ -188,7 +200,7 @@ def _threshold_bias(delta, low, TABLE, THRESH, TABLE_STRIDE: tl.constexpr, NUM_B
 def _tile(q, k, offs_m, offs_n, t_i, seg_i, pos_i, candidate_i, t_j, seg_j, pos_j, flags_j, TABLE, group_bit, N,
           TABLE_STRIDE: tl.constexpr, NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr, qk_scale, PRECISION: tl.constexpr,
           DIAGONAL: tl.constexpr, BIAS: tl.constexpr, CONTENT: tl.constexpr, PACKED: tl.constexpr, FAST_LOG2: tl.constexpr,
-          THRESH, FAR: tl.constexpr, STEPS: tl.constexpr):
+          THRESH, FAR: tl.constexpr, STEPS: tl.constexpr, SINGLE: tl.constexpr):
     """Scores of one tile in log2 units (bias included, -inf where the channel forbids the key) and its
     buckets (FAR: its Δ instead).
 
@@ -218,12 +230,25 @@ def _tile(q, k, offs_m, offs_n, t_i, seg_i, pos_i, candidate_i, t_j, seg_j, pos_
             bucket = t_i[:, None] - t_j[None, :]
             low, _ = _tile_buckets(t_i, offs_m < N, t_j, history_j, THRESH, NUM_BUCKETS, BUCKET_SCALE, FAST_LOG2)
             scores += _threshold_bias(bucket, low, TABLE, THRESH, TABLE_STRIDE, NUM_BUCKETS, STEPS)
+            high = low
         else:
-            bucket = _bucket(t_i[:, None] - t_j[None, :], NUM_BUCKETS, BUCKET_SCALE, FAST_LOG2)
-            scores += _gather(TABLE + bucket * TABLE_STRIDE, DIRECT_GATHER)
+            # Diagonal tiles also hold candidates' self pairs (a key that is no history event).
+            keys = ((flags_j & 1) != 0) & (offs_n < N) if DIAGONAL else history_j
+            low, high = _bucket_range(t_i, offs_m < N, t_j, keys, NUM_BUCKETS, BUCKET_SCALE, FAST_LOG2)
+            if SINGLE and not DIAGONAL:
+                if low == high:  # one bucket for the whole tile (most tiles off the diagonal): one scalar load
+                    bucket = tl.zeros(scores.shape, dtype=tl.int32) + low
+                    scores += tl.load(TABLE + low * TABLE_STRIDE)
+                else:
+                    bucket = _bucket(t_i[:, None] - t_j[None, :], NUM_BUCKETS, BUCKET_SCALE, FAST_LOG2)
+                    scores += _gather(TABLE + bucket * TABLE_STRIDE, DIRECT_GATHER)
+            else:
+                bucket = _bucket(t_i[:, None] - t_j[None, :], NUM_BUCKETS, BUCKET_SCALE, FAST_LOG2)
+                scores += _gather(TABLE + bucket * TABLE_STRIDE, DIRECT_GATHER)
     else:  # ablation (benchmarks only): no temporal bias
         bucket = tl.zeros([1, 1], dtype=tl.int32)
-    return tl.where(ok, scores, float("-inf")), bucket
+        low, high = 0, 0
+    return tl.where(ok, scores, float("-inf")), bucket, low, high
 
 
 @triton.jit
@@ -273,13 +298,13 @@ def _key_tile_scores(start_n, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, 
                      TABLE, group_bit, qk_scale, N, TABLE_STRIDE: tl.constexpr, D: tl.constexpr, NUM_BUCKETS: tl.constexpr,
                      BUCKET_SCALE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, DIAGONAL: tl.constexpr,
                      BIAS: tl.constexpr, CONTENT: tl.constexpr, PACKED: tl.constexpr, FAST_LOG2: tl.constexpr,
-                     THRESH, FAR: tl.constexpr, STEPS: tl.constexpr):
+                     THRESH, FAR: tl.constexpr, STEPS: tl.constexpr, SINGLE: tl.constexpr):
     """The key tile at `start_n` and its scores against the query block (what the forward and dQ walk)."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     cols = offs_n < N
     k, v, t_j, seg_j, pos_j, flags_j = _load_keys(K, V, base, offs_n, offs_d, D, cols, T_row, SEG_row, POS_row, FLAGS_row)
-    scores, _ = _tile(q, k, offs_m, offs_n, t_i, seg_i, pos_i, candidate_i, t_j, seg_j, pos_j, flags_j, TABLE, group_bit, N,
-                         TABLE_STRIDE, NUM_BUCKETS, BUCKET_SCALE, qk_scale, PRECISION, DIAGONAL, BIAS, CONTENT, PACKED, FAST_LOG2, THRESH, FAR, STEPS)
+    scores, _, _, _ = _tile(q, k, offs_m, offs_n, t_i, seg_i, pos_i, candidate_i, t_j, seg_j, pos_j, flags_j, TABLE, group_bit, N,
+                         TABLE_STRIDE, NUM_BUCKETS, BUCKET_SCALE, qk_scale, PRECISION, DIAGONAL, BIAS, CONTENT, PACKED, FAST_LOG2, THRESH, FAR, STEPS, SINGLE)
     return k, v, scores
 
 
@@ -288,13 +313,13 @@ def _forward_block(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos
                    FLAGS_row, TABLE, group_bit, sm_scale, N, lo, hi, TABLE_STRIDE: tl.constexpr, D: tl.constexpr,
                    NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
                    DIAGONAL: tl.constexpr, BIAS: tl.constexpr, CONTENT: tl.constexpr, PACKED: tl.constexpr, FAST_LOG2: tl.constexpr,
-                   THRESH, FAR: tl.constexpr, STEPS: tl.constexpr):
+                   THRESH, FAR: tl.constexpr, STEPS: tl.constexpr, SINGLE: tl.constexpr):
     qk_scale = sm_scale * 1.4426950408889634
     for start_n in range(lo, hi, BLOCK_N):
         k, v, scores = _key_tile_scores(start_n, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row,
                                         POS_row, FLAGS_row, TABLE, group_bit, qk_scale, N, TABLE_STRIDE, D, NUM_BUCKETS, BUCKET_SCALE,
                                         PRECISION, BLOCK_N, DIAGONAL, BIAS, CONTENT, PACKED, FAST_LOG2,
-                                        THRESH, FAR, STEPS)
+                                        THRESH, FAR, STEPS, SINGLE)
         acc, l_i, m_i = online_softmax_step(acc, l_i, m_i, scores, v, PRECISION)
     return acc, l_i, m_i
 
@@ -303,20 +328,20 @@ def _forward_block(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos
 def _forward_walk(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row, FLAGS_row,
                   TABLE, group_bit, sm_scale, N, lo, start_m, diagonal_lo, diagonal_hi, TABLE_STRIDE: tl.constexpr, D: tl.constexpr,
                   NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
-                  BIAS: tl.constexpr, CONTENT: tl.constexpr, PACKED: tl.constexpr, FAST_LOG2: tl.constexpr, THRESH, STEPS: tl.constexpr):
+                  BIAS: tl.constexpr, CONTENT: tl.constexpr, PACKED: tl.constexpr, FAST_LOG2: tl.constexpr, THRESH, STEPS: tl.constexpr, SINGLE: tl.constexpr):
     """A query block's key blocks: those before it (`lo` .. `start_m`; threshold bias up to `far_end`),
     then the diagonal ones."""
     far_end = _far_keys_end(t_i, offs_m < N, T_row, FLAGS_row, N, lo, start_m, THRESH, NUM_BUCKETS, BUCKET_SCALE, FAST_LOG2, BIAS,
                             STEPS, BLOCK_N)
     acc, l_i, m_i = _forward_block(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
                                    FLAGS_row, TABLE, group_bit, sm_scale, N, lo, far_end, TABLE_STRIDE, D, NUM_BUCKETS, BUCKET_SCALE, PRECISION,
-                                   BLOCK_N, False, BIAS, CONTENT, PACKED, FAST_LOG2, THRESH, True, STEPS)
+                                   BLOCK_N, False, BIAS, CONTENT, PACKED, FAST_LOG2, THRESH, True, STEPS, SINGLE)
     acc, l_i, m_i = _forward_block(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
                                    FLAGS_row, TABLE, group_bit, sm_scale, N, far_end, start_m, TABLE_STRIDE, D, NUM_BUCKETS, BUCKET_SCALE, PRECISION,
-                                   BLOCK_N, False, BIAS, CONTENT, PACKED, FAST_LOG2, THRESH, False, STEPS)
+                                   BLOCK_N, False, BIAS, CONTENT, PACKED, FAST_LOG2, THRESH, False, STEPS, SINGLE)
     return _forward_block(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
                           FLAGS_row, TABLE, group_bit, sm_scale, N, diagonal_lo, diagonal_hi, TABLE_STRIDE, D, NUM_BUCKETS, BUCKET_SCALE, PRECISION,
-                          BLOCK_N, True, BIAS, CONTENT, PACKED, FAST_LOG2, THRESH, False, STEPS)
+                          BLOCK_N, True, BIAS, CONTENT, PACKED, FAST_LOG2, THRESH, False, STEPS, SINGLE)
 
 
 # BLOCK_M >= BLOCK_N in query-major kernels and BLOCK_N >= BLOCK_M in the key-major one: a block then
@@ -328,12 +353,12 @@ _QUERY_MAJOR = tile_configs([(64, 64, 4, 3), (64, 32, 4, 3), (128, 64, 8, 3)], i
 _KEY_MAJOR = tile_configs([(64, 64, 4, 3), (32, 64, 4, 3), (16, 64, 4, 3)], interpreted=(16, 32))
 
 
-@triton.autotune(configs=_QUERY_MAJOR, key=["N", "D", "H", "BIAS", "PACKED", "STEPS"])
+@triton.autotune(configs=_QUERY_MAJOR, key=["N", "D", "H", "BIAS", "PACKED", "STEPS", "SINGLE"])
 @triton.jit
 def _cama_forward_kernel(Q, K, V, T, SEG, POS, FLAGS, START, HEAD_GROUP, TABLE, THRESH, O, LSE, sm_scale, N,
                          H: tl.constexpr, D: tl.constexpr, TABLE_STRIDE: tl.constexpr, HEAD_STRIDE: tl.constexpr, NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr,
                          PRECISION: tl.constexpr, BIAS: tl.constexpr, TABLE_GRAD: tl.constexpr, PACKED: tl.constexpr, FAST_LOG2: tl.constexpr,
-                         STEPS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                         STEPS: tl.constexpr, SINGLE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     b, h, pid_bh, start_m, offs_m, offs_d, rows, base = program_block(BLOCK_M, H, N, D)
     q = load_tile(Q, base, offs_m, offs_d, D, rows)
     T_row, SEG_row, POS_row, FLAGS_row = T + b * N, SEG + b * N, POS + b * N, FLAGS + b * N
@@ -351,11 +376,11 @@ def _cama_forward_kernel(Q, K, V, T, SEG, POS, FLAGS, START, HEAD_GROUP, TABLE, 
     if group_bit < 0:
         acc, l_i, m_i = _forward_walk(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
                                       FLAGS_row, TABLE, group_bit, sm_scale, N, lo, start_m, diagonal_lo, diagonal_hi, TABLE_STRIDE, D, NUM_BUCKETS,
-                                      BUCKET_SCALE, PRECISION, BLOCK_N, BIAS, True, PACKED, FAST_LOG2, THRESH, STEPS)
+                                      BUCKET_SCALE, PRECISION, BLOCK_N, BIAS, True, PACKED, FAST_LOG2, THRESH, STEPS, SINGLE)
     else:
         acc, l_i, m_i = _forward_walk(acc, l_i, m_i, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
                                       FLAGS_row, TABLE, group_bit, sm_scale, N, lo, start_m, diagonal_lo, diagonal_hi, TABLE_STRIDE, D, NUM_BUCKETS,
-                                      BUCKET_SCALE, PRECISION, BLOCK_N, BIAS, False, PACKED, FAST_LOG2, THRESH, STEPS)
+                                      BUCKET_SCALE, PRECISION, BLOCK_N, BIAS, False, PACKED, FAST_LOG2, THRESH, STEPS, SINGLE)
     out, lse = finish_rows(acc, l_i, m_i)
     store_tile(O, base, offs_m, offs_d, D, rows, out)
     tl.store(LSE + pid_bh.to(tl.int64) * N + offs_m, lse, mask=rows)
@@ -366,12 +391,9 @@ def _dkdv_block(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n
                 T_row, SEG_row, POS_row, FLAGS_row, TABLE, group_bit, sm_scale, N, lo, hi, TABLE_STRIDE: tl.constexpr, D: tl.constexpr,
                 NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr, TABLE_BINS: tl.constexpr, PRECISION: tl.constexpr,
                 BLOCK_M: tl.constexpr, DIAGONAL: tl.constexpr, BIAS: tl.constexpr, TABLE_GRAD: tl.constexpr, CONTENT: tl.constexpr,
-                PACKED: tl.constexpr, FAST_LOG2: tl.constexpr, THRESH, FAR: tl.constexpr, STEPS: tl.constexpr):
+                PACKED: tl.constexpr, FAST_LOG2: tl.constexpr, THRESH, FAR: tl.constexpr, STEPS: tl.constexpr, SINGLE: tl.constexpr):
     qk_scale = sm_scale * 1.4426950408889634
     bins = tl.arange(0, TABLE_BINS)
-    real_j = (flags_j & 1) != 0
-    t_j_low = tl.min(tl.where(real_j, t_j, 2147483647), 0)
-    t_j_high = tl.max(tl.where(real_j, t_j, -2147483647), 0)
     # Off the diagonal, successive query blocks mostly share their lowest bucket (log buckets widen with
     # Δ): its score gradients are summed per row (within each warp) into `run_rows` until the bucket
     # changes, and only then reduced across the block into the histogram.
@@ -382,18 +404,16 @@ def _dkdv_block(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n
         rows = offs_m < N
         q, do, lse, delta_row = load_backward_rows(Q, DO, LSE, DELTA, base, pid_bh.to(tl.int64) * N, offs_m, offs_d, D, rows)
         t_i, seg_i, pos_i, candidate_i = _query_meta(T_row, SEG_row, POS_row, FLAGS_row, offs_m, rows)
-        scores, bucket = _tile(q, k, offs_m, offs_n, t_i, seg_i, pos_i, candidate_i, t_j, seg_j, pos_j, flags_j, TABLE, group_bit,
+        scores, bucket, low, high = _tile(q, k, offs_m, offs_n, t_i, seg_i, pos_i, candidate_i, t_j, seg_j, pos_j, flags_j, TABLE, group_bit,
                                     N, TABLE_STRIDE, NUM_BUCKETS, BUCKET_SCALE, qk_scale, PRECISION, DIAGONAL, BIAS, CONTENT, PACKED, FAST_LOG2,
-                                    THRESH, FAR, STEPS)
+                                    THRESH, FAR, STEPS, SINGLE)
         p = tl.exp2(scores - lse[:, None])  # 0 at forbidden keys (-inf) and rows past N (lse +inf)
         dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         ds = p * (dp - delta_row[:, None])
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
         if TABLE_GRAD:
-            # Buckets are monotone in Δ: the tile spans bucket(min Δ) .. bucket(max Δ), a few values off the diagonal.
-            low = _bucket(tl.min(tl.where(rows, t_i, 2147483647), 0) - t_j_high, NUM_BUCKETS, BUCKET_SCALE, FAST_LOG2)
-            high = _bucket(tl.max(tl.where(rows, t_i, -2147483647), 0) - t_j_low, NUM_BUCKETS, BUCKET_SCALE, FAST_LOG2)
+            # The tile's buckets span low .. high (`_tile`), a few values off the diagonal.
             if DIAGONAL:
                 first = low
             else:
@@ -419,7 +439,7 @@ def _dkdv_walk(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n,
                POS_row, FLAGS_row, TABLE, group_bit, sm_scale, N, start_n, diagonal_end, hi, TABLE_STRIDE: tl.constexpr, D: tl.constexpr,
                NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr, TABLE_BINS: tl.constexpr, PRECISION: tl.constexpr,
                BLOCK_M: tl.constexpr, BIAS: tl.constexpr, TABLE_GRAD: tl.constexpr, CONTENT: tl.constexpr, PACKED: tl.constexpr,
-               FAST_LOG2: tl.constexpr, THRESH, STEPS: tl.constexpr):
+               FAST_LOG2: tl.constexpr, THRESH, STEPS: tl.constexpr, SINGLE: tl.constexpr):
     """A key block's query blocks: the diagonal ones (`start_n` .. `diagonal_end`), then those after it.
 
     Every tile takes its bias by bucket and gather here: the threshold path with its table gradient
@@ -427,18 +447,18 @@ def _dkdv_walk(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n,
     dk, dv, histogram = _dkdv_block(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n, offs_d, t_j, seg_j, pos_j, flags_j,
                                     T_row, SEG_row, POS_row, FLAGS_row, TABLE, group_bit, sm_scale, N, start_n, diagonal_end, TABLE_STRIDE, D,
                                     NUM_BUCKETS, BUCKET_SCALE, TABLE_BINS, PRECISION, BLOCK_M, True, BIAS, TABLE_GRAD, CONTENT, PACKED, FAST_LOG2,
-                                    THRESH, False, STEPS)
+                                    THRESH, False, STEPS, SINGLE)
     return _dkdv_block(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n, offs_d, t_j, seg_j, pos_j, flags_j,
                        T_row, SEG_row, POS_row, FLAGS_row, TABLE, group_bit, sm_scale, N, diagonal_end, hi, TABLE_STRIDE, D,
                        NUM_BUCKETS, BUCKET_SCALE, TABLE_BINS, PRECISION, BLOCK_M, False, BIAS, TABLE_GRAD, CONTENT, PACKED, FAST_LOG2,
-                       THRESH, False, STEPS)
+                       THRESH, False, STEPS, SINGLE)
 
 
-@triton.autotune(configs=_KEY_MAJOR, key=["N", "D", "H", "BIAS", "TABLE_GRAD", "PACKED", "STEPS"], reset_to_zero=["DTABLE"])
+@triton.autotune(configs=_KEY_MAJOR, key=["N", "D", "H", "BIAS", "TABLE_GRAD", "PACKED", "STEPS", "SINGLE"], reset_to_zero=["DTABLE"])
 @triton.jit
 def _cama_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, SEG, POS, FLAGS, END, HEAD_GROUP, TABLE, THRESH, DK, DV, DTABLE, sm_scale, N,
                       H: tl.constexpr, D: tl.constexpr, TABLE_STRIDE: tl.constexpr, HEAD_STRIDE: tl.constexpr, NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr, TABLE_BINS: tl.constexpr,
-                      PRECISION: tl.constexpr, BIAS: tl.constexpr, TABLE_GRAD: tl.constexpr, PACKED: tl.constexpr, FAST_LOG2: tl.constexpr, STEPS: tl.constexpr, BLOCK_M: tl.constexpr,
+                      PRECISION: tl.constexpr, BIAS: tl.constexpr, TABLE_GRAD: tl.constexpr, PACKED: tl.constexpr, FAST_LOG2: tl.constexpr, STEPS: tl.constexpr, SINGLE: tl.constexpr, BLOCK_M: tl.constexpr,
                       BLOCK_N: tl.constexpr):
     """One key block per program: walks the query blocks that can see it; dK, dV and the bias histogram."""
     b, h, pid_bh, start_n, offs_n, offs_d, cols, base = program_block(BLOCK_N, H, N, D)
@@ -455,11 +475,11 @@ def _cama_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, SEG, POS, FLAGS, END, HEAD_GRO
     if group_bit < 0:
         dk, dv, histogram = _dkdv_walk(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n, offs_d, t_j, seg_j, pos_j, flags_j,
                                        T_row, SEG_row, POS_row, FLAGS_row, TABLE, group_bit, sm_scale, N, start_n, diagonal_end, hi, TABLE_STRIDE, D,
-                                       NUM_BUCKETS, BUCKET_SCALE, TABLE_BINS, PRECISION, BLOCK_M, BIAS, TABLE_GRAD, True, PACKED, FAST_LOG2, THRESH, STEPS)
+                                       NUM_BUCKETS, BUCKET_SCALE, TABLE_BINS, PRECISION, BLOCK_M, BIAS, TABLE_GRAD, True, PACKED, FAST_LOG2, THRESH, STEPS, SINGLE)
     else:
         dk, dv, histogram = _dkdv_walk(dk, dv, histogram, k, v, Q, DO, LSE, DELTA, base, pid_bh, offs_n, offs_d, t_j, seg_j, pos_j, flags_j,
                                        T_row, SEG_row, POS_row, FLAGS_row, TABLE, group_bit, sm_scale, N, start_n, diagonal_end, hi, TABLE_STRIDE, D,
-                                       NUM_BUCKETS, BUCKET_SCALE, TABLE_BINS, PRECISION, BLOCK_M, BIAS, TABLE_GRAD, False, PACKED, FAST_LOG2, THRESH, STEPS)
+                                       NUM_BUCKETS, BUCKET_SCALE, TABLE_BINS, PRECISION, BLOCK_M, BIAS, TABLE_GRAD, False, PACKED, FAST_LOG2, THRESH, STEPS, SINGLE)
     store_tile(DK, base, offs_n, offs_d, D, cols, dk * sm_scale)
     store_tile(DV, base, offs_n, offs_d, D, cols, dv)
     if TABLE_GRAD:
@@ -471,13 +491,13 @@ def _cama_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, SEG, POS, FLAGS, END, HEAD_GRO
 def _dq_block(dq, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
               FLAGS_row, TABLE, group_bit, sm_scale, N, lo, hi, TABLE_STRIDE: tl.constexpr, D: tl.constexpr, NUM_BUCKETS: tl.constexpr,
               BUCKET_SCALE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, DIAGONAL: tl.constexpr, BIAS: tl.constexpr,
-              CONTENT: tl.constexpr, PACKED: tl.constexpr, FAST_LOG2: tl.constexpr, THRESH, FAR: tl.constexpr, STEPS: tl.constexpr):
+              CONTENT: tl.constexpr, PACKED: tl.constexpr, FAST_LOG2: tl.constexpr, THRESH, FAR: tl.constexpr, STEPS: tl.constexpr, SINGLE: tl.constexpr):
     qk_scale = sm_scale * 1.4426950408889634
     for start_n in range(lo, hi, BLOCK_N):
         k, v, scores = _key_tile_scores(start_n, q, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row,
                                         POS_row, FLAGS_row, TABLE, group_bit, qk_scale, N, TABLE_STRIDE, D, NUM_BUCKETS, BUCKET_SCALE,
                                         PRECISION, BLOCK_N, DIAGONAL, BIAS, CONTENT, PACKED, FAST_LOG2,
-                                        THRESH, FAR, STEPS)
+                                        THRESH, FAR, STEPS, SINGLE)
         p = tl.exp2(scores - lse[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         ds = p * (dp - delta_row[:, None])
@@ -489,26 +509,26 @@ def _dq_block(dq, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, seg_i,
 def _dq_walk(dq, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row, FLAGS_row,
              TABLE, group_bit, sm_scale, N, lo, start_m, diagonal_lo, diagonal_hi, TABLE_STRIDE: tl.constexpr, D: tl.constexpr,
              NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BIAS: tl.constexpr,
-             CONTENT: tl.constexpr, PACKED: tl.constexpr, FAST_LOG2: tl.constexpr, THRESH, STEPS: tl.constexpr):
+             CONTENT: tl.constexpr, PACKED: tl.constexpr, FAST_LOG2: tl.constexpr, THRESH, STEPS: tl.constexpr, SINGLE: tl.constexpr):
     """As `_forward_walk`, for dQ."""
     far_end = _far_keys_end(t_i, offs_m < N, T_row, FLAGS_row, N, lo, start_m, THRESH, NUM_BUCKETS, BUCKET_SCALE, FAST_LOG2, BIAS,
                             STEPS, BLOCK_N)
     dq = _dq_block(dq, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
                    FLAGS_row, TABLE, group_bit, sm_scale, N, lo, far_end, TABLE_STRIDE, D, NUM_BUCKETS, BUCKET_SCALE, PRECISION, BLOCK_N,
-                   False, BIAS, CONTENT, PACKED, FAST_LOG2, THRESH, True, STEPS)
+                   False, BIAS, CONTENT, PACKED, FAST_LOG2, THRESH, True, STEPS, SINGLE)
     dq = _dq_block(dq, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
                    FLAGS_row, TABLE, group_bit, sm_scale, N, far_end, start_m, TABLE_STRIDE, D, NUM_BUCKETS, BUCKET_SCALE, PRECISION, BLOCK_N,
-                   False, BIAS, CONTENT, PACKED, FAST_LOG2, THRESH, False, STEPS)
+                   False, BIAS, CONTENT, PACKED, FAST_LOG2, THRESH, False, STEPS, SINGLE)
     return _dq_block(dq, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
                      FLAGS_row, TABLE, group_bit, sm_scale, N, diagonal_lo, diagonal_hi, TABLE_STRIDE, D, NUM_BUCKETS, BUCKET_SCALE, PRECISION,
-                     BLOCK_N, True, BIAS, CONTENT, PACKED, FAST_LOG2, THRESH, False, STEPS)
+                     BLOCK_N, True, BIAS, CONTENT, PACKED, FAST_LOG2, THRESH, False, STEPS, SINGLE)
 
 
-@triton.autotune(configs=_QUERY_MAJOR, key=["N", "D", "H", "BIAS", "PACKED", "STEPS"])
+@triton.autotune(configs=_QUERY_MAJOR, key=["N", "D", "H", "BIAS", "PACKED", "STEPS", "SINGLE"])
 @triton.jit
 def _cama_dq_kernel(Q, K, V, DO, LSE, DELTA, T, SEG, POS, FLAGS, START, HEAD_GROUP, TABLE, THRESH, DQ, sm_scale, N,
                     H: tl.constexpr, D: tl.constexpr, TABLE_STRIDE: tl.constexpr, HEAD_STRIDE: tl.constexpr, NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr,
-                    PRECISION: tl.constexpr, BIAS: tl.constexpr, TABLE_GRAD: tl.constexpr, PACKED: tl.constexpr, FAST_LOG2: tl.constexpr, STEPS: tl.constexpr, BLOCK_M: tl.constexpr,
+                    PRECISION: tl.constexpr, BIAS: tl.constexpr, TABLE_GRAD: tl.constexpr, PACKED: tl.constexpr, FAST_LOG2: tl.constexpr, STEPS: tl.constexpr, SINGLE: tl.constexpr, BLOCK_M: tl.constexpr,
                     BLOCK_N: tl.constexpr):
     b, h, pid_bh, start_m, offs_m, offs_d, rows, base = program_block(BLOCK_M, H, N, D)
     q, do, lse, delta_row = load_backward_rows(Q, DO, LSE, DELTA, base, pid_bh.to(tl.int64) * N, offs_m, offs_d, D, rows)
@@ -523,17 +543,17 @@ def _cama_dq_kernel(Q, K, V, DO, LSE, DELTA, T, SEG, POS, FLAGS, START, HEAD_GRO
     if group_bit < 0:
         dq = _dq_walk(dq, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
                       FLAGS_row, TABLE, group_bit, sm_scale, N, lo, start_m, diagonal_lo, diagonal_hi, TABLE_STRIDE, D, NUM_BUCKETS, BUCKET_SCALE,
-                      PRECISION, BLOCK_N, BIAS, True, PACKED, FAST_LOG2, THRESH, STEPS)
+                      PRECISION, BLOCK_N, BIAS, True, PACKED, FAST_LOG2, THRESH, STEPS, SINGLE)
     else:
         dq = _dq_walk(dq, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, seg_i, pos_i, candidate_i, T_row, SEG_row, POS_row,
                       FLAGS_row, TABLE, group_bit, sm_scale, N, lo, start_m, diagonal_lo, diagonal_hi, TABLE_STRIDE, D, NUM_BUCKETS, BUCKET_SCALE,
-                      PRECISION, BLOCK_N, BIAS, False, PACKED, FAST_LOG2, THRESH, STEPS)
+                      PRECISION, BLOCK_N, BIAS, False, PACKED, FAST_LOG2, THRESH, STEPS, SINGLE)
     store_tile(DQ, base, offs_m, offs_d, D, rows, dq * sm_scale)
 
 
 # Ablation switches for benchmarks/gpu_suite.py only: what the temporal bias, its table gradient,
 # the SFU's approximate log2 (against libdevice's exact one) and the table's layout cost.
-ABLATION = {"bias": True, "table_grad": True, "fast_log2": True, "bias_steps": 0, "table_layout": "head_major"}
+ABLATION = {"bias": True, "table_grad": True, "fast_log2": True, "bias_steps": 0, "table_layout": "head_major", "single_bucket": True}
 _MAX_STEPS = 32
 
 
@@ -571,7 +591,7 @@ def _launch_meta(q: Tensor, table32: Tensor, num_buckets: int, packed: bool) -> 
     # float32 inputs get exact float32 products (tests, correctness checks); bf16/fp16 use tensor cores.
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     return dict(H=q.shape[1], TABLE_STRIDE=table32.stride(0), HEAD_STRIDE=table32.stride(1), NUM_BUCKETS=num_buckets, BUCKET_SCALE=LOG_BUCKET_PER_OCTAVE, PRECISION=precision,
-                BIAS=ABLATION["bias"], TABLE_GRAD=ABLATION["bias"] and ABLATION["table_grad"], PACKED=packed, STEPS=ABLATION["bias_steps"],
+                BIAS=ABLATION["bias"], TABLE_GRAD=ABLATION["bias"] and ABLATION["table_grad"], PACKED=packed, STEPS=ABLATION["bias_steps"], SINGLE=ABLATION["single_bucket"],
                 FAST_LOG2=ABLATION["fast_log2"] and not INTERPRETED)
 
 
