@@ -11,13 +11,19 @@ mask and bias is the twin the tests and `benchmarks/gpu_suite.py` compare agains
 * Every allowed key precedes or equals its query in sequence order (history is time-sorted and
   candidates follow it), so each query block walks key blocks from its segment's first real
   position up to its own diagonal: causal block skipping, and packed users never touch each other.
+* Temporal bias per tile: the tile's bucket range comes from its smallest and largest Δ (buckets
+  are monotone in Δ). Off the diagonal a tile inside one bucket (most of them: log buckets widen
+  with Δ) adds table[bucket] as one scalar; the others take a log2 per pair and look the bias up with
+  one `ld.global.nc` per pair (`_gather`): a plain `tl.load` gather there is software-pipelined by
+  Triton into 4-byte cp.async copies through shared memory, which cost ~4x the tile's matmuls
+  (benchmarks/probe_cama_triton.py). The table is read head-major (each head's entries adjacent).
 * Bias-table gradient: per tile, the score gradients are summed per bucket over the (few) buckets
-  the tile spans and kept in a per-program histogram; one atomic add per bucket per program.
-* Off the diagonal, where a tile's pairs span at most `ABLATION["bias_steps"]` bucket edges (the
-  forward and dQ walks find the first key block that does not), the bias is table[low] plus one
-  compare-and-select per edge against exact integer thresholds (`bucket_thresholds`): no log2 and no
-  table gather per pair, which cost ~4x the tile's matmuls (benchmarks/probe_cama_triton.py).
-  dK/dV keeps the gather (its table gradient would need a tile-wide sum per edge).
+  the tile spans; off the diagonal the lowest bucket's sums stay per row until the bucket changes
+  along the walk. One atomic add per bucket per program.
+* Ablation (`ABLATION["bias_steps"]` > 0; slower since the gather went direct): off-diagonal tiles
+  spanning at most that many bucket edges take table[low] plus one compare-and-select per edge
+  against exact integer thresholds (`bucket_thresholds`); the forward and dQ walks find the first
+  key block that does not qualify.
 * Buckets use `log_bucket`'s float32 formula; the GPU's fast `log2` can put a Δ lying within
   rounding of a bucket edge into the neighbouring bucket (about 1 pair in 10⁵, measured in the suite).
 
@@ -201,12 +207,12 @@ def _tile(q, k, offs_m, offs_n, t_i, seg_i, pos_i, candidate_i, t_j, seg_j, pos_
           TABLE_STRIDE: tl.constexpr, NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr, qk_scale, PRECISION: tl.constexpr,
           DIAGONAL: tl.constexpr, BIAS: tl.constexpr, CONTENT: tl.constexpr, PACKED: tl.constexpr, FAST_LOG2: tl.constexpr,
           THRESH, FAR: tl.constexpr, STEPS: tl.constexpr, SINGLE: tl.constexpr):
-    """Scores of one tile in log2 units (bias included, -inf where the channel forbids the key) and its
-    buckets (FAR: its Δ instead).
+    """Scores of one tile in log2 units (bias included, -inf where the channel forbids the key), its
+    buckets (FAR: its Δ instead) and the range they span (the table gradient's bins).
 
-    FAR tiles (off the diagonal, at most STEPS bucket edges inside: the walks check it) take the bias
-    through `_threshold_bias`; the others by bucket and table gather, which costs ~4x the tile's
-    matmuls on the H100 (benchmarks/probe_cama_triton.py).
+    SINGLE: an off-diagonal tile inside one bucket adds the bias as a scalar. FAR tiles (the
+    threshold ablation: off the diagonal, at most STEPS bucket edges inside, as the walks check) take
+    it through `_threshold_bias`; the others by bucket and `_gather`.
 
     Off the diagonal every key precedes every query, so the content rule reduces to "a history event"
     (a per-key test); only diagonal tiles evaluate positions, self and candidate rules. TABLE holds
@@ -552,7 +558,8 @@ def _cama_dq_kernel(Q, K, V, DO, LSE, DELTA, T, SEG, POS, FLAGS, START, HEAD_GRO
 
 
 # Ablation switches for benchmarks/gpu_suite.py only: what the temporal bias, its table gradient,
-# the SFU's approximate log2 (against libdevice's exact one) and the table's layout cost.
+# the SFU's approximate log2 (against libdevice's exact one), the table's layout, the threshold path
+# (bias_steps > 0) and the one-bucket tiles' scalar bias (single_bucket) cost or save.
 ABLATION = {"bias": True, "table_grad": True, "fast_log2": True, "bias_steps": 0, "table_layout": "head_major", "single_bucket": True}
 _MAX_STEPS = 32
 
