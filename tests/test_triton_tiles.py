@@ -21,25 +21,29 @@ def test_row_term_kernel_equals_reference(with_lse_grad):
                                rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("dim,expanded", [(16, True), (24, False)])
-def test_merge_extra_key_kernel_equals_reference_with_gradients(dim, expanded):
+@pytest.mark.parametrize("dim,layout", [(16, "expanded"), (24, "full"), (16, "strided")])
+def test_merge_extra_key_kernel_equals_reference_with_gradients(dim, layout):
     """One extra key per query merged through the log-sum-exp, forward and all five gradients; rows that
     saw no key (lse -inf), a partial last block, a head dim that is not a power of two, and the extra
-    key/value as an expanded view (one per row, as CamA's single-segment context is) or full-size."""
+    key/value as an expanded view (one per row, as CamA's single-segment context is), full-size, or
+    with a head dim that is not unit-strided."""
     generator = torch.Generator().manual_seed(torch.seed() % 2**31)
     batch, heads, length = 2, 3, 37
     out, q = (torch.randn(batch, heads, length, dim, generator=generator) for _ in range(2))
     lse = torch.randn(batch, heads, length, generator=generator)
     lse[0, 1, :5] = float("-inf")
-    if expanded:
+    if layout == "expanded":
         k_source, v_source = (torch.randn(batch, heads, 1, dim, generator=generator) for _ in range(2))
-    else:
+    elif layout == "full":
         k_source, v_source = (torch.randn(batch, heads, length, dim, generator=generator) for _ in range(2))
+    else:
+        k_source, v_source = (torch.randn(batch, heads, length, dim, 2, generator=generator) for _ in range(2))
     upstream = torch.randn(batch, heads, length, dim, generator=generator)
     results = []
     for merge in (merge_extra_key, merge_extra_key_reference):
         leaves = [x.clone().requires_grad_() for x in (out, lse, q, k_source, v_source)]
-        k_extra, v_extra = (x.expand(batch, heads, length, dim) for x in leaves[3:])
+        k_extra, v_extra = (x[..., 0] if layout == "strided" else x.expand(batch, heads, length, dim) for x in leaves[3:])
+        assert k_extra.stride(-1) == (2 if layout == "strided" else 1)
         merged = merge(leaves[0], leaves[1], leaves[2], k_extra, v_extra)
         merged.backward(upstream)
         results.append([merged] + [x.grad for x in leaves])

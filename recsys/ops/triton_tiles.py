@@ -210,9 +210,6 @@ def _merge_backward_kernel(GRAD, OUT, LSE, Q, KX, VX, D_OUT, D_LSE, D_Q, D_KX, D
 
 def _merge_launch(q: Tensor, k_extra: Tensor, v_extra: Tensor) -> dict:
     batch, heads, length, dim = q.shape
-    for extra in (k_extra, v_extra):
-        if extra.stride(-1) != 1:
-            raise ValueError("merge_extra_key: the extra key/value need a unit stride along the head dimension")
     rows = q.numel() // dim
     block = 16 if INTERPRETED else 32
     return dict(grid=(triton.cdiv(rows, block),), N=length, H=heads, KX_B=k_extra.stride(0), KX_H=k_extra.stride(1), KX_N=k_extra.stride(2),
@@ -224,6 +221,8 @@ class _MergeExtraKey(torch.autograd.Function):
     @staticmethod
     def forward(ctx, out: Tensor, lse: Tensor, q: Tensor, k_extra: Tensor, v_extra: Tensor) -> Tensor:
         out, lse, q = out.contiguous(), lse.contiguous(), q.contiguous()
+        # The kernels follow the extra key/value's strides (expanded views stay views) but want the head dim unit-strided.
+        k_extra, v_extra = (x if x.stride(-1) == 1 else x.contiguous() for x in (k_extra, v_extra))
         merged = torch.empty_like(q)
         launch = _merge_launch(q, k_extra, v_extra)
         _merge_forward_kernel[launch.pop("grid")](out, lse, q, k_extra, v_extra, merged, **launch)
