@@ -190,6 +190,14 @@ def _bucket_range(t_i, rows, t_j, keys, NUM_BUCKETS: tl.constexpr, BUCKET_SCALE:
 
 
 @triton.jit
+def _pair_bias(scores, t_i, t_j, TABLE, TABLE_STRIDE: tl.constexpr, NUM_BUCKETS: tl.constexpr, BUCKET_SCALE: tl.constexpr,
+               FAST_LOG2: tl.constexpr):
+    """Scores plus each pair's bias by its own bucket (a log2 and a `_gather` per pair), and the buckets."""
+    bucket = _bucket(t_i[:, None] - t_j[None, :], NUM_BUCKETS, BUCKET_SCALE, FAST_LOG2)
+    return scores + _gather(TABLE + bucket * TABLE_STRIDE, DIRECT_GATHER), bucket
+
+
+@triton.jit
 def _threshold_bias(delta, low, TABLE, THRESH, TABLE_STRIDE: tl.constexpr, NUM_BUCKETS: tl.constexpr, STEPS: tl.constexpr):
     """The bias of a tile whose buckets lie in low .. low + STEPS, without a log2 or a table gather per
     pair: table[low] plus, per bucket edge crossed, the step to the next entry (Δ >= threshold)."""
@@ -246,11 +254,9 @@ def _tile(q, k, offs_m, offs_n, t_i, seg_i, pos_i, candidate_i, t_j, seg_j, pos_
                     bucket = tl.zeros(scores.shape, dtype=tl.int32) + low
                     scores += tl.load(TABLE + low * TABLE_STRIDE)
                 else:
-                    bucket = _bucket(t_i[:, None] - t_j[None, :], NUM_BUCKETS, BUCKET_SCALE, FAST_LOG2)
-                    scores += _gather(TABLE + bucket * TABLE_STRIDE, DIRECT_GATHER)
+                    scores, bucket = _pair_bias(scores, t_i, t_j, TABLE, TABLE_STRIDE, NUM_BUCKETS, BUCKET_SCALE, FAST_LOG2)
             else:
-                bucket = _bucket(t_i[:, None] - t_j[None, :], NUM_BUCKETS, BUCKET_SCALE, FAST_LOG2)
-                scores += _gather(TABLE + bucket * TABLE_STRIDE, DIRECT_GATHER)
+                scores, bucket = _pair_bias(scores, t_i, t_j, TABLE, TABLE_STRIDE, NUM_BUCKETS, BUCKET_SCALE, FAST_LOG2)
     else:  # ablation (benchmarks only): no temporal bias
         bucket = tl.zeros([1, 1], dtype=tl.int32)
         low, high = 0, 0
