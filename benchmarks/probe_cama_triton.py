@@ -13,11 +13,12 @@ bias on and off) at the same configurations:
   5 rung 3 + the bias through the tile's bucket range: comparisons of Δ against bucket thresholds
     (no log2, no gather per pair off the diagonal's few boundaries)
   6 rung 4 with the SFU's lg2.approx (the production kernel's FAST_LOG2) instead of libdevice's log2
-  7 rung 6 with the table head-major (`[H, buckets]`: a head's entries in a few cache lines, where
-    `[buckets, H]` puts one per 32 bytes and a warp's gather touches up to 8x more lines)
+  7 rung 6 with the table head-major (`[H, buckets]`: a head's entries in a few cache lines instead
+    of one per 32 bytes; measured no faster: the layout was not what cost)
   8 rung 6 without the gather: the bias is a linear function of the bucket (what the log2 costs alone)
-  9 rung 3 with the keys' times and flags loaded one tile ahead (Triton pipelines only the loads that
-    feed a dot; these otherwise wait a global-memory latency every tile)
+  9 rung 3 with the keys' times and flags loaded one tile ahead by hand (the hypothesis that these
+    loads wait a global-memory latency every tile; refuted: Triton already stages them through
+    shared memory, and the rung is no faster)
  10 rung 7 with the same prefetch
  11 rung 7 with the gather as one `ld.global.nc` per pair in registers (inline PTX): Triton's pipeliner
     turns a 32-bit `tl.load` gather into 4-byte cp.async copies through shared memory and a layout
@@ -51,7 +52,8 @@ from recsys.ops.temporal import LOG_BUCKET_PER_OCTAVE, log_bucket  # noqa: E402
 from recsys.ops.triton_tiles import INTERPRETED, LOG2E  # noqa: E402
 
 INTERPRETED_JIT: tl.constexpr = tl.constexpr(INTERPRETED)
-LINEAR_STEP: tl.constexpr = tl.constexpr(0.01 * LOG2E)  # rung 8's bias per bucket, log2 units
+LINEAR_STEP_VALUE = 0.01 * LOG2E  # rung 8's bias per bucket, log2 units
+LINEAR_STEP: tl.constexpr = tl.constexpr(LINEAR_STEP_VALUE)
 RUNGS = 13
 
 
@@ -205,7 +207,7 @@ def reference(rung: int, inputs) -> torch.Tensor:
     """What rung `rung` computes, densely in float32."""
     q, k, v, times, flags, head_group, table = inputs[:7]
     if rung == 8:
-        table = LINEAR_STEP * torch.arange(table.shape[0], device=q.device, dtype=torch.float32)[:, None].expand_as(table)
+        table = LINEAR_STEP_VALUE * torch.arange(table.shape[0], device=q.device, dtype=torch.float32)[:, None].expand_as(table)
     n = q.shape[2]
     scores = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
     index = torch.arange(n, device=q.device)

@@ -16,7 +16,8 @@ mask and bias is the twin the tests and `benchmarks/gpu_suite.py` compare agains
   with Δ) adds table[bucket] as one scalar; the others take a log2 per pair and look the bias up with
   one `ld.global.nc` per pair (`_gather`): a plain `tl.load` gather there is software-pipelined by
   Triton into 4-byte cp.async copies through shared memory, which cost ~4x the tile's matmuls
-  (benchmarks/probe_cama_triton.py). The table is read head-major (each head's entries adjacent).
+  (benchmarks/probe_cama_triton.py). The table is read head-major (each head's entries adjacent;
+  no faster than row-major as measured, kept for the smaller footprint per head).
 * Bias-table gradient: per tile, the score gradients are summed per bucket over the (few) buckets
   the tile spans; off the diagonal the lowest bucket's sums stay per row until the bucket changes
   along the walk. One atomic add per bucket per program.
@@ -592,8 +593,9 @@ def _thresholds_on(num_buckets: int, device: str) -> Tensor:
 
 def _kernel_table(table: Tensor) -> Tensor:
     """The bias table as the kernels read it: float32 in log2 units, `[buckets, H]` with each head's
-    entries adjacent in memory (`ABLATION["table_layout"]`), so a warp's per-pair gather touches a
-    few cache lines of one head instead of one 32-byte row per bucket."""
+    entries adjacent in memory (`ABLATION["table_layout"]`: a warp's per-pair lookups stay within a
+    few cache lines of one head; against the row-major layout this measured no different, 17.48 vs
+    17.54 ms in benchmarks/RESULTS.md session 7 call 1)."""
     scaled = table.float() * LOG2E
     if ABLATION["table_layout"] == "head_major":
         return scaled.t().contiguous().t()
