@@ -53,7 +53,8 @@ def test_keyed_kernel_equals_structural_global_and_transition_with_gradients(dim
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
     assert (expected[0][:, :, :length].abs().sum(-1) == 0).any(), "some history queries must see no chunk (zero rows)"
     for name, g, e in zip(("q", "k", "v", "scales"), got_grads, expected_grads):
-        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4, msg=lambda m, name=name: f"grad of {name}: {m}")
+        tolerance = 1e-3 if name == "scales" else 1e-4  # a float32 sum over every pair: see test_evo_branches_triton
+        torch.testing.assert_close(g, e, rtol=tolerance, atol=tolerance, msg=lambda m, name=name: f"grad of {name}: {m}")
 
 
 def test_fused_branches_equal_structural_local_branch_too():

@@ -104,7 +104,8 @@ class FusedTimes(NamedTuple):
     earliest real query (differences, not epochs, reach the kernels) and flag words, bit 1 real or
     valid, bit 2 a weekend in local time. Queries `[B, T]`, their history part `[B, L]` (the local
     kernel's keys too), chunk keys `[B, P]` and tail keys `[B, P·tail]` with the positions their
-    chunks end at."""
+    chunks end at; and where the keyed branches' key gradients land among the history keys: each
+    position's chunk (int32 1..P, 0 padding) and its slot in the tail list (int32, -1 if none)."""
 
     query_times: Tensor
     query_flags: Tensor
@@ -116,6 +117,8 @@ class FusedTimes(NamedTuple):
     tail_times: Tensor
     tail_end: Tensor
     tail_flags: Tensor
+    history_chunk: Tensor
+    tail_slot: Tensor
 
 
 def flag_words(real: Tensor, times: Tensor, utc_offset: int) -> Tensor:
@@ -135,9 +138,10 @@ def earliest_real_time(times: Tensor, real: Tensor) -> Tensor:
     return torch.where(real, times, latest).min(dim=1, keepdim=True).values
 
 
-def fused_times(times: Tensor, history_real: Tensor, chunk_end: Tensor, chunk_valid: Tensor, tail_positions: Tensor, tail_valid: Tensor,
+def fused_times(times: Tensor, chunk_id: Tensor, chunk_end: Tensor, chunk_valid: Tensor, tail_positions: Tensor, tail_valid: Tensor,
                 utc_offset: int) -> FusedTimes:
-    """`FusedTimes` of a batch: times `[B, T]` int64 (history then candidates), history_real `[B, L]`."""
+    """`FusedTimes` of a batch: times `[B, T]` int64 (history then candidates), chunk_id `[B, L]` (0 padding)."""
+    history_real = chunk_id > 0
     batch, length = history_real.shape
     query_real = torch.cat([history_real, torch.ones(batch, times.shape[1] - length, dtype=torch.bool, device=times.device)], dim=1)
     base = earliest_real_time(times, query_real)
@@ -150,12 +154,23 @@ def fused_times(times: Tensor, history_real: Tensor, chunk_end: Tensor, chunk_va
                       relative_int32(history_times, history_real, base), flag_words(history_real, history_times, utc_offset),
                       relative_int32(chunk_times, chunk_valid, base), chunk_end.to(torch.int32).contiguous(), flag_words(chunk_valid, chunk_times, utc_offset),
                       relative_int32(tail_times, tail_valid, base), chunk_end.repeat_interleave(tail, dim=1).to(torch.int32).contiguous(),
-                      flag_words(tail_valid, tail_times, utc_offset))
+                      flag_words(tail_valid, tail_times, utc_offset), chunk_id.to(torch.int32).contiguous(),
+                      tail_slots(tail_positions, tail_valid, length))
+
+
+def tail_slots(tail_positions: Tensor, tail_valid: Tensor, length: int) -> Tensor:
+    """`[B, L]` int32: the index of each history position in the tail list, -1 where it is no
+    chunk's tail. Valid tails of different chunks never share a position; an invalid entry may point
+    at another chunk's tail, so invalid slots count as -1 and the largest wins."""
+    slots = torch.arange(tail_positions.shape[1], device=tail_positions.device).expand_as(tail_positions)
+    proposed = torch.where(tail_valid, slots, torch.full_like(slots, -1))
+    empty = torch.full((tail_positions.shape[0], length), -1, dtype=slots.dtype, device=tail_positions.device)
+    return empty.scatter_reduce(1, tail_positions, proposed, "amax").to(torch.int32).contiguous()
 
 
 def _no_fused_times(device: torch.device) -> FusedTimes:
     empty = torch.zeros(0, 0, dtype=torch.int32, device=device)
-    return FusedTimes(empty, empty, empty, empty, empty, empty, empty, empty, empty, empty)
+    return FusedTimes(empty, empty, empty, empty, empty, empty, empty, empty, empty, empty, empty, empty)
 
 
 class EvoGeometry(NamedTuple):
@@ -224,7 +239,7 @@ def evo_geometry(times: Tensor, chunk_id: Tensor, chunk_start: Tensor, chunk_end
     candidate_valid = history_valid[:, start:].view(batch, 1, 1, -1)
     candidate_terms = temporal_components(t_cand, times[:, start:length], utc_offset, weekend_rule)
     candidate_self_terms = temporal_components(t_cand.unsqueeze(-1), t_cand.unsqueeze(-1), utc_offset, weekend_rule)
-    times_for_kernels = fused_times(times, history_valid, chunk_end, chunk_valid, positions, valid, utc_offset) if fused \
+    times_for_kernels = fused_times(times, chunk_id, chunk_end, chunk_valid, positions, valid, utc_offset) if fused \
         else _no_fused_times(times.device)
     return EvoGeometry(chunk_id, global_visible, global_terms, positions, tail_visible, tail_terms, local_visible, local_terms,
                        candidate_valid, candidate_terms, candidate_self_terms, chunk_end, chunk_valid, valid, times_for_kernels)
@@ -297,39 +312,32 @@ def evo_attend(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Te
 def evo_attend_fused(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, k_summary: Tensor, v_summary: Tensor,
                      geometry: EvoGeometry, window: int, scales: Tensor, times: Tensor, utc_offset: int,
                      weekend_rule: int, keyed: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
-    """`evo_attend` with the global and transition branches in the fused keyed kernel
-    (`recsys.ops.evo_keyed_triton`) and the history part of the local branch in the fused local
-    kernel (`recsys.ops.evo_local_triton`); the candidates' local keys stay `_candidate_local`.
-    `geometry` from `evo_geometry(..., fused=True)`. `keyed=False` keeps the structural global and
-    transition branches (geometry from `fused=False`): what the keyed kernel gains, for benchmarks.
-    CUDA, or Triton's interpreter in tests; not scriptable."""
-    from recsys.ops.evo_keyed_triton import keyed_attention_prepared  # triton: a training-time dependency only
+    """`evo_attend` through the fused Triton kernels, one autograd node for the three branches that
+    sums their q, k, v gradients inside the kernels (`recsys.ops.evo_branches_triton`): global and
+    transition in the keyed kernel (`recsys.ops.evo_keyed_triton`), the local branch, the
+    candidates' window included, in the local kernel (`recsys.ops.evo_local_triton`). `geometry`
+    from `evo_geometry(..., fused=True)`. `keyed=False` keeps the structural global and transition
+    branches (geometry from `fused=False`) and the candidates' PyTorch window, each branch its own
+    node: what the keyed kernel and the shared node gain, for benchmarks. CUDA, or Triton's
+    interpreter in tests; not scriptable."""
+    from recsys.ops.evo_branches_triton import evo_branches_triton  # triton: a training-time dependency only
     from recsys.ops.evo_local_triton import local_history_prepared
 
-    length, num_chunks = geometry.chunk_id.shape[1], geometry.chunk_end.shape[1]
+    if keyed:
+        return evo_branches_triton(q, k, v, k_profile, v_profile, k_summary, v_summary, geometry, window, scales, weekend_rule)
+    length = geometry.chunk_id.shape[1]
     # The kernels read contiguous [B, H, T, D]; the model's heads are transposed views of one
-    # projection. One copy here instead of one per kernel call (q feeds three).
+    # projection. One copy here instead of one per kernel call.
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    if geometry.fused_times.query_times.numel() == 0:  # a geometry built with fused=False (keyed=False benchmarks)
-        geometry = geometry._replace(fused_times=fused_times(times, geometry.chunk_id > 0, geometry.chunk_end, geometry.chunk_valid,
+    if geometry.fused_times.query_times.numel() == 0:  # a geometry built with fused=False
+        geometry = geometry._replace(fused_times=fused_times(times, geometry.chunk_id, geometry.chunk_end, geometry.chunk_valid,
                                                              geometry.tail_positions, geometry.tail_valid, utc_offset))
     timing = geometry.fused_times
     history = local_history_prepared(q[:, :, :length], k[:, :, :length], v[:, :, :length], k_profile, v_profile, timing.history_times,
                                      timing.history_flags, window, scales, weekend_rule)
     local = history if q.shape[2] == length else torch.cat(
         [history, _candidate_local(q, k, v, k_profile, v_profile, geometry, window, scales)], dim=2)
-    if not keyed:
-        return global_branch(q, k_summary, v_summary, geometry, scales), transition_branch(q, k, v, geometry, scales), local
-    membership = chunk_membership(geometry.chunk_id, num_chunks)
-    global_out = keyed_attention_prepared(q, chunk_summaries_matmul(k_summary[:, :, :length], membership),
-                                          chunk_summaries_matmul(v_summary[:, :, :length], membership), timing.query_times,
-                                          timing.query_flags, length, timing.chunk_times, timing.chunk_end, timing.chunk_flags, scales,
-                                          weekend_rule)
-    positions = geometry.tail_positions
-    transition_out = keyed_attention_prepared(q, _gather_positions(k, positions), _gather_positions(v, positions), timing.query_times,
-                                              timing.query_flags, length, timing.tail_times, timing.tail_end, timing.tail_flags, scales,
-                                              weekend_rule)
-    return global_out, transition_out, local
+    return global_branch(q, k_summary, v_summary, geometry, scales), transition_branch(q, k, v, geometry, scales), local
 
 
 def evo_branches(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, k_summary: Tensor, v_summary: Tensor,

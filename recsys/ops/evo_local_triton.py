@@ -1,16 +1,18 @@
-"""SparseCTR's local branch as one fused Triton kernel per direction (forward; dK/dV with the
-temporal-scale gradient; dQ).
+"""SparseCTR's local branch as one fused Triton kernel per direction (forward; dK/dV; dQ with the
+temporal scales' gradient).
 
 The branch (`recsys.ops.evo_attention.local_branch`, its twin in the tests): history query i sees
-the real history keys j with i - window < j <= i, with the composite RelTemporal bias
+the real history keys j with i - window < j <= i, a candidate (positions L.. of the sequence) the
+last `window` real history keys and itself, each with the composite RelTemporal bias
 `s0·b_time + s1·b_hour + s2·b_wkd` (`temporal_components`), plus the profile token (bias 0). The
 structural version materialises the three bias terms and a visibility tensor for every
-`[query block, 2·window + 1]` pair and runs SDPA's math path; here each tile computes the terms in
-registers from int32 times and a per-event flag word (real, local weekend), and a query block
-visits only the one to three key tiles its window covers. The profile key starts every row's online
-softmax (`triton_tiles.profile_key_start`); the dQ kernel adds its share and sums the profile key's
-and value's gradients (`profile_key_gradients`), so no full-size float32 merge runs outside the
-kernels. Candidates keep `candidate_local` (M queries, PyTorch).
+`[query block, 2·window + 1]` pair and runs SDPA's math path, and the candidates' window in
+PyTorch; here each tile computes the terms in registers from int32 times and a per-event flag word
+(real, local weekend), and a query block visits only the key tiles its windows cover. The profile
+key starts every row's online softmax (`triton_tiles.profile_key_start`); the dQ kernel adds its
+share and sums the profile key's and value's gradients (`profile_key_gradients`), so no full-size
+float32 merge runs outside the kernels. `local_history_triton` is the history-only entry point;
+`recsys.ops.evo_branches_triton` drives the kernels over history and candidates.
 
 Runs on CUDA; on CPU under Triton's interpreter (`TRITON_INTERPRET=1`), which the tests use.
 """
@@ -18,30 +20,40 @@ Runs on CUDA; on CPU under Triton's interpreter (`TRITON_INTERPRET=1`), which th
 from __future__ import annotations
 
 import math
+from typing import NamedTuple, Optional
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from recsys.ops.evo_bias_triton import accumulate_key_gradients, add_scale_gradients, composite_terms, load_scales
-from recsys.ops.triton_tiles import (INTERPRETED, backward_row_term, finish_rows, load_backward_rows, load_tile, online_softmax_step,
-                                     pad_head_dim, padded_head_dim, profile_key_gradients, profile_key_start, program_block, store_tile,
-                                     tile_configs)
+from recsys.ops.evo_bias_triton import accumulate_key_gradients, accumulate_query_gradients, add_scale_gradients, composite_terms, load_scales
+from recsys.ops.triton_tiles import (INTERPRETED, finish_rows, load_backward_rows, load_tile, online_softmax_step, query_backward_rows,
+                                     pad_head_dim, padded_head_dim, profile_key_gradients, profile_key_start, program_block_rows,
+                                     store_tile, tile_configs)
 
 
 
 @triton.jit
-def _local_tile(q, k, offs_m, offs_n, t_i, weekend_i, T_row, FLAGS_row, s_time, s_hour, s_weekend, sm_scale, L,
-                WINDOW: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr):
-    """Natural-log scores (bias included, -inf outside the window or at padding) and the three terms."""
-    in_range = offs_n < L
-    t_j = tl.load(T_row + offs_n, mask=in_range, other=0)
-    flags_j = tl.load(FLAGS_row + offs_n, mask=in_range, other=0)
-    real_j = (flags_j & 1) != 0
+def _local_tile(q, k, offs_m, offs_n, t_i, weekend_i, T_row, FLAGS_row, s_time, s_hour, s_weekend, sm_scale, L, ROWS,
+                WINDOW: tl.constexpr, CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr):
+    """Natural-log scores (bias included, -inf where not visible) and the three terms. History query i
+    sees the real history keys (i - WINDOW, i]; a candidate (i >= L) the real history keys
+    [L - WINDOW, L) and itself."""
+    t_j = tl.load(T_row + offs_n, mask=offs_n < ROWS, other=0)
+    flags_j = tl.load(FLAGS_row + offs_n, mask=offs_n < ROWS, other=0)
+    history_key = ((flags_j & 1) != 0) & (offs_n < L)
     b_time, b_hour, b_weekend = composite_terms(t_i, weekend_i, t_j, (flags_j & 2) != 0, WEEKEND_BOTH, FAST_MATH)
     scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * sm_scale + s_time * b_time + s_hour * b_hour + s_weekend * b_weekend
-    visible = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] > offs_m[:, None] - WINDOW) & (real_j & in_range)[None, :]
+    if CANDIDATES:  # compiled separately: the history-only rule is cheaper per pair
+        candidate = offs_m >= L
+        first = tl.where(candidate, L - WINDOW, offs_m - WINDOW + 1)
+        last = tl.where(candidate, L - 1, offs_m)
+        own_key = tl.where(candidate, offs_m, -1)
+        in_window = (offs_n[None, :] >= first[:, None]) & (offs_n[None, :] <= last[:, None]) & history_key[None, :]
+        visible = in_window | (offs_n[None, :] == own_key[:, None])
+    else:
+        visible = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] > offs_m[:, None] - WINDOW) & history_key[None, :]
     return tl.where(visible, scores, float("-inf")), b_time, b_hour, b_weekend
 
 
@@ -51,23 +63,29 @@ def _query_times(T_row, FLAGS_row, offs_m, rows):
 
 
 @triton.jit
-def _window_key_range(start_m, L, WINDOW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """The key tiles a query block's windows reach: from the earliest window start to its last query."""
-    return tl.maximum(start_m - WINDOW + 1, 0) // BLOCK_N * BLOCK_N, tl.minimum(start_m + BLOCK_M, L)
+def _window_key_ranges(start_m, L, ROWS, WINDOW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The key tiles a query block reaches, as two ranges: history keys from the earliest window start
+    (a candidate's window starts at L - WINDOW) to its last history query, then the candidates' own
+    keys among its queries, from where the first range's last tile ended (so no tile is seen twice)."""
+    lo = tl.maximum(tl.minimum(start_m, L - 1) - WINDOW + 1, 0) // BLOCK_N * BLOCK_N
+    hi = tl.minimum(start_m + BLOCK_M, L)
+    end = lo + tl.cdiv(tl.maximum(hi - lo, 0), BLOCK_N) * BLOCK_N
+    return lo, hi, tl.maximum(end, start_m // BLOCK_N * BLOCK_N), tl.minimum(start_m + BLOCK_M, ROWS)
 
 
 @triton.jit
 def _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, weekend_i, T_row, FLAGS_row, s_time, s_hour, s_weekend, sm_scale, L,
-                 D: tl.constexpr, BLOCK_N: tl.constexpr, WINDOW: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr,
-                 FAST_MATH: tl.constexpr):
-    """The key tile at `start_n` and its natural-log scores against the query block (forward and dQ)."""
+                 ROWS, D: tl.constexpr, BLOCK_N: tl.constexpr, WINDOW: tl.constexpr, CANDIDATES: tl.constexpr,
+                 WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr):
+    """The key tile at `start_n`, its natural-log scores against the query block and the three bias
+    terms (forward and dQ)."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    cols = offs_n < L
+    cols = offs_n < ROWS
     k = load_tile(K, base, offs_n, offs_d, D, cols)
     v = load_tile(V, base, offs_n, offs_d, D, cols)
-    scores, _, _, _ = _local_tile(q, k, offs_m, offs_n, t_i, weekend_i, T_row, FLAGS_row, s_time, s_hour, s_weekend, sm_scale, L,
-                                  WINDOW, WEEKEND_BOTH, PRECISION, FAST_MATH)
-    return k, v, scores
+    scores, b_time, b_hour, b_weekend = _local_tile(q, k, offs_m, offs_n, t_i, weekend_i, T_row, FLAGS_row, s_time, s_hour, s_weekend,
+                                                    sm_scale, L, ROWS, WINDOW, CANDIDATES, WEEKEND_BOTH, PRECISION, FAST_MATH)
+    return k, v, scores, b_time, b_hour, b_weekend
 
 
 _TILES = tile_configs([(64, 64, 4, 3), (64, 32, 4, 3), (128, 64, 8, 2), (32, 64, 4, 3)])
@@ -75,86 +93,198 @@ _TILES = tile_configs([(64, 64, 4, 3), (64, 32, 4, 3), (128, 64, 8, 2), (32, 64,
 _DKDV_TILES = tile_configs([(32, 64, 4, 3), (32, 32, 4, 3)])
 
 
-@triton.autotune(configs=_TILES, key=["L", "D", "WINDOW"])
+@triton.autotune(configs=_TILES, key=["L", "ROWS", "D", "WINDOW"])
 @triton.jit
-def _local_forward_kernel(Q, K, V, KP, VP, T, FLAGS, SCALES, O, LSE, sm_scale, L, H: tl.constexpr, D: tl.constexpr, WINDOW: tl.constexpr,
-                          WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr, BLOCK_M: tl.constexpr,
-                          BLOCK_N: tl.constexpr):
-    b, h, pid_bh, start_m, offs_m, offs_d, rows, base = program_block(BLOCK_M, H, L, D)
+def _local_forward_kernel(Q, K, V, KP, VP, T, FLAGS, SCALES, O, LSE, sm_scale, L, ROWS, H: tl.constexpr, D: tl.constexpr,
+                          WINDOW: tl.constexpr, CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr,
+                          FAST_MATH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """ROWS positions per (batch, head) row: the history `[0, L)`, then candidates."""
+    b, h, pid_bh, start_m, offs_m, offs_d, rows, base = program_block_rows(BLOCK_M, H, ROWS, ROWS, D)
     q = load_tile(Q, base, offs_m, offs_d, D, rows)
-    T_row, FLAGS_row = T + b * L, FLAGS + b * L
+    T_row, FLAGS_row = T + b * ROWS, FLAGS + b * ROWS
     t_i, weekend_i = _query_times(T_row, FLAGS_row, offs_m, rows)
     s_time, s_hour, s_weekend = load_scales(SCALES, h, H)
     acc, l_i, m_i = profile_key_start(q, KP, VP, pid_bh, offs_d, sm_scale, BLOCK_M, D)
-    lo, hi = _window_key_range(start_m, L, WINDOW, BLOCK_M, BLOCK_N)
+    lo, hi, candidates_lo, candidates_hi = _window_key_ranges(start_m, L, ROWS, WINDOW, BLOCK_M, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
-        k, v, scores = _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, weekend_i, T_row, FLAGS_row, s_time, s_hour,
-                                    s_weekend, sm_scale, L, D, BLOCK_N, WINDOW, WEEKEND_BOTH, PRECISION, FAST_MATH)
-        scores = scores * 1.4426950408889634
-        acc, l_i, m_i = online_softmax_step(acc, l_i, m_i, scores, v, PRECISION)
+        k, v, scores, _, _, _ = _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, weekend_i, T_row, FLAGS_row, s_time, s_hour,
+                                             s_weekend, sm_scale, L, ROWS, D, BLOCK_N, WINDOW, CANDIDATES, WEEKEND_BOTH, PRECISION,
+                                             FAST_MATH)
+        acc, l_i, m_i = online_softmax_step(acc, l_i, m_i, scores * 1.4426950408889634, v, PRECISION)
+    if CANDIDATES:
+        for start_n in range(candidates_lo, candidates_hi, BLOCK_N):
+            k, v, scores, _, _, _ = _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, weekend_i, T_row, FLAGS_row, s_time, s_hour,
+                                                 s_weekend, sm_scale, L, ROWS, D, BLOCK_N, WINDOW, CANDIDATES, WEEKEND_BOTH, PRECISION,
+                                                 FAST_MATH)
+            acc, l_i, m_i = online_softmax_step(acc, l_i, m_i, scores * 1.4426950408889634, v, PRECISION)
     out, lse = finish_rows(acc, l_i, m_i)
     store_tile(O, base, offs_m, offs_d, D, rows, out)
-    tl.store(LSE + pid_bh.to(tl.int64) * L + offs_m, lse, mask=rows)
+    tl.store(LSE + pid_bh.to(tl.int64) * ROWS + offs_m, lse, mask=rows)
 
 
-@triton.autotune(configs=_DKDV_TILES, key=["L", "D", "WINDOW"], reset_to_zero=["DSCALES"])
+@triton.autotune(configs=_DKDV_TILES, key=["L", "ROWS", "D", "WINDOW"])
 @triton.jit
-def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, FLAGS, SCALES, DK, DV, DSCALES, sm_scale, L, H: tl.constexpr, D: tl.constexpr,
-                       WINDOW: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr,
+def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, FLAGS, SCALES, DK, DV, CHUNK_ID, DKC, DVC, P, TAIL_SLOT, DKT, DVT, NT,
+                       sm_scale, L, ROWS, H: tl.constexpr, D: tl.constexpr, WINDOW: tl.constexpr, CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr,
+                       PRECISION: tl.constexpr, FAST_MATH: tl.constexpr, CHUNK_GRADS: tl.constexpr, TAIL_GRADS: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """One key block per program: the query tiles whose window reaches it; dK, dV and d(scales)."""
-    b, h, pid_bh, start_n, offs_n, offs_d, cols, base = program_block(BLOCK_N, H, L, D)
+    """One key block per program: the query tiles whose window reaches it; dK and dV (the dQ kernel
+    sums the temporal scales' gradient).
+    CHUNK_GRADS / TAIL_GRADS: the block also adds what the global and transition branches give its
+    keys (float32 `[B, H, P, D]` per chunk, already divided by the chunk's size, gathered by
+    CHUNK_ID; `[B, H, NT, D]` per tail key, gathered by TAIL_SLOT, -1 where none), so one store
+    writes the keys' whole gradient."""
+    b, h, pid_bh, start_n, offs_n, offs_d, cols, base = program_block_rows(BLOCK_N, H, ROWS, ROWS, D)
     k = load_tile(K, base, offs_n, offs_d, D, cols)
     v = load_tile(V, base, offs_n, offs_d, D, cols)
-    T_row, FLAGS_row = T + b * L, FLAGS + b * L
+    T_row, FLAGS_row = T + b * ROWS, FLAGS + b * ROWS
     s_time, s_hour, s_weekend = load_scales(SCALES, h, H)
     dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, D], dtype=tl.float32)
-    d_time = tl.zeros([BLOCK_N], dtype=tl.float32)
-    d_hour = tl.zeros([BLOCK_N], dtype=tl.float32)
-    d_weekend = tl.zeros([BLOCK_N], dtype=tl.float32)
-    lo = start_n // BLOCK_M * BLOCK_M
-    hi = tl.minimum(start_n + BLOCK_N + WINDOW - 1, L)
-    for start_m in range(lo, hi, BLOCK_M):
+    # history queries whose window reaches the block
+    for start_m in range(start_n // BLOCK_M * BLOCK_M, tl.minimum(start_n + BLOCK_N + WINDOW - 1, L), BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
-        rows = offs_m < L
-        q, do, lse, delta_row = load_backward_rows(Q, DO, LSE, DELTA, base, pid_bh.to(tl.int64) * L, offs_m, offs_d, D, rows)
-        t_i, weekend_i = _query_times(T_row, FLAGS_row, offs_m, rows)
-        scores, b_time, b_hour, b_weekend = _local_tile(q, k, offs_m, offs_n, t_i, weekend_i, T_row, FLAGS_row, s_time, s_hour,
-                                                        s_weekend, sm_scale, L, WINDOW, WEEKEND_BOTH, PRECISION, FAST_MATH)
-        dk, dv, d_time, d_hour, d_weekend = accumulate_key_gradients(dk, dv, d_time, d_hour, d_weekend, q, do, v, scores, lse, delta_row,
-                                                                     b_time, b_hour, b_weekend, PRECISION)
-    store_tile(DK, base, offs_n, offs_d, D, cols, dk * sm_scale)
+        dk, dv = _key_block_update(dk, dv, k, v, T_row, FLAGS_row, s_time, s_hour, s_weekend, sm_scale, L, ROWS, Q, DO, LSE, DELTA, base,
+                                   pid_bh, offs_m, offs_n, offs_d, offs_m < L, D, WINDOW, CANDIDATES, WEEKEND_BOTH, PRECISION,
+                                   FAST_MATH)
+    if CANDIDATES:  # all candidates see the last WINDOW history keys, each one its own key
+        candidates_lo = tl.where(start_n >= L, start_n // BLOCK_M * BLOCK_M,
+                                 tl.where(start_n + BLOCK_N > L - WINDOW, L // BLOCK_M * BLOCK_M, ROWS))
+        candidates_hi = tl.where(start_n >= L, tl.minimum(start_n + BLOCK_N, ROWS), ROWS)
+        for start_m in range(candidates_lo, candidates_hi, BLOCK_M):
+            offs_m = start_m + tl.arange(0, BLOCK_M)
+            dk, dv = _key_block_update(dk, dv, k, v, T_row, FLAGS_row, s_time, s_hour, s_weekend, sm_scale, L, ROWS, Q, DO, LSE, DELTA,
+                                       base, pid_bh, offs_m, offs_n, offs_d, (offs_m >= L) & (offs_m < ROWS), D, WINDOW, CANDIDATES,
+                                       WEEKEND_BOTH, PRECISION, FAST_MATH)
+    dk = dk * sm_scale
+    history = cols & (offs_n < L)
+    if CHUNK_GRADS:
+        chunk = tl.load(CHUNK_ID + b * L + offs_n, mask=history, other=0)
+        dk, dv = _add_key_rows(dk, dv, DKC, DVC, pid_bh, chunk - 1, P, offs_d, history & (chunk > 0), D)
+    if TAIL_GRADS:
+        slot = tl.load(TAIL_SLOT + b * L + offs_n, mask=history, other=-1)
+        dk, dv = _add_key_rows(dk, dv, DKT, DVT, pid_bh, slot, NT, offs_d, history & (slot >= 0), D)
+    store_tile(DK, base, offs_n, offs_d, D, cols, dk)
     store_tile(DV, base, offs_n, offs_d, D, cols, dv)
-    add_scale_gradients(DSCALES, h, H, d_time, d_hour, d_weekend)
 
 
-@triton.autotune(configs=_TILES, key=["L", "D", "WINDOW"], reset_to_zero=["DKP", "DVP"])
 @triton.jit
-def _local_dq_kernel(Q, K, V, KP, VP, DO, LSE, DELTA, T, FLAGS, SCALES, DQ, DKP, DVP, sm_scale, L, H: tl.constexpr, D: tl.constexpr,
-                     WINDOW: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    b, h, pid_bh, start_m, offs_m, offs_d, rows, base = program_block(BLOCK_M, H, L, D)
-    q, do, lse, delta_row = load_backward_rows(Q, DO, LSE, DELTA, base, pid_bh.to(tl.int64) * L, offs_m, offs_d, D, rows)
-    T_row, FLAGS_row = T + b * L, FLAGS + b * L
+def _key_block_update(dk, dv, k, v, T_row, FLAGS_row, s_time, s_hour, s_weekend, sm_scale, L, ROWS, Q, DO, LSE, DELTA, base, pid_bh,
+                      offs_m, offs_n, offs_d, rows, D: tl.constexpr, WINDOW: tl.constexpr, CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr,
+                      PRECISION: tl.constexpr, FAST_MATH: tl.constexpr):
+    """One query tile's (`rows` of `offs_m`) contribution to a key block's dK and dV."""
+    q, do, lse, delta_row = load_backward_rows(Q, DO, LSE, DELTA, base, pid_bh.to(tl.int64) * ROWS, offs_m, offs_d, D, rows)
+    t_i, weekend_i = _query_times(T_row, FLAGS_row, offs_m, rows)
+    scores, _, _, _ = _local_tile(q, k, offs_m, offs_n, t_i, weekend_i, T_row, FLAGS_row, s_time, s_hour, s_weekend, sm_scale, L, ROWS,
+                                  WINDOW, CANDIDATES, WEEKEND_BOTH, PRECISION, FAST_MATH)
+    return accumulate_key_gradients(dk, dv, q, do, v, scores, lse, delta_row, PRECISION)
+
+
+@triton.jit
+def _add_key_rows(dk, dv, DKX, DVX, pid_bh, index, N, offs_d, valid, D: tl.constexpr):
+    """Add rows `index` of float32 `[B·H, N, D]` key and value gradients to a key block's."""
+    offsets = (pid_bh.to(tl.int64) * N + index)[:, None] * D + offs_d[None, :]
+    return (dk + tl.load(DKX + offsets, mask=valid[:, None], other=0.0),
+            dv + tl.load(DVX + offsets, mask=valid[:, None], other=0.0))
+
+
+@triton.autotune(configs=_TILES, key=["L", "ROWS", "D", "WINDOW"], reset_to_zero=["DKP", "DVP", "DSCALES"])
+@triton.jit
+def _local_dq_kernel(Q, K, V, KP, VP, DO, O, LSE, DELTA, T, FLAGS, SCALES, DQ, DKP, DVP, DSCALES, sm_scale, L, ROWS, H: tl.constexpr,
+                     D: tl.constexpr, WINDOW: tl.constexpr, CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr,
+                     PRECISION: tl.constexpr, FAST_MATH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    b, h, pid_bh, start_m, offs_m, offs_d, rows, base = program_block_rows(BLOCK_M, H, ROWS, ROWS, D)
+    q, do, lse, delta_row = query_backward_rows(Q, DO, O, LSE, DELTA, base, pid_bh.to(tl.int64) * ROWS, offs_m, offs_d, D, rows)
+    T_row, FLAGS_row = T + b * ROWS, FLAGS + b * ROWS
     t_i, weekend_i = _query_times(T_row, FLAGS_row, offs_m, rows)
     s_time, s_hour, s_weekend = load_scales(SCALES, h, H)
     dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
-    lo, hi = _window_key_range(start_m, L, WINDOW, BLOCK_M, BLOCK_N)
-    for start_n in range(lo, hi, BLOCK_N):
-        k, v, scores = _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, weekend_i, T_row, FLAGS_row, s_time, s_hour,
-                                    s_weekend, sm_scale, L, D, BLOCK_N, WINDOW, WEEKEND_BOTH, PRECISION, FAST_MATH)
-        p = tl.exp2(scores * 1.4426950408889634 - lse[:, None])
-        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        ds = p * (dp - delta_row[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+    d_time = tl.zeros([BLOCK_M], dtype=tl.float32)
+    d_hour = tl.zeros([BLOCK_M], dtype=tl.float32)
+    d_weekend = tl.zeros([BLOCK_M], dtype=tl.float32)
+    lo, hi, candidates_lo, candidates_hi = _window_key_ranges(start_m, L, ROWS, WINDOW, BLOCK_M, BLOCK_N)
+    dq, d_time, d_hour, d_weekend = _query_tile_gradients(lo, hi, dq, d_time, d_hour, d_weekend, q, do, lse, delta_row, K, V, base, offs_m,
+                                                          offs_d, t_i, weekend_i, T_row, FLAGS_row, s_time, s_hour, s_weekend, sm_scale, L,
+                                                          ROWS, D, BLOCK_N, WINDOW, CANDIDATES, WEEKEND_BOTH, PRECISION, FAST_MATH)
+    if CANDIDATES:
+        dq, d_time, d_hour, d_weekend = _query_tile_gradients(candidates_lo, candidates_hi, dq, d_time, d_hour, d_weekend, q, do, lse,
+                                                              delta_row, K, V, base, offs_m, offs_d, t_i, weekend_i, T_row, FLAGS_row, s_time,
+                                                              s_hour, s_weekend, sm_scale, L, ROWS, D, BLOCK_N, WINDOW, CANDIDATES,
+                                                              WEEKEND_BOTH, PRECISION, FAST_MATH)
     dq = profile_key_gradients(dq, q, do, lse, delta_row, KP, VP, DKP, DVP, pid_bh, offs_d, sm_scale, D)
     store_tile(DQ, base, offs_m, offs_d, D, rows, dq * sm_scale)
+    add_scale_gradients(DSCALES, h, H, d_time, d_hour, d_weekend)
 
 
-def _launch(q: Tensor, window: int, weekend_rule: int) -> dict:
-    return dict(H=q.shape[1], D=q.shape[-1], WINDOW=window, WEEKEND_BOTH=weekend_rule == 1,
+@triton.jit
+def _query_tile_gradients(lo, hi, dq, d_time, d_hour, d_weekend, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, weekend_i, T_row,
+                          FLAGS_row, s_time, s_hour, s_weekend, sm_scale, L, ROWS, D: tl.constexpr, BLOCK_N: tl.constexpr,
+                          WINDOW: tl.constexpr, CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr,
+                          FAST_MATH: tl.constexpr):
+    """A query block's dQ and scale sums over the key tiles in `[lo, hi)`."""
+    for start_n in range(lo, hi, BLOCK_N):
+        k, v, scores, b_time, b_hour, b_weekend = _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, weekend_i, T_row, FLAGS_row,
+                                                               s_time, s_hour, s_weekend, sm_scale, L, ROWS, D, BLOCK_N, WINDOW,
+                                                               CANDIDATES, WEEKEND_BOTH, PRECISION, FAST_MATH)
+        dq, d_time, d_hour, d_weekend = accumulate_query_gradients(dq, d_time, d_hour, d_weekend, do, k, v, scores, lse, delta_row, b_time,
+                                                                   b_hour, b_weekend, PRECISION)
+    return dq, d_time, d_hour, d_weekend
+
+
+def _launch(q: Tensor, length: int, window: int, weekend_rule: int) -> dict:
+    return dict(H=q.shape[1], D=q.shape[-1], WINDOW=window, CANDIDATES=q.shape[2] > length, WEEKEND_BOTH=weekend_rule == 1,
                 PRECISION="ieee" if q.dtype == torch.float32 else "tf32", FAST_MATH=not INTERPRETED)
+
+
+class KeyGradientsIn(NamedTuple):
+    """What the global and transition branches give the history keys, added by the local dK/dV
+    kernel before its one store: float32 chunk rows `[B, H, P, D]` (already divided by the chunk's
+    size) gathered by `chunk_id` `[B, L]` int32 (1..P, 0 padding), tail rows `[B, H, NT, D]` gathered
+    by `tail_slot` `[B, L]` int32 (-1 where the position is no chunk's tail). A None pair adds nothing."""
+
+    chunk_id: Optional[Tensor] = None
+    d_chunk_keys: Optional[Tensor] = None
+    d_chunk_values: Optional[Tensor] = None
+    tail_slot: Optional[Tensor] = None
+    d_tail_keys: Optional[Tensor] = None
+    d_tail_values: Optional[Tensor] = None
+
+
+def local_forward(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, times: Tensor, flags: Tensor, scales32: Tensor,
+                  out: Tensor, lse: Tensor, length: int, window: int, weekend_rule: int, sm_scale: float) -> None:
+    """Write `out` `[B, H, T, D]` and `lse` `[B, H, T]`: the history `[0, length)`, then T - length
+    candidates; `times` and `flags` `[B, T]`."""
+    batch, heads, rows, _ = q.shape
+    _local_forward_kernel[lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), batch * heads)](
+        q, k, v, k_profile, v_profile, times, flags, scales32, out, lse, sm_scale, length, rows, **_launch(q, length, window, weekend_rule))
+
+
+def local_key_gradients(q: Tensor, k: Tensor, v: Tensor, grad_out: Tensor, lse: Tensor, delta: Tensor, times: Tensor, flags: Tensor,
+                        scales32: Tensor, dk: Tensor, dv: Tensor, length: int, window: int, weekend_rule: int,
+                        sm_scale: float, extra: KeyGradientsIn = KeyGradientsIn()) -> None:
+    """Write dk, dv (plus `extra` on the history keys)."""
+    batch, heads, rows, _ = q.shape
+    chunk_grads, tail_grads = extra.d_chunk_keys is not None, extra.d_tail_keys is not None
+    chunk_id, dkc, dvc = (extra.chunk_id, extra.d_chunk_keys, extra.d_chunk_values) if chunk_grads else (times, dk, dv)
+    tail_slot, dkt, dvt = (extra.tail_slot, extra.d_tail_keys, extra.d_tail_values) if tail_grads else (times, dk, dv)
+    _local_dkdv_kernel[lambda meta: (triton.cdiv(rows, meta["BLOCK_N"]), batch * heads)](
+        q, k, v, grad_out, lse, delta, times, flags, scales32, dk, dv, chunk_id, dkc, dvc, dkc.shape[2], tail_slot, dkt, dvt,
+        dkt.shape[2], sm_scale, length, rows, CHUNK_GRADS=chunk_grads, TAIL_GRADS=tail_grads, **_launch(q, length, window, weekend_rule))
+
+
+def local_query_gradients(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, grad_out: Tensor, out: Tensor,
+                          lse: Tensor, times: Tensor, flags: Tensor, scales32: Tensor, dq: Tensor, dk_profile: Tensor, dv_profile: Tensor,
+                          dscales: Tensor, length: int, window: int, weekend_rule: int, sm_scale: float) -> Tensor:
+    """Write dq; add into the float32 profile and scales' gradients (an autotuning launch zeroes them
+    first: give each kernel its own `dscales`). Returns the row term rowsum(dO·O) `[B, H, T]` that
+    `local_key_gradients`, run next, reads."""
+    batch, heads, rows, _ = q.shape
+    delta = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
+    _local_dq_kernel[lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), batch * heads)](
+        q, k, v, k_profile, v_profile, grad_out, out, lse, delta, times, flags, scales32, dq, dk_profile, dv_profile, dscales, sm_scale, length,
+        rows,
+        **_launch(q, length, window, weekend_rule))
+    return delta
 
 
 class _LocalHistory(torch.autograd.Function):
@@ -165,8 +295,7 @@ class _LocalHistory(torch.autograd.Function):
         out = torch.empty_like(q)
         lse = torch.empty(batch, heads, length, device=q.device, dtype=torch.float32)
         scales32 = scales.float().contiguous()
-        _local_forward_kernel[lambda meta: (triton.cdiv(length, meta["BLOCK_M"]), batch * heads)](
-            q, k, v, k_profile, v_profile, times, flags, scales32, out, lse, sm_scale, length, **_launch(q, window, weekend_rule))
+        local_forward(q, k, v, k_profile, v_profile, times, flags, scales32, out, lse, length, window, weekend_rule, sm_scale)
         ctx.save_for_backward(q, k, v, k_profile, v_profile, out, lse, scales32, times, flags)
         ctx.window, ctx.weekend_rule, ctx.sm_scale, ctx.scales_dtype = window, weekend_rule, sm_scale, scales.dtype
         return out
@@ -174,19 +303,16 @@ class _LocalHistory(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         q, k, v, k_profile, v_profile, out, lse, scales32, times, flags = ctx.saved_tensors
-        batch, heads, length, _ = q.shape
+        length = q.shape[2]
         grad_out = grad_out.contiguous()
-        delta = backward_row_term(grad_out, out, None)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         dk_profile = torch.zeros(k_profile.shape, device=q.device, dtype=torch.float32)
         dv_profile = torch.zeros_like(dk_profile)
         dscales = torch.zeros_like(scales32)
-        launch = _launch(q, ctx.window, ctx.weekend_rule)
-        _local_dkdv_kernel[lambda meta: (triton.cdiv(length, meta["BLOCK_N"]), batch * heads)](
-            q, k, v, grad_out, lse, delta, times, flags, scales32, dk, dv, dscales, ctx.sm_scale, length, **launch)
-        _local_dq_kernel[lambda meta: (triton.cdiv(length, meta["BLOCK_M"]), batch * heads)](
-            q, k, v, k_profile, v_profile, grad_out, lse, delta, times, flags, scales32, dq, dk_profile, dv_profile, ctx.sm_scale, length,
-            **launch)
+        shape = (length, ctx.window, ctx.weekend_rule, ctx.sm_scale)
+        delta = local_query_gradients(q, k, v, k_profile, v_profile, grad_out, out, lse, times, flags, scales32, dq, dk_profile, dv_profile,
+                                      dscales, *shape)
+        local_key_gradients(q, k, v, grad_out, lse, delta, times, flags, scales32, dk, dv, *shape)
         return (dq, dk, dv, dk_profile.to(k_profile.dtype), dv_profile.to(v_profile.dtype), dscales.to(ctx.scales_dtype),
                 None, None, None, None, None)
 

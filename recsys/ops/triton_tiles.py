@@ -28,10 +28,17 @@ def tile_configs(shapes: List[Tuple[int, int, int, int]], interpreted: Tuple[int
 def program_block(BLOCK: tl.constexpr, H: tl.constexpr, N, D: tl.constexpr):
     """Grid (blocks along N, batch x heads): batch row, head, the flat (batch, head) index, the block's
     first position, its positions, the head-dim offsets, which positions exist, and the (b, h) offset."""
+    return program_block_rows(BLOCK, H, N, N, D)
+
+
+@triton.jit
+def program_block_rows(BLOCK: tl.constexpr, H: tl.constexpr, N, ROWS, D: tl.constexpr):
+    """`program_block` over the first N of a tensor's ROWS positions (the local branch reads the
+    history part of `[B, H, T, D]` in place)."""
     pid_bh = tl.program_id(1)
     start = tl.program_id(0) * BLOCK
     offs = start + tl.arange(0, BLOCK)
-    return pid_bh // H, pid_bh % H, pid_bh, start, offs, tl.arange(0, D), offs < N, pid_bh.to(tl.int64) * N * D
+    return pid_bh // H, pid_bh % H, pid_bh, start, offs, tl.arange(0, D), offs < N, pid_bh.to(tl.int64) * ROWS * D
 
 
 @triton.jit
@@ -43,6 +50,15 @@ def load_tile(PTR, base, offs, offs_d, D: tl.constexpr, valid):
 @triton.jit
 def store_tile(PTR, base, offs, offs_d, D: tl.constexpr, valid, value):
     tl.store(PTR + base + offs[:, None] * D + offs_d[None, :], value.to(PTR.dtype.element_ty), mask=valid[:, None])
+
+
+@triton.jit
+def store_or_add_tile(PTR, base, offs, offs_d, D: tl.constexpr, valid, value, ACCUMULATE: tl.constexpr):
+    """`store_tile`, or with ACCUMULATE add to what an earlier kernel stored there: branches that share
+    q sum their dQ in place instead of in full-size add passes afterwards."""
+    if ACCUMULATE:
+        value += load_tile(PTR, base, offs, offs_d, D, valid).to(tl.float32)
+    store_tile(PTR, base, offs, offs_d, D, valid, value)
 
 
 @triton.jit
@@ -75,6 +91,21 @@ def load_backward_rows(Q, DO, LSE, DELTA, base, row_base, offs_m, offs_d, D: tl.
     lse = tl.load(LSE + row_base + offs_m, mask=rows, other=float("inf"))
     lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
     delta = tl.load(DELTA + row_base + offs_m, mask=rows, other=0.0)
+    return q, do, lse, delta
+
+
+@triton.jit
+def query_backward_rows(Q, DO, O, LSE, DELTA, base, row_base, offs_m, offs_d, D: tl.constexpr, rows):
+    """`load_backward_rows` for a dQ kernel that runs before its dK/dV kernel: it computes the row term
+    rowsum(dO·O) from the dO it loads anyway and stores it for the dK/dV kernel, instead of a separate
+    pass reading dO and O again (`backward_row_term`)."""
+    q = load_tile(Q, base, offs_m, offs_d, D, rows)
+    do = load_tile(DO, base, offs_m, offs_d, D, rows)
+    out = load_tile(O, base, offs_m, offs_d, D, rows)
+    delta = tl.sum(do.to(tl.float32) * out.to(tl.float32), 1)
+    tl.store(DELTA + row_base + offs_m, delta, mask=rows)
+    lse = tl.load(LSE + row_base + offs_m, mask=rows, other=float("inf"))
+    lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
     return q, do, lse, delta
 
 
