@@ -54,6 +54,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from attention import analytic_flops, make_inputs, run_once  # noqa: E402
 
 from recsys.ops.cama import cama_attention, cama_attention_reference  # noqa: E402
+from recsys.ops.chunking import personalized_chunks  # noqa: E402
 from recsys.ops.cama_flex import cama_block_mask, cama_flex_attention, head_channels  # noqa: E402
 from recsys.ops.cama_triton import ABLATION as cama_triton_ablation  # noqa: E402
 from recsys.ops.cama_triton import _bucket, cama_meta, cama_triton_attention, channel_bits  # noqa: E402
@@ -98,7 +99,7 @@ def _max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 
-def check_correctness(device: str, sparsectr: bool = True) -> dict:
+def check_correctness(device: str, sparsectr: bool = True, cama: bool = True) -> dict:
     torch.manual_seed(0)
     batch, n, heads, dim, chunks, tail, window = 2, 256, 4, 16, 8, 2, 32
     times, q, k, v, extra = make_inputs("sparsectr_structural", batch, n, heads, dim, chunks, device, torch.float32)
@@ -120,6 +121,24 @@ def check_correctness(device: str, sparsectr: bool = True) -> dict:
             grads = torch.autograd.grad(sum(o.square().sum() for o in out), leaves)
             report[name] = {"forward_max_rel": max(_max_rel(o, r) for o, r in zip(out, reference)),
                             "grad_max_rel": max(_max_rel(g, r) for g, r in zip(grads, reference_grads))}
+    if device == "cuda" and sparsectr:  # as training runs them: bf16 q, k, v under autocast, against the float32 reference
+        half = [x.detach().bfloat16().requires_grad_() for x in (q, k, v, kp, vp)]
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = fused_branches(*half, times, layout, tail, window, scales, True)
+        grads = torch.autograd.grad(sum(o.float().square().sum() for o in out), half + [scales])
+        report["sparsectr_fused_bf16"] = {"forward_max_rel": max(_max_rel(o.float(), r) for o, r in zip(out, reference)),
+                                          "grad_max_rel": max(_max_rel(g.float(), r) for g, r in zip(grads, reference_grads))}
+    if (device == "cuda" or INTERPRETED) and sparsectr:  # the last 5 positions as candidates (the local kernels' candidate window)
+        history = n - 5
+        layout = personalized_chunks(times[:, :history], torch.full((batch,), history, device=device), chunks)
+        reference = evo_branches_reference(q, k, v, kp, vp, k, v, times, *layout, tail, window, scales, 0, 0)
+        reference_grads = torch.autograd.grad(sum(r.square().sum() for r in reference), leaves)
+        out = fused_branches(q, k, v, kp, vp, times, layout, tail, window, scales, True)
+        grads = torch.autograd.grad(sum(o.square().sum() for o in out), leaves)
+        report["sparsectr_fused_candidates"] = {"forward_max_rel": max(_max_rel(o, r) for o, r in zip(out, reference)),
+                                                "grad_max_rel": max(_max_rel(g, r) for g, r in zip(grads, reference_grads))}
+    if not cama:
+        return report
     times, q, k, v, extra = make_inputs("cama", batch, n, heads, dim, chunks, device, torch.float32)
     delta = (times.unsqueeze(2) - times.unsqueeze(1)).clamp_min(0)
     bias = F.embedding(log_bucket(delta), extra["bias_table"]).permute(0, 3, 1, 2)
@@ -158,6 +177,12 @@ def check_correctness(device: str, sparsectr: bool = True) -> dict:
         cama_triton_ablation.update(fast_log2=True)
         report["cama_triton_exactlog2"] = {"forward_max_rel": _max_rel(exact, dense),
                                            "grad_max_rel": max(_max_rel(g, r) for g, r in zip(exact_grads, dense_grads))}
+    if device == "cuda":  # bf16 q, k, v as GRAB trains them, against the float32 dense path
+        half = [x.detach().bfloat16().requires_grad_() for x in (q, k, v, *extra["context"])]
+        out = cama_triton_attention(*half, meta, table, 128, packed=False)
+        grads = torch.autograd.grad(out.float().square().sum(), half + [table])
+        report["cama_triton_bf16"] = {"forward_max_rel": _max_rel(out.float(), dense),
+                                      "grad_max_rel": max(_max_rel(g.float(), r) for g, r in zip(grads, dense_grads))}
     return report
 
 
@@ -453,6 +478,7 @@ def main() -> None:
     parser.add_argument("--train-models", default="sparsectr,sparsectr:triton,grab:triton",
                         help="model[:attention][+compile] labels for the training part (+compile: train.compile, blocks torch.compile'd)")
     parser.add_argument("--skip-sparsectr-checks", action="store_true", help="correctness of the CamA kernels only (no compile)")
+    parser.add_argument("--skip-cama-checks", action="store_true", help="correctness of the SparseCTR kernels only")
     parser.add_argument("--min-n", type=int, default=None, help="smallest n of the attention table")
     parser.add_argument("--max-n", type=int, default=None, help="largest n of the attention table")
     parser.add_argument("--histories", default=None, help="comma-separated history lengths of the training table (default 1024,4096)")
@@ -485,7 +511,7 @@ def main() -> None:
         (args.out / "gpu_suite.json").write_text(json.dumps(report, indent=2, default=str))
 
     if "correctness" in parts:
-        report["correctness"] = check_correctness(args.device, sparsectr=not args.skip_sparsectr_checks)
+        report["correctness"] = check_correctness(args.device, sparsectr=not args.skip_sparsectr_checks, cama=not args.skip_cama_checks)
         save()
         for name, errors in report["correctness"].items():
             print(f"correct {name:<32} forward max rel {errors['forward_max_rel']:.2e}, grads {errors['grad_max_rel']:.2e}", flush=True)
@@ -509,8 +535,23 @@ def main() -> None:
                 continue
             print(f"{r['model']:<12} {r['history']:>5} {r['batch']:>4} {r['samples_per_s_resident']:>11,.0f} {r['samples_per_s_with_loader']:>14,.0f} "
                   f"{r['samples_per_s_loader_alone']:>9,.0f} {100 * r['mfu_measured_ceiling']:>5.1f}% {r['peak_gib'] or 0:>9.1f}")
+    report["autotuned"] = autotuned_configs()
     save()
     print(f"wrote {args.out / 'gpu_suite.json'}")
+
+
+def autotuned_configs() -> dict:
+    """The tile each autotuned Triton kernel chose in this run (its last tuned shape): the tables'
+    times belong to these."""
+    from recsys.ops import cama_triton, evo_keyed_triton, evo_local_triton
+
+    chosen = {}
+    for module in (cama_triton, evo_keyed_triton, evo_local_triton):
+        for name, kernel in vars(module).items():
+            best = getattr(kernel, "best_config", None)
+            if isinstance(kernel, triton.runtime.Autotuner) and best is not None:
+                chosen[name] = {**best.kwargs, "num_warps": best.num_warps, "num_stages": best.num_stages}
+    return chosen
 
 
 if __name__ == "__main__":

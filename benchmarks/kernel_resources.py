@@ -45,24 +45,26 @@ POINTERS_AND_SCALARS = {
            "Q K V DO LSE DELTA T SEG POS FLAGS START HEAD_GROUP TABLE THRESH DQ sm_scale N",
            "*bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *i32 *i32 *i32 *i32 *i32 *i32 *fp32 *i32 *bf16 fp32 i32", {}),
 }
-# SparseCTR's fused local branch (window 64, 4 heads).
+# SparseCTR's fused local branch (window 64, 4 heads); dK/dV with the keyed branches' key gradients added.
 LOCAL = {
-    "local fwd": (evo_local_triton._local_forward_kernel, "Q K V T FLAGS SCALES O LSE sm_scale L",
-                  "*bf16 *bf16 *bf16 *i32 *i32 *fp32 *bf16 *fp32 fp32 i32", {}),
-    "local dkdv": (evo_local_triton._local_dkdv_kernel, "Q K V DO LSE DELTA T FLAGS SCALES DK DV DSCALES sm_scale L",
-                   "*bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *i32 *i32 *fp32 *bf16 *bf16 *fp32 fp32 i32", {}),
-    "local dq": (evo_local_triton._local_dq_kernel, "Q K V DO LSE DELTA T FLAGS SCALES DQ sm_scale L",
-                 "*bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *i32 *i32 *fp32 *bf16 fp32 i32", {}),
+    "local fwd": (evo_local_triton._local_forward_kernel, "Q K V KP VP T FLAGS SCALES O LSE sm_scale L ROWS",
+                  "*bf16 *bf16 *bf16 *bf16 *bf16 *i32 *i32 *fp32 *bf16 *fp32 fp32 i32 i32", {}),
+    "local dkdv": (evo_local_triton._local_dkdv_kernel,
+                   "Q K V DO LSE DELTA T FLAGS SCALES DK DV CHUNK_ID DKC DVC P TAIL_SLOT DKT DVT NT sm_scale L ROWS",
+                   "*bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *i32 *i32 *fp32 *bf16 *bf16 *i32 *fp32 *fp32 i32 *i32 *fp32 *fp32 i32 fp32 i32 i32",
+                   {"CHUNK_GRADS": True, "TAIL_GRADS": True}),
+    "local dq": (evo_local_triton._local_dq_kernel, "Q K V KP VP DO O LSE DELTA T FLAGS SCALES DQ DKP DVP DSCALES sm_scale L ROWS",
+                 "*bf16 *bf16 *bf16 *bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *i32 *i32 *fp32 *bf16 *fp32 *fp32 *fp32 fp32 i32 i32", {}),
 }
 # SparseCTR's global and transition branches (keys: chunk summaries or chunk tails).
 KEYED = {
     "keyed fwd": (evo_keyed_triton._keyed_forward_kernel, "Q K V TQ QFLAGS TK KEND KFLAGS SCALES O LSE sm_scale T L NK",
                   "*bf16 *bf16 *bf16 *i32 *i32 *i32 *i32 *i32 *fp32 *bf16 *fp32 fp32 i32 i32 i32", {}),
     "keyed dkdv": (evo_keyed_triton._keyed_dkdv_kernel,
-                   "Q K V DO LSE DELTA TQ QFLAGS TK KEND KFLAGS SCALES DK DV DSCALES sm_scale T L NK QUERIES",
-                   "*bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *i32 *i32 *i32 *i32 *i32 *fp32 *fp32 *fp32 *fp32 fp32 i32 i32 i32 i32", {}),
-    "keyed dq": (evo_keyed_triton._keyed_dq_kernel, "Q K V DO LSE DELTA TQ QFLAGS TK KEND KFLAGS SCALES DQ sm_scale T L NK",
-                 "*bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *i32 *i32 *i32 *i32 *i32 *fp32 *bf16 fp32 i32 i32 i32", {}),
+                   "Q K V DO LSE DELTA TQ QFLAGS TK KEND KFLAGS SCALES DK DV sm_scale T L NK QUERIES",
+                   "*bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *i32 *i32 *i32 *i32 *i32 *fp32 *fp32 *fp32 fp32 i32 i32 i32 i32", {}),
+    "keyed dq": (evo_keyed_triton._keyed_dq_kernel, "Q K V DO O LSE DELTA TQ QFLAGS TK KEND KFLAGS SCALES DQ DSCALES sm_scale T L NK",
+                 "*bf16 *bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *i32 *i32 *i32 *i32 *i32 *fp32 *bf16 *fp32 fp32 i32 i32 i32", {"ACCUMULATE": True}),
 }
 SASS_OPS = ("HGMMA", "MUFU.EX2", "MUFU.LG2", "LDL", "STL", "LDS", "BAR", "LDGSTS")
 
@@ -76,7 +78,7 @@ def compile_report(kernel: str, config: triton.Config, constants: dict) -> dict:
     # at the benchmarked lengths) divisible by 16. Without these hints the compiler cannot vectorise
     # or pipeline the tile loads (no cp.async) and the report is far more pessimistic than the GPU.
     hinted = {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name, kind in zip(names.split(), types.split())
-              if kind.startswith("*") or name in ("N", "L", "T", "NK")}
+              if kind.startswith("*") or name in ("N", "L", "T", "NK", "ROWS")}
     source = ASTSource(fn=fn, signature=signature, constexprs={(fn.arg_names.index(c),): v for c, v in constexprs.items()}, attrs=hinted)
     compiled = triton.compile(source, target=TARGET, options={"num_warps": config.num_warps, "num_stages": config.num_stages})
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as handle:
@@ -108,7 +110,7 @@ def main() -> None:
         for config in autotuned.configs:
             for variant, flags in variants.items():
                 rows.append({"variant": variant, **compile_report(kernel, config, base | flags)})
-    local = dict(H=4, D=args.head_dim, WINDOW=64, WEEKEND_BOTH=False, PRECISION="tf32", FAST_MATH=True)
+    local = dict(H=4, D=args.head_dim, WINDOW=64, CANDIDATES=True, WEEKEND_BOTH=False, PRECISION="tf32", FAST_MATH=True)
     for kernel, (autotuned, *_rest) in LOCAL.items() if "local".startswith(args.only) or not args.only else ():
         for config in autotuned.configs:
             rows.append({"variant": "composite bias", **compile_report(kernel, config, local)})
