@@ -90,3 +90,52 @@ def test_fused_node_trains_under_half_precision_autocast():
         torch.testing.assert_close(g.float(), e, rtol=1e-2, atol=1e-2)
     for g, e in zip(got_grads, expected_grads):
         torch.testing.assert_close(g.float(), e, rtol=2e-2, atol=2e-2)
+
+
+def _small_layer(generator, shared_summary: bool, candidates: int = 2):
+    batch, length, heads, dim, window = 2, 21, 2, 16, 8
+    times, layout = _histories(generator, batch, length, candidates, 3)
+    geometry = evo_geometry(times, *layout, candidates, 2, window, 0, 0, fused=True)
+    total = length + candidates
+    q, k, v = (torch.randn(batch, heads, total, dim, generator=generator).requires_grad_() for _ in range(3))
+    profile = [torch.randn(batch, heads, 1, dim, generator=generator).requires_grad_() for _ in range(2)]
+    summary = [k, v] if shared_summary else [torch.randn(batch, heads, total, dim, generator=generator).requires_grad_() for _ in range(2)]
+    scales = alibi_scales(heads).requires_grad_()
+    return (q, k, v, *profile, *summary), geometry, window, scales, times
+
+
+@pytest.mark.parametrize("shared_summary", [True, False])
+def test_custom_op_registration_passes_opcheck(shared_summary):
+    """The forward op's schema, fake (shape-only) implementation and autograd formula agree with what
+    it computes: what torch.compile relies on to trace the node as one call."""
+    generator = torch.Generator().manual_seed(torch.seed() % 2**31)
+    tensors, geometry, window, scales, _ = _small_layer(generator, shared_summary)
+    args = (*tensors, scales.detach().float().requires_grad_(), list(geometry.fused_times), geometry.chunk_id, geometry.tail_positions,
+            window, 0, 0.25, shared_summary)
+    torch.library.opcheck(torch.ops.recsys.evo_branches_forward.default, args,
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic"))
+
+
+def test_layer_compiles_as_one_graph_with_the_same_gradients():
+    """torch.compile(fullgraph=True) traces a layer around the node without a graph break (train.compile
+    can then capture a whole block as one CUDA graph), and outputs and gradients match eager."""
+    generator = torch.Generator().manual_seed(torch.seed() % 2**31)
+    tensors, geometry, window, scales, times = _small_layer(generator, shared_summary=True)
+    q, k, v, kp, vp, _, _ = tensors
+    weight = torch.randn(q.shape[-1], q.shape[-1], generator=generator).requires_grad_()
+
+    def layer(q, k, v, kp, vp, weight, scales):
+        k = k @ weight  # a projection around the node, as in a block
+        outs = evo_attend_fused(q, k, v, kp, vp, k, v, geometry, window, scales, times, 0, 0)
+        return (outs[0] * outs[1]).tanh() + outs[2]
+
+    leaves = [q, k, v, kp, vp, weight, scales]
+    upstream = torch.randn(q.shape, generator=generator)
+    expected = layer(*leaves)
+    expected_grads = torch.autograd.grad((expected * upstream).sum(), leaves)
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    got = compiled(*leaves)
+    got_grads = torch.autograd.grad((got * upstream).sum(), leaves)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    for g, e in zip(got_grads, expected_grads):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
