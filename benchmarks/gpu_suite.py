@@ -419,9 +419,9 @@ def training_table(args) -> list[dict]:
                 continue
             peak = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else None
             mean_length = float(resident.history_lengths.float().mean())
-            loader = make_loader(trainer._batches("train", phase), args.workers)
+            loader = make_loader(trainer._batches("train", phase), args.workers, pin_memory=trainer._pin_memory)  # as the trainer's
             loader_rate = _loader_rate(loader, args.loader_batches, batch_size)
-            loader = make_loader(trainer._batches("train", phase), args.workers)
+            loader = make_loader(trainer._batches("train", phase), args.workers, pin_memory=trainer._pin_memory)
             with_loader = _train_rate(trainer, loader, phase, args.loader_batches, batch_size, args.device)
             rate = batch_size / step_seconds
             if args.profile:  # where the resident step's time goes, as for the attention kernels
@@ -455,6 +455,8 @@ def _loader_rate(loader, batches: int, batch_size: int) -> float:
 
 
 def _train_rate(trainer, loader, phase, batches: int, batch_size: int, device: str) -> float:
+    """Samples/s of steps fed by the loader, as the trainer's loop runs them: no host sync per step
+    (the loss stays on the device), one at the end."""
     iterator = iter(loader)
     trainer._train_step(next(iterator), phase)
     if device == "cuda":
@@ -462,9 +464,11 @@ def _train_rate(trainer, loader, phase, batches: int, batch_size: int, device: s
     started = time.perf_counter()
     count = 0
     for count, batch in enumerate(iterator, start=1):
-        trainer._train_step(batch, phase)  # returns a float: synchronises every step
+        trainer._train_step(batch, phase)
         if count >= batches:
             break
+    if device == "cuda":
+        torch.cuda.synchronize()
     return count * batch_size / (time.perf_counter() - started)
 
 

@@ -36,3 +36,26 @@ def assert_attention_paths_agree(prepared: Path, model_name: str, options: dict,
     for name, grad in expected_grads.items():
         if grad is not None:
             torch.testing.assert_close(got_grads[name], grad, rtol=1e-3, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def assert_blocks_compile_whole(prepared: Path, model_name: str, options: dict, max_history: int) -> None:
+    """Every encoder block compiles as one graph (fullgraph=True: a graph break fails), as
+    train.compile's CUDA-graph mode needs, with the eager model's logits and parameter gradients."""
+    dataset = PreparedDataset(prepared)
+    batch = BatchBuilder(dataset, max_history=max_history, num_chunks=4).build(np.asarray(dataset.split_indices("test")[:4]))
+    results = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = build_model(model_name, dataset.metadata, options)
+        if compiled:
+            for block in model.blocks:
+                block.compile(fullgraph=True, backend="aot_eager")
+        out = model(batch)
+        grads = torch.autograd.grad(out.logits.square().sum(), [p for p in model.parameters() if p.requires_grad], allow_unused=True)
+        results.append((out.logits, grads))
+    (expected, expected_grads), (got, got_grads) = results
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    for g, e in zip(got_grads, expected_grads):
+        assert (g is None) == (e is None)
+        if e is not None:
+            torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from recsys.ops.cama import cama_attention, cama_mask
 from recsys.ops.cama_triton import cama_meta, cama_triton_attention, channel_bits
 from recsys.ops.temporal import log_bucket
-from tests.model_variants import assert_attention_paths_agree
+from tests.model_variants import assert_attention_paths_agree, assert_blocks_compile_whole
 
 CONTENT = torch.zeros(0, dtype=torch.int64)
 HEAD_GROUPS = [CONTENT, CONTENT, torch.tensor([2, 3]), torch.tensor([3])]
@@ -166,6 +166,11 @@ def test_grab_with_fused_cama_equals_softmax_grab_with_gradients(prepared, packe
                                  ("softmax", "triton"), max_history=24, trained_parameter="time_bias.weight")
 
 
+def test_grab_blocks_with_fused_cama_compile_as_one_graph(prepared):
+    assert_blocks_compile_whole(prepared, "grab", {"d_model": 16, "heads": 4, "layers": 2, "packed": True, "attention": "triton"},
+                                max_history=24)
+
+
 def test_fused_cama_outside_the_interpreter_on_cpu_names_the_alternative():
     import os
     import subprocess
@@ -185,3 +190,48 @@ def test_fused_cama_outside_the_interpreter_on_cpu_names_the_alternative():
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert done.returncode != 0
     assert "runs on CUDA" in done.stderr and "softmax" in done.stderr
+
+
+def test_cama_custom_ops_pass_opcheck():
+    """The events op's and the merge op's schemas, fake (shape-only) implementations and autograd
+    formulas agree with what they compute: what torch.compile relies on to trace them as calls."""
+    generator = torch.Generator().manual_seed(torch.seed() % 2**31)
+    segment, position, times, real, is_candidate, actions, contexts = _packed(generator, lengths=(9, 6), candidates=1)
+    batch, n = segment.shape
+    heads, dim, buckets = len(HEAD_GROUPS), 16, 64
+    q, k, v = (torch.randn(batch, heads, n, dim, generator=generator).requires_grad_() for _ in range(3))
+    table = torch.randn(buckets + 1, heads, generator=generator).requires_grad_()
+    meta = cama_meta(segment, position, times, real, is_candidate, actions, *channel_bits(HEAD_GROUPS))
+    tests = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+    torch.library.opcheck(torch.ops.recsys.cama_events.default, (q, k, v, table, list(meta), buckets, dim**-0.5, True), test_utils=tests)
+    out = torch.randn(batch, heads, n, dim, generator=generator).requires_grad_()
+    lse = torch.randn(batch, heads, n, generator=generator).requires_grad_()
+    context = torch.randn(batch, heads, 1, dim, generator=generator).requires_grad_()
+    # An expanded (stride-0) extra key, as one segment's context key reaches the merge.
+    torch.library.opcheck(torch.ops.recsys.merge_extra_key.default, (out, lse, q, context.expand_as(q), context.expand_as(q)), test_utils=tests)
+
+
+def test_cama_attention_compiles_as_one_graph_with_the_same_gradients():
+    """torch.compile(fullgraph=True) traces the fused CamA (events op + merge op) without a graph
+    break, and outputs and gradients match eager."""
+    generator = torch.Generator().manual_seed(torch.seed() % 2**31)
+    layout = _padded(generator, batch=2, length=20, candidates=2)
+    segment, position, times, real, is_candidate, actions, contexts = layout
+    batch, n = segment.shape
+    heads, dim, buckets = len(HEAD_GROUPS), 16, 64
+    leaves = [torch.randn(batch, heads, n, dim, generator=generator) for _ in range(3)]
+    leaves += [torch.randn(batch, heads, contexts, dim, generator=generator) for _ in range(2)]
+    leaves = [x.requires_grad_() for x in leaves + [torch.randn(buckets + 1, heads, generator=generator)]]
+    meta = cama_meta(segment, position, times, real, is_candidate, actions, *channel_bits(HEAD_GROUPS))
+    upstream = torch.randn(batch, heads, n, dim, generator=generator)
+
+    def attend(q, k, v, k_context, v_context, table):
+        return cama_triton_attention(q, k * 2.0, v, k_context, v_context, meta, table, buckets, packed=False).tanh()
+
+    expected = attend(*leaves)
+    expected_grads = torch.autograd.grad((expected * upstream).sum(), leaves)
+    got = torch.compile(attend, fullgraph=True, backend="aot_eager")(*leaves)
+    got_grads = torch.autograd.grad((got * upstream).sum(), leaves)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    for g, e in zip(got_grads, expected_grads):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)

@@ -11,7 +11,7 @@ import torch
 from recsys.ops.chunking import personalized_chunks
 from recsys.ops.evo_attention import evo_attend, evo_attend_fused, evo_geometry, global_branch, transition_branch
 from recsys.ops.temporal import alibi_scales
-from tests.model_variants import assert_attention_paths_agree
+from tests.model_variants import assert_attention_paths_agree, assert_blocks_compile_whole
 
 T0 = 1_704_067_200
 
@@ -74,3 +74,8 @@ def test_fused_branches_equal_structural_local_branch_too():
 def test_sparsectr_with_fused_branches_equals_structural_with_gradients(prepared):
     assert_attention_paths_agree(prepared, "sparsectr", {"d_model": 16, "heads": 2, "layers": 2, "window": 8},
                                  ("structural", "triton"), max_history=40, trained_parameter="scales")
+
+
+def test_sparsectr_blocks_with_fused_branches_compile_as_one_graph(prepared):
+    assert_blocks_compile_whole(prepared, "sparsectr", {"d_model": 16, "heads": 2, "layers": 2, "window": 8, "attention": "triton"},
+                                max_history=40)

@@ -610,43 +610,73 @@ def _launch_meta(q: Tensor, table32: Tensor, num_buckets: int, packed: bool) -> 
                 FAST_LOG2=ABLATION["fast_log2"] and not INTERPRETED)
 
 
-class _CamaEvents(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, table: Tensor, meta: CamaMeta, num_buckets: int, sm_scale: float, packed: bool):
-        batch, heads, length, dim = q.shape
-        out = torch.empty_like(q)
-        lse = torch.empty(batch, heads, length, device=q.device, dtype=torch.float32)
-        table32 = _kernel_table(table)
-        grid = lambda meta_params: (triton.cdiv(length, meta_params["BLOCK_M"]), batch * heads)  # noqa: E731
-        _cama_forward_kernel[grid](q, k, v, meta.times, meta.segment, meta.position, meta.flags, meta.block_start, meta.head_group,
-                                   table32, bucket_thresholds(num_buckets, q.device), out, lse, sm_scale, length, D=dim,
-                                   **_launch_meta(q, table32, num_buckets, packed))
-        ctx.save_for_backward(q, k, v, out, lse, table32, *meta)
-        ctx.num_buckets, ctx.table_dtype, ctx.sm_scale, ctx.packed = num_buckets, table.dtype, sm_scale, packed
-        return out, lse
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor, grad_lse: Tensor):
-        q, k, v, out, lse, table32, *meta_tensors = ctx.saved_tensors
-        meta = CamaMeta(*meta_tensors)
-        batch, heads, length, dim = q.shape
-        grad_out = grad_out.contiguous()
-        # dS = P ∘ (dP − rowsum(dO ∘ O) + dLSE): the LSE output's gradient folds into the row term.
-        delta = backward_row_term(grad_out, out, grad_lse)
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        dtable = torch.zeros_like(table32)  # table32's strides; natural units: d(score)/d(bias) = 1
-        launch = _launch_meta(q, table32, ctx.num_buckets, ctx.packed)
-        _cama_dkdv_kernel[lambda meta_params: (triton.cdiv(length, meta_params["BLOCK_N"]), batch * heads)](
-            q, k, v, grad_out, lse, delta, meta.times, meta.segment, meta.position, meta.flags, meta.segment_end, meta.head_group,
-            table32, bucket_thresholds(ctx.num_buckets, q.device), dk, dv, dtable, ctx.sm_scale, length, D=dim, TABLE_BINS=triton.next_power_of_2(ctx.num_buckets + 1), **launch)
-        _cama_dq_kernel[lambda meta_params: (triton.cdiv(length, meta_params["BLOCK_M"]), batch * heads)](
-            q, k, v, grad_out, lse, delta, meta.times, meta.segment, meta.position, meta.flags, meta.block_start, meta.head_group,
-            table32, bucket_thresholds(ctx.num_buckets, q.device), dq, ctx.sm_scale, length, D=dim, **launch)
-        return dq, dk, dv, dtable.to(ctx.table_dtype), None, None, None, None
+# Custom ops with a registered autograd formula (not an autograd.Function behind
+# torch.compiler.disable): torch.compile traces the node as one opaque call from its fake
+# implementation, so a compiled GRAB block has no graph break around it.
+@torch.library.custom_op("recsys::cama_events", mutates_args=())
+def _cama_forward(q: Tensor, k: Tensor, v: Tensor, table: Tensor, meta_tensors: List[Tensor], num_buckets: int, sm_scale: float,
+                  packed: bool) -> Tuple[Tensor, Tensor]:
+    """(out, natural log-sum-exp) over the event keys."""
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # dense rows: a no-op for the eager caller's tensors
+    meta = CamaMeta(*meta_tensors)
+    batch, heads, length, dim = q.shape
+    out, lse = _cama_forward_shapes(q, k, v, table, meta_tensors, num_buckets, sm_scale, packed)
+    table32 = _kernel_table(table)
+    grid = lambda meta_params: (triton.cdiv(length, meta_params["BLOCK_M"]), batch * heads)  # noqa: E731
+    _cama_forward_kernel[grid](q, k, v, meta.times, meta.segment, meta.position, meta.flags, meta.block_start, meta.head_group,
+                               table32, bucket_thresholds(num_buckets, q.device), out, lse, sm_scale, length, D=dim,
+                               **_launch_meta(q, table32, num_buckets, packed))
+    return out, lse
 
 
+@_cama_forward.register_fake
+def _cama_forward_shapes(q, k, v, table, meta_tensors, num_buckets, sm_scale, packed):
+    return torch.empty(q.shape, device=q.device, dtype=q.dtype), torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
 
-@torch.compiler.disable  # train.compile: inductor's build of these autotuned kernels fails; they run as they are
+
+@torch.library.custom_op("recsys::cama_events_backward", mutates_args=())
+def _cama_backward(grad_out: Tensor, grad_lse: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, table: Tensor,
+                   meta_tensors: List[Tensor], num_buckets: int, sm_scale: float, packed: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(dq, dk, dv, d table)."""
+    q, k, v, out, lse = (x.contiguous() for x in (q, k, v, out, lse))
+    meta = CamaMeta(*meta_tensors)
+    batch, heads, length, dim = q.shape
+    grad_out = grad_out.contiguous()
+    # dS = P ∘ (dP − rowsum(dO ∘ O) + dLSE): the LSE output's gradient folds into the row term.
+    delta = backward_row_term(grad_out, out, grad_lse)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    table32 = _kernel_table(table)
+    dtable = torch.zeros_like(table32)  # table32's strides; natural units: d(score)/d(bias) = 1
+    launch = _launch_meta(q, table32, num_buckets, packed)
+    _cama_dkdv_kernel[lambda meta_params: (triton.cdiv(length, meta_params["BLOCK_N"]), batch * heads)](
+        q, k, v, grad_out, lse, delta, meta.times, meta.segment, meta.position, meta.flags, meta.segment_end, meta.head_group,
+        table32, bucket_thresholds(num_buckets, q.device), dk, dv, dtable, sm_scale, length, D=dim, TABLE_BINS=triton.next_power_of_2(num_buckets + 1), **launch)
+    _cama_dq_kernel[lambda meta_params: (triton.cdiv(length, meta_params["BLOCK_M"]), batch * heads)](
+        q, k, v, grad_out, lse, delta, meta.times, meta.segment, meta.position, meta.flags, meta.block_start, meta.head_group,
+        table32, bucket_thresholds(num_buckets, q.device), dq, sm_scale, length, D=dim, **launch)
+    return dq, dk, dv, dtable.to(table.dtype).contiguous()  # contiguous, as the fake implementation promises
+
+
+@_cama_backward.register_fake
+def _cama_backward_shapes(grad_out, grad_lse, q, k, v, out, lse, table, meta_tensors, num_buckets, sm_scale, packed):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty(table.shape, device=table.device, dtype=table.dtype)
+
+
+def _cama_setup_context(ctx, inputs, output) -> None:
+    q, k, v, table, meta_tensors, num_buckets, sm_scale, packed = inputs
+    ctx.save_for_backward(q, k, v, *output, table, *meta_tensors)
+    ctx.num_buckets, ctx.sm_scale, ctx.packed = num_buckets, sm_scale, packed
+
+
+def _cama_backward_formula(ctx, grad_out: Tensor, grad_lse: Tensor):
+    q, k, v, out, lse, table, *meta_tensors = ctx.saved_tensors
+    dq, dk, dv, dtable = _cama_backward(grad_out, grad_lse, q, k, v, out, lse, table, meta_tensors, ctx.num_buckets, ctx.sm_scale, ctx.packed)
+    return dq, dk, dv, dtable, [None] * len(meta_tensors), None, None, None
+
+
+_cama_forward.register_autograd(_cama_backward_formula, setup_context=_cama_setup_context)
+
+
 def cama_triton_attention(q: Tensor, k: Tensor, v: Tensor, k_context: Tensor, v_context: Tensor, meta: CamaMeta, table: Tensor,
                           num_buckets: int, packed: bool = True) -> Tensor:
     """q, k, v `[B, H, N, D]` (event keys), k/v_context `[B, H, S, D]` (key s serves segment s),
@@ -659,8 +689,8 @@ def cama_triton_attention(q: Tensor, k: Tensor, v: Tensor, k_context: Tensor, v_
     padded = padded_head_dim(dim)
     # Under autocast the action-aware keys/values can come out float32 next to bfloat16 queries.
     k, v = k.to(q.dtype), v.to(q.dtype)
-    out, lse = _CamaEvents.apply(pad_head_dim(q, padded), pad_head_dim(k, padded), pad_head_dim(v, padded),
-                                 table, meta, num_buckets, dim**-0.5, packed)
+    out, lse = _cama_forward(pad_head_dim(q, padded), pad_head_dim(k, padded), pad_head_dim(v, padded), table, list(meta), num_buckets,
+                             dim**-0.5, packed)
     return merge_extra_key(out[..., :dim], lse, q, _per_query(k_context, meta.segment), _per_query(v_context, meta.segment))
 
 

@@ -55,6 +55,9 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tens
              sm_scale: float, shared_summary: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(global, transition, local outputs; their natural log-sum-exps; k and v chunk summaries and
     tails; chunk sizes): the last eight are what the backward reads."""
+    # The kernels index dense rows: a no-op for the eager caller's tensors, a guard against a
+    # compiled graph handing over other strides.
+    q, k, v, k_profile, v_profile = (x.contiguous() for x in (q, k, v, k_profile, v_profile))
     timing = FusedTimes(*times)
     length, num_chunks = chunk_id.shape[1], timing.chunk_end.shape[1]
     local = torch.empty_like(q)
@@ -94,7 +97,7 @@ def _backward(grads: List[Tensor], saved: List[Tensor], times: List[Tensor], win
     """(dq, dk, dv, d k_profile, d v_profile, d k_summary, d v_summary, d scales); the summaries'
     gradients are empty when they are k and v themselves (summed into dk and dv in the kernels)."""
     (q, k, v, k_profile, v_profile, k_chunks, v_chunks, k_tails, v_tails, global_out, transition_out, local, *lse, scales32,
-     chunk_sizes) = saved
+     chunk_sizes) = (x.contiguous() for x in saved)
     timing = FusedTimes(*times)
     length, total = timing.history_chunk.shape[1], q.shape[2]
     grads = [g.contiguous() for g in grads]

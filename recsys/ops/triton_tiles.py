@@ -248,32 +248,55 @@ def _merge_launch(q: Tensor, k_extra: Tensor, v_extra: Tensor) -> dict:
                 D_PAD=triton.next_power_of_2(dim), BLOCK=block)
 
 
-class _MergeExtraKey(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, out: Tensor, lse: Tensor, q: Tensor, k_extra: Tensor, v_extra: Tensor) -> Tensor:
-        out, lse, q = out.contiguous(), lse.contiguous(), q.contiguous()
-        # The kernels follow the extra key/value's strides (expanded views stay views) but want the head dim unit-strided.
-        k_extra, v_extra = (x if x.stride(-1) == 1 else x.contiguous() for x in (k_extra, v_extra))
-        merged = torch.empty_like(q)
-        launch = _merge_launch(q, k_extra, v_extra)
-        _merge_forward_kernel[launch.pop("grid")](out, lse, q, k_extra, v_extra, merged, **launch)
-        ctx.save_for_backward(out, lse, q, k_extra, v_extra)
-        return merged
+# Custom ops (not an autograd.Function) so torch.compile traces the merge as one opaque call.
+@torch.library.custom_op("recsys::merge_extra_key", mutates_args=())
+def _merge_forward(out: Tensor, lse: Tensor, q: Tensor, k_extra: Tensor, v_extra: Tensor) -> Tensor:
+    out, lse, q = out.contiguous(), lse.contiguous(), q.contiguous()
+    # The kernels follow the extra key/value's strides (expanded views stay views) but want the head dim unit-strided.
+    k_extra, v_extra = (x if x.stride(-1) == 1 else x.contiguous() for x in (k_extra, v_extra))
+    merged = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+    launch = _merge_launch(q, k_extra, v_extra)
+    _merge_forward_kernel[launch.pop("grid")](out, lse, q, k_extra, v_extra, merged, **launch)
+    return merged
 
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        out, lse, q, k_extra, v_extra = ctx.saved_tensors
-        d_out, d_q = torch.empty_like(out), torch.empty_like(q)
-        # Full-size, as autograd wants the views' shape; an expanded view's sum over N follows in autograd.
-        d_kx = torch.empty(q.shape, device=q.device, dtype=k_extra.dtype)
-        d_vx = torch.empty(q.shape, device=q.device, dtype=v_extra.dtype)
-        d_lse = torch.empty_like(lse)
-        launch = _merge_launch(q, k_extra, v_extra)
-        _merge_backward_kernel[launch.pop("grid")](grad.contiguous(), out, lse, q, k_extra, v_extra, d_out, d_lse, d_q, d_kx, d_vx, **launch)
-        return d_out, d_lse, d_q, d_kx, d_vx
+
+@_merge_forward.register_fake
+def _merge_forward_shape(out, lse, q, k_extra, v_extra):
+    return torch.empty(q.shape, device=q.device, dtype=q.dtype)
+
+
+@torch.library.custom_op("recsys::merge_extra_key_backward", mutates_args=())
+def _merge_backward(grad: Tensor, out: Tensor, lse: Tensor, q: Tensor, k_extra: Tensor, v_extra: Tensor
+                    ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    out, lse, q = out.contiguous(), lse.contiguous(), q.contiguous()
+    k_extra, v_extra = (x if x.stride(-1) == 1 else x.contiguous() for x in (k_extra, v_extra))
+    d_out, d_lse, d_q, d_kx, d_vx = _merge_backward_shapes(grad, out, lse, q, k_extra, v_extra)
+    launch = _merge_launch(q, k_extra, v_extra)
+    _merge_backward_kernel[launch.pop("grid")](grad.contiguous(), out, lse, q, k_extra, v_extra, d_out, d_lse, d_q, d_kx, d_vx, **launch)
+    return d_out, d_lse, d_q, d_kx, d_vx
+
+
+@_merge_backward.register_fake
+def _merge_backward_shapes(grad, out, lse, q, k_extra, v_extra):
+    # Full-size (contiguous) gradients of the extra key/value, as autograd wants the views' shape; an
+    # expanded view's sum over N follows in autograd.
+    return (torch.empty(out.shape, device=q.device, dtype=out.dtype), torch.empty(lse.shape, device=q.device, dtype=lse.dtype),
+            torch.empty(q.shape, device=q.device, dtype=q.dtype), torch.empty(q.shape, device=q.device, dtype=k_extra.dtype),
+            torch.empty(q.shape, device=q.device, dtype=v_extra.dtype))
+
+
+def _merge_setup_context(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _merge_backward_formula(ctx, grad: Tensor):
+    return _merge_backward(grad, *ctx.saved_tensors)
+
+
+_merge_forward.register_autograd(_merge_backward_formula, setup_context=_merge_setup_context)
 
 
 def merge_extra_key(out: Tensor, lse: Tensor, q: Tensor, k_extra: Tensor, v_extra: Tensor) -> Tensor:
     """`merge_extra_key_reference` in one pass each way (Triton): the merged output in q's dtype, and
     gradients for out, lse, q and the extra key and value. `lse` float32."""
-    return _MergeExtraKey.apply(out, lse, q, k_extra, v_extra)
+    return _merge_forward(out, lse, q, k_extra, v_extra)

@@ -62,9 +62,10 @@ class TrainSection(Section):
     compile: bool = Field(False, description="torch.compile each encoder block in place (sparsectr, grab, transformer): "
                                              "a speed option, measured by benchmarks/gpu_suite.py; state dict and export unchanged")
     compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = Field(
-        "default", description="torch.compile mode of train.compile: reduce-overhead replays the compiled pieces as CUDA graphs "
-                               "(measured on the H100 for sparsectr attention=triton: 787 against default's 837 samples/s, "
-                               "the graph breaks at the Triton calls leave small graphs plus input copies; benchmarks/RESULTS.md)")
+        "default", description="torch.compile mode of train.compile: reduce-overhead replays each compiled block as a CUDA graph "
+                               "(the fused attention kernels are custom ops, no graph break). Measured on the H100 for sparsectr "
+                               "attention=triton at L = 4,096: 1,053 against default's 1,065 samples/s, the step being GPU-bound "
+                               "once the blocks compile whole; benchmarks/RESULTS.md session 9)")
 
 
 class SequenceSection(Section):
