@@ -244,17 +244,27 @@ def profile_step(step, device: str, top: int = 15) -> dict:
         if device == "cuda":
             torch.cuda.synchronize()
     averages = profiler.key_averages()
-    key = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
-    events = sorted(averages, key=lambda e: getattr(e, key), reverse=True)[:top]
-    rows = [{"name": e.key, "ms_per_call": getattr(e, key) / 3e3, "calls_per_call": e.count / 3} for e in events]
     kernels = [e for e in averages if e.device_type == DeviceType.CUDA]
+    host_ops = [e for e in averages if e.device_type == DeviceType.CPU]
+
+    def ranked(events, key: str) -> list[dict]:
+        events = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:top]
+        return [{"name": e.key, "ms_per_call": getattr(e, key) / 3e3, "calls_per_call": e.count / 3} for e in events]
+
+    # Kernels and the host operators that launched them are separate lists: ranked together, an
+    # inductor kernel appeared twice (its launch record and the kernel) next to aten ops' totals.
+    rows = ranked(kernels, "self_device_time_total") if device == "cuda" else ranked(host_ops, "self_cpu_time_total")
+    operators = ranked(host_ops, "device_time_total") if device == "cuda" else []
     totals = {"gpu_kernel_ms": sum(e.self_device_time_total for e in kernels) / 3e3, "gpu_kernels": sum(e.count for e in kernels) / 3,
-              "cpu_ms": sum(e.self_cpu_time_total for e in averages if e.device_type == DeviceType.CPU) / 3e3}
-    for row in rows:
-        print(f"    {row['ms_per_call']:8.3f} ms  x{row['calls_per_call']:<5.0f} {row['name'][:90]}", file=sys.stderr, flush=True)
+              "cpu_ms": sum(e.self_cpu_time_total for e in host_ops) / 3e3}
+    for title, listed in (("kernels" if device == "cuda" else "operators", rows), ("operators by the GPU time under them", operators)):
+        if listed:
+            print(f"    {title}:", file=sys.stderr, flush=True)
+        for row in listed:
+            print(f"    {row['ms_per_call']:8.3f} ms  x{row['calls_per_call']:<5.0f} {row['name'][:90]}", file=sys.stderr, flush=True)
     print(f"    GPU kernels {totals['gpu_kernel_ms']:.3f} ms in {totals['gpu_kernels']:.0f} launches; host {totals['cpu_ms']:.3f} ms",
           file=sys.stderr, flush=True)
-    return {"top": rows, **totals}
+    return {"top": rows, "top_operators": operators, **totals}
 
 
 def capture_graph(step):

@@ -659,7 +659,7 @@ def _cama_backward(grad_out: Tensor, grad_lse: Tensor, q: Tensor, k: Tensor, v: 
 
 @_cama_backward.register_fake
 def _cama_backward_shapes(grad_out, grad_lse, q, k, v, out, lse, table, meta_tensors, num_buckets, sm_scale, packed):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty(table.shape, device=table.device, dtype=table.dtype)
+    return tuple(x.new_empty(x.shape) for x in (q, k, v, table))  # contiguous, as the real ones
 
 
 def _cama_setup_context(ctx, inputs, output) -> None:
@@ -689,9 +689,11 @@ def cama_triton_attention(q: Tensor, k: Tensor, v: Tensor, k_context: Tensor, v_
     padded = padded_head_dim(dim)
     # Under autocast the action-aware keys/values can come out float32 next to bfloat16 queries.
     k, v = k.to(q.dtype), v.to(q.dtype)
-    out, lse = _cama_forward(pad_head_dim(q, padded), pad_head_dim(k, padded), pad_head_dim(v, padded), table, list(meta), num_buckets,
-                             dim**-0.5, packed)
-    return merge_extra_key(out[..., :dim], lse, q, _per_query(k_context, meta.segment), _per_query(v_context, meta.segment))
+    q_padded = pad_head_dim(q, padded)
+    out, lse = _cama_forward(q_padded, pad_head_dim(k, padded), pad_head_dim(v, padded), table, list(meta), num_buckets, dim**-0.5, packed)
+    # The merge reads q from the dense copy the kernel read (the model's q is a transposed view).
+    return merge_extra_key(out[..., :dim], lse, q_padded[..., :dim], _per_query(k_context, meta.segment),
+                           _per_query(v_context, meta.segment))
 
 
 def _per_query(context: Tensor, segment: Tensor) -> Tensor:

@@ -87,8 +87,8 @@ def _forward_shapes(q, k, v, k_profile, v_profile, k_summary, v_summary, scales3
     lse = [q.new_empty(q.shape[:3], dtype=torch.float32) for _ in range(3)]
     chunks = [q.new_empty(batch, heads, num_chunks, dim, dtype=x.dtype) for x in (k_summary, v_summary)]
     tails = [q.new_empty(batch, heads, num_tails, dim, dtype=x.dtype) for x in (k, v)]
-    return (torch.empty_like(q), torch.empty_like(q), torch.empty_like(q), *lse, *chunks, *tails,
-            q.new_empty(batch, num_chunks, dtype=torch.float32))
+    outs = [q.new_empty(q.shape) for _ in range(3)]  # contiguous, as the kernels write them
+    return (*outs, *lse, *chunks, *tails, q.new_empty(batch, num_chunks, dtype=torch.float32))
 
 
 @torch.library.custom_op("recsys::evo_branches_backward", mutates_args=())
@@ -140,12 +140,15 @@ def _backward(grads: List[Tensor], saved: List[Tensor], times: List[Tensor], win
 @_backward.register_fake
 def _backward_shapes(grads, saved, times, window, weekend_rule, sm_scale, shared_summary):
     q, k, v, k_profile, v_profile = saved[:5]
-    summaries = (q.new_empty(0), q.new_empty(0)) if shared_summary else (torch.empty_like(k), torch.empty_like(v))
-    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(k_profile), torch.empty_like(v_profile),
-            *summaries, torch.empty_like(saved[-2]))
+    dense = [x.new_empty(x.shape) for x in (q, k, v, k_profile, v_profile)]  # contiguous, as the real ones
+    summaries = (q.new_empty(0), q.new_empty(0)) if shared_summary else (k.new_empty(k.shape), v.new_empty(v.shape))
+    return (*dense, *summaries, saved[-2].new_empty(saved[-2].shape, dtype=torch.float32))
 
 
 _SAVED_OUTPUTS = slice(3, 11)  # the forward's outputs the backward reads besides the branch outputs
+# What `_backward` takes as `saved`: q, k, v, the two profile tensors, chunk and tail keys and values,
+# the three outputs, their log-sum-exps, the scales and the chunk sizes; the batch's times follow.
+_SAVED_TENSORS = 17
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -159,9 +162,10 @@ def _setup_context(ctx, inputs, output) -> None:
 
 def _backward_formula(ctx, grad_global, grad_transition, grad_local, *_unused_grads):
     saved = list(ctx.saved_tensors)
-    times = saved[17:]
+    times = saved[_SAVED_TENSORS:]
     dq, dk, dv, dk_profile, dv_profile, dk_summary, dv_summary, dscales = _backward(
-        [grad_global, grad_transition, grad_local], saved[:17], times, ctx.window, ctx.weekend_rule, ctx.sm_scale, ctx.shared_summary)
+        [grad_global, grad_transition, grad_local], saved[:_SAVED_TENSORS], times, ctx.window, ctx.weekend_rule, ctx.sm_scale,
+        ctx.shared_summary)
     summaries = (None, None) if ctx.shared_summary else (dk_summary, dv_summary)
     no_grads = [None] * len(times)  # a list input takes a list of gradients
     return (dq, dk, dv, dk_profile, dv_profile, *summaries, dscales, no_grads, None, None, None, None, None, None)
