@@ -248,12 +248,17 @@ def _merge_launch(q: Tensor, k_extra: Tensor, v_extra: Tensor) -> dict:
                 D_PAD=triton.next_power_of_2(dim), BLOCK=block)
 
 
+def _merge_inputs(out: Tensor, lse: Tensor, q: Tensor, k_extra: Tensor, v_extra: Tensor) -> Tuple[Tensor, ...]:
+    # The kernels follow the extra key/value's strides (expanded views stay views) but want the head
+    # dim unit-strided; out, lse and q dense.
+    k_extra, v_extra = (x if x.stride(-1) == 1 else x.contiguous() for x in (k_extra, v_extra))
+    return out.contiguous(), lse.contiguous(), q.contiguous(), k_extra, v_extra
+
+
 # Custom ops (not an autograd.Function) so torch.compile traces the merge as one opaque call.
 @torch.library.custom_op("recsys::merge_extra_key", mutates_args=())
 def _merge_forward(out: Tensor, lse: Tensor, q: Tensor, k_extra: Tensor, v_extra: Tensor) -> Tensor:
-    out, lse, q = out.contiguous(), lse.contiguous(), q.contiguous()
-    # The kernels follow the extra key/value's strides (expanded views stay views) but want the head dim unit-strided.
-    k_extra, v_extra = (x if x.stride(-1) == 1 else x.contiguous() for x in (k_extra, v_extra))
+    out, lse, q, k_extra, v_extra = _merge_inputs(out, lse, q, k_extra, v_extra)
     merged = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     launch = _merge_launch(q, k_extra, v_extra)
     _merge_forward_kernel[launch.pop("grid")](out, lse, q, k_extra, v_extra, merged, **launch)
@@ -268,8 +273,7 @@ def _merge_forward_shape(out, lse, q, k_extra, v_extra):
 @torch.library.custom_op("recsys::merge_extra_key_backward", mutates_args=())
 def _merge_backward(grad: Tensor, out: Tensor, lse: Tensor, q: Tensor, k_extra: Tensor, v_extra: Tensor
                     ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    out, lse, q = out.contiguous(), lse.contiguous(), q.contiguous()
-    k_extra, v_extra = (x if x.stride(-1) == 1 else x.contiguous() for x in (k_extra, v_extra))
+    out, lse, q, k_extra, v_extra = _merge_inputs(out, lse, q, k_extra, v_extra)
     d_out, d_lse, d_q, d_kx, d_vx = _merge_backward_shapes(grad, out, lse, q, k_extra, v_extra)
     launch = _merge_launch(q, k_extra, v_extra)
     _merge_backward_kernel[launch.pop("grid")](grad.contiguous(), out, lse, q, k_extra, v_extra, d_out, d_lse, d_q, d_kx, d_vx, **launch)
