@@ -58,7 +58,7 @@ from recsys.ops.chunking import personalized_chunks  # noqa: E402
 from recsys.ops.cama_flex import cama_block_mask, cama_flex_attention, head_channels  # noqa: E402
 from recsys.ops.cama_triton import ABLATION as cama_triton_ablation  # noqa: E402
 from recsys.ops.cama_triton import _bucket, cama_meta, cama_triton_attention, channel_bits  # noqa: E402
-from recsys.ops.evo_attention import evo_attend_fused, evo_branches, evo_branches_reference, evo_geometry  # noqa: E402
+from recsys.ops.evo_attention import evo_attend_fused, evo_attend_packed, evo_branches, evo_branches_reference, evo_geometry  # noqa: E402
 from recsys.ops.temporal import LOG_BUCKET_PER_OCTAVE, log_bucket  # noqa: E402
 from recsys.ops.triton_tiles import INTERPRETED  # noqa: E402
 
@@ -209,6 +209,13 @@ def fused_branches(q, k, v, k_profile, v_profile, times, layout, tail: int, wind
     return evo_attend_fused(q, k, v, k_profile, v_profile, k, v, geometry, window, scales, times, 0, 0, keyed=keyed)
 
 
+def fused_branches_packed(packed, k_profile, v_profile, times, layout, tail: int, window: int, scales):
+    """`fused_branches` (keyed) as the model runs it: q, k, v read in place from one packed `[B, T, 3,
+    H, D]` projection, their gradients written into one packed tensor."""
+    geometry = evo_geometry(times, *layout, packed.shape[1] - layout[0].shape[1], tail, window, 0, 0, fused=True)
+    return evo_attend_packed(packed, k_profile, v_profile, None, None, geometry, window, scales, 0)
+
+
 def cama_triton_meta(times: torch.Tensor, extra: dict, device: str):
     segment, position, times, real, is_candidate, actions, _, _ = cama_flex_inputs(times, extra, device)
     return cama_meta(segment, position, times, real, is_candidate, actions, *channel_bits(extra["groups"]))
@@ -311,6 +318,9 @@ def attention_table(args) -> list[dict]:
             # A fixed random dO, as flash-attention benchmarks do: a loss would add its own elementwise
             # passes over the output to every row (about 1 ms at B·n = 65,536 in the session-4 profiles).
             upstream = torch.randn_like(q)
+            packed = None
+            if variant == "sparsectr_fused":  # the projection's layout, as training feeds the node
+                packed = torch.stack([x.detach().transpose(1, 2) for x in (q, k, v)], dim=2).requires_grad_()
             fused_cama = base == "cama" and variant != base
             if fused_cama:
                 started = time.perf_counter()
@@ -328,9 +338,11 @@ def attention_table(args) -> list[dict]:
                 elif variant == "cama_flex":
                     keys, values = torch.cat([extra["context"][0], k], 2), torch.cat([extra["context"][1], v], 2)
                     out = cama_flex_attention(q, keys, values, block_mask, times, extra["bias_table"], 1, 128)
-                elif variant in ("sparsectr_structural_triton", "sparsectr_fused"):
-                    outs = fused_branches(q, k, v, *extra["profile"], times, extra["layout"], args.tail, args.window, extra["scales"],
-                                          keyed=variant == "sparsectr_fused")
+                elif variant == "sparsectr_fused":
+                    outs = fused_branches_packed(packed, *extra["profile"], times, extra["layout"], args.tail, args.window, extra["scales"])
+                    out = outs[0] + outs[1] + outs[2]
+                elif variant == "sparsectr_structural_triton":
+                    outs = fused_branches(q, k, v, *extra["profile"], times, extra["layout"], args.tail, args.window, extra["scales"], False)
                     out = outs[0] + outs[1] + outs[2]
                 elif variant == "sparsectr_structural_compiled":
                     chunk_id, chunk_start, chunk_end, chunk_valid = extra["layout"]
@@ -345,7 +357,7 @@ def attention_table(args) -> list[dict]:
                     leaf.grad = None
                 out.backward(upstream)
 
-            leaves = [x for x in [q, k, v, *extra.get("profile", []), *extra.get("context", []), extra.get("scales"),
+            leaves = [x for x in [*([q, k, v] if packed is None else [packed]), *extra.get("profile", []), *extra.get("context", []), extra.get("scales"),
                                   extra.get("bias_table")] if x is not None]
             if args.device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
@@ -364,7 +376,7 @@ def attention_table(args) -> list[dict]:
             if args.profile:
                 rows[-1]["profile"] = profile_step(step, args.device)
             print(f"  attention {kernel:<30} n={n:>6}: {seconds * 1e3:9.2f} ms", file=sys.stderr, flush=True)
-            del times, q, k, v, extra, upstream
+            del times, q, k, v, extra, upstream, packed
             cama_triton_ablation.update(bias=True, table_grad=True, fast_log2=True, bias_steps=CAMA_BIAS_STEPS, table_layout="head_major",
                                         single_bucket=True)
         n *= 2

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recsys.ops.evo_attention import evo_attend, evo_attend_fused, evo_geometry, tail_slots
+from recsys.ops.evo_attention import evo_attend, evo_attend_fused, evo_attend_packed, evo_geometry, tail_slots
 from recsys.ops.evo_branches_triton import chunk_summary_gradient
 from recsys.ops.temporal import alibi_scales
 from tests.test_evo_keyed_triton import _histories
@@ -110,8 +110,11 @@ def test_custom_op_registration_passes_opcheck(shared_summary):
     it computes: what torch.compile relies on to trace the node as one call."""
     generator = torch.Generator().manual_seed(torch.seed() % 2**31)
     tensors, geometry, window, scales, _ = _small_layer(generator, shared_summary)
-    args = (*tensors, scales.detach().float().requires_grad_(), list(geometry.fused_times), geometry.chunk_id, geometry.tail_positions,
-            window, 0, 0.25, shared_summary)
+    q, k, v, kp, vp, k_summary, v_summary = tensors
+    qkv = torch.stack([x.detach().transpose(1, 2) for x in (q, k, v)], dim=2).requires_grad_()
+    summaries = (q.new_empty(0), q.new_empty(0)) if shared_summary else (k_summary, v_summary)
+    args = (qkv, kp, vp, *summaries, scales.detach().float().requires_grad_(), list(geometry.fused_times), geometry.chunk_id,
+            geometry.tail_positions, window, 0, 0.25, shared_summary)
     torch.library.opcheck(torch.ops.recsys.evo_branches_forward.default, args,
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic"))
 
@@ -139,3 +142,31 @@ def test_layer_compiles_as_one_graph_with_the_same_gradients():
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     for g, e in zip(got_grads, expected_grads):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+
+
+def test_packed_projection_is_read_and_written_in_place():
+    """The model's path: q, k, v as views of one packed `[B, T, 3, H, D]` projection. The outputs equal
+    the split-operand node's, come back stored as `[B, T, H, D]` (the output projection reads them
+    without a transposing copy), and the projection's gradient is one packed tensor equal to the
+    split path's dq, dk, dv."""
+    generator = torch.Generator().manual_seed(torch.seed() % 2**31)
+    tensors, geometry, window, scales, times = _small_layer(generator, shared_summary=True)
+    q, k, v, kp, vp, _, _ = tensors
+    batch, heads, total, dim = q.shape
+    packed = torch.stack([x.detach().transpose(1, 2) for x in (q, k, v)], dim=2).requires_grad_()
+    upstream = [torch.randn(q.shape, generator=generator) for _ in range(3)]
+
+    expected = evo_attend_fused(q, k, v, kp, vp, k, v, geometry, window, scales, times, 0, 0)
+    expected_grads = torch.autograd.grad(sum((e * u).sum() for e, u in zip(expected, upstream)), [q, k, v, kp, vp, scales])
+    got = evo_attend_packed(packed, kp, vp, None, None, geometry, window, scales, 0)
+    got_grads = torch.autograd.grad(sum((g * u).sum() for g, u in zip(got, upstream)), [packed, kp, vp, scales])
+
+    for g, e in zip(got, expected):
+        assert g.transpose(1, 2).is_contiguous(), g.stride()
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
+    d_packed = got_grads[0]
+    assert d_packed.shape == (batch, total, 3, heads, dim) and d_packed.is_contiguous()
+    for part, e in enumerate(expected_grads[:3]):
+        torch.testing.assert_close(d_packed[:, :, part].transpose(1, 2), e, rtol=1e-5, atol=1e-6)
+    for g, e in zip(got_grads[1:], expected_grads[3:]):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)

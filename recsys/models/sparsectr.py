@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from recsys.models.base import ModelOutput, RankingModel, SequenceInputs, all_times, history_valid
 from recsys.models.embedding import EmbeddedBatch, EmbeddingLayout
 from recsys.models.layers import PredictionHead, SwiGLU
-from recsys.ops.evo_attention import EvoGeometry, evo_attend, evo_attend_fused, evo_branches_reference, evo_geometry
+from recsys.ops.evo_attention import EvoGeometry, evo_attend, evo_attend_packed, evo_branches_reference, evo_geometry
 from recsys.ops.temporal import WEEKEND_BOTH, WEEKEND_SAME_TYPE, alibi_scales, composite_temporal_bias
 
 
@@ -77,8 +77,8 @@ class EvoAttention(nn.Module):
 
     def forward(self, x: Tensor, profile: Tensor, times: Tensor, inputs: SequenceInputs, geometry: Optional[EvoGeometry]) -> Tensor:
         batch, total, width = x.shape
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
-        q, k, v = self._heads(q), self._heads(k), self._heads(v)
+        packed = self.qkv(x).view(batch, total, 3, self.heads, self.head_dim)  # q, k, v of a position side by side
+        q, k, v = packed[:, :, 0].transpose(1, 2), packed[:, :, 1].transpose(1, 2), packed[:, :, 2].transpose(1, 2)
         _, k_profile, v_profile = self.qkv(profile).chunk(3, dim=-1)
         k_profile, v_profile = self._heads(k_profile), self._heads(v_profile)
         k_summary, v_summary = k, v
@@ -95,8 +95,8 @@ class EvoAttention(nn.Module):
                 raise RuntimeError("attention='triton' is a GPU training path; export the structural model (same parameters)")
             else:
                 assert geometry is not None, "attention='triton' needs the batch's evo_geometry"
-                branches = evo_attend_fused(q, k, v, k_profile, v_profile, k_summary, v_summary, geometry, self.window, self.scales,
-                                                  times, self.utc_offset, self.weekend_rule)
+                summaries = (None, None) if self.compress is None else (k_summary, v_summary)
+                branches = evo_attend_packed(packed, k_profile, v_profile, *summaries, geometry, self.window, self.scales, self.weekend_rule)
         else:
             assert geometry is not None, "structural attention needs the batch's evo_geometry"
             branches = evo_attend(q, k, v, k_profile, v_profile, k_summary, v_summary, geometry, self.window, self.scales)

@@ -18,7 +18,7 @@ over `[B, H, T, P]` / `[B, H, T, P·tail]` keys, local over blocks `[B, H, L/w, 
 """
 
 import math
-from typing import List, NamedTuple, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -324,7 +324,10 @@ def evo_attend_fused(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profi
     from recsys.ops.evo_local_triton import local_history_prepared
 
     if keyed:
-        return evo_branches_triton(q, k, v, k_profile, v_profile, k_summary, v_summary, geometry, window, scales, weekend_rule)
+        qkv = torch.stack([x.transpose(1, 2) for x in (q, k, v)], dim=2)  # the packed layout the model's projection writes
+        shared = k_summary is k and v_summary is v
+        return evo_branches_triton(qkv, k_profile, v_profile, None if shared else k_summary, None if shared else v_summary, geometry, window,
+                                   scales, weekend_rule)
     length = geometry.chunk_id.shape[1]
     # The kernels read contiguous [B, H, T, D]; the model's heads are transposed views of one
     # projection. One copy here instead of one per kernel call.
@@ -338,6 +341,16 @@ def evo_attend_fused(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profi
     local = history if q.shape[2] == length else torch.cat(
         [history, _candidate_local(q, k, v, k_profile, v_profile, geometry, window, scales)], dim=2)
     return global_branch(q, k_summary, v_summary, geometry, scales), transition_branch(q, k, v, geometry, scales), local
+
+
+def evo_attend_packed(qkv: Tensor, k_profile: Tensor, v_profile: Tensor, k_summary: Optional[Tensor], v_summary: Optional[Tensor],
+                      geometry: EvoGeometry, window: int, scales: Tensor, weekend_rule: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """`evo_attend_fused` on the packed projection `[B, T, 3, H, D]` as the model computes it: the
+    kernels read q, k and v in place and write their gradients into one packed tensor (no transposing
+    copies either way). k_summary / v_summary None: the chunks average qkv's k and v."""
+    from recsys.ops.evo_branches_triton import evo_branches_triton  # triton: a training-time dependency only
+
+    return evo_branches_triton(qkv, k_profile, v_profile, k_summary, v_summary, geometry, window, scales, weekend_rule)
 
 
 def evo_branches(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, k_summary: Tensor, v_summary: Tensor,

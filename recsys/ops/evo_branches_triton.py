@@ -14,6 +14,13 @@ it loads (no separate row-term pass), then the dK/dV kernels:
 When the chunk summaries average something other than k and v (SparseCTR's `compression: mlp`), the
 per-chunk gradient goes to those tensors instead (`chunk_summary_gradient`).
 
+Layouts: the node takes the packed projection `[B, T, 3, H, D]` (what `nn.Linear(d, 3·d)` writes)
+and the kernels read each head of q, k and v through its strides, write dq, dk and dv into one
+packed gradient, and store the branch outputs as `[B, T, H, D]`. With dense `[B, H, T, D]` operands
+the layer paid a transposing copy of q, k and v each way, the concatenation of dq, dk and dv, and a
+transposed read of the outputs: about 7 of 60 ms of a training step at L = 4,096 on the H100
+(session 10 profile, `triton_poi_fused_cat_clone_transpose` and bf16 copies).
+
 Equal to `recsys.ops.evo_attention.evo_attend` (the tests compare outputs and every gradient).
 Runs on CUDA; on CPU under Triton's interpreter (`TRITON_INTERPRET=1`), which the tests use.
 """
@@ -21,7 +28,7 @@ Runs on CUDA; on CPU under Triton's interpreter (`TRITON_INTERPRET=1`), which th
 from __future__ import annotations
 
 import math
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -49,58 +56,94 @@ def chunk_summary_gradient(d_chunks: Tensor, chunk_id: Tensor, total: int) -> Te
 # over autotuned Triton launches was a graph break.
 
 
+def split_heads(qkv: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """q, k, v `[B, H, T, D]` as views of a packed `[B, T, 3, H, D]` projection (`nn.Linear(d, 3·d)`
+    viewed per head): the kernels read them in place."""
+    return qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
+
+
+def _branch_output(qkv: Tensor) -> Tensor:
+    """A branch output `[B, H, T, D]` stored as `[B, T, H, D]`: the gates' combination and the output
+    projection read it as rows, with no transposing copy."""
+    batch, total, _, heads, dim = qkv.shape
+    return torch.empty_strided((batch, heads, total, dim), (total * heads * dim, dim, heads * dim, 1), device=qkv.device, dtype=qkv.dtype)
+
+
+def _unit_inner(x: Tensor) -> Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def packed_chunk_summaries(qkv: Tensor, membership: Tensor) -> Tuple[Tensor, Tensor]:
+    """The k and v chunk means `[B, H, P, D]` of a packed projection, as `chunk_summaries_matmul` gives
+    them, in one batched matmul over its k and v rows (a position's k and v are adjacent, so they
+    read as one `[B, L, 2·H·D]` operand without a copy)."""
+    batch, _, _, heads, dim = qkv.shape
+    length, num_chunks = membership.shape[2], membership.shape[1]
+    rows = qkv[:, :length, 1:].reshape(batch, length, 2 * heads * dim)
+    counts = membership.sum(-1).clamp_min(1).to(qkv.dtype)
+    means = (torch.bmm(membership.to(qkv.dtype), rows) / counts.unsqueeze(-1)).view(batch, num_chunks, 2, heads, dim)
+    return means[:, :, 0].transpose(1, 2).contiguous(), means[:, :, 1].transpose(1, 2).contiguous()
+
+
 @torch.library.custom_op("recsys::evo_branches_forward", mutates_args=())
-def _forward(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, k_summary: Tensor, v_summary: Tensor,
-             scales32: Tensor, times: List[Tensor], chunk_id: Tensor, tail_positions: Tensor, window: int, weekend_rule: int,
-             sm_scale: float, shared_summary: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _forward(qkv: Tensor, k_profile: Tensor, v_profile: Tensor, k_summary: Tensor, v_summary: Tensor, scales32: Tensor, times: List[Tensor],
+             chunk_id: Tensor, tail_positions: Tensor, window: int, weekend_rule: int, sm_scale: float,
+             shared_summary: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(global, transition, local outputs; their natural log-sum-exps; k and v chunk summaries and
-    tails; chunk sizes): the last eight are what the backward reads."""
-    # The kernels index dense rows: a no-op for the eager caller's tensors, a guard against a
-    # compiled graph handing over other strides.
-    q, k, v, k_profile, v_profile = (x.contiguous() for x in (q, k, v, k_profile, v_profile))
+    tails; chunk sizes): the last eight are what the backward reads. `qkv` the packed `[B, T, 3, H, D]`
+    projection; with `shared_summary` the chunks average its k and v (k_summary, v_summary unused)."""
+    # A no-op for the projection's output; a guard against a compiled graph handing over other strides.
+    qkv, k_profile, v_profile = qkv.contiguous(), k_profile.contiguous(), v_profile.contiguous()
+    q, k, v = split_heads(qkv)
     timing = FusedTimes(*times)
     length, num_chunks = chunk_id.shape[1], timing.chunk_end.shape[1]
-    local = torch.empty_like(q)
+    global_out, transition_out, local = (_branch_output(qkv) for _ in range(3))
     local_lse = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
     local_forward(q, k, v, k_profile, v_profile, timing.query_times, timing.query_flags, scales32, local, local_lse, length, window,
                   weekend_rule, sm_scale)
 
     membership = chunk_membership(chunk_id, num_chunks)
-    k_chunks = chunk_summaries_matmul(k_summary[:, :, :length], membership).contiguous()
-    v_chunks = chunk_summaries_matmul(v_summary[:, :, :length], membership).contiguous()
+    if shared_summary:
+        k_chunks, v_chunks = packed_chunk_summaries(qkv, membership)
+    else:
+        k_chunks = chunk_summaries_matmul(k_summary[:, :, :length], membership).contiguous()
+        v_chunks = chunk_summaries_matmul(v_summary[:, :, :length], membership).contiguous()
     chunk_keys = KeyTimes(timing.chunk_times, timing.chunk_end, timing.chunk_flags)
-    global_out, global_lse = keyed_forward(q, k_chunks, v_chunks, timing.query_times, timing.query_flags, chunk_keys, scales32, length,
-                                           weekend_rule, sm_scale)
+    global_lse = keyed_forward(q, k_chunks, v_chunks, timing.query_times, timing.query_flags, chunk_keys, scales32, global_out, length,
+                               weekend_rule, sm_scale)
     k_tails, v_tails = _gather_positions(k, tail_positions).contiguous(), _gather_positions(v, tail_positions).contiguous()
     tail_keys = KeyTimes(timing.tail_times, timing.tail_end, timing.tail_flags)
-    transition_out, transition_lse = keyed_forward(q, k_tails, v_tails, timing.query_times, timing.query_flags, tail_keys, scales32,
-                                                   length, weekend_rule, sm_scale)
+    transition_lse = keyed_forward(q, k_tails, v_tails, timing.query_times, timing.query_flags, tail_keys, scales32, transition_out, length,
+                                   weekend_rule, sm_scale)
     chunk_sizes = membership.sum(-1).clamp_min(1).float()
     return global_out, transition_out, local, global_lse, transition_lse, local_lse, k_chunks, v_chunks, k_tails, v_tails, chunk_sizes
 
 
 @_forward.register_fake
-def _forward_shapes(q, k, v, k_profile, v_profile, k_summary, v_summary, scales32, times, chunk_id, tail_positions, window, weekend_rule,
+def _forward_shapes(qkv, k_profile, v_profile, k_summary, v_summary, scales32, times, chunk_id, tail_positions, window, weekend_rule,
                     sm_scale, shared_summary):
-    batch, heads, _, dim = q.shape
+    batch, total, _, heads, dim = qkv.shape
     num_chunks, num_tails = FusedTimes(*times).chunk_end.shape[1], tail_positions.shape[1]
-    lse = [q.new_empty(q.shape[:3], dtype=torch.float32) for _ in range(3)]
-    chunks = [q.new_empty(batch, heads, num_chunks, dim, dtype=x.dtype) for x in (k_summary, v_summary)]
-    tails = [q.new_empty(batch, heads, num_tails, dim, dtype=x.dtype) for x in (k, v)]
-    outs = [q.new_empty(q.shape) for _ in range(3)]  # contiguous, as the kernels write them
-    return (*outs, *lse, *chunks, *tails, q.new_empty(batch, num_chunks, dtype=torch.float32))
+    lse = [qkv.new_empty(batch, heads, total, dtype=torch.float32) for _ in range(3)]
+    chunks = [qkv.new_empty(batch, heads, num_chunks, dim, dtype=qkv.dtype if shared_summary else x.dtype) for x in (k_summary, v_summary)]
+    tails = [qkv.new_empty(batch, heads, num_tails, dim) for _ in range(2)]
+    outs = [_branch_output(qkv) for _ in range(3)]  # the strides the kernels write
+    return (*outs, *lse, *chunks, *tails, qkv.new_empty(batch, num_chunks, dtype=torch.float32))
 
 
 @torch.library.custom_op("recsys::evo_branches_backward", mutates_args=())
 def _backward(grads: List[Tensor], saved: List[Tensor], times: List[Tensor], window: int, weekend_rule: int, sm_scale: float,
-              shared_summary: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(dq, dk, dv, d k_profile, d v_profile, d k_summary, d v_summary, d scales); the summaries'
-    gradients are empty when they are k and v themselves (summed into dk and dv in the kernels)."""
-    (q, k, v, k_profile, v_profile, k_chunks, v_chunks, k_tails, v_tails, global_out, transition_out, local, *lse, scales32,
-     chunk_sizes) = (x.contiguous() for x in saved)
+              shared_summary: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(d qkv, d k_profile, d v_profile, d k_summary, d v_summary, d scales); the summaries' gradients
+    are empty when the chunks average qkv's k and v (summed into d qkv in the kernels). d qkv is one
+    packed tensor, so the projection's backward reads it without a concatenating copy."""
+    (qkv, k_profile, v_profile, k_chunks, v_chunks, k_tails, v_tails, global_out, transition_out, local, *lse, scales32,
+     chunk_sizes) = (_unit_inner(x) for x in saved)
+    qkv, k_profile, v_profile = qkv.contiguous(), k_profile.contiguous(), v_profile.contiguous()
+    q, k, v = split_heads(qkv)
     timing = FusedTimes(*times)
     length, total = timing.history_chunk.shape[1], q.shape[2]
-    grads = [g.contiguous() for g in grads]
+    grads = [_unit_inner(g) for g in grads]
     dscales = torch.zeros(3, *scales32.shape, device=q.device, dtype=torch.float32)  # one per kernel: autotuning zeroes its own
     keyed = (timing.query_times, timing.query_flags)
     chunk_keys = KeyTimes(timing.chunk_times, timing.chunk_end, timing.chunk_flags)
@@ -108,9 +151,10 @@ def _backward(grads: List[Tensor], saved: List[Tensor], times: List[Tensor], win
     shape = (length, weekend_rule, sm_scale)
     query_words = (timing.query_times, timing.query_flags, scales32)
     local_shape = (length, window, weekend_rule, sm_scale)
+    d_qkv = torch.empty_like(qkv)
+    dq, dk, dv = split_heads(d_qkv)
 
     # dQ first: each dQ kernel also stores its branch's row term rowsum(dO·O) for the dK/dV kernels.
-    dq = torch.empty_like(q)
     dk_profile = torch.zeros(k_profile.shape, device=q.device, dtype=torch.float32)
     dv_profile = torch.zeros_like(dk_profile)
     local_delta = local_query_gradients(q, k, v, k_profile, v_profile, grads[2], local, lse[2], *query_words, dq, dk_profile, dv_profile,
@@ -126,7 +170,6 @@ def _backward(grads: List[Tensor], saved: List[Tensor], times: List[Tensor], win
     dk_tails, dv_tails = keyed_key_gradients(q, k_tails, v_tails, grads[1], lse[1], tail_delta, *keyed, tail_keys, scales32, *shape)
     tail_in = KeyGradientsIn(tail_slot=timing.tail_slot, d_tail_keys=dk_tails, d_tail_values=dv_tails)
     extra = tail_in._replace(chunk_id=timing.history_chunk, d_chunk_keys=dk_chunks, d_chunk_values=dv_chunks) if shared_summary else tail_in
-    dk, dv = torch.empty_like(k), torch.empty_like(v)
     local_key_gradients(q, k, v, grads[2], lse[2], local_delta, *query_words, dk, dv, *local_shape, extra=extra)
 
     if shared_summary:
@@ -134,27 +177,28 @@ def _backward(grads: List[Tensor], saved: List[Tensor], times: List[Tensor], win
     else:
         dk_summary = chunk_summary_gradient(dk_chunks, timing.history_chunk, total).to(k.dtype)
         dv_summary = chunk_summary_gradient(dv_chunks, timing.history_chunk, total).to(v.dtype)
-    return dq, dk, dv, dk_profile.to(k_profile.dtype), dv_profile.to(v_profile.dtype), dk_summary, dv_summary, dscales.sum(0)
+    return d_qkv, dk_profile.to(k_profile.dtype), dv_profile.to(v_profile.dtype), dk_summary, dv_summary, dscales.sum(0)
 
 
 @_backward.register_fake
 def _backward_shapes(grads, saved, times, window, weekend_rule, sm_scale, shared_summary):
-    q, k, v, k_profile, v_profile = saved[:5]
-    dense = [x.new_empty(x.shape) for x in (q, k, v, k_profile, v_profile)]  # contiguous, as the real ones
-    summaries = (q.new_empty(0), q.new_empty(0)) if shared_summary else (k.new_empty(k.shape), v.new_empty(v.shape))
+    qkv, k_profile, v_profile = saved[:3]
+    batch, total, _, heads, dim = qkv.shape
+    dense = [x.new_empty(x.shape) for x in (qkv, k_profile, v_profile)]  # contiguous, as the real ones
+    summaries = [qkv.new_empty(0), qkv.new_empty(0)] if shared_summary else [qkv.new_empty(batch, heads, total, dim) for _ in range(2)]
     return (*dense, *summaries, saved[-2].new_empty(saved[-2].shape, dtype=torch.float32))
 
 
 _SAVED_OUTPUTS = slice(3, 11)  # the forward's outputs the backward reads besides the branch outputs
-# What `_backward` takes as `saved`: q, k, v, the two profile tensors, chunk and tail keys and values,
-# the three outputs, their log-sum-exps, the scales and the chunk sizes; the batch's times follow.
-_SAVED_TENSORS = 17
+# What `_backward` takes as `saved`: the packed qkv, the two profile tensors, chunk and tail keys and
+# values, the three outputs, their log-sum-exps, the scales and the chunk sizes; the batch's times follow.
+_SAVED_TENSORS = 15
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    (q, k, v, k_profile, v_profile, _, _, scales32, times, _, _, window, weekend_rule, sm_scale, shared_summary) = inputs
+    (qkv, k_profile, v_profile, _, _, scales32, times, _, _, window, weekend_rule, sm_scale, shared_summary) = inputs
     global_lse, transition_lse, local_lse, k_chunks, v_chunks, k_tails, v_tails, chunk_sizes = output[_SAVED_OUTPUTS]
-    ctx.save_for_backward(q, k, v, k_profile, v_profile, k_chunks, v_chunks, k_tails, v_tails, *output[:3], global_lse, transition_lse,
+    ctx.save_for_backward(qkv, k_profile, v_profile, k_chunks, v_chunks, k_tails, v_tails, *output[:3], global_lse, transition_lse,
                           local_lse, scales32, chunk_sizes, *times)
     ctx.mark_non_differentiable(*output[_SAVED_OUTPUTS])
     ctx.window, ctx.weekend_rule, ctx.sm_scale, ctx.shared_summary = window, weekend_rule, sm_scale, shared_summary
@@ -163,35 +207,39 @@ def _setup_context(ctx, inputs, output) -> None:
 def _backward_formula(ctx, grad_global, grad_transition, grad_local, *_unused_grads):
     saved = list(ctx.saved_tensors)
     times = saved[_SAVED_TENSORS:]
-    dq, dk, dv, dk_profile, dv_profile, dk_summary, dv_summary, dscales = _backward(
+    d_qkv, dk_profile, dv_profile, dk_summary, dv_summary, dscales = _backward(
         [grad_global, grad_transition, grad_local], saved[:_SAVED_TENSORS], times, ctx.window, ctx.weekend_rule, ctx.sm_scale,
         ctx.shared_summary)
     summaries = (None, None) if ctx.shared_summary else (dk_summary, dv_summary)
     no_grads = [None] * len(times)  # a list input takes a list of gradients
-    return (dq, dk, dv, dk_profile, dv_profile, *summaries, dscales, no_grads, None, None, None, None, None, None)
+    return (d_qkv, dk_profile, dv_profile, *summaries, dscales, no_grads, None, None, None, None, None, None)
 
 
 _forward.register_autograd(_backward_formula, setup_context=_setup_context)
 
 
-def evo_branches_triton(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, k_summary: Tensor, v_summary: Tensor,
+def evo_branches_triton(qkv: Tensor, k_profile: Tensor, v_profile: Tensor, k_summary: Optional[Tensor], v_summary: Optional[Tensor],
                         geometry: EvoGeometry, window: int, scales: Tensor, weekend_rule: int) -> Tuple[Tensor, Tensor, Tensor]:
-    """(global, transition, local) outputs `[B, H, T, D]` as `evo_attend` computes them, from the
-    fused kernels; `geometry` from `evo_geometry(..., fused=True)`. k_summary / v_summary are what the
-    chunk summaries average: pass k and v themselves (the same tensors) to have their gradients
-    summed in the kernels."""
-    if not q.is_cuda and not INTERPRETED:
+    """(global, transition, local) outputs `[B, H, T, D]` (stored as `[B, T, H, D]`) as `evo_attend`
+    computes them, from the fused kernels; `geometry` from `evo_geometry(..., fused=True)`. `qkv` is
+    the packed projection `[B, T, 3, H, D]`: q, k and v are read from it and their gradients written
+    into one tensor of its shape. k_summary / v_summary `[B, H, T, D]` are what the chunk summaries
+    average; None for qkv's own k and v (their gradients then summed in the kernels)."""
+    if not qkv.is_cuda and not INTERPRETED:
         raise RuntimeError("the fused SparseCTR kernels run on CUDA (on the CPU only under TRITON_INTERPRET=1); use attention 'structural'")
     if geometry.fused_times.query_times.numel() == 0:
         raise ValueError("evo_branches_triton needs a geometry from evo_geometry(..., fused=True)")
-    dim = q.shape[-1]
+    if (k_summary is None) != (v_summary is None):
+        raise ValueError("pass both chunk-summary tensors or neither")
+    dim = qkv.shape[-1]
     padded = padded_head_dim(dim)
-    shared_summary = k_summary is k and v_summary is v
-    q, k, v, k_profile, v_profile = (pad_head_dim(x.to(q.dtype), padded) for x in (q, k, v, k_profile, v_profile))
+    shared_summary = k_summary is None
+    qkv = pad_head_dim(qkv, padded)
+    k_profile, v_profile = (pad_head_dim(x.to(qkv.dtype), padded) for x in (k_profile, v_profile))
     if shared_summary:
-        k_summary, v_summary = k, v
+        k_summary, v_summary = qkv.new_empty(0), qkv.new_empty(0)
     else:
-        k_summary, v_summary = (pad_head_dim(x.to(q.dtype), padded) for x in (k_summary, v_summary))
-    outs = _forward(q, k, v, k_profile, v_profile, k_summary, v_summary, scales.float().contiguous(), list(geometry.fused_times),
+        k_summary, v_summary = (pad_head_dim(x.to(qkv.dtype), padded) for x in (k_summary, v_summary))
+    outs = _forward(qkv, k_profile, v_profile, k_summary, v_summary, scales.float().contiguous(), list(geometry.fused_times),
                     geometry.chunk_id, geometry.tail_positions, window, weekend_rule, 1.0 / math.sqrt(dim), shared_summary)
     return outs[0][..., :dim], outs[1][..., :dim], outs[2][..., :dim]

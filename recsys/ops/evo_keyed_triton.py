@@ -29,8 +29,8 @@ import triton.language as tl
 from torch import Tensor
 
 from recsys.ops.evo_bias_triton import accumulate_key_gradients, accumulate_query_gradients, add_scale_gradients, composite_terms, load_scales
-from recsys.ops.triton_tiles import (INTERPRETED, finish_rows, load_backward_rows, load_tile, online_softmax_step, program_block, query_backward_rows,
-                                     store_or_add_tile, store_tile, tile_configs)
+from recsys.ops.triton_tiles import (INTERPRETED, finish_rows, head_base, head_strides, load_backward_rows, load_tile, online_softmax_step,
+                                     program_block, query_backward_rows, store_or_add_tile, store_tile, tile_configs)
 
 _QUERIES_PER_SPLIT = 1024  # dK/dV: queries one program walks for its key block
 
@@ -79,11 +79,12 @@ _DKDV_TILES = tile_configs([(32, 16, 4, 3), (32, 32, 4, 3), (64, 16, 4, 3), (32,
 
 @triton.autotune(configs=_TILES, key=["T", "NK", "D"])
 @triton.jit
-def _keyed_forward_kernel(Q, K, V, TQ, QFLAGS, TK, KEND, KFLAGS, SCALES, O, LSE, sm_scale, T, L, NK, H: tl.constexpr, D: tl.constexpr,
-                          WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr, BLOCK_M: tl.constexpr,
-                          BLOCK_N: tl.constexpr):
-    b, h, pid_bh, start_m, offs_m, offs_d, rows, base = program_block(BLOCK_M, H, T, D)
-    q = load_tile(Q, base, offs_m, offs_d, D, rows)
+def _keyed_forward_kernel(Q, K, V, TQ, QFLAGS, TK, KEND, KFLAGS, SCALES, O, LSE, sm_scale, T, L, NK, QB, QH, QT, OB, OH, OT,
+                          H: tl.constexpr, D: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Queries and outputs through their (batch, head, row) strides; the key lists dense `[B, H, NK, D]`."""
+    b, h, pid_bh, start_m, offs_m, offs_d, rows, _ = program_block(BLOCK_M, H, T, D)
+    q = load_tile(Q, head_base(b, h, QB, QH), offs_m, offs_d, QT, rows)
     t_i, weekend_i, position_i = _queries(TQ, QFLAGS, b, offs_m, rows, T, L)
     s_time, s_hour, s_weekend = load_scales(SCALES, h, H)
     key_base = pid_bh.to(tl.int64) * NK * D
@@ -96,14 +97,14 @@ def _keyed_forward_kernel(Q, K, V, TQ, QFLAGS, TK, KEND, KFLAGS, SCALES, O, LSE,
                                            FAST_MATH)
         acc, l_i, m_i = online_softmax_step(acc, l_i, m_i, scores * 1.4426950408889634, v, PRECISION)
     out, lse = finish_rows(acc, l_i, m_i)
-    store_tile(O, base, offs_m, offs_d, D, rows, out)
+    store_tile(O, head_base(b, h, OB, OH), offs_m, offs_d, OT, rows, out)
     tl.store(LSE + pid_bh.to(tl.int64) * T + offs_m, lse, mask=rows)
 
 
 @triton.autotune(configs=_DKDV_TILES, key=["T", "NK", "D"])
 @triton.jit
-def _keyed_dkdv_kernel(Q, K, V, DO, LSE, DELTA, TQ, QFLAGS, TK, KEND, KFLAGS, SCALES, DK, DV, sm_scale, T, L, NK, QUERIES,
-                       H: tl.constexpr, D: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr,
+def _keyed_dkdv_kernel(Q, K, V, DO, LSE, DELTA, TQ, QFLAGS, TK, KEND, KFLAGS, SCALES, DK, DV, sm_scale, T, L, NK, QUERIES, QB, QH, QT,
+                       GB, GH, GT, H: tl.constexpr, D: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One key block and one slice of `QUERIES` queries per program: float32 partial dK, dV (summed
     over the slices by the caller); the dQ kernel sums the temporal scales' gradient."""
@@ -120,11 +121,12 @@ def _keyed_dkdv_kernel(Q, K, V, DO, LSE, DELTA, TQ, QFLAGS, TK, KEND, KFLAGS, SC
     hi = tl.minimum((split + 1) * QUERIES, T)
     dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, D], dtype=tl.float32)
-    query_base = pid_bh.to(tl.int64) * T * D
+    query_base, do_base = head_base(b, h, QB, QH), head_base(b, h, GB, GH)
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         rows = offs_m < hi
-        q, do, lse, delta_row = load_backward_rows(Q, DO, LSE, DELTA, query_base, pid_bh.to(tl.int64) * T, offs_m, offs_d, D, rows)
+        q, do, lse, delta_row = load_backward_rows(Q, query_base, QT, DO, do_base, GT, LSE, DELTA, pid_bh.to(tl.int64) * T, offs_m, offs_d,
+                                                   rows)
         t_i, weekend_i, position_i = _queries(TQ, QFLAGS, b, offs_m, rows, T, L)
         scores, _, _, _ = _keyed_tile(q, k, t_i, weekend_i, position_i, TK + b * NK, KEND + b * NK, KFLAGS + b * NK, offs_n, NK, s_time,
                                       s_hour, s_weekend, sm_scale, WEEKEND_BOTH, PRECISION, FAST_MATH)
@@ -136,13 +138,15 @@ def _keyed_dkdv_kernel(Q, K, V, DO, LSE, DELTA, TQ, QFLAGS, TK, KEND, KFLAGS, SC
 
 @triton.autotune(configs=_TILES, key=["T", "NK", "D", "ACCUMULATE"], restore_value=["DQ"], reset_to_zero=["DSCALES"])
 @triton.jit
-def _keyed_dq_kernel(Q, K, V, DO, O, LSE, DELTA, TQ, QFLAGS, TK, KEND, KFLAGS, SCALES, DQ, DSCALES, sm_scale, T, L, NK, H: tl.constexpr,
-                     D: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr,
+def _keyed_dq_kernel(Q, K, V, DO, O, LSE, DELTA, TQ, QFLAGS, TK, KEND, KFLAGS, SCALES, DQ, DSCALES, sm_scale, T, L, NK, QB, QH, QT,
+                     OB, OH, OT, GB, GH, GT, H: tl.constexpr, D: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr,
                      ACCUMULATE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """dQ of a query tile (ACCUMULATE: added to what DQ holds, the other branches' share) and the
-    temporal scales' gradient (atomics)."""
-    b, h, pid_bh, start_m, offs_m, offs_d, rows, base = program_block(BLOCK_M, H, T, D)
-    q, do, lse, delta_row = query_backward_rows(Q, DO, O, LSE, DELTA, base, pid_bh.to(tl.int64) * T, offs_m, offs_d, D, rows)
+    temporal scales' gradient (atomics). q and dq share the strides (QB, QH, QT)."""
+    b, h, pid_bh, start_m, offs_m, offs_d, rows, _ = program_block(BLOCK_M, H, T, D)
+    base = head_base(b, h, QB, QH)
+    q, do, lse, delta_row = query_backward_rows(Q, base, QT, DO, head_base(b, h, GB, GH), GT, O, head_base(b, h, OB, OH), OT, LSE, DELTA,
+                                                pid_bh.to(tl.int64) * T, offs_m, offs_d, rows)
     t_i, weekend_i, position_i = _queries(TQ, QFLAGS, b, offs_m, rows, T, L)
     s_time, s_hour, s_weekend = load_scales(SCALES, h, H)
     key_base = pid_bh.to(tl.int64) * NK * D
@@ -156,7 +160,7 @@ def _keyed_dq_kernel(Q, K, V, DO, O, LSE, DELTA, TQ, QFLAGS, TK, KEND, KFLAGS, S
                                                              BLOCK_N, WEEKEND_BOTH, PRECISION, FAST_MATH)
         dq, d_time, d_hour, d_weekend = accumulate_query_gradients(dq, d_time, d_hour, d_weekend, do, k, v, scores, lse, delta_row, b_time,
                                                                    b_hour, b_weekend, PRECISION)
-    store_or_add_tile(DQ, base, offs_m, offs_d, D, rows, dq * sm_scale, ACCUMULATE)
+    store_or_add_tile(DQ, base, offs_m, offs_d, QT, rows, dq * sm_scale, ACCUMULATE)
     add_scale_gradients(DSCALES, h, H, d_time, d_hour, d_weekend)
 
 
@@ -174,16 +178,16 @@ class KeyTimes(NamedTuple):
     flags: Tensor
 
 
-def keyed_forward(q: Tensor, k: Tensor, v: Tensor, query_times: Tensor, query_flags: Tensor, keys: KeyTimes, scales32: Tensor,
-                  history_length: int, weekend_rule: int, sm_scale: float) -> Tuple[Tensor, Tensor]:
-    """Output `[B, H, T, D]` and natural log-sum-exp `[B, H, T]` (-inf where a query sees no key)."""
+def keyed_forward(q: Tensor, k: Tensor, v: Tensor, query_times: Tensor, query_flags: Tensor, keys: KeyTimes, scales32: Tensor, out: Tensor,
+                  history_length: int, weekend_rule: int, sm_scale: float) -> Tensor:
+    """Write `out` `[B, H, T, D]` (any layout with a unit-strided head dim) and the natural log-sum-exp
+    `[B, H, T]` (-inf where a query sees no key); k and v dense."""
     batch, heads, total, _ = q.shape
-    out = torch.empty_like(q)
     lse = torch.empty(batch, heads, total, device=q.device, dtype=torch.float32)
     _keyed_forward_kernel[lambda meta: (triton.cdiv(total, meta["BLOCK_M"]), batch * heads)](
-        q, k, v, query_times, query_flags, keys.times, keys.end, keys.flags, scales32, out, lse, sm_scale, total, history_length, k.shape[2],
-        **_launch(q, weekend_rule))
-    return out, lse
+        q, k.contiguous(), v.contiguous(), query_times, query_flags, keys.times, keys.end, keys.flags, scales32, out, lse, sm_scale, total,
+        history_length, k.shape[2], *head_strides(q), *head_strides(out), **_launch(q, weekend_rule))
+    return lse
 
 
 def keyed_key_gradients(q: Tensor, k: Tensor, v: Tensor, grad_out: Tensor, lse: Tensor, delta: Tensor, query_times: Tensor,
@@ -196,8 +200,9 @@ def keyed_key_gradients(q: Tensor, k: Tensor, v: Tensor, grad_out: Tensor, lse: 
     dk_parts = torch.empty(splits, batch, heads, count, dim, device=q.device, dtype=torch.float32)
     dv_parts = torch.empty_like(dk_parts)
     _keyed_dkdv_kernel[lambda meta: (triton.cdiv(count, meta["BLOCK_N"]), batch * heads, splits)](
-        q, k, v, grad_out, lse, delta, query_times, query_flags, keys.times, keys.end, keys.flags, scales32, dk_parts, dv_parts, sm_scale,
-        total, history_length, count, _QUERIES_PER_SPLIT, **_launch(q, weekend_rule))
+        q, k.contiguous(), v.contiguous(), grad_out, lse, delta, query_times, query_flags, keys.times, keys.end, keys.flags, scales32,
+        dk_parts, dv_parts, sm_scale, total, history_length, count, _QUERIES_PER_SPLIT, *head_strides(q), *head_strides(grad_out),
+        **_launch(q, weekend_rule))
     return (dk_parts[0], dv_parts[0]) if splits == 1 else (dk_parts.sum(0), dv_parts.sum(0))
 
 
@@ -210,6 +215,7 @@ def keyed_query_gradients(q: Tensor, k: Tensor, v: Tensor, grad_out: Tensor, out
     batch, heads, total, _ = q.shape
     delta = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
     _keyed_dq_kernel[lambda meta: (triton.cdiv(total, meta["BLOCK_M"]), batch * heads)](
-        q, k, v, grad_out, out, lse, delta, query_times, query_flags, keys.times, keys.end, keys.flags, scales32, dq, dscales, sm_scale, total,
-        history_length, k.shape[2], ACCUMULATE=accumulate, **_launch(q, weekend_rule))
+        q, k.contiguous(), v.contiguous(), grad_out, out, lse, delta, query_times, query_flags, keys.times, keys.end, keys.flags, scales32,
+        dq, dscales, sm_scale, total, history_length, k.shape[2], *head_strides(q, dq), *head_strides(out), *head_strides(grad_out),
+        ACCUMULATE=accumulate, **_launch(q, weekend_rule))
     return delta

@@ -28,8 +28,8 @@ import triton.language as tl
 from torch import Tensor
 
 from recsys.ops.evo_bias_triton import accumulate_key_gradients, accumulate_query_gradients, add_scale_gradients, composite_terms, load_scales
-from recsys.ops.triton_tiles import (INTERPRETED, finish_rows, load_backward_rows, load_tile, online_softmax_step, query_backward_rows,
-                                     pad_head_dim, padded_head_dim, profile_key_gradients, profile_key_start, program_block_rows,
+from recsys.ops.triton_tiles import (INTERPRETED, finish_rows, head_base, load_backward_rows, load_tile, online_softmax_step, query_backward_rows,
+                                     head_strides, pad_head_dim, padded_head_dim, profile_key_gradients, profile_key_start, program_block_rows,
                                      store_tile, tile_configs)
 
 
@@ -75,14 +75,14 @@ def _window_key_ranges(start_m, L, ROWS, WINDOW: tl.constexpr, BLOCK_M: tl.const
 
 @triton.jit
 def _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, weekend_i, T_row, FLAGS_row, s_time, s_hour, s_weekend, sm_scale, L,
-                 ROWS, D: tl.constexpr, BLOCK_N: tl.constexpr, WINDOW: tl.constexpr, CANDIDATES: tl.constexpr,
+                 ROWS, KT, BLOCK_N: tl.constexpr, WINDOW: tl.constexpr, CANDIDATES: tl.constexpr,
                  WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr):
     """The key tile at `start_n`, its natural-log scores against the query block and the three bias
     terms (forward and dQ)."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     cols = offs_n < ROWS
-    k = load_tile(K, base, offs_n, offs_d, D, cols)
-    v = load_tile(V, base, offs_n, offs_d, D, cols)
+    k = load_tile(K, base, offs_n, offs_d, KT, cols)
+    v = load_tile(V, base, offs_n, offs_d, KT, cols)
     scores, b_time, b_hour, b_weekend = _local_tile(q, k, offs_m, offs_n, t_i, weekend_i, T_row, FLAGS_row, s_time, s_hour, s_weekend,
                                                     sm_scale, L, ROWS, WINDOW, CANDIDATES, WEEKEND_BOTH, PRECISION, FAST_MATH)
     return k, v, scores, b_time, b_hour, b_weekend
@@ -95,12 +95,14 @@ _DKDV_TILES = tile_configs([(32, 64, 4, 3), (32, 32, 4, 3)])
 
 @triton.autotune(configs=_TILES, key=["L", "ROWS", "D", "WINDOW"])
 @triton.jit
-def _local_forward_kernel(Q, K, V, KP, VP, T, FLAGS, SCALES, O, LSE, sm_scale, L, ROWS, H: tl.constexpr, D: tl.constexpr,
-                          WINDOW: tl.constexpr, CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr,
-                          FAST_MATH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """ROWS positions per (batch, head) row: the history `[0, L)`, then candidates."""
-    b, h, pid_bh, start_m, offs_m, offs_d, rows, base = program_block_rows(BLOCK_M, H, ROWS, ROWS, D)
-    q = load_tile(Q, base, offs_m, offs_d, D, rows)
+def _local_forward_kernel(Q, K, V, KP, VP, T, FLAGS, SCALES, O, LSE, sm_scale, L, ROWS, QB, QH, QT, OB, OH, OT, H: tl.constexpr,
+                          D: tl.constexpr, WINDOW: tl.constexpr, CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr,
+                          PRECISION: tl.constexpr, FAST_MATH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """ROWS positions per (batch, head) row: the history `[0, L)`, then candidates. q, k and v share
+    the (batch, head, row) strides QB, QH, QT; the output has its own (OB, OH, OT)."""
+    b, h, pid_bh, start_m, offs_m, offs_d, rows, _ = program_block_rows(BLOCK_M, H, ROWS, ROWS, D)
+    base = head_base(b, h, QB, QH)
+    q = load_tile(Q, base, offs_m, offs_d, QT, rows)
     T_row, FLAGS_row = T + b * ROWS, FLAGS + b * ROWS
     t_i, weekend_i = _query_times(T_row, FLAGS_row, offs_m, rows)
     s_time, s_hour, s_weekend = load_scales(SCALES, h, H)
@@ -108,24 +110,24 @@ def _local_forward_kernel(Q, K, V, KP, VP, T, FLAGS, SCALES, O, LSE, sm_scale, L
     lo, hi, candidates_lo, candidates_hi = _window_key_ranges(start_m, L, ROWS, WINDOW, BLOCK_M, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
         k, v, scores, _, _, _ = _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, weekend_i, T_row, FLAGS_row, s_time, s_hour,
-                                             s_weekend, sm_scale, L, ROWS, D, BLOCK_N, WINDOW, CANDIDATES, WEEKEND_BOTH, PRECISION,
+                                             s_weekend, sm_scale, L, ROWS, QT, BLOCK_N, WINDOW, CANDIDATES, WEEKEND_BOTH, PRECISION,
                                              FAST_MATH)
         acc, l_i, m_i = online_softmax_step(acc, l_i, m_i, scores * 1.4426950408889634, v, PRECISION)
     if CANDIDATES:
         for start_n in range(candidates_lo, candidates_hi, BLOCK_N):
             k, v, scores, _, _, _ = _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, weekend_i, T_row, FLAGS_row, s_time, s_hour,
-                                                 s_weekend, sm_scale, L, ROWS, D, BLOCK_N, WINDOW, CANDIDATES, WEEKEND_BOTH, PRECISION,
+                                                 s_weekend, sm_scale, L, ROWS, QT, BLOCK_N, WINDOW, CANDIDATES, WEEKEND_BOTH, PRECISION,
                                                  FAST_MATH)
             acc, l_i, m_i = online_softmax_step(acc, l_i, m_i, scores * 1.4426950408889634, v, PRECISION)
     out, lse = finish_rows(acc, l_i, m_i)
-    store_tile(O, base, offs_m, offs_d, D, rows, out)
+    store_tile(O, head_base(b, h, OB, OH), offs_m, offs_d, OT, rows, out)
     tl.store(LSE + pid_bh.to(tl.int64) * ROWS + offs_m, lse, mask=rows)
 
 
 @triton.autotune(configs=_DKDV_TILES, key=["L", "ROWS", "D", "WINDOW"])
 @triton.jit
 def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, FLAGS, SCALES, DK, DV, CHUNK_ID, DKC, DVC, P, TAIL_SLOT, DKT, DVT, NT,
-                       sm_scale, L, ROWS, H: tl.constexpr, D: tl.constexpr, WINDOW: tl.constexpr, CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr,
+                       sm_scale, L, ROWS, QB, QH, QT, GB, GH, GT, H: tl.constexpr, D: tl.constexpr, WINDOW: tl.constexpr, CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr,
                        PRECISION: tl.constexpr, FAST_MATH: tl.constexpr, CHUNK_GRADS: tl.constexpr, TAIL_GRADS: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One key block per program: the query tiles whose window reaches it; dK and dV (the dQ kernel
@@ -133,10 +135,11 @@ def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, FLAGS, SCALES, DK, DV, CHUNK_
     CHUNK_GRADS / TAIL_GRADS: the block also adds what the global and transition branches give its
     keys (float32 `[B, H, P, D]` per chunk, already divided by the chunk's size, gathered by
     CHUNK_ID; `[B, H, NT, D]` per tail key, gathered by TAIL_SLOT, -1 where none), so one store
-    writes the keys' whole gradient."""
-    b, h, pid_bh, start_n, offs_n, offs_d, cols, base = program_block_rows(BLOCK_N, H, ROWS, ROWS, D)
-    k = load_tile(K, base, offs_n, offs_d, D, cols)
-    v = load_tile(V, base, offs_n, offs_d, D, cols)
+    writes the keys' whole gradient. q, k, v, dk and dv share the strides (QB, QH, QT); dO has (GB, GH, GT)."""
+    b, h, pid_bh, start_n, offs_n, offs_d, cols, _ = program_block_rows(BLOCK_N, H, ROWS, ROWS, D)
+    base, do_base = head_base(b, h, QB, QH), head_base(b, h, GB, GH)
+    k = load_tile(K, base, offs_n, offs_d, QT, cols)
+    v = load_tile(V, base, offs_n, offs_d, QT, cols)
     T_row, FLAGS_row = T + b * ROWS, FLAGS + b * ROWS
     s_time, s_hour, s_weekend = load_scales(SCALES, h, H)
     dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
@@ -145,7 +148,7 @@ def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, FLAGS, SCALES, DK, DV, CHUNK_
     for start_m in range(start_n // BLOCK_M * BLOCK_M, tl.minimum(start_n + BLOCK_N + WINDOW - 1, L), BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         dk, dv = _key_block_update(dk, dv, k, v, T_row, FLAGS_row, s_time, s_hour, s_weekend, sm_scale, L, ROWS, Q, DO, LSE, DELTA, base,
-                                   pid_bh, offs_m, offs_n, offs_d, offs_m < L, D, WINDOW, CANDIDATES, WEEKEND_BOTH, PRECISION,
+                                   QT, do_base, GT, pid_bh, offs_m, offs_n, offs_d, offs_m < L, WINDOW, CANDIDATES, WEEKEND_BOTH, PRECISION,
                                    FAST_MATH)
     if CANDIDATES:  # all candidates see the last WINDOW history keys, each one its own key
         candidates_lo = tl.where(start_n >= L, start_n // BLOCK_M * BLOCK_M,
@@ -154,7 +157,7 @@ def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, FLAGS, SCALES, DK, DV, CHUNK_
         for start_m in range(candidates_lo, candidates_hi, BLOCK_M):
             offs_m = start_m + tl.arange(0, BLOCK_M)
             dk, dv = _key_block_update(dk, dv, k, v, T_row, FLAGS_row, s_time, s_hour, s_weekend, sm_scale, L, ROWS, Q, DO, LSE, DELTA,
-                                       base, pid_bh, offs_m, offs_n, offs_d, (offs_m >= L) & (offs_m < ROWS), D, WINDOW, CANDIDATES,
+                                       base, QT, do_base, GT, pid_bh, offs_m, offs_n, offs_d, (offs_m >= L) & (offs_m < ROWS), WINDOW, CANDIDATES,
                                        WEEKEND_BOTH, PRECISION, FAST_MATH)
     dk = dk * sm_scale
     history = cols & (offs_n < L)
@@ -164,16 +167,16 @@ def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, FLAGS, SCALES, DK, DV, CHUNK_
     if TAIL_GRADS:
         slot = tl.load(TAIL_SLOT + b * L + offs_n, mask=history, other=-1)
         dk, dv = _add_key_rows(dk, dv, DKT, DVT, pid_bh, slot, NT, offs_d, history & (slot >= 0), D)
-    store_tile(DK, base, offs_n, offs_d, D, cols, dk)
-    store_tile(DV, base, offs_n, offs_d, D, cols, dv)
+    store_tile(DK, base, offs_n, offs_d, QT, cols, dk)
+    store_tile(DV, base, offs_n, offs_d, QT, cols, dv)
 
 
 @triton.jit
-def _key_block_update(dk, dv, k, v, T_row, FLAGS_row, s_time, s_hour, s_weekend, sm_scale, L, ROWS, Q, DO, LSE, DELTA, base, pid_bh,
-                      offs_m, offs_n, offs_d, rows, D: tl.constexpr, WINDOW: tl.constexpr, CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr,
+def _key_block_update(dk, dv, k, v, T_row, FLAGS_row, s_time, s_hour, s_weekend, sm_scale, L, ROWS, Q, DO, LSE, DELTA, base, QT,
+                      do_base, GT, pid_bh, offs_m, offs_n, offs_d, rows, WINDOW: tl.constexpr, CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr,
                       PRECISION: tl.constexpr, FAST_MATH: tl.constexpr):
     """One query tile's (`rows` of `offs_m`) contribution to a key block's dK and dV."""
-    q, do, lse, delta_row = load_backward_rows(Q, DO, LSE, DELTA, base, pid_bh.to(tl.int64) * ROWS, offs_m, offs_d, D, rows)
+    q, do, lse, delta_row = load_backward_rows(Q, base, QT, DO, do_base, GT, LSE, DELTA, pid_bh.to(tl.int64) * ROWS, offs_m, offs_d, rows)
     t_i, weekend_i = _query_times(T_row, FLAGS_row, offs_m, rows)
     scores, _, _, _ = _local_tile(q, k, offs_m, offs_n, t_i, weekend_i, T_row, FLAGS_row, s_time, s_hour, s_weekend, sm_scale, L, ROWS,
                                   WINDOW, CANDIDATES, WEEKEND_BOTH, PRECISION, FAST_MATH)
@@ -190,11 +193,14 @@ def _add_key_rows(dk, dv, DKX, DVX, pid_bh, index, N, offs_d, valid, D: tl.const
 
 @triton.autotune(configs=_TILES, key=["L", "ROWS", "D", "WINDOW"], reset_to_zero=["DKP", "DVP", "DSCALES"])
 @triton.jit
-def _local_dq_kernel(Q, K, V, KP, VP, DO, O, LSE, DELTA, T, FLAGS, SCALES, DQ, DKP, DVP, DSCALES, sm_scale, L, ROWS, H: tl.constexpr,
-                     D: tl.constexpr, WINDOW: tl.constexpr, CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr,
+def _local_dq_kernel(Q, K, V, KP, VP, DO, O, LSE, DELTA, T, FLAGS, SCALES, DQ, DKP, DVP, DSCALES, sm_scale, L, ROWS, QB, QH, QT,
+                     OB, OH, OT, GB, GH, GT, H: tl.constexpr, D: tl.constexpr, WINDOW: tl.constexpr, CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr,
                      PRECISION: tl.constexpr, FAST_MATH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    b, h, pid_bh, start_m, offs_m, offs_d, rows, base = program_block_rows(BLOCK_M, H, ROWS, ROWS, D)
-    q, do, lse, delta_row = query_backward_rows(Q, DO, O, LSE, DELTA, base, pid_bh.to(tl.int64) * ROWS, offs_m, offs_d, D, rows)
+    """q, k, v and dq share the strides (QB, QH, QT); the output and dO have their own."""
+    b, h, pid_bh, start_m, offs_m, offs_d, rows, _ = program_block_rows(BLOCK_M, H, ROWS, ROWS, D)
+    base = head_base(b, h, QB, QH)
+    q, do, lse, delta_row = query_backward_rows(Q, base, QT, DO, head_base(b, h, GB, GH), GT, O, head_base(b, h, OB, OH), OT, LSE, DELTA,
+                                                pid_bh.to(tl.int64) * ROWS, offs_m, offs_d, rows)
     T_row, FLAGS_row = T + b * ROWS, FLAGS + b * ROWS
     t_i, weekend_i = _query_times(T_row, FLAGS_row, offs_m, rows)
     s_time, s_hour, s_weekend = load_scales(SCALES, h, H)
@@ -205,26 +211,25 @@ def _local_dq_kernel(Q, K, V, KP, VP, DO, O, LSE, DELTA, T, FLAGS, SCALES, DQ, D
     lo, hi, candidates_lo, candidates_hi = _window_key_ranges(start_m, L, ROWS, WINDOW, BLOCK_M, BLOCK_N)
     dq, d_time, d_hour, d_weekend = _query_tile_gradients(lo, hi, dq, d_time, d_hour, d_weekend, q, do, lse, delta_row, K, V, base, offs_m,
                                                           offs_d, t_i, weekend_i, T_row, FLAGS_row, s_time, s_hour, s_weekend, sm_scale, L,
-                                                          ROWS, D, BLOCK_N, WINDOW, CANDIDATES, WEEKEND_BOTH, PRECISION, FAST_MATH)
+                                                          ROWS, QT, BLOCK_N, WINDOW, CANDIDATES, WEEKEND_BOTH, PRECISION, FAST_MATH)
     if CANDIDATES:
         dq, d_time, d_hour, d_weekend = _query_tile_gradients(candidates_lo, candidates_hi, dq, d_time, d_hour, d_weekend, q, do, lse,
                                                               delta_row, K, V, base, offs_m, offs_d, t_i, weekend_i, T_row, FLAGS_row, s_time,
-                                                              s_hour, s_weekend, sm_scale, L, ROWS, D, BLOCK_N, WINDOW, CANDIDATES,
+                                                              s_hour, s_weekend, sm_scale, L, ROWS, QT, BLOCK_N, WINDOW, CANDIDATES,
                                                               WEEKEND_BOTH, PRECISION, FAST_MATH)
     dq = profile_key_gradients(dq, q, do, lse, delta_row, KP, VP, DKP, DVP, pid_bh, offs_d, sm_scale, D)
-    store_tile(DQ, base, offs_m, offs_d, D, rows, dq * sm_scale)
+    store_tile(DQ, base, offs_m, offs_d, QT, rows, dq * sm_scale)
     add_scale_gradients(DSCALES, h, H, d_time, d_hour, d_weekend)
 
 
 @triton.jit
 def _query_tile_gradients(lo, hi, dq, d_time, d_hour, d_weekend, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, weekend_i, T_row,
-                          FLAGS_row, s_time, s_hour, s_weekend, sm_scale, L, ROWS, D: tl.constexpr, BLOCK_N: tl.constexpr,
-                          WINDOW: tl.constexpr, CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr,
-                          FAST_MATH: tl.constexpr):
+                          FLAGS_row, s_time, s_hour, s_weekend, sm_scale, L, ROWS, KT, BLOCK_N: tl.constexpr, WINDOW: tl.constexpr,
+                          CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr):
     """A query block's dQ and scale sums over the key tiles in `[lo, hi)`."""
     for start_n in range(lo, hi, BLOCK_N):
         k, v, scores, b_time, b_hour, b_weekend = _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, weekend_i, T_row, FLAGS_row,
-                                                               s_time, s_hour, s_weekend, sm_scale, L, ROWS, D, BLOCK_N, WINDOW,
+                                                               s_time, s_hour, s_weekend, sm_scale, L, ROWS, KT, BLOCK_N, WINDOW,
                                                                CANDIDATES, WEEKEND_BOTH, PRECISION, FAST_MATH)
         dq, d_time, d_hour, d_weekend = accumulate_query_gradients(dq, d_time, d_hour, d_weekend, do, k, v, scores, lse, delta_row, b_time,
                                                                    b_hour, b_weekend, PRECISION)
@@ -253,23 +258,25 @@ class KeyGradientsIn(NamedTuple):
 def local_forward(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, times: Tensor, flags: Tensor, scales32: Tensor,
                   out: Tensor, lse: Tensor, length: int, window: int, weekend_rule: int, sm_scale: float) -> None:
     """Write `out` `[B, H, T, D]` and `lse` `[B, H, T]`: the history `[0, length)`, then T - length
-    candidates; `times` and `flags` `[B, T]`."""
+    candidates; `times` and `flags` `[B, T]`. q, k and v share one layout (`head_strides`), out may
+    have another; the profile's k and v dense."""
     batch, heads, rows, _ = q.shape
     _local_forward_kernel[lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), batch * heads)](
-        q, k, v, k_profile, v_profile, times, flags, scales32, out, lse, sm_scale, length, rows, **_launch(q, length, window, weekend_rule))
+        q, k, v, k_profile, v_profile, times, flags, scales32, out, lse, sm_scale, length, rows, *head_strides(q, k, v), *head_strides(out),
+        **_launch(q, length, window, weekend_rule))
 
 
 def local_key_gradients(q: Tensor, k: Tensor, v: Tensor, grad_out: Tensor, lse: Tensor, delta: Tensor, times: Tensor, flags: Tensor,
                         scales32: Tensor, dk: Tensor, dv: Tensor, length: int, window: int, weekend_rule: int,
                         sm_scale: float, extra: KeyGradientsIn = KeyGradientsIn()) -> None:
-    """Write dk, dv (plus `extra` on the history keys)."""
+    """Write dk, dv (plus `extra` on the history keys); q, k, v, dk and dv in one layout."""
     batch, heads, rows, _ = q.shape
     chunk_grads, tail_grads = extra.d_chunk_keys is not None, extra.d_tail_keys is not None
     chunk_id, dkc, dvc = (extra.chunk_id, extra.d_chunk_keys, extra.d_chunk_values) if chunk_grads else (times, dk, dv)
     tail_slot, dkt, dvt = (extra.tail_slot, extra.d_tail_keys, extra.d_tail_values) if tail_grads else (times, dk, dv)
     _local_dkdv_kernel[lambda meta: (triton.cdiv(rows, meta["BLOCK_N"]), batch * heads)](
         q, k, v, grad_out, lse, delta, times, flags, scales32, dk, dv, chunk_id, dkc, dvc, dkc.shape[2], tail_slot, dkt, dvt,
-        dkt.shape[2], sm_scale, length, rows, CHUNK_GRADS=chunk_grads, TAIL_GRADS=tail_grads, **_launch(q, length, window, weekend_rule))
+        dkt.shape[2], sm_scale, length, rows, *head_strides(q, k, v, dk, dv), *head_strides(grad_out), CHUNK_GRADS=chunk_grads, TAIL_GRADS=tail_grads, **_launch(q, length, window, weekend_rule))
 
 
 def local_query_gradients(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, grad_out: Tensor, out: Tensor,
@@ -277,13 +284,12 @@ def local_query_gradients(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_
                           dscales: Tensor, length: int, window: int, weekend_rule: int, sm_scale: float) -> Tensor:
     """Write dq; add into the float32 profile and scales' gradients (an autotuning launch zeroes them
     first: give each kernel its own `dscales`). Returns the row term rowsum(dO·O) `[B, H, T]` that
-    `local_key_gradients`, run next, reads."""
+    `local_key_gradients`, run next, reads. q, k, v and dq in one layout."""
     batch, heads, rows, _ = q.shape
     delta = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
     _local_dq_kernel[lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), batch * heads)](
         q, k, v, k_profile, v_profile, grad_out, out, lse, delta, times, flags, scales32, dq, dk_profile, dv_profile, dscales, sm_scale, length,
-        rows,
-        **_launch(q, length, window, weekend_rule))
+        rows, *head_strides(q, k, v, dq), *head_strides(out), *head_strides(grad_out), **_launch(q, length, window, weekend_rule))
     return delta
 
 

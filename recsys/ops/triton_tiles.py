@@ -42,23 +42,31 @@ def program_block_rows(BLOCK: tl.constexpr, H: tl.constexpr, N, ROWS, D: tl.cons
 
 
 @triton.jit
-def load_tile(PTR, base, offs, offs_d, D: tl.constexpr, valid):
-    """Rows `offs` of a `[.., N, D]` block starting at `base`; zeros where not `valid`."""
-    return tl.load(PTR + base + offs[:, None] * D + offs_d[None, :], mask=valid[:, None], other=0.0)
+def head_base(b, h, STRIDE_B, STRIDE_H):
+    """Offset of a (batch, head) row's first position in a `[B, H, N, D]` view with these strides."""
+    return b.to(tl.int64) * STRIDE_B + h.to(tl.int64) * STRIDE_H
 
 
 @triton.jit
-def store_tile(PTR, base, offs, offs_d, D: tl.constexpr, valid, value):
-    tl.store(PTR + base + offs[:, None] * D + offs_d[None, :], value.to(PTR.dtype.element_ty), mask=valid[:, None])
+def load_tile(PTR, base, offs, offs_d, STRIDE, valid):
+    """Rows `offs` (STRIDE elements apart; the head dim unit-strided) of a `[.., N, D]` block starting
+    at `base`; zeros where not `valid`. A dense block has STRIDE = D; a head of a packed `[B, N, 3, H,
+    D]` projection has 3·H·D, so the kernels read q, k and v where the projection wrote them."""
+    return tl.load(PTR + base + offs[:, None] * STRIDE + offs_d[None, :], mask=valid[:, None], other=0.0)
 
 
 @triton.jit
-def store_or_add_tile(PTR, base, offs, offs_d, D: tl.constexpr, valid, value, ACCUMULATE: tl.constexpr):
+def store_tile(PTR, base, offs, offs_d, STRIDE, valid, value):
+    tl.store(PTR + base + offs[:, None] * STRIDE + offs_d[None, :], value.to(PTR.dtype.element_ty), mask=valid[:, None])
+
+
+@triton.jit
+def store_or_add_tile(PTR, base, offs, offs_d, STRIDE, valid, value, ACCUMULATE: tl.constexpr):
     """`store_tile`, or with ACCUMULATE add to what an earlier kernel stored there: branches that share
     q sum their dQ in place instead of in full-size add passes afterwards."""
     if ACCUMULATE:
-        value += load_tile(PTR, base, offs, offs_d, D, valid).to(tl.float32)
-    store_tile(PTR, base, offs, offs_d, D, valid, value)
+        value += load_tile(PTR, base, offs, offs_d, STRIDE, valid).to(tl.float32)
+    store_tile(PTR, base, offs, offs_d, STRIDE, valid, value)
 
 
 @triton.jit
@@ -83,30 +91,33 @@ def finish_rows(acc, l_i, m_i):
 
 
 @triton.jit
-def load_backward_rows(Q, DO, LSE, DELTA, base, row_base, offs_m, offs_d, D: tl.constexpr, rows):
-    """q, dO, the log-sum-exp in log2 units (+inf for rows without keys or past the end, so their
-    probabilities are 0) and the row term rowsum(dO·O) - dLSE."""
-    q = load_tile(Q, base, offs_m, offs_d, D, rows)
-    do = load_tile(DO, base, offs_m, offs_d, D, rows)
+def _backward_row_stats(LSE, row_base, offs_m, rows):
     lse = tl.load(LSE + row_base + offs_m, mask=rows, other=float("inf"))
-    lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
-    delta = tl.load(DELTA + row_base + offs_m, mask=rows, other=0.0)
-    return q, do, lse, delta
+    return tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
 
 
 @triton.jit
-def query_backward_rows(Q, DO, O, LSE, DELTA, base, row_base, offs_m, offs_d, D: tl.constexpr, rows):
+def load_backward_rows(Q, q_base, q_stride, DO, do_base, do_stride, LSE, DELTA, row_base, offs_m, offs_d, rows):
+    """q, dO (each at its base and row stride), the log-sum-exp in log2 units (+inf for rows without
+    keys or past the end, so their probabilities are 0) and the row term rowsum(dO·O) - dLSE (dense
+    `[B·H, N]` float32 rows at `row_base`)."""
+    q = load_tile(Q, q_base, offs_m, offs_d, q_stride, rows)
+    do = load_tile(DO, do_base, offs_m, offs_d, do_stride, rows)
+    delta = tl.load(DELTA + row_base + offs_m, mask=rows, other=0.0)
+    return q, do, _backward_row_stats(LSE, row_base, offs_m, rows), delta
+
+
+@triton.jit
+def query_backward_rows(Q, q_base, q_stride, DO, do_base, do_stride, O, o_base, o_stride, LSE, DELTA, row_base, offs_m, offs_d, rows):
     """`load_backward_rows` for a dQ kernel that runs before its dK/dV kernel: it computes the row term
     rowsum(dO·O) from the dO it loads anyway and stores it for the dK/dV kernel, instead of a separate
     pass reading dO and O again (`backward_row_term`)."""
-    q = load_tile(Q, base, offs_m, offs_d, D, rows)
-    do = load_tile(DO, base, offs_m, offs_d, D, rows)
-    out = load_tile(O, base, offs_m, offs_d, D, rows)
+    q = load_tile(Q, q_base, offs_m, offs_d, q_stride, rows)
+    do = load_tile(DO, do_base, offs_m, offs_d, do_stride, rows)
+    out = load_tile(O, o_base, offs_m, offs_d, o_stride, rows)
     delta = tl.sum(do.to(tl.float32) * out.to(tl.float32), 1)
     tl.store(DELTA + row_base + offs_m, delta, mask=rows)
-    lse = tl.load(LSE + row_base + offs_m, mask=rows, other=float("inf"))
-    lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
-    return q, do, lse, delta
+    return q, do, _backward_row_stats(LSE, row_base, offs_m, rows), delta
 
 
 @triton.jit
@@ -166,6 +177,16 @@ def backward_row_term(grad_out: Tensor, out: Tensor, grad_lse: Tensor | None) ->
     _row_term_kernel[(triton.cdiv(rows, block),)](grad_out, out, grad_lse if grad_lse is not None else delta, delta, rows, D=dim,
                                                  HAS_DLSE=grad_lse is not None, BLOCK=block)
     return delta
+
+
+def head_strides(*views: Tensor) -> Tuple[int, int, int]:
+    """The (batch, head, row) strides that `[B, H, N, D]` views share, for kernels that take a layout
+    rather than a dense block: a head of the packed qkv projection, or an output written as `[B, N,
+    H, D]` for the output projection, is read and written in place."""
+    strides = {x.stride()[:3] for x in views}
+    if len(strides) != 1 or any(x.stride(3) != 1 for x in views):
+        raise ValueError(f"views must share their strides and have a unit-strided head dim: {[x.stride() for x in views]}")
+    return next(iter(strides))
 
 
 def pad_head_dim(x: Tensor, dim: int) -> Tensor:
