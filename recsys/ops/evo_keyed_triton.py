@@ -30,7 +30,7 @@ from torch import Tensor
 
 from recsys.ops.evo_bias_triton import accumulate_key_gradients, accumulate_query_gradients, add_scale_gradients, composite_terms, load_scales
 from recsys.ops.triton_tiles import (INTERPRETED, finish_rows, head_base, head_strides, load_backward_rows, load_tile, online_softmax_step,
-                                     program_block, query_backward_rows, store_or_add_tile, store_tile, tile_configs)
+                                     program_block, program_rows, query_backward_rows, store_or_add_tile, store_tile, tile_configs)
 
 _QUERIES_PER_SPLIT = 1024  # dK/dV: queries one program walks for its key block
 
@@ -83,7 +83,8 @@ def _keyed_forward_kernel(Q, K, V, TQ, QFLAGS, TK, KEND, KFLAGS, SCALES, O, LSE,
                           H: tl.constexpr, D: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Queries and outputs through their (batch, head, row) strides; the key lists dense `[B, H, NK, D]`."""
-    b, h, pid_bh, start_m, offs_m, offs_d, rows, _ = program_block(BLOCK_M, H, T, D)
+    b, h, pid_bh, start_m, offs_m, rows = program_rows(BLOCK_M, H, T)
+    offs_d = tl.arange(0, D)
     q = load_tile(Q, head_base(b, h, QB, QH), offs_m, offs_d, QT, rows)
     t_i, weekend_i, position_i = _queries(TQ, QFLAGS, b, offs_m, rows, T, L)
     s_time, s_hour, s_weekend = load_scales(SCALES, h, H)
@@ -143,7 +144,8 @@ def _keyed_dq_kernel(Q, K, V, DO, O, LSE, DELTA, TQ, QFLAGS, TK, KEND, KFLAGS, S
                      ACCUMULATE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """dQ of a query tile (ACCUMULATE: added to what DQ holds, the other branches' share) and the
     temporal scales' gradient (atomics). q and dq share the strides (QB, QH, QT)."""
-    b, h, pid_bh, start_m, offs_m, offs_d, rows, _ = program_block(BLOCK_M, H, T, D)
+    b, h, pid_bh, start_m, offs_m, rows = program_rows(BLOCK_M, H, T)
+    offs_d = tl.arange(0, D)
     base = head_base(b, h, QB, QH)
     q, do, lse, delta_row = query_backward_rows(Q, base, QT, DO, head_base(b, h, GB, GH), GT, O, head_base(b, h, OB, OH), OT, LSE, DELTA,
                                                 pid_bh.to(tl.int64) * T, offs_m, offs_d, rows)

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from recsys.ops.evo_bias_triton import accumulate_key_gradients, accumulate_query_gradients, add_scale_gradients, composite_terms, load_scales
 from recsys.ops.triton_tiles import (INTERPRETED, finish_rows, head_base, load_backward_rows, load_tile, online_softmax_step, query_backward_rows,
-                                     head_strides, pad_head_dim, padded_head_dim, profile_key_gradients, profile_key_start, program_block_rows,
+                                     head_strides, pad_head_dim, padded_head_dim, profile_key_gradients, profile_key_start, program_rows,
                                      store_tile, tile_configs)
 
 
@@ -100,7 +100,8 @@ def _local_forward_kernel(Q, K, V, KP, VP, T, FLAGS, SCALES, O, LSE, sm_scale, L
                           PRECISION: tl.constexpr, FAST_MATH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """ROWS positions per (batch, head) row: the history `[0, L)`, then candidates. q, k and v share
     the (batch, head, row) strides QB, QH, QT; the output has its own (OB, OH, OT)."""
-    b, h, pid_bh, start_m, offs_m, offs_d, rows, _ = program_block_rows(BLOCK_M, H, ROWS, ROWS, D)
+    b, h, pid_bh, start_m, offs_m, rows = program_rows(BLOCK_M, H, ROWS)
+    offs_d = tl.arange(0, D)
     base = head_base(b, h, QB, QH)
     q = load_tile(Q, base, offs_m, offs_d, QT, rows)
     T_row, FLAGS_row = T + b * ROWS, FLAGS + b * ROWS
@@ -136,7 +137,8 @@ def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, FLAGS, SCALES, DK, DV, CHUNK_
     keys (float32 `[B, H, P, D]` per chunk, already divided by the chunk's size, gathered by
     CHUNK_ID; `[B, H, NT, D]` per tail key, gathered by TAIL_SLOT, -1 where none), so one store
     writes the keys' whole gradient. q, k, v, dk and dv share the strides (QB, QH, QT); dO has (GB, GH, GT)."""
-    b, h, pid_bh, start_n, offs_n, offs_d, cols, _ = program_block_rows(BLOCK_N, H, ROWS, ROWS, D)
+    b, h, pid_bh, start_n, offs_n, cols = program_rows(BLOCK_N, H, ROWS)
+    offs_d = tl.arange(0, D)
     base, do_base = head_base(b, h, QB, QH), head_base(b, h, GB, GH)
     k = load_tile(K, base, offs_n, offs_d, QT, cols)
     v = load_tile(V, base, offs_n, offs_d, QT, cols)
@@ -197,7 +199,8 @@ def _local_dq_kernel(Q, K, V, KP, VP, DO, O, LSE, DELTA, T, FLAGS, SCALES, DQ, D
                      OB, OH, OT, GB, GH, GT, H: tl.constexpr, D: tl.constexpr, WINDOW: tl.constexpr, CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr,
                      PRECISION: tl.constexpr, FAST_MATH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """q, k, v and dq share the strides (QB, QH, QT); the output and dO have their own."""
-    b, h, pid_bh, start_m, offs_m, offs_d, rows, _ = program_block_rows(BLOCK_M, H, ROWS, ROWS, D)
+    b, h, pid_bh, start_m, offs_m, rows = program_rows(BLOCK_M, H, ROWS)
+    offs_d = tl.arange(0, D)
     base = head_base(b, h, QB, QH)
     q, do, lse, delta_row = query_backward_rows(Q, base, QT, DO, head_base(b, h, GB, GH), GT, O, head_base(b, h, OB, OH), OT, LSE, DELTA,
                                                 pid_bh.to(tl.int64) * ROWS, offs_m, offs_d, rows)

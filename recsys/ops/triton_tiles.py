@@ -26,19 +26,21 @@ def tile_configs(shapes: List[Tuple[int, int, int, int]], interpreted: Tuple[int
 
 @triton.jit
 def program_block(BLOCK: tl.constexpr, H: tl.constexpr, N, D: tl.constexpr):
-    """Grid (blocks along N, batch x heads): batch row, head, the flat (batch, head) index, the block's
-    first position, its positions, the head-dim offsets, which positions exist, and the (b, h) offset."""
-    return program_block_rows(BLOCK, H, N, N, D)
+    """Grid (blocks along N, batch x heads) over a dense `[B, H, N, D]` tensor: batch row, head, the
+    flat (batch, head) index, the block's first position, its positions, the head-dim offsets, which
+    positions exist, and the (b, h) offset."""
+    b, h, pid_bh, start, offs, valid = program_rows(BLOCK, H, N)
+    return b, h, pid_bh, start, offs, tl.arange(0, D), valid, pid_bh.to(tl.int64) * N * D
 
 
 @triton.jit
-def program_block_rows(BLOCK: tl.constexpr, H: tl.constexpr, N, ROWS, D: tl.constexpr):
-    """`program_block` over the first N of a tensor's ROWS positions (the local branch reads the
-    history part of `[B, H, T, D]` in place)."""
+def program_rows(BLOCK: tl.constexpr, H: tl.constexpr, N):
+    """`program_block` for kernels that address their operands through strides (`head_base`): batch
+    row, head, the flat (batch, head) index, the block's first position, its positions and which exist."""
     pid_bh = tl.program_id(1)
     start = tl.program_id(0) * BLOCK
     offs = start + tl.arange(0, BLOCK)
-    return pid_bh // H, pid_bh % H, pid_bh, start, offs, tl.arange(0, D), offs < N, pid_bh.to(tl.int64) * ROWS * D
+    return pid_bh // H, pid_bh % H, pid_bh, start, offs, offs < N
 
 
 @triton.jit
