@@ -218,7 +218,7 @@ def fused_branches_packed(packed, k_profile, v_profile, times, layout, tail: int
 
 def cama_triton_meta(times: torch.Tensor, extra: dict, device: str):
     segment, position, times, real, is_candidate, actions, _, _ = cama_flex_inputs(times, extra, device)
-    return cama_meta(segment, position, times, real, is_candidate, actions, *channel_bits(extra["groups"]))
+    return cama_meta(segment, position, times, real, is_candidate, actions, *channel_bits(extra["groups"]), 128)
 
 
 def cama_flex_inputs(times: torch.Tensor, extra: dict, device: str):
@@ -262,16 +262,20 @@ def profile_step(step, device: str, top: int = 15) -> dict:
     # inductor kernel appeared twice (its launch record and the kernel) next to aten ops' totals.
     rows = ranked(kernels, "self_device_time_total") if device == "cuda" else ranked(host_ops, "self_cpu_time_total")
     operators = ranked(host_ops, "device_time_total") if device == "cuda" else []
+    # Where the host's time goes (Python and dispatch included in each operator's self time): a step
+    # whose host time exceeds its kernels' runs at the host's pace.
+    host = ranked(host_ops, "self_cpu_time_total") if device == "cuda" else []
     totals = {"gpu_kernel_ms": sum(e.self_device_time_total for e in kernels) / 3e3, "gpu_kernels": sum(e.count for e in kernels) / 3,
               "cpu_ms": sum(e.self_cpu_time_total for e in host_ops) / 3e3}
-    for title, listed in (("kernels" if device == "cuda" else "operators", rows), ("operators by the GPU time under them", operators)):
+    for title, listed in (("kernels" if device == "cuda" else "operators", rows), ("operators by the GPU time under them", operators),
+                          ("operators by host (self CPU) time", host)):
         if listed:
             print(f"    {title}:", file=sys.stderr, flush=True)
         for row in listed:
             print(f"    {row['ms_per_call']:8.3f} ms  x{row['calls_per_call']:<5.0f} {row['name'][:90]}", file=sys.stderr, flush=True)
     print(f"    GPU kernels {totals['gpu_kernel_ms']:.3f} ms in {totals['gpu_kernels']:.0f} launches; host {totals['cpu_ms']:.3f} ms",
           file=sys.stderr, flush=True)
-    return {"top": rows, "top_operators": operators, **totals}
+    return {"top": rows, "top_operators": operators, "top_host": host, **totals}
 
 
 def capture_graph(step):
@@ -453,7 +457,7 @@ def training_table(args) -> list[dict]:
                 **({"profile": step_profile} if args.profile else {}),
                 "model": label, "history": history, "batch": batch_size, "mean_history_resident": mean_length,
                 "samples_per_s_resident": rate, "samples_per_s_with_loader": with_loader, "samples_per_s_loader_alone": loader_rate,
-                "peak_gib": peak, "model_flops_per_sample": flops_per_sample,
+                "peak_gib": peak, "model_flops_per_sample": flops_per_sample, "loader_workers": args.workers,
                 "mfu_measured_ceiling": flops_per_sample * rate / args.ceiling, "mfu_nominal": flops_per_sample * rate / NOMINAL_H100_BF16,
                 "loader_bound": loader_rate < rate,
             })
@@ -508,6 +512,8 @@ def main() -> None:
     parser.add_argument("--min-n", type=int, default=None, help="smallest n of the attention table")
     parser.add_argument("--max-n", type=int, default=None, help="largest n of the attention table")
     parser.add_argument("--histories", default=None, help="comma-separated history lengths of the training table (default 1024,4096)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="loader worker processes of the training part (default 12): the main process's host time competes with them")
     parser.add_argument("--profile", action="store_true", help="also profile each timed kernel: its top kernels by self time")
     parser.add_argument("--kernels", default="full_causal_sdpa,sparsectr_structural,sparsectr_structural_compiled,sparsectr_structural_triton,"
                                               "sparsectr_fused,sparsectr_fused_graph,cama,cama_flex,cama_triton",
@@ -524,7 +530,7 @@ def main() -> None:
     args.histories = [64] if quick else [int(h) for h in (args.histories or "1024,4096").split(",")]
     args.train_tokens = 4096 if quick else 262144
     args.d_model, args.model_heads, args.layers = (16, 2, 1) if quick else (256, 4, 4)
-    args.workers = 0 if quick else 12
+    args.workers = 0 if quick else (12 if args.workers is None else args.workers)
     parts = args.parts.split(",")
     torch.manual_seed(0)
     report = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "torch": torch.__version__}

@@ -45,41 +45,79 @@ POINTERS_AND_SCALARS = {
            "Q K V DO LSE DELTA T SEG POS FLAGS START HEAD_GROUP TABLE THRESH DQ sm_scale N",
            "*bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *i32 *i32 *i32 *i32 *i32 *i32 *fp32 *i32 *bf16 fp32 i32", {}),
 }
+# The (batch, head, row) strides of a strided operand: q/k/v (QB QH QT), outputs (OB OH OT), dO (GB GH GT).
+_STRIDES = " i32 i32 i32"
 # SparseCTR's fused local branch (window 64, 4 heads); dK/dV with the keyed branches' key gradients added.
 LOCAL = {
-    "local fwd": (evo_local_triton._local_forward_kernel, "Q K V KP VP T FLAGS SCALES O LSE sm_scale L ROWS",
-                  "*bf16 *bf16 *bf16 *bf16 *bf16 *i32 *i32 *fp32 *bf16 *fp32 fp32 i32 i32", {}),
+    "local fwd": (evo_local_triton._local_forward_kernel, "Q K V KP VP T FLAGS SCALES O LSE sm_scale L ROWS QB QH QT OB OH OT",
+                  "*bf16 *bf16 *bf16 *bf16 *bf16 *i32 *i32 *fp32 *bf16 *fp32 fp32 i32 i32" + _STRIDES * 2, {}),
     "local dkdv": (evo_local_triton._local_dkdv_kernel,
-                   "Q K V DO LSE DELTA T FLAGS SCALES DK DV CHUNK_ID DKC DVC P TAIL_SLOT DKT DVT NT sm_scale L ROWS",
-                   "*bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *i32 *i32 *fp32 *bf16 *bf16 *i32 *fp32 *fp32 i32 *i32 *fp32 *fp32 i32 fp32 i32 i32",
-                   {"CHUNK_GRADS": True, "TAIL_GRADS": True}),
-    "local dq": (evo_local_triton._local_dq_kernel, "Q K V KP VP DO O LSE DELTA T FLAGS SCALES DQ DKP DVP DSCALES sm_scale L ROWS",
-                 "*bf16 *bf16 *bf16 *bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *i32 *i32 *fp32 *bf16 *fp32 *fp32 *fp32 fp32 i32 i32", {}),
+                   "Q K V DO LSE DELTA T FLAGS SCALES DK DV CHUNK_ID DKC DVC P TAIL_SLOT DKT DVT NT sm_scale L ROWS QB QH QT GB GH GT",
+                   "*bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *i32 *i32 *fp32 *bf16 *bf16 *i32 *fp32 *fp32 i32 *i32 *fp32 *fp32 i32 fp32 i32 i32"
+                   + _STRIDES * 2, {"CHUNK_GRADS": True, "TAIL_GRADS": True}),
+    "local dq": (evo_local_triton._local_dq_kernel,
+                 "Q K V KP VP DO O LSE DELTA T FLAGS SCALES DQ DKP DVP DSCALES sm_scale L ROWS QB QH QT OB OH OT GB GH GT",
+                 "*bf16 *bf16 *bf16 *bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *i32 *i32 *fp32 *bf16 *fp32 *fp32 *fp32 fp32 i32 i32" + _STRIDES * 3, {}),
 }
 # SparseCTR's global and transition branches (keys: chunk summaries or chunk tails).
 KEYED = {
-    "keyed fwd": (evo_keyed_triton._keyed_forward_kernel, "Q K V TQ QFLAGS TK KEND KFLAGS SCALES O LSE sm_scale T L NK",
-                  "*bf16 *bf16 *bf16 *i32 *i32 *i32 *i32 *i32 *fp32 *bf16 *fp32 fp32 i32 i32 i32", {}),
+    "keyed fwd": (evo_keyed_triton._keyed_forward_kernel, "Q K V TQ QFLAGS TK KEND KFLAGS SCALES O LSE sm_scale T L NK QB QH QT OB OH OT",
+                  "*bf16 *bf16 *bf16 *i32 *i32 *i32 *i32 *i32 *fp32 *bf16 *fp32 fp32 i32 i32 i32" + _STRIDES * 2, {}),
     "keyed dkdv": (evo_keyed_triton._keyed_dkdv_kernel,
-                   "Q K V DO LSE DELTA TQ QFLAGS TK KEND KFLAGS SCALES DK DV sm_scale T L NK QUERIES",
-                   "*bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *i32 *i32 *i32 *i32 *i32 *fp32 *fp32 *fp32 fp32 i32 i32 i32 i32", {}),
-    "keyed dq": (evo_keyed_triton._keyed_dq_kernel, "Q K V DO O LSE DELTA TQ QFLAGS TK KEND KFLAGS SCALES DQ DSCALES sm_scale T L NK",
-                 "*bf16 *bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *i32 *i32 *i32 *i32 *i32 *fp32 *bf16 *fp32 fp32 i32 i32 i32", {"ACCUMULATE": True}),
+                   "Q K V DO LSE DELTA TQ QFLAGS TK KEND KFLAGS SCALES DK DV sm_scale T L NK QUERIES QB QH QT GB GH GT",
+                   "*bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *i32 *i32 *i32 *i32 *i32 *fp32 *fp32 *fp32 fp32 i32 i32 i32 i32" + _STRIDES * 2, {}),
+    "keyed dq": (evo_keyed_triton._keyed_dq_kernel,
+                 "Q K V DO O LSE DELTA TQ QFLAGS TK KEND KFLAGS SCALES DQ DSCALES sm_scale T L NK QB QH QT OB OH OT GB GH GT",
+                 "*bf16 *bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *i32 *i32 *i32 *i32 *i32 *fp32 *bf16 *fp32 fp32 i32 i32 i32" + _STRIDES * 3,
+                 {"ACCUMULATE": True}),
 }
 SASS_OPS = ("HGMMA", "MUFU.EX2", "MUFU.LG2", "LDL", "STL", "LDS", "BAR", "LDGSTS")
 
 
-def compile_report(kernel: str, config: triton.Config, constants: dict) -> dict:
-    autotuned, names, types, extra = (POINTERS_AND_SCALARS | LOCAL | KEYED)[kernel]
+# What each kernel family is compiled with (head dim 64; `main` takes another with --head-dim).
+CAMA_CONSTANTS = dict(H=4, D=64, TABLE_STRIDE=1, HEAD_STRIDE=129, NUM_BUCKETS=128, BUCKET_SCALE=cama_triton.LOG_BUCKET_PER_OCTAVE,
+                      PRECISION="tf32", PACKED=False, FAST_LOG2=True, STEPS=cama_triton.ABLATION["bias_steps"],
+                      SINGLE=cama_triton.ABLATION["single_bucket"], BIAS=True, TABLE_GRAD=True)
+LOCAL_CONSTANTS = dict(H=4, D=64, WINDOW=64, CANDIDATES=True, WEEKEND_BOTH=False, PRECISION="tf32", FAST_MATH=True)
+KEYED_CONSTANTS = dict(H=4, D=64, WEEKEND_BOTH=False, PRECISION="tf32", FAST_MATH=True)
+KERNELS = {**{name: (entry, CAMA_CONSTANTS) for name, entry in POINTERS_AND_SCALARS.items()},
+           **{name: (entry, LOCAL_CONSTANTS) for name, entry in LOCAL.items()},
+           **{name: (entry, KEYED_CONSTANTS) for name, entry in KEYED.items()}}
+
+
+def kernel_source(kernel: str, config: triton.Config, constants: dict) -> ASTSource:
+    """A kernel of the tables above, specialised as the JIT does at launch."""
+    (autotuned, names, types, extra), _ = KERNELS[kernel]
     fn = autotuned.fn
     constexprs = {**constants, **extra, **config.kwargs}
     signature = dict(zip(names.split(), types.split())) | {name: "constexpr" for name in constexprs}
-    # As the JIT specialises at launch: pointers (16-byte aligned allocations) and N (a multiple of 16
-    # at the benchmarked lengths) divisible by 16. Without these hints the compiler cannot vectorise
-    # or pipeline the tile loads (no cp.async) and the report is far more pessimistic than the GPU.
+    missing = set(fn.arg_names) - set(signature)
+    if missing:
+        raise ValueError(f"{kernel}: the table lacks arguments {sorted(missing)} of {fn.__name__}")
+    # As the JIT specialises at launch: pointers (16-byte aligned allocations), N (a multiple of 16
+    # at the benchmarked lengths) and strides divisible by 16. Without these hints the compiler cannot
+    # vectorise or pipeline the tile loads (no cp.async) and the report is far more pessimistic than the GPU.
     hinted = {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name, kind in zip(names.split(), types.split())
-              if kind.startswith("*") or name in ("N", "L", "T", "NK", "ROWS")}
-    source = ASTSource(fn=fn, signature=signature, constexprs={(fn.arg_names.index(c),): v for c, v in constexprs.items()}, attrs=hinted)
+              if kind.startswith("*") or name in ("N", "L", "T", "NK", "ROWS", "QB", "QH", "QT", "OB", "OH", "OT", "GB", "GH", "GT")}
+    return ASTSource(fn=fn, signature=signature, constexprs={(fn.arg_names.index(c),): v for c, v in constexprs.items()}, attrs=hinted)
+
+
+def lower_to_ttir(source: ASTSource) -> str:
+    """The compiler's front end only (Triton IR): it type-checks the kernel body, needs neither a GPU
+    nor ptxas, and takes a second where a full compile takes many (`tests/test_triton_lowering.py`)."""
+    from triton._C.libtriton import ir
+    from triton.backends.nvidia.compiler import CUDABackend
+
+    backend = CUDABackend(TARGET)
+    options = backend.parse_options({})
+    context = ir.context()
+    ir.load_dialects(context)
+    backend.load_dialects(context)
+    return str(source.make_ir(TARGET, options, backend.get_codegen_implementation(options), backend.get_module_map(), context))
+
+
+def compile_report(kernel: str, config: triton.Config, constants: dict) -> dict:
+    source = kernel_source(kernel, config, constants)
     compiled = triton.compile(source, target=TARGET, options={"num_warps": config.num_warps, "num_stages": config.num_stages})
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as handle:
         handle.write(compiled.asm["cubin"])
@@ -102,19 +140,18 @@ def main() -> None:
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--only", default="", help="compile only the kernels whose name starts with this (e.g. 'keyed')")
     args = parser.parse_args()
-    base = dict(H=4, D=args.head_dim, TABLE_STRIDE=1, HEAD_STRIDE=129, NUM_BUCKETS=128, BUCKET_SCALE=cama_triton.LOG_BUCKET_PER_OCTAVE, PRECISION="tf32",
-                PACKED=False, FAST_LOG2=True, STEPS=cama_triton.ABLATION["bias_steps"], SINGLE=cama_triton.ABLATION["single_bucket"])
+    base = dict(CAMA_CONSTANTS, D=args.head_dim)
     variants = {"bias": dict(BIAS=True, TABLE_GRAD=True), "no bias (ablation)": dict(BIAS=False, TABLE_GRAD=False)}
     rows = []
     for kernel, (autotuned, *_rest) in POINTERS_AND_SCALARS.items() if "cama".startswith(args.only) or not args.only else ():
         for config in autotuned.configs:
             for variant, flags in variants.items():
                 rows.append({"variant": variant, **compile_report(kernel, config, base | flags)})
-    local = dict(H=4, D=args.head_dim, WINDOW=64, CANDIDATES=True, WEEKEND_BOTH=False, PRECISION="tf32", FAST_MATH=True)
+    local = dict(LOCAL_CONSTANTS, D=args.head_dim)
     for kernel, (autotuned, *_rest) in LOCAL.items() if "local".startswith(args.only) or not args.only else ():
         for config in autotuned.configs:
             rows.append({"variant": "composite bias", **compile_report(kernel, config, local)})
-    keyed = dict(H=4, D=args.head_dim, WEEKEND_BOTH=False, PRECISION="tf32", FAST_MATH=True)
+    keyed = dict(KEYED_CONSTANTS, D=args.head_dim)
     for kernel, (autotuned, *_rest) in KEYED.items() if "keyed".startswith(args.only) or not args.only else ():
         for config in autotuned.configs:
             rows.append({"variant": "composite bias", **compile_report(kernel, config, keyed)})

@@ -75,7 +75,7 @@ def _assert_fused_equals_dense(layout, dim: int, generator: torch.Generator) -> 
 
     expected = _dense(*leaves, layout, buckets)
     expected_grads = torch.autograd.grad((expected * upstream).sum(), leaves)
-    meta = cama_meta(segment, position, times, real, is_candidate, actions, *channel_bits(HEAD_GROUPS))
+    meta = cama_meta(segment, position, times, real, is_candidate, actions, *channel_bits(HEAD_GROUPS), buckets)
     got = cama_triton_attention(*leaves[:5], meta, leaves[5], buckets, packed=contexts > 1)
     got_grads = torch.autograd.grad((got * upstream).sum(), leaves)
 
@@ -157,7 +157,7 @@ def test_fused_cama_refuses_history_out_of_time_order():
     times = times.clone()
     times[0, 5] = int(times[0, 6]) + 1  # later than the event after it
     with pytest.raises(ValueError, match="sorted by time"):
-        cama_meta(segment, position, times, real, is_candidate, actions, *channel_bits(HEAD_GROUPS))
+        cama_meta(segment, position, times, real, is_candidate, actions, *channel_bits(HEAD_GROUPS), 64)
 
 
 @pytest.mark.parametrize("packed", [False, True])
@@ -182,7 +182,7 @@ def test_fused_cama_outside_the_interpreter_on_cpu_names_the_alternative():
         "n = 4\n"
         "z = torch.zeros(1, n, dtype=torch.int64)\n"
         "real = torch.ones(1, n, dtype=torch.bool)\n"
-        "meta = cama_meta(z, torch.arange(n).view(1, n), torch.arange(n).view(1, n), real, ~real, z + 1, *channel_bits([torch.zeros(0, dtype=torch.int64)]))\n"
+        "meta = cama_meta(z, torch.arange(n).view(1, n), torch.arange(n).view(1, n), real, ~real, z + 1, *channel_bits([torch.zeros(0, dtype=torch.int64)]), 128)\n"
         "x = torch.randn(1, 1, n, 16)\n"
         "cama_triton_attention(x, x, x, x[:, :, :1], x[:, :, :1], meta, torch.zeros(129, 1), 128, packed=False)\n"
     )
@@ -201,7 +201,7 @@ def test_cama_custom_ops_pass_opcheck():
     heads, dim, buckets = len(HEAD_GROUPS), 16, 64
     q, k, v = (torch.randn(batch, heads, n, dim, generator=generator).requires_grad_() for _ in range(3))
     table = torch.randn(buckets + 1, heads, generator=generator).requires_grad_()
-    meta = cama_meta(segment, position, times, real, is_candidate, actions, *channel_bits(HEAD_GROUPS))
+    meta = cama_meta(segment, position, times, real, is_candidate, actions, *channel_bits(HEAD_GROUPS), buckets)
     tests = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
     torch.library.opcheck(torch.ops.recsys.cama_events.default, (q, k, v, table, list(meta), buckets, dim**-0.5, True), test_utils=tests)
     out = torch.randn(batch, heads, n, dim, generator=generator).requires_grad_()
@@ -222,7 +222,7 @@ def test_cama_attention_compiles_as_one_graph_with_the_same_gradients():
     leaves = [torch.randn(batch, heads, n, dim, generator=generator) for _ in range(3)]
     leaves += [torch.randn(batch, heads, contexts, dim, generator=generator) for _ in range(2)]
     leaves = [x.requires_grad_() for x in leaves + [torch.randn(buckets + 1, heads, generator=generator)]]
-    meta = cama_meta(segment, position, times, real, is_candidate, actions, *channel_bits(HEAD_GROUPS))
+    meta = cama_meta(segment, position, times, real, is_candidate, actions, *channel_bits(HEAD_GROUPS), buckets)
     upstream = torch.randn(batch, heads, n, dim, generator=generator)
 
     def attend(q, k, v, k_context, v_context, table):
@@ -235,3 +235,17 @@ def test_cama_attention_compiles_as_one_graph_with_the_same_gradients():
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     for g, e in zip(got_grads, expected_grads):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+
+
+def test_metadata_built_for_another_bucket_count_is_refused():
+    """The bucket thresholds travel with the metadata (built outside compiled blocks, see CamaMeta):
+    a table of another bucket count would read them past their end."""
+    generator = torch.Generator().manual_seed(0)
+    segment, position, times, real, is_candidate, actions, contexts = _packed(generator)
+    batch, n = segment.shape
+    heads, dim = len(HEAD_GROUPS), 16
+    meta = cama_meta(segment, position, times, real, is_candidate, actions, *channel_bits(HEAD_GROUPS), 64)
+    q, k, v = (torch.randn(batch, heads, n, dim, generator=generator) for _ in range(3))
+    context = torch.randn(batch, heads, contexts, dim, generator=generator)
+    with pytest.raises(ValueError, match="another bucket count"):
+        cama_triton_attention(q, k, v, context, context, meta, torch.zeros(129, heads), 128)

@@ -114,7 +114,7 @@ class CamA(nn.Module):
     def meta(self, seq: FlatSequence) -> CamaMeta:
         """The fused kernel's per-batch metadata (the same for every layer: build it once)."""
         return cama_meta(seq.segment, seq.position, seq.times, seq.real, seq.is_candidate, seq.action_ids, self.action_groups,
-                         self.head_group)
+                         self.head_group, self.num_buckets)
 
     def forward(self, x: Tensor, context: Tensor, seq: FlatSequence, meta: Optional[CamaMeta] = None) -> Tensor:
         batch, length, width = x.shape

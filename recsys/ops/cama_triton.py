@@ -57,6 +57,10 @@ class CamaMeta(NamedTuple):
     block_start: Tensor  # [B, N] int32: first key index a query's segment can attend
     segment_end: Tensor  # [B, N] int32: one past the last position of the key's segment
     head_group: Tensor  # [H] int32: -1 content channel, else the action group's bit index
+    # int32 bucket thresholds (`bucket_thresholds`): built with the metadata, outside compiled blocks,
+    # so a CUDA-graph replay of a block (train.compile_mode reduce-overhead) holds no cached tensor
+    # that was allocated in its memory pool (cudagraph trees refuse one: "not tracked as outputs").
+    thresholds: Tensor
 
 
 def channel_bits(head_groups: List[Tensor]) -> Tuple[List[Tensor], Tensor]:
@@ -78,7 +82,7 @@ def channel_bits(head_groups: List[Tensor]) -> Tuple[List[Tensor], Tensor]:
 
 
 def cama_meta(segment: Tensor, position: Tensor, times: Tensor, real: Tensor, is_candidate: Tensor, action_ids: Tensor,
-              groups: List[Tensor], head_group: Tensor) -> CamaMeta:
+              groups: List[Tensor], head_group: Tensor, num_buckets: int) -> CamaMeta:
     """`cama_mask`'s arguments with the heads' channels as `channel_bits` gives them; segments must be
     contiguous runs and each segment's history sorted by time."""
     batch, length = segment.shape
@@ -99,7 +103,8 @@ def cama_meta(segment: Tensor, position: Tensor, times: Tensor, real: Tensor, is
     ends_run[:, :-1] = new_run[:, 1:]
     run_end = torch.where(ends_run, index + 1, torch.full_like(index, length)).flip(1).cummin(dim=1).values.flip(1)
     return CamaMeta(_relative_times(times, real), segment.int().contiguous(), position.int().contiguous(), flags.int().contiguous(),
-                    block_start.int().contiguous(), run_end.int().contiguous(), head_group.to(segment.device))
+                    block_start.int().contiguous(), run_end.int().contiguous(), head_group.to(segment.device),
+                    bucket_thresholds(num_buckets, segment.device))
 
 
 def _relative_times(times: Tensor, real: Tensor) -> Tensor:
@@ -624,7 +629,7 @@ def _cama_forward(q: Tensor, k: Tensor, v: Tensor, table: Tensor, meta_tensors: 
     table32 = _kernel_table(table)
     grid = lambda meta_params: (triton.cdiv(length, meta_params["BLOCK_M"]), batch * heads)  # noqa: E731
     _cama_forward_kernel[grid](q, k, v, meta.times, meta.segment, meta.position, meta.flags, meta.block_start, meta.head_group,
-                               table32, bucket_thresholds(num_buckets, q.device), out, lse, sm_scale, length, D=dim,
+                               table32, meta.thresholds, out, lse, sm_scale, length, D=dim,
                                **_launch_meta(q, table32, num_buckets, packed))
     return out, lse
 
@@ -650,10 +655,10 @@ def _cama_backward(grad_out: Tensor, grad_lse: Tensor, q: Tensor, k: Tensor, v: 
     launch = _launch_meta(q, table32, num_buckets, packed)
     _cama_dkdv_kernel[lambda meta_params: (triton.cdiv(length, meta_params["BLOCK_N"]), batch * heads)](
         q, k, v, grad_out, lse, delta, meta.times, meta.segment, meta.position, meta.flags, meta.segment_end, meta.head_group,
-        table32, bucket_thresholds(num_buckets, q.device), dk, dv, dtable, sm_scale, length, D=dim, TABLE_BINS=triton.next_power_of_2(num_buckets + 1), **launch)
+        table32, meta.thresholds, dk, dv, dtable, sm_scale, length, D=dim, TABLE_BINS=triton.next_power_of_2(num_buckets + 1), **launch)
     _cama_dq_kernel[lambda meta_params: (triton.cdiv(length, meta_params["BLOCK_M"]), batch * heads)](
         q, k, v, grad_out, lse, delta, meta.times, meta.segment, meta.position, meta.flags, meta.block_start, meta.head_group,
-        table32, bucket_thresholds(num_buckets, q.device), dq, sm_scale, length, D=dim, **launch)
+        table32, meta.thresholds, dq, sm_scale, length, D=dim, **launch)
     return dq, dk, dv, dtable.to(table.dtype).contiguous()  # contiguous, as the fake implementation promises
 
 
@@ -685,6 +690,8 @@ def cama_triton_attention(q: Tensor, k: Tensor, v: Tensor, k_context: Tensor, v_
     if not q.is_cuda and not INTERPRETED:
         raise RuntimeError("the fused CamA kernel runs on CUDA (on the CPU only under TRITON_INTERPRET=1, as the tests do); "
                            "use attention 'softmax' elsewhere")
+    if meta.thresholds.shape[0] != num_buckets + 2 + _MAX_STEPS:
+        raise ValueError(f"meta was built for another bucket count than {num_buckets} (cama_meta's num_buckets)")
     dim = q.shape[-1]
     padded = padded_head_dim(dim)
     # Under autocast the action-aware keys/values can come out float32 next to bfloat16 queries.
