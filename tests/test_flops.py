@@ -1,6 +1,5 @@
 """Analytic FLOPs agree with torch.utils.flop_counter where the counter sees every op."""
 
-import numpy as np
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import hashlib
 
-import numpy as np
 import polars as pl
 import pytest
 from torchmetrics.functional.classification import binary_auroc

@@ -63,9 +63,9 @@ class TrainSection(Section):
                                              "a speed option, measured by benchmarks/gpu_suite.py; state dict and export unchanged")
     compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = Field(
         "default", description="torch.compile mode of train.compile: reduce-overhead replays each compiled block as a CUDA graph "
-                               "(the fused attention kernels are custom ops, no graph break). Measured on the H100 for sparsectr "
-                               "attention=triton at L = 4,096: 1,053 against default's 1,065 samples/s, the step being GPU-bound "
-                               "once the blocks compile whole; benchmarks/RESULTS.md session 9)")
+                               "(the fused attention kernels are custom ops, no graph break): the choice on a GPU. Measured on the H100 "
+                               "for sparsectr attention=triton at L = 4,096 with the data loader in the loop: 1,126-1,177 against "
+                               "default's 833-848 samples/s, the step being host-bound (benchmarks/RESULTS.md session 10)")
 
 
 class SequenceSection(Section):
