@@ -87,6 +87,23 @@ def timer(fn, repeats: int, warmup: int, device: str) -> float:
     return statistics.median(samples)
 
 
+def back_to_back(fn, repeats: int, warmup: int, device: str) -> float:
+    """Mean seconds per call of `repeats` calls run back to back with one sync at the end, as a
+    training loop runs its steps: `timer`'s sync per call starts every call on an empty GPU queue,
+    which exposes the host's time to its first launch (session 10: with the step's own sync gone,
+    the loader-fed loop outran a `timer`-timed resident step)."""
+    for _ in range(warmup):
+        fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - started) / repeats
+
+
 def matmul_ceiling(device: str, size: int) -> float:
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
@@ -278,6 +295,45 @@ def profile_step(step, device: str, top: int = 15) -> dict:
     return {"top": rows, "top_operators": operators, "top_host": host, **totals}
 
 
+def sync_sites(step) -> list[dict]:
+    """Where one call makes the host wait for the GPU (`torch.cuda.set_sync_debug_mode`): each
+    synchronising operation's innermost frame in this repository and innermost frame overall, with a
+    count. A sync drains the GPU's queue, so whatever the host does next before its first launch is
+    GPU idle time: in a host-bound step these are the bubbles."""
+    import collections
+    import traceback
+    import warnings
+
+    sites: collections.Counter = collections.Counter()
+    stepping = [False]  # leaving the debug mode warns once itself: count only the step's syncs
+
+    def record(message, category, filename, lineno, file=None, line=None) -> None:
+        if not stepping[0]:
+            return
+        frames = traceback.extract_stack()[:-1]
+        ours = [f for f in frames if (f"{os.sep}recsys{os.sep}" in f.filename or f"{os.sep}benchmarks{os.sep}" in f.filename)
+                and f.name != "sync_sites"]
+        mine = ours[-1] if ours else frames[-1]
+        where = f"{Path(mine.filename).name}:{mine.lineno} {mine.name}"
+        sites[f"{where} <- {Path(filename).name}:{lineno}" if frames and mine is not frames[-1] else where] += 1
+
+    torch.cuda.synchronize()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = record
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            stepping[0] = True
+            step()
+        finally:
+            stepping[0] = False
+            torch.cuda.set_sync_debug_mode("default")
+    rows = [{"site": site, "count": count} for site, count in sites.most_common()]
+    for row in rows:
+        print(f"    sync x{row['count']:<3} {row['site'][:150]}", file=sys.stderr, flush=True)
+    return rows
+
+
 def capture_graph(step):
     """`step` (forward + backward) captured as one CUDA graph after warm-up on a side stream (which
     also runs the Triton autotuners outside the capture); returns its replay."""
@@ -434,7 +490,7 @@ def training_table(args) -> list[dict]:
             if args.device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             try:
-                step_seconds = timer(lambda: trainer._train_step(resident, phase), args.train_repeats, 3, args.device)
+                step_seconds = back_to_back(lambda: trainer._train_step(resident, phase), args.train_repeats, 3, args.device)
             except torch.OutOfMemoryError:
                 rows.append({"model": label, "history": history, "batch": batch_size, "error": "out of memory"})
                 torch.cuda.empty_cache()
@@ -453,8 +509,12 @@ def training_table(args) -> list[dict]:
             if args.profile:  # where the resident step's time goes, as for the attention kernels
                 print(f"  profile {label} L={history}:", file=sys.stderr, flush=True)
                 step_profile = profile_step(lambda: trainer._train_step(resident, phase), args.device, top=25)
+            if args.sync_sites and args.device == "cuda":
+                print(f"  host-device syncs of one {label} L={history} step:", file=sys.stderr, flush=True)
+                step_syncs = sync_sites(lambda: trainer._train_step(resident, phase))
             rows.append({
                 **({"profile": step_profile} if args.profile else {}),
+                **({"sync_sites": step_syncs} if args.sync_sites and args.device == "cuda" else {}),
                 "model": label, "history": history, "batch": batch_size, "mean_history_resident": mean_length,
                 "samples_per_s_resident": rate, "samples_per_s_with_loader": with_loader, "samples_per_s_loader_alone": loader_rate,
                 "peak_gib": peak, "model_flops_per_sample": flops_per_sample, "loader_workers": args.workers,
@@ -514,6 +574,8 @@ def main() -> None:
     parser.add_argument("--histories", default=None, help="comma-separated history lengths of the training table (default 1024,4096)")
     parser.add_argument("--workers", type=int, default=None,
                         help="loader worker processes of the training part (default 12): the main process's host time competes with them")
+    parser.add_argument("--sync-sites", action="store_true",
+                        help="training part: list where one step makes the host wait for the GPU (torch.cuda.set_sync_debug_mode)")
     parser.add_argument("--profile", action="store_true", help="also profile each timed kernel: its top kernels by self time")
     parser.add_argument("--kernels", default="full_causal_sdpa,sparsectr_structural,sparsectr_structural_compiled,sparsectr_structural_triton,"
                                               "sparsectr_fused,sparsectr_fused_graph,cama,cama_flex,cama_triton",
@@ -526,7 +588,7 @@ def main() -> None:
     args.batch_tokens, args.heads, args.head_dim = (1024, 2, 16) if quick else (65536, 8, 64)
     args.chunks, args.tail, args.window, args.dense_max_n = 16, 2, 64, (512 if quick else 4096)
     args.compile_ns = {256, 512} if quick else {2048, 8192}  # each shape compiles once: keep the suite short
-    args.repeats, args.train_repeats, args.loader_batches = (2, 2, 2) if quick else (10, 10, 30)
+    args.repeats, args.train_repeats, args.loader_batches = (2, 2, 2) if quick else (10, 30, 30)
     args.histories = [64] if quick else [int(h) for h in (args.histories or "1024,4096").split(",")]
     args.train_tokens = 4096 if quick else 262144
     args.d_model, args.model_heads, args.layers = (16, 2, 1) if quick else (256, 4, 4)

@@ -151,3 +151,21 @@ def test_user_capped_order_spreads_users():
     assert sorted(order.tolist()) == list(range(200))
     for start in range(0, 200, 20):  # each block of 20 holds 2 samples of each of the 10 users
         assert np.bincount(users[order[start : start + 20]], minlength=10).max() == 2
+
+
+def test_batches_carry_each_keys_length_so_the_device_batch_needs_no_sync(prepared):
+    """A KJT computes its per-key lengths with a `.tolist()` on first access: on a GPU batch, a
+    host-device sync every step. The builder fills them in on the host, they survive `pin_memory` and
+    `to`, and they equal what the KJT would compute."""
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    dataset = PreparedDataset(prepared)
+    batch = BatchBuilder(dataset, 64, 4).build(np.arange(6))
+    moved = batch.to(torch.device("cpu"))
+    if torch.cuda.is_available():
+        moved = batch.pin_memory().to(torch.device("cuda"))
+    features = moved.sparse_features
+    assert features.length_per_key_or_none() is not None
+    recomputed = KeyedJaggedTensor(keys=features.keys(), values=features.values().cpu(), lengths=features.lengths().cpu())
+    assert features.length_per_key() == recomputed.length_per_key()
+    assert features.offset_per_key() == recomputed.offset_per_key()

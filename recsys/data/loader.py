@@ -166,10 +166,15 @@ class BatchBuilder:
         values += [self.sample_candidates[c][sample_ids] for c in self.candidate_columns]
         values += [self.sample_sides[c][sample_ids] for c in self.side_columns]
         kjt_lengths = [lengths] * len(self.sequence_columns) + [ones] * (len(self.candidate_columns) + len(self.side_columns))
+        # Each key's total length, known here on the host: a KJT computes it on first access with a
+        # `.tolist()` of its lengths, which on a GPU batch is the step's one host-device sync (it
+        # drained the GPU's queue every step; benchmarks/RESULTS.md session 10). `to` and
+        # `pin_memory` carry it to the device batch.
         features = KeyedJaggedTensor(
             keys=self.keys,
             values=torch.from_numpy(np.concatenate(values).astype(np.int64)),
             lengths=torch.from_numpy(np.concatenate(kjt_lengths)),
+            length_per_key=[int(key_lengths.sum()) for key_lengths in kjt_lengths],
         )
         weight = np.ones(batch_size, dtype=np.float32) if weights is None else weights
         return Batch(
