@@ -64,8 +64,8 @@ class TrainSection(Section):
     compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = Field(
         "default", description="torch.compile mode of train.compile: reduce-overhead replays each compiled block as a CUDA graph "
                                "(the fused attention kernels are custom ops, no graph break): the choice on a GPU. Measured on the H100 "
-                               "for sparsectr attention=triton at L = 4,096 with the data loader in the loop: 1,126-1,177 against "
-                               "default's 833-848 samples/s, the step being host-bound (benchmarks/RESULTS.md session 10)")
+                               "for sparsectr attention=triton at L = 4,096 with the data loader in the loop: 1,291-1,381 against "
+                               "default's 1,114-1,259 samples/s (benchmarks/RESULTS.md session 10)")
 
 
 class SequenceSection(Section):
