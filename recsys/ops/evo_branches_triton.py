@@ -73,15 +73,15 @@ def _unit_inner(x: Tensor) -> Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def packed_chunk_summaries(qkv: Tensor, membership: Tensor) -> Tuple[Tensor, Tensor]:
+def packed_chunk_summaries(qkv: Tensor, membership: Tensor, chunk_sizes: Tensor) -> Tuple[Tensor, Tensor]:
     """The k and v chunk means `[B, H, P, D]` of a packed projection, as `chunk_summaries_matmul` gives
     them, in one batched matmul over its k and v rows (a position's k and v are adjacent, so they
-    read as one `[B, L, 2·H·D]` operand without a copy)."""
+    read as one `[B, L, 2·H·D]` operand without a copy); `chunk_sizes` `[B, P]` at least 1."""
     batch, _, _, heads, dim = qkv.shape
     length, num_chunks = membership.shape[2], membership.shape[1]
     rows = qkv[:, :length, 1:].reshape(batch, length, 2 * heads * dim)
-    counts = membership.sum(-1).clamp_min(1).to(qkv.dtype)
-    means = (torch.bmm(membership.to(qkv.dtype), rows) / counts.unsqueeze(-1)).view(batch, num_chunks, 2, heads, dim)
+    sums = torch.bmm(membership.to(qkv.dtype), rows)
+    means = (sums / chunk_sizes.to(qkv.dtype).unsqueeze(-1)).view(batch, num_chunks, 2, heads, dim)
     return means[:, :, 0].transpose(1, 2).contiguous(), means[:, :, 1].transpose(1, 2).contiguous()
 
 
@@ -103,8 +103,9 @@ def _forward(qkv: Tensor, k_profile: Tensor, v_profile: Tensor, k_summary: Tenso
                   weekend_rule, sm_scale)
 
     membership = chunk_membership(chunk_id, num_chunks)
+    chunk_sizes = membership.sum(-1).clamp_min(1).float()
     if shared_summary:
-        k_chunks, v_chunks = packed_chunk_summaries(qkv, membership)
+        k_chunks, v_chunks = packed_chunk_summaries(qkv, membership, chunk_sizes)
     else:
         k_chunks = chunk_summaries_matmul(k_summary[:, :, :length], membership).contiguous()
         v_chunks = chunk_summaries_matmul(v_summary[:, :, :length], membership).contiguous()
@@ -115,7 +116,6 @@ def _forward(qkv: Tensor, k_profile: Tensor, v_profile: Tensor, k_summary: Tenso
     tail_keys = KeyTimes(timing.tail_times, timing.tail_end, timing.tail_flags)
     transition_lse = keyed_forward(q, k_tails, v_tails, timing.query_times, timing.query_flags, tail_keys, scales32, transition_out, length,
                                    weekend_rule, sm_scale)
-    chunk_sizes = membership.sum(-1).clamp_min(1).float()
     return global_out, transition_out, local, global_lse, transition_lse, local_lse, k_chunks, v_chunks, k_tails, v_tails, chunk_sizes
 
 
