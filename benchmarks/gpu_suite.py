@@ -8,7 +8,9 @@ achieved TFLOP/s next to the measured bf16 matmul ceiling.
 3. Attention forward + backward (bf16, B·n tokens fixed, CUDA events, warm-up, median):
    full causal flash attention (SDPA, the yardstick), SparseCTR structural eager, compiled and with
    the fused local-branch kernel (`sparsectr_structural_triton`), all three branches fused
-   (`sparsectr_fused`: the keyed kernel for global and transition, as `attention: triton` trains),
+   (`sparsectr_fused`: the keyed kernel for global and transition, as `attention: triton` trains,
+   with the batch's geometry built in every call; `sparsectr_fused_layer`: the geometry built once
+   outside the timed call, as the model builds it once per batch for all its layers),
    CamA with its temporal bias (dense: n ≤ --dense-max-n; cama_flex; cama_triton). Suffixes:
    `_fwd` times the forward alone (against flash's forward), `cama_triton_nobias` /
    `cama_triton_notablegrad` switch the bias or its table gradient off, `cama_triton_exactlog2` uses
@@ -372,15 +374,18 @@ def attention_table(args) -> list[dict]:
                                             bias_steps=CAMA_THRESHOLD_STEPS if variant.endswith("_threshold") else CAMA_BIAS_STEPS,
                                             table_layout="bucket_major" if variant.endswith("_bucketmajor") else "head_major",
                                             single_bucket=not variant.endswith("_nosingle"))
-            base = "sparsectr_structural" if variant == "sparsectr_fused" else variant.replace("_compiled", "").split("_flex")[0].split("_triton")[0]
+            fused_sparsectr = variant in ("sparsectr_fused", "sparsectr_fused_layer")
+            base = "sparsectr_structural" if fused_sparsectr else variant.replace("_compiled", "").split("_flex")[0].split("_triton")[0]
             times, q, k, v, extra = make_inputs(base, batch, n, args.heads, args.head_dim, args.chunks, args.device, dtype,
                                                 dense_mask=variant == base)
             # A fixed random dO, as flash-attention benchmarks do: a loss would add its own elementwise
             # passes over the output to every row (about 1 ms at B·n = 65,536 in the session-4 profiles).
             upstream = torch.randn_like(q)
             packed = None
-            if variant == "sparsectr_fused":  # the projection's layout, as training feeds the node
+            if fused_sparsectr:  # the projection's layout, as training feeds the node
                 packed = torch.stack([x.detach().transpose(1, 2) for x in (q, k, v)], dim=2).requires_grad_()
+            if variant == "sparsectr_fused_layer":
+                layer_geometry = evo_geometry(times, *extra["layout"], 0, args.tail, args.window, 0, 0, fused=True)
             fused_cama = base == "cama" and variant != base
             if fused_cama:
                 started = time.perf_counter()
@@ -400,6 +405,9 @@ def attention_table(args) -> list[dict]:
                     out = cama_flex_attention(q, keys, values, block_mask, times, extra["bias_table"], 1, 128)
                 elif variant == "sparsectr_fused":
                     outs = fused_branches_packed(packed, *extra["profile"], times, extra["layout"], args.tail, args.window, extra["scales"])
+                    out = outs[0] + outs[1] + outs[2]
+                elif variant == "sparsectr_fused_layer":
+                    outs = evo_attend_packed(packed, *extra["profile"], None, None, layer_geometry, args.window, extra["scales"], 0)
                     out = outs[0] + outs[1] + outs[2]
                 elif variant == "sparsectr_structural_triton":
                     outs = fused_branches(q, k, v, *extra["profile"], times, extra["layout"], args.tail, args.window, extra["scales"], False)
@@ -578,7 +586,7 @@ def main() -> None:
                         help="training part: list where one step makes the host wait for the GPU (torch.cuda.set_sync_debug_mode)")
     parser.add_argument("--profile", action="store_true", help="also profile each timed kernel: its top kernels by self time")
     parser.add_argument("--kernels", default="full_causal_sdpa,sparsectr_structural,sparsectr_structural_compiled,sparsectr_structural_triton,"
-                                              "sparsectr_fused,sparsectr_fused_graph,cama,cama_flex,cama_triton",
+                                              "sparsectr_fused,sparsectr_fused_graph,sparsectr_fused_layer_graph,cama,cama_flex,cama_triton",
                         help="attention rows; a name ending in _graph replays that kernel's forward + backward as one CUDA graph")
     args = parser.parse_args()
     quick = args.quick

@@ -49,27 +49,34 @@ POINTERS_AND_SCALARS = {
 _STRIDES = " i32 i32 i32"
 # SparseCTR's fused local branch (window 64, 4 heads); dK/dV with the keyed branches' key gradients added.
 LOCAL = {
-    "local fwd": (evo_local_triton._local_forward_kernel, "Q K V KP VP T FLAGS SCALES O LSE sm_scale L ROWS QB QH QT OB OH OT",
-                  "*bf16 *bf16 *bf16 *bf16 *bf16 *i32 *i32 *fp32 *bf16 *fp32 fp32 i32 i32" + _STRIDES * 2, {}),
+    "local fwd": (evo_local_triton._local_forward_kernel, "Q K V KP VP T FLAGS CLOCK SCALES O LSE sm_scale L ROWS QB QH QT OB OH OT",
+                  "*bf16 *bf16 *bf16 *bf16 *bf16 *i32 *i32 *fp32 *fp32 *bf16 *fp32 fp32 i32 i32" + _STRIDES * 2, {}),
     "local dkdv": (evo_local_triton._local_dkdv_kernel,
-                   "Q K V DO LSE DELTA T FLAGS SCALES DK DV CHUNK_ID DKC DVC P TAIL_SLOT DKT DVT NT sm_scale L ROWS QB QH QT GB GH GT",
-                   "*bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *i32 *i32 *fp32 *bf16 *bf16 *i32 *fp32 *fp32 i32 *i32 *fp32 *fp32 i32 fp32 i32 i32"
+                   "Q K V DO LSE DELTA T FLAGS CLOCK SCALES DK DV CHUNK_ID DKC DVC P TAIL_SLOT DKT DVT NT sm_scale L ROWS QB QH QT GB GH GT",
+                   "*bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *i32 *i32 *fp32 *fp32 *bf16 *bf16 *i32 *fp32 *fp32 i32 *i32 *fp32 *fp32 i32 fp32 i32 i32"
                    + _STRIDES * 2, {"CHUNK_GRADS": True, "TAIL_GRADS": True}),
     "local dq": (evo_local_triton._local_dq_kernel,
-                 "Q K V KP VP DO O LSE DELTA T FLAGS SCALES DQ DKP DVP DSCALES sm_scale L ROWS QB QH QT OB OH OT GB GH GT",
-                 "*bf16 *bf16 *bf16 *bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *i32 *i32 *fp32 *bf16 *fp32 *fp32 *fp32 fp32 i32 i32" + _STRIDES * 3, {}),
+                 "Q K V KP VP DO O LSE DELTA T FLAGS CLOCK SCALES DQ DKP DVP DSCALES sm_scale L ROWS QB QH QT OB OH OT GB GH GT",
+                 "*bf16 *bf16 *bf16 *bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *i32 *i32 *fp32 *fp32 *bf16 *fp32 *fp32 *fp32 fp32 i32 i32" + _STRIDES * 3, {}),
 }
-# SparseCTR's global and transition branches (keys: chunk summaries or chunk tails).
+# SparseCTR's global and transition branches (keys: chunk summaries or chunk tails), both lists in one
+# launch as the fused node runs them: a list's keys, values, times, ends, flags, clock and output
+# (forward), or keys .. clock, dO, output, log-sum-exp and row term (dQ).
+_KEY_LIST = " *bf16 *bf16 *i32 *i32 *i32 *fp32 *bf16 *fp32"
+_KEY_LIST_GRAD = " *bf16 *bf16 *i32 *i32 *i32 *fp32 *bf16 *bf16 *fp32 *fp32"
 KEYED = {
-    "keyed fwd": (evo_keyed_triton._keyed_forward_kernel, "Q K V TQ QFLAGS TK KEND KFLAGS SCALES O LSE sm_scale T L NK QB QH QT OB OH OT",
-                  "*bf16 *bf16 *bf16 *i32 *i32 *i32 *i32 *i32 *fp32 *bf16 *fp32 fp32 i32 i32 i32" + _STRIDES * 2, {}),
+    "keyed fwd": (evo_keyed_triton._keyed_forward_kernel,
+                  "Q TQ QFLAGS QCLOCK SCALES K0 V0 TK0 KEND0 KFLAGS0 KCLOCK0 O0 LSE0 K1 V1 TK1 KEND1 KFLAGS1 KCLOCK1 O1 LSE1 sm_scale T L NK0 NK1"
+                  " QB QH QT OB OH OT",
+                  "*bf16 *i32 *i32 *fp32 *fp32" + _KEY_LIST * 2 + " fp32 i32 i32 i32 i32" + _STRIDES * 2, {"TWO": True}),
     "keyed dkdv": (evo_keyed_triton._keyed_dkdv_kernel,
-                   "Q K V DO LSE DELTA TQ QFLAGS TK KEND KFLAGS SCALES DK DV sm_scale T L NK QUERIES QB QH QT GB GH GT",
-                   "*bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *i32 *i32 *i32 *i32 *i32 *fp32 *fp32 *fp32 fp32 i32 i32 i32 i32" + _STRIDES * 2, {}),
+                   "Q K V DO LSE DELTA TQ QFLAGS QCLOCK TK KEND KFLAGS KCLOCK SCALES DK DV sm_scale T L NK QUERIES QB QH QT GB GH GT",
+                   "*bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *i32 *i32 *fp32 *i32 *i32 *i32 *fp32 *fp32 *fp32 *fp32 fp32 i32 i32 i32 i32" + _STRIDES * 2, {}),
     "keyed dq": (evo_keyed_triton._keyed_dq_kernel,
-                 "Q K V DO O LSE DELTA TQ QFLAGS TK KEND KFLAGS SCALES DQ DSCALES sm_scale T L NK QB QH QT OB OH OT GB GH GT",
-                 "*bf16 *bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *i32 *i32 *i32 *i32 *i32 *fp32 *bf16 *fp32 fp32 i32 i32 i32" + _STRIDES * 3,
-                 {"ACCUMULATE": True}),
+                 "Q DQ DSCALES TQ QFLAGS QCLOCK SCALES K0 V0 TK0 KEND0 KFLAGS0 KCLOCK0 DO0 O0 LSE0 DELTA0 K1 V1 TK1 KEND1 KFLAGS1 KCLOCK1 DO1 O1"
+                 " LSE1 DELTA1 sm_scale T L NK0 NK1 QB QH QT OB OH OT GB0 GH0 GT0 GB1 GH1 GT1",
+                 "*bf16 *bf16 *fp32 *i32 *i32 *fp32 *fp32" + _KEY_LIST_GRAD * 2 + " fp32 i32 i32 i32 i32" + _STRIDES * 4,
+                 {"ACCUMULATE": True, "TWO": True}),
 }
 SASS_OPS = ("HGMMA", "MUFU.EX2", "MUFU.LG2", "LDL", "STL", "LDS", "BAR", "LDGSTS")
 
@@ -85,6 +92,11 @@ KERNELS = {**{name: (entry, CAMA_CONSTANTS) for name, entry in POINTERS_AND_SCAL
            **{name: (entry, KEYED_CONSTANTS) for name, entry in KEYED.items()}}
 
 
+# Lengths and strides the launch specialises as multiples of 16 (see `kernel_source`).
+_DIVISIBLE = {"N", "L", "T", "NK", "NK0", "NK1", "ROWS", "QB", "QH", "QT", "OB", "OH", "OT", "GB", "GH", "GT", "GB0", "GH0", "GT0", "GB1", "GH1",
+              "GT1"}
+
+
 def kernel_source(kernel: str, config: triton.Config, constants: dict) -> ASTSource:
     """A kernel of the tables above, specialised as the JIT does at launch."""
     (autotuned, names, types, extra), _ = KERNELS[kernel]
@@ -98,7 +110,7 @@ def kernel_source(kernel: str, config: triton.Config, constants: dict) -> ASTSou
     # at the benchmarked lengths) and strides divisible by 16. Without these hints the compiler cannot
     # vectorise or pipeline the tile loads (no cp.async) and the report is far more pessimistic than the GPU.
     hinted = {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name, kind in zip(names.split(), types.split())
-              if kind.startswith("*") or name in ("N", "L", "T", "NK", "ROWS", "QB", "QH", "QT", "OB", "OH", "OT", "GB", "GH", "GT")}
+              if kind.startswith("*") or name in _DIVISIBLE}
     return ASTSource(fn=fn, signature=signature, constexprs={(fn.arg_names.index(c),): v for c, v in constexprs.items()}, attrs=hinted)
 
 

@@ -105,7 +105,8 @@ class FusedTimes(NamedTuple):
     valid, bit 2 a weekend in local time. Queries `[B, T]`, their history part `[B, L]` (the local
     kernel's keys too), chunk keys `[B, P]` and tail keys `[B, P·tail]` with the positions their
     chunks end at; and where the keyed branches' key gradients land among the history keys: each
-    position's chunk (int32 1..P, 0 padding) and its slot in the tail list (int32, -1 if none)."""
+    position's chunk (int32 1..P, 0 padding) and its slot in the tail list (int32, -1 if none); and
+    each list's clock words (`clock_words`, float32 `[B, 2, ·]`)."""
 
     query_times: Tensor
     query_flags: Tensor
@@ -119,11 +120,23 @@ class FusedTimes(NamedTuple):
     tail_flags: Tensor
     history_chunk: Tensor
     tail_slot: Tensor
+    query_clock: Tensor
+    history_clock: Tensor
+    chunk_clock: Tensor
+    tail_clock: Tensor
 
 
 def flag_words(real: Tensor, times: Tensor, utc_offset: int) -> Tensor:
     """int32 words the fused kernels read: bit 1 real (or valid), bit 2 a weekend in local time."""
     return (real.to(torch.int32) + 2 * _is_weekend(times + utc_offset).to(torch.int32)).contiguous()
+
+
+def clock_words(relative: Tensor) -> Tensor:
+    """`[B, N]` int32 seconds -> `[B, 2, N]` float32: the sine and cosine of each event's clock angle
+    pi·(t mod day)/day. The hour term of a pair is |sin(a_i - a_j)| (`evo_bias_triton.composite_terms`),
+    which depends on time differences only, so relative times serve as well as epochs."""
+    angle = torch.remainder(relative.to(torch.int64), 86_400).to(torch.float64) * (math.pi / 86_400)
+    return torch.stack([torch.sin(angle), torch.cos(angle)], dim=1).to(torch.float32).contiguous()
 
 
 def relative_int32(event_times: Tensor, real: Tensor, base: Tensor) -> Tensor:
@@ -150,12 +163,17 @@ def fused_times(times: Tensor, chunk_id: Tensor, chunk_end: Tensor, chunk_valid:
     chunk_times = history_times.gather(1, (chunk_end - 1).clamp_min(0))
     tail_times = history_times.gather(1, tail_positions)
     tail = tail_positions.shape[1] // max(chunk_end.shape[1], 1)
-    return FusedTimes(relative_int32(times, query_real, base), flag_words(query_real, times, utc_offset),
-                      relative_int32(history_times, history_real, base), flag_words(history_real, history_times, utc_offset),
-                      relative_int32(chunk_times, chunk_valid, base), chunk_end.to(torch.int32).contiguous(), flag_words(chunk_valid, chunk_times, utc_offset),
-                      relative_int32(tail_times, tail_valid, base), chunk_end.repeat_interleave(tail, dim=1).to(torch.int32).contiguous(),
+    query_relative = relative_int32(times, query_real, base)
+    history_relative = relative_int32(history_times, history_real, base)
+    chunk_relative = relative_int32(chunk_times, chunk_valid, base)
+    tail_relative = relative_int32(tail_times, tail_valid, base)
+    return FusedTimes(query_relative, flag_words(query_real, times, utc_offset),
+                      history_relative, flag_words(history_real, history_times, utc_offset),
+                      chunk_relative, chunk_end.to(torch.int32).contiguous(), flag_words(chunk_valid, chunk_times, utc_offset),
+                      tail_relative, chunk_end.repeat_interleave(tail, dim=1).to(torch.int32).contiguous(),
                       flag_words(tail_valid, tail_times, utc_offset), chunk_id.to(torch.int32).contiguous(),
-                      tail_slots(tail_positions, tail_valid, length))
+                      tail_slots(tail_positions, tail_valid, length), clock_words(query_relative), clock_words(history_relative),
+                      clock_words(chunk_relative), clock_words(tail_relative))
 
 
 def tail_slots(tail_positions: Tensor, tail_valid: Tensor, length: int) -> Tensor:
@@ -170,7 +188,8 @@ def tail_slots(tail_positions: Tensor, tail_valid: Tensor, length: int) -> Tenso
 
 def _no_fused_times(device: torch.device) -> FusedTimes:
     empty = torch.zeros(0, 0, dtype=torch.int32, device=device)
-    return FusedTimes(empty, empty, empty, empty, empty, empty, empty, empty, empty, empty, empty, empty)
+    clock = torch.zeros(0, 2, 0, device=device)
+    return FusedTimes(empty, empty, empty, empty, empty, empty, empty, empty, empty, empty, empty, empty, clock, clock, clock, clock)
 
 
 class EvoGeometry(NamedTuple):
@@ -337,7 +356,7 @@ def evo_attend_fused(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profi
                                                              geometry.tail_positions, geometry.tail_valid, utc_offset))
     timing = geometry.fused_times
     history = local_history_prepared(q[:, :, :length], k[:, :, :length], v[:, :, :length], k_profile, v_profile, timing.history_times,
-                                     timing.history_flags, window, scales, weekend_rule)
+                                     timing.history_flags, timing.history_clock, window, scales, weekend_rule)
     local = history if q.shape[2] == length else torch.cat(
         [history, _candidate_local(q, k, v, k_profile, v_profile, geometry, window, scales)], dim=2)
     return global_branch(q, k_summary, v_summary, geometry, scales), transition_branch(q, k, v, geometry, scales), local

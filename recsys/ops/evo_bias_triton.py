@@ -1,28 +1,17 @@
 """SparseCTR's composite RelTemporal bias inside Triton kernels (`recsys.ops.evo_local_triton`,
-`recsys.ops.evo_keyed_triton`): the three terms of a tile, computed in registers from int32 times and
-weekend bits as `recsys.ops.temporal.temporal_components` computes them, and the backward's
-reductions into dK, dV and the temporal scales' gradient."""
+`recsys.ops.evo_keyed_triton`): the three terms of a tile, computed in registers from int32 times,
+per-event clock sines and cosines and weekend bits as `recsys.ops.temporal.temporal_components`
+computes them, and the backward's reductions into dK, dV and the temporal scales' gradient.
+
+The kernels are bound by instructions issued per (query, key) pair (Nsight Compute, session 11:
+40-60 % issue utilisation, tensor pipes under 10 %), so everything that depends on one event only
+(clock angles, weekend values, validity) is computed per event, outside the pair loop or the kernel,
+and scores are built in log2 units directly."""
 
 from __future__ import annotations
 
 import triton
 import triton.language as tl
-
-
-@triton.jit
-def _sin(x, FAST_MATH: tl.constexpr):
-    if FAST_MATH:  # the SFU's sin.approx (x is in [0, pi)): libdevice's sinf keeps a range-reduction table in local memory
-        return tl.inline_asm_elementwise("sin.approx.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
-    else:
-        return tl.sin(x)
-
-
-@triton.jit
-def _cos(x, FAST_MATH: tl.constexpr):
-    if FAST_MATH:
-        return tl.inline_asm_elementwise("cos.approx.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
-    else:
-        return tl.cos(x)
 
 
 @triton.jit
@@ -37,45 +26,98 @@ def _floor_log2(magnitude, FAST_MATH: tl.constexpr):
 
 
 @triton.jit
-def _clock_angle(t):
-    """pi * (seconds of the day) / 86400 of int32 times: in [0, pi)."""
-    return (((t % 86400) + 86400) % 86400).to(tl.float32) * (3.141592653589793 / 86400.0)
+def event_clock(CLOCK_row, N, offs, valid):
+    """Sine and cosine of events' clock angles from a row of `[B, 2, N]` float32 clock words
+    (`recsys.ops.evo_attention.clock_words`): built once per batch, not per pair and head."""
+    return tl.load(CLOCK_row + offs, mask=valid, other=0.0), tl.load(CLOCK_row + N + offs, mask=valid, other=1.0)
 
 
 @triton.jit
-def composite_terms(t_i, weekend_i, t_j, weekend_j, WEEKEND_BOTH: tl.constexpr, FAST_MATH: tl.constexpr):
-    """`temporal_components` for a tile: int32 times and weekend bits of queries `[BM]` and keys
-    `[BN]` -> the log-time, hour and weekend terms `[BM, BN]` (float32).
+def weekend_value(flags):
+    """1.0 where a flag word's weekend bit (bit 2) is set, else 0.0."""
+    return ((flags >> 1) & 1).to(tl.float32)
+
+
+@triton.jit
+def weekend_coefficients(flags_i, WEEKEND_BOTH: tl.constexpr):
+    """Per query row (gamma, delta) with b_weekend = gamma·w_j + delta for a key's weekend value w_j:
+    one multiply-add per pair. Same-type rule: -[w_i != w_j] = (2·w_i - 1)·w_j - w_i; both-weekend
+    rule: -(1 - w_i·w_j) = w_i·w_j - 1."""
+    w_i = weekend_value(flags_i)
+    if WEEKEND_BOTH:
+        return w_i, w_i * 0.0 - 1.0
+    else:
+        return 2.0 * w_i - 1.0, -w_i
+
+
+@triton.jit
+def _abs_int(x, FAST_MATH: tl.constexpr):
+    if FAST_MATH:  # one IABS; the generic lowering is a negate and a max
+        return tl.inline_asm_elementwise("abs.s32 $0, $1;", "=r,r", [x], dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        return tl.abs(x)
+
+
+@triton.jit
+def time_octaves(t_i, t_j, FAST_MATH: tl.constexpr):
+    """floor(log2(max(|t_i - t_j|, 1))) `[BM, BN]` as float32 (b_time is its negative); `| 1` stands
+    for the max: it leaves the leading bit of any nonzero difference where it is."""
+    return _floor_log2(_abs_int(t_i[:, None] - t_j[None, :], FAST_MATH) | 1, FAST_MATH).to(tl.float32)
+
+
+@triton.jit
+def hour_sine(sin_i, cos_i, sin_j, cos_j):
+    """sin(a_i - a_j) `[BM, BN]` of the events' clock angles (b_hour is minus its magnitude).
 
     The hour term is sin(pi·((t_i - t_j) mod D)/D) with D a day. With a = pi·(t mod D)/D per event,
     that is |sin(a_i - a_j)|: the two angles lie within pi of each other, and the mod adds D (half a
-    turn, a sign flip) exactly when a_i < a_j. So the tile needs the sine and cosine of BM + BN
-    angles and two multiply-adds per pair, not two integer remainders and a sine per pair."""
-    delta = t_i[:, None] - t_j[None, :]
-    b_time = -_floor_log2(tl.maximum(tl.abs(delta), 1), FAST_MATH).to(tl.float32)
-    angle_i, angle_j = _clock_angle(t_i), _clock_angle(t_j)
-    sin_i, cos_i = _sin(angle_i, FAST_MATH), _cos(angle_i, FAST_MATH)
-    sin_j, cos_j = _sin(angle_j, FAST_MATH), _cos(angle_j, FAST_MATH)
-    b_hour = -tl.abs(sin_i[:, None] * cos_j[None, :] - cos_i[:, None] * sin_j[None, :])
-    if WEEKEND_BOTH:
-        same_type = weekend_i[:, None] & weekend_j[None, :]
-    else:
-        same_type = weekend_i[:, None] == weekend_j[None, :]
-    b_weekend = tl.where(same_type, 0.0, -1.0)
+    turn, a sign flip) exactly when a_i < a_j. So a pair needs two multiply-adds of its events'
+    sines and cosines, not two integer remainders and a sine."""
+    return sin_i[:, None] * cos_j[None, :] - cos_i[:, None] * sin_j[None, :]
+
+
+@triton.jit
+def composite_terms(t_i, sin_i, cos_i, gamma_i, delta_i, t_j, sin_j, cos_j, w_j, FAST_MATH: tl.constexpr):
+    """`temporal_components` for a tile: int32 times, clock sines and cosines and weekend coefficients
+    of queries `[BM]`, times, clock sines and cosines and weekend values of keys `[BN]` -> the
+    log-time, hour and weekend terms `[BM, BN]` (float32), for the dQ kernels' scale gradients."""
+    b_time = -time_octaves(t_i, t_j, FAST_MATH)
+    b_hour = -tl.abs(hour_sine(sin_i, cos_i, sin_j, cos_j))
+    b_weekend = gamma_i[:, None] * w_j[None, :] + delta_i[:, None]
     return b_time, b_hour, b_weekend
 
 
 @triton.jit
+def biased_scores(dot, qk_scale, b_time, b_hour, b_weekend, s_time, s_hour, s_weekend):
+    """Scores in log2 units from `composite_terms`: q·k scaled by qk_scale (sm_scale·log2 e) plus the
+    terms weighted by the log2-unit scales (`load_scales`)."""
+    return dot * qk_scale + s_time * b_time + s_hour * b_hour + s_weekend * b_weekend
+
+
+@triton.jit
+def scores_with_bias(dot, qk_scale, t_i, sin_i, cos_i, gamma_i, delta_i, t_j, sin_j, cos_j, w_j, s_time, s_hour, FAST_MATH: tl.constexpr):
+    """`biased_scores` where the terms themselves are not needed (forward, dK/dV): with gamma_i and
+    delta_i already multiplied by the weekend scale, one chain of four multiply-adds per pair (the
+    compiler may not reassociate the sum `biased_scores` spells)."""
+    scores = dot * qk_scale + delta_i[:, None]
+    scores = scores - s_time * time_octaves(t_i, t_j, FAST_MATH)
+    scores = scores - s_hour * tl.abs(hour_sine(sin_i, cos_i, sin_j, cos_j))
+    return scores + gamma_i[:, None] * w_j[None, :]
+
+
+@triton.jit
 def load_scales(SCALES, h, H: tl.constexpr):
-    """Head h's three temporal scales from the `[3, H]` float32 table."""
-    return tl.load(SCALES + h), tl.load(SCALES + H + h), tl.load(SCALES + 2 * H + h)
+    """Head h's three temporal scales from the `[3, H]` float32 table, in log2 units (times log2 e):
+    the kernels build scores in log2 units, so no pair needs its own conversion."""
+    return (tl.load(SCALES + h) * 1.4426950408889634, tl.load(SCALES + H + h) * 1.4426950408889634,
+            tl.load(SCALES + 2 * H + h) * 1.4426950408889634)
 
 
 @triton.jit
 def accumulate_key_gradients(dk, dv, q, do, v, scores, lse, delta_row, PRECISION: tl.constexpr):
-    """One query tile's contribution to a key block's dK and dV; `scores` natural log (-inf where not
-    visible), `lse` in log2 units (+inf for rows without keys)."""
-    p = tl.exp2(scores * 1.4426950408889634 - lse[:, None])
+    """One query tile's contribution to a key block's dK and dV; `scores` and `lse` in log2 units
+    (scores -inf where not visible, lse +inf for rows without keys)."""
+    p = tl.exp2(scores - lse[:, None])
     dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
     dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
     ds = p * (dp - delta_row[:, None])
@@ -87,8 +129,9 @@ def accumulate_query_gradients(dq, d_time, d_hour, d_weekend, do, k, v, scores, 
                                PRECISION: tl.constexpr):
     """One key tile's contribution to a query tile's dQ (unscaled) and to the three temporal scales'
     sums, kept per query row: a row's scores sit in one warp, so summing along keys needs shuffles
-    only (summing along queries, as the dK/dV kernels would, crosses warps through shared memory)."""
-    p = tl.exp2(scores * 1.4426950408889634 - lse[:, None])
+    only (summing along queries, as the dK/dV kernels would, crosses warps through shared memory).
+    `scores` and `lse` in log2 units."""
+    p = tl.exp2(scores - lse[:, None])
     dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
     ds = p * (dp - delta_row[:, None])
     dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from recsys.ops.evo_attention import EvoGeometry, FusedTimes, _gather_positions, chunk_membership, chunk_summaries_matmul
-from recsys.ops.evo_keyed_triton import KeyTimes, keyed_forward, keyed_key_gradients, keyed_query_gradients
+from recsys.ops.evo_keyed_triton import KeyList, KeyTimes, keyed_forward, keyed_key_gradients, keyed_query_gradients
 from recsys.ops.evo_local_triton import KeyGradientsIn, local_forward, local_key_gradients, local_query_gradients
 from recsys.ops.triton_tiles import INTERPRETED, pad_head_dim, padded_head_dim
 
@@ -99,8 +99,8 @@ def _forward(qkv: Tensor, k_profile: Tensor, v_profile: Tensor, k_summary: Tenso
     length, num_chunks = chunk_id.shape[1], timing.chunk_end.shape[1]
     global_out, transition_out, local = (_branch_output(qkv) for _ in range(3))
     local_lse = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
-    local_forward(q, k, v, k_profile, v_profile, timing.query_times, timing.query_flags, scales32, local, local_lse, length, window,
-                  weekend_rule, sm_scale)
+    local_forward(q, k, v, k_profile, v_profile, timing.query_times, timing.query_flags, timing.query_clock, scales32, local, local_lse,
+                  length, window, weekend_rule, sm_scale)
 
     membership = chunk_membership(chunk_id, num_chunks)
     chunk_sizes = membership.sum(-1).clamp_min(1).float()
@@ -109,13 +109,13 @@ def _forward(qkv: Tensor, k_profile: Tensor, v_profile: Tensor, k_summary: Tenso
     else:
         k_chunks = chunk_summaries_matmul(k_summary[:, :, :length], membership).contiguous()
         v_chunks = chunk_summaries_matmul(v_summary[:, :, :length], membership).contiguous()
-    chunk_keys = KeyTimes(timing.chunk_times, timing.chunk_end, timing.chunk_flags)
-    global_lse = keyed_forward(q, k_chunks, v_chunks, timing.query_times, timing.query_flags, chunk_keys, scales32, global_out, length,
-                               weekend_rule, sm_scale)
+    chunk_keys = KeyTimes(timing.chunk_times, timing.chunk_end, timing.chunk_flags, timing.chunk_clock)
     k_tails, v_tails = _gather_positions(k, tail_positions).contiguous(), _gather_positions(v, tail_positions).contiguous()
-    tail_keys = KeyTimes(timing.tail_times, timing.tail_end, timing.tail_flags)
-    transition_lse = keyed_forward(q, k_tails, v_tails, timing.query_times, timing.query_flags, tail_keys, scales32, transition_out, length,
-                                   weekend_rule, sm_scale)
+    tail_keys = KeyTimes(timing.tail_times, timing.tail_end, timing.tail_flags, timing.tail_clock)
+    global_lse, transition_lse = keyed_forward(q, [KeyList(k_chunks, v_chunks, chunk_keys, global_out),
+                                                   KeyList(k_tails, v_tails, tail_keys, transition_out)],
+                                               timing.query_times, timing.query_flags, timing.query_clock, scales32, length, weekend_rule,
+                                               sm_scale)
     return global_out, transition_out, local, global_lse, transition_lse, local_lse, k_chunks, v_chunks, k_tails, v_tails, chunk_sizes
 
 
@@ -144,12 +144,12 @@ def _backward(grads: List[Tensor], saved: List[Tensor], times: List[Tensor], win
     timing = FusedTimes(*times)
     length, total = timing.history_chunk.shape[1], q.shape[2]
     grads = [_unit_inner(g) for g in grads]
-    dscales = torch.zeros(3, *scales32.shape, device=q.device, dtype=torch.float32)  # one per kernel: autotuning zeroes its own
-    keyed = (timing.query_times, timing.query_flags)
-    chunk_keys = KeyTimes(timing.chunk_times, timing.chunk_end, timing.chunk_flags)
-    tail_keys = KeyTimes(timing.tail_times, timing.tail_end, timing.tail_flags)
+    dscales = torch.zeros(2, *scales32.shape, device=q.device, dtype=torch.float32)  # one per kernel: autotuning zeroes its own
+    keyed = (timing.query_times, timing.query_flags, timing.query_clock)
+    chunk_keys = KeyTimes(timing.chunk_times, timing.chunk_end, timing.chunk_flags, timing.chunk_clock)
+    tail_keys = KeyTimes(timing.tail_times, timing.tail_end, timing.tail_flags, timing.tail_clock)
     shape = (length, weekend_rule, sm_scale)
-    query_words = (timing.query_times, timing.query_flags, scales32)
+    query_words = (*keyed, scales32)
     local_shape = (length, window, weekend_rule, sm_scale)
     d_qkv = torch.empty_like(qkv)
     dq, dk, dv = split_heads(d_qkv)
@@ -158,11 +158,10 @@ def _backward(grads: List[Tensor], saved: List[Tensor], times: List[Tensor], win
     dk_profile = torch.zeros(k_profile.shape, device=q.device, dtype=torch.float32)
     dv_profile = torch.zeros_like(dk_profile)
     local_delta = local_query_gradients(q, k, v, k_profile, v_profile, grads[2], local, lse[2], *query_words, dq, dk_profile, dv_profile,
-                                        dscales[2], *local_shape)
-    global_delta = keyed_query_gradients(q, k_chunks, v_chunks, grads[0], global_out, lse[0], *keyed, chunk_keys, scales32, dq,
-                                         dscales[0], True, *shape)
-    tail_delta = keyed_query_gradients(q, k_tails, v_tails, grads[1], transition_out, lse[1], *keyed, tail_keys, scales32, dq,
-                                       dscales[1], True, *shape)
+                                        dscales[1], *local_shape)
+    keyed_lists = [KeyList(k_chunks, v_chunks, chunk_keys, global_out, grads[0], lse[0]),
+                   KeyList(k_tails, v_tails, tail_keys, transition_out, grads[1], lse[1])]
+    global_delta, tail_delta = keyed_query_gradients(q, keyed_lists, *keyed, scales32, dq, dscales[0], True, *shape)
 
     dk_chunks, dv_chunks = keyed_key_gradients(q, k_chunks, v_chunks, grads[0], lse[0], global_delta, *keyed, chunk_keys, scales32, *shape)
     sizes = chunk_sizes.view(chunk_sizes.shape[0], 1, -1, 1)

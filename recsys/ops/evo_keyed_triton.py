@@ -8,7 +8,7 @@ at position L) sees it when the key is valid and `end_j <= i`, with the composit
 of `t_i - t_j` (`temporal_components`). A query that sees no key gets zeros, as in
 `recsys.ops.evo_attention._attend`. The structural version builds `[B, H, T, K]` bias and visibility
 tensors and runs SDPA with an additive mask; here the bias is computed per tile in registers from
-int32 times and weekend bits (`evo_bias_triton.composite_terms`, shared with the local branch).
+int32 times, weekend bits and clock words (`evo_bias_triton.composite_terms`, shared with the local branch).
 
 The key lists are short (chunks, chunks × tail), so dK/dV splits the queries over `SPLIT` programs
 per key block and sums their float32 partials afterwards: one program per key block would leave
@@ -21,92 +21,131 @@ under Triton's interpreter (`TRITON_INTERPRET=1`), which the tests use.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from recsys.ops.evo_bias_triton import accumulate_key_gradients, accumulate_query_gradients, add_scale_gradients, composite_terms, load_scales
+from recsys.ops.evo_bias_triton import (accumulate_key_gradients, accumulate_query_gradients, add_scale_gradients, biased_scores, composite_terms,
+                                        event_clock, load_scales, scores_with_bias, weekend_coefficients, weekend_value)
 from recsys.ops.triton_tiles import (INTERPRETED, finish_rows, head_base, head_strides, load_backward_rows, load_tile, online_softmax_step,
-                                     program_block, program_rows, query_backward_rows, store_or_add_tile, store_tile, tile_configs)
+                                     output_backward_rows, program_block, program_rows, store_or_add_tile, store_tile, tile_configs)
 
 _QUERIES_PER_SPLIT = 1024  # dK/dV: queries one program walks for its key block
 
 
 @triton.jit
-def _keyed_tile(q, k, t_i, weekend_i, position_i, TK_row, END_row, FLAGS_row, offs_n, NK, s_time, s_hour, s_weekend, sm_scale,
-                WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr):
-    """Natural-log scores of a query tile against the keys `offs_n` (-inf where not visible) and the three terms."""
+def _key_terms(TK_row, END_row, FLAGS_row, CLOCK_row, offs_n, NK):
+    """A key block's int32 times, clock sines and cosines, weekend values and the first query
+    position that sees each key: its chunk's end, or past every query where the key is invalid or
+    beyond the list, so a pair's visibility is one compare."""
     in_range = offs_n < NK
-    t_j = tl.load(TK_row + offs_n, mask=in_range, other=0)
-    end_j = tl.load(END_row + offs_n, mask=in_range, other=0)
     flags_j = tl.load(FLAGS_row + offs_n, mask=in_range, other=0)
-    b_time, b_hour, b_weekend = composite_terms(t_i, weekend_i, t_j, (flags_j & 2) != 0, WEEKEND_BOTH, FAST_MATH)
-    scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * sm_scale + s_time * b_time + s_hour * b_hour + s_weekend * b_weekend
-    visible = (end_j[None, :] <= position_i[:, None]) & (((flags_j & 1) != 0) & in_range)[None, :]
-    return tl.where(visible, scores, float("-inf")), b_time, b_hour, b_weekend
+    end_j = tl.load(END_row + offs_n, mask=in_range, other=0)
+    sin_j, cos_j = event_clock(CLOCK_row, NK, offs_n, in_range)
+    first_query_j = tl.where(((flags_j & 1) != 0) & in_range, end_j, 2147483647)
+    return tl.load(TK_row + offs_n, mask=in_range, other=0), sin_j, cos_j, weekend_value(flags_j), first_query_j
 
 
 @triton.jit
-def _key_block(start_n, q, K, V, key_base, offs_d, t_i, weekend_i, position_i, TK_row, END_row, FLAGS_row, NK, s_time, s_hour, s_weekend,
-               sm_scale, D: tl.constexpr, BLOCK_N: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr,
-               FAST_MATH: tl.constexpr):
-    """The key block at `start_n`, its natural-log scores against a query tile and the three bias terms
-    (forward and dQ)."""
+def _keyed_tile(q, k, t_i, sin_i, cos_i, gamma_i, delta_i, position_i, t_j, sin_j, cos_j, w_j, first_query_j, s_time, s_hour, s_weekend,
+                qk_scale, TERMS: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr):
+    """log2-unit scores of a query tile against a key block (-inf where not visible) and, with TERMS,
+    the three terms (else zeros: gamma_i and delta_i then come multiplied by the weekend scale)."""
+    dot = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+    if TERMS:
+        b_time, b_hour, b_weekend = composite_terms(t_i, sin_i, cos_i, gamma_i, delta_i, t_j, sin_j, cos_j, w_j, FAST_MATH)
+        scores = biased_scores(dot, qk_scale, b_time, b_hour, b_weekend, s_time, s_hour, s_weekend)
+    else:
+        scores = scores_with_bias(dot, qk_scale, t_i, sin_i, cos_i, gamma_i, delta_i, t_j, sin_j, cos_j, w_j, s_time, s_hour, FAST_MATH)
+        b_time, b_hour, b_weekend = 0.0, 0.0, 0.0
+    return tl.where(first_query_j[None, :] <= position_i[:, None], scores, float("-inf")), b_time, b_hour, b_weekend
+
+
+@triton.jit
+def _key_block(start_n, q, K, V, key_base, offs_d, t_i, sin_i, cos_i, gamma_i, delta_i, position_i, TK_row, END_row, FLAGS_row, CLOCK_row,
+               NK, s_time, s_hour, s_weekend, qk_scale, D: tl.constexpr, BLOCK_N: tl.constexpr, TERMS: tl.constexpr,
+               PRECISION: tl.constexpr, FAST_MATH: tl.constexpr):
+    """The key block at `start_n`, its log2-unit scores against a query tile and (TERMS) the three bias
+    terms (forward and dQ)."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     k = load_tile(K, key_base, offs_n, offs_d, D, offs_n < NK)
     v = load_tile(V, key_base, offs_n, offs_d, D, offs_n < NK)
-    scores, b_time, b_hour, b_weekend = _keyed_tile(q, k, t_i, weekend_i, position_i, TK_row, END_row, FLAGS_row, offs_n, NK, s_time,
-                                                    s_hour, s_weekend, sm_scale, WEEKEND_BOTH, PRECISION, FAST_MATH)
+    t_j, sin_j, cos_j, w_j, first_query_j = _key_terms(TK_row, END_row, FLAGS_row, CLOCK_row, offs_n, NK)
+    scores, b_time, b_hour, b_weekend = _keyed_tile(q, k, t_i, sin_i, cos_i, gamma_i, delta_i, position_i, t_j, sin_j, cos_j, w_j,
+                                                    first_query_j, s_time, s_hour, s_weekend, qk_scale, TERMS, PRECISION, FAST_MATH)
     return k, v, scores, b_time, b_hour, b_weekend
 
 
 @triton.jit
-def _queries(TQ, QFLAGS, b, offs_m, rows, T, L):
-    """Times, weekend bits and visibility positions (candidates count as position L) of a query tile."""
+def _queries(TQ, QFLAGS, QCLOCK, b, offs_m, rows, T, L, WEEKEND_BOTH: tl.constexpr):
+    """Times, clock sines and cosines, weekend coefficients and visibility positions (candidates
+    count as position L) of a query tile."""
     t_i = tl.load(TQ + b * T + offs_m, mask=rows, other=0)
-    weekend_i = (tl.load(QFLAGS + b * T + offs_m, mask=rows, other=0) & 2) != 0
-    return t_i, weekend_i, tl.minimum(offs_m, L)
+    sin_i, cos_i = event_clock(QCLOCK + b * 2 * T, T, offs_m, rows)
+    gamma_i, delta_i = weekend_coefficients(tl.load(QFLAGS + b * T + offs_m, mask=rows, other=0), WEEKEND_BOTH)
+    return t_i, sin_i, cos_i, gamma_i, delta_i, tl.minimum(offs_m, L)
 
 
 # Key lists are 16-256 long: narrow key tiles. dK/dV holds two [BLOCK_N, D] accumulators besides the
 # tile: short query tiles keep it under the register cap (the offline sm_90 compile spills at 64x32).
-_TILES = tile_configs([(64, 16, 4, 3), (64, 32, 4, 3), (128, 32, 8, 2), (128, 64, 8, 2)])
-_DKDV_TILES = tile_configs([(32, 16, 4, 3), (32, 32, 4, 3), (64, 16, 4, 3), (32, 64, 4, 3)])
+# The H100 sweep (`benchmarks/tile_sweep.py`, session 11) kept the tiles within 20 % of the best
+# (forward 64x16 148 us, 64x32 175; dQ 64x16 343, 64x32 450; dK/dV 64x16 137, 32x32 182); the
+# 128-row tiles ran 65-110 % slower. dQ keeps one tile: autotuning picked its slower second once.
+_TILES = tile_configs([(64, 16, 4, 3), (64, 32, 4, 3)])
+_DQ_TILES = tile_configs([(64, 16, 4, 3)])
+_DKDV_TILES = tile_configs([(64, 16, 4, 3), (32, 32, 4, 3)])
 
 
-@triton.autotune(configs=_TILES, key=["T", "NK", "D"])
 @triton.jit
-def _keyed_forward_kernel(Q, K, V, TQ, QFLAGS, TK, KEND, KFLAGS, SCALES, O, LSE, sm_scale, T, L, NK, QB, QH, QT, OB, OH, OT,
-                          H: tl.constexpr, D: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Queries and outputs through their (batch, head, row) strides; the key lists dense `[B, H, NK, D]`."""
-    b, h, pid_bh, start_m, offs_m, rows = program_rows(BLOCK_M, H, T)
-    offs_d = tl.arange(0, D)
-    q = load_tile(Q, head_base(b, h, QB, QH), offs_m, offs_d, QT, rows)
-    t_i, weekend_i, position_i = _queries(TQ, QFLAGS, b, offs_m, rows, T, L)
-    s_time, s_hour, s_weekend = load_scales(SCALES, h, H)
+def _attend_key_list(q, K, V, TK, KEND, KFLAGS, KCLOCK, O, LSE, NK, b, h, pid_bh, offs_m, offs_d, rows, t_i, sin_i, cos_i, gamma_i, delta_i,
+                     position_i, s_time, s_hour, qk_scale, T, OB, OH, OT, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     PRECISION: tl.constexpr, FAST_MATH: tl.constexpr):
+    """A query tile's attention over one key list (dense `[B, H, NK, D]`), stored with its log-sum-exp;
+    gamma_i and delta_i already multiplied by the weekend scale."""
     key_base = pid_bh.to(tl.int64) * NK * D
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     for start_n in range(0, NK, BLOCK_N):
-        k, v, scores, _, _, _ = _key_block(start_n, q, K, V, key_base, offs_d, t_i, weekend_i, position_i, TK + b * NK, KEND + b * NK,
-                                           KFLAGS + b * NK, NK, s_time, s_hour, s_weekend, sm_scale, D, BLOCK_N, WEEKEND_BOTH, PRECISION,
-                                           FAST_MATH)
-        acc, l_i, m_i = online_softmax_step(acc, l_i, m_i, scores * 1.4426950408889634, v, PRECISION)
+        k, v, scores, _, _, _ = _key_block(start_n, q, K, V, key_base, offs_d, t_i, sin_i, cos_i, gamma_i, delta_i, position_i, TK + b * NK,
+                                           KEND + b * NK, KFLAGS + b * NK, KCLOCK + b * 2 * NK, NK, s_time, s_hour, 1.0, qk_scale, D,
+                                           BLOCK_N, False, PRECISION, FAST_MATH)
+        acc, l_i, m_i = online_softmax_step(acc, l_i, m_i, scores, v, PRECISION)
     out, lse = finish_rows(acc, l_i, m_i)
     store_tile(O, head_base(b, h, OB, OH), offs_m, offs_d, OT, rows, out)
     tl.store(LSE + pid_bh.to(tl.int64) * T + offs_m, lse, mask=rows)
 
 
+@triton.autotune(configs=_TILES, key=["T", "NK0", "NK1", "D", "TWO"])
+@triton.jit
+def _keyed_forward_kernel(Q, TQ, QFLAGS, QCLOCK, SCALES, K0, V0, TK0, KEND0, KFLAGS0, KCLOCK0, O0, LSE0, K1, V1, TK1, KEND1, KFLAGS1,
+                          KCLOCK1, O1, LSE1, sm_scale, T, L, NK0, NK1, QB, QH, QT, OB, OH, OT, H: tl.constexpr, D: tl.constexpr,
+                          WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr, TWO: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One key list, or with TWO two (the global and transition branches: the query tile and its
+    terms are read once for both). Queries and outputs through their (batch, head, row) strides."""
+    b, h, pid_bh, start_m, offs_m, rows = program_rows(BLOCK_M, H, T)
+    offs_d = tl.arange(0, D)
+    q = load_tile(Q, head_base(b, h, QB, QH), offs_m, offs_d, QT, rows)
+    t_i, sin_i, cos_i, gamma_i, delta_i, position_i = _queries(TQ, QFLAGS, QCLOCK, b, offs_m, rows, T, L, WEEKEND_BOTH)
+    s_time, s_hour, s_weekend = load_scales(SCALES, h, H)
+    gamma_i, delta_i = gamma_i * s_weekend, delta_i * s_weekend  # the weekend term arrives scaled: one multiply-add per pair
+    qk_scale = sm_scale * 1.4426950408889634
+    _attend_key_list(q, K0, V0, TK0, KEND0, KFLAGS0, KCLOCK0, O0, LSE0, NK0, b, h, pid_bh, offs_m, offs_d, rows, t_i, sin_i, cos_i, gamma_i,
+                     delta_i, position_i, s_time, s_hour, qk_scale, T, OB, OH, OT, D, BLOCK_M, BLOCK_N, PRECISION, FAST_MATH)
+    if TWO:
+        _attend_key_list(q, K1, V1, TK1, KEND1, KFLAGS1, KCLOCK1, O1, LSE1, NK1, b, h, pid_bh, offs_m, offs_d, rows, t_i, sin_i, cos_i,
+                         gamma_i, delta_i, position_i, s_time, s_hour, qk_scale, T, OB, OH, OT, D, BLOCK_M, BLOCK_N, PRECISION, FAST_MATH)
+
+
 @triton.autotune(configs=_DKDV_TILES, key=["T", "NK", "D"])
 @triton.jit
-def _keyed_dkdv_kernel(Q, K, V, DO, LSE, DELTA, TQ, QFLAGS, TK, KEND, KFLAGS, SCALES, DK, DV, sm_scale, T, L, NK, QUERIES, QB, QH, QT,
-                       GB, GH, GT, H: tl.constexpr, D: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _keyed_dkdv_kernel(Q, K, V, DO, LSE, DELTA, TQ, QFLAGS, QCLOCK, TK, KEND, KFLAGS, KCLOCK, SCALES, DK, DV, sm_scale, T, L, NK, QUERIES,
+                       QB, QH, QT, GB, GH, GT, H: tl.constexpr, D: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr,
+                       FAST_MATH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One key block and one slice of `QUERIES` queries per program: float32 partial dK, dV (summed
     over the slices by the caller); the dQ kernel sums the temporal scales' gradient."""
     b, h, pid_bh, start_n, offs_n, offs_d, cols, key_base = program_block(BLOCK_N, H, NK, D)
@@ -114,10 +153,9 @@ def _keyed_dkdv_kernel(Q, K, V, DO, LSE, DELTA, TQ, QFLAGS, TK, KEND, KFLAGS, SC
     k = load_tile(K, key_base, offs_n, offs_d, D, cols)
     v = load_tile(V, key_base, offs_n, offs_d, D, cols)
     s_time, s_hour, s_weekend = load_scales(SCALES, h, H)
-    end_j = tl.load(KEND + b * NK + offs_n, mask=cols, other=0)
-    valid_j = ((tl.load(KFLAGS + b * NK + offs_n, mask=cols, other=0) & 1) != 0) & cols
+    t_j, sin_j, cos_j, w_j, first_query_j = _key_terms(TK + b * NK, KEND + b * NK, KFLAGS + b * NK, KCLOCK + b * 2 * NK, offs_n, NK)
     # no query before the earliest end of a valid key sees this block
-    first_query = tl.min(tl.where(valid_j, end_j, T), 0)
+    first_query = tl.min(tl.minimum(first_query_j, T), 0)
     lo = tl.maximum(split * QUERIES, first_query // BLOCK_M * BLOCK_M)
     hi = tl.minimum((split + 1) * QUERIES, T)
     dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
@@ -128,40 +166,64 @@ def _keyed_dkdv_kernel(Q, K, V, DO, LSE, DELTA, TQ, QFLAGS, TK, KEND, KFLAGS, SC
         rows = offs_m < hi
         q, do, lse, delta_row = load_backward_rows(Q, query_base, QT, DO, do_base, GT, LSE, DELTA, pid_bh.to(tl.int64) * T, offs_m, offs_d,
                                                    rows)
-        t_i, weekend_i, position_i = _queries(TQ, QFLAGS, b, offs_m, rows, T, L)
-        scores, _, _, _ = _keyed_tile(q, k, t_i, weekend_i, position_i, TK + b * NK, KEND + b * NK, KFLAGS + b * NK, offs_n, NK, s_time,
-                                      s_hour, s_weekend, sm_scale, WEEKEND_BOTH, PRECISION, FAST_MATH)
+        t_i, sin_i, cos_i, gamma_i, delta_i, position_i = _queries(TQ, QFLAGS, QCLOCK, b, offs_m, rows, T, L, WEEKEND_BOTH)
+        scores, _, _, _ = _keyed_tile(q, k, t_i, sin_i, cos_i, gamma_i * s_weekend, delta_i * s_weekend, position_i, t_j, sin_j, cos_j, w_j,
+                                      first_query_j, s_time, s_hour, 1.0, sm_scale * 1.4426950408889634, False, PRECISION, FAST_MATH)
         dk, dv = accumulate_key_gradients(dk, dv, q, do, v, scores, lse, delta_row, PRECISION)
     partial_base = (split.to(tl.int64) * tl.num_programs(1) + pid_bh) * NK * D
     store_tile(DK, partial_base, offs_n, offs_d, D, cols, dk * sm_scale)
     store_tile(DV, partial_base, offs_n, offs_d, D, cols, dv)
 
 
-@triton.autotune(configs=_TILES, key=["T", "NK", "D", "ACCUMULATE"], restore_value=["DQ"], reset_to_zero=["DSCALES"])
 @triton.jit
-def _keyed_dq_kernel(Q, K, V, DO, O, LSE, DELTA, TQ, QFLAGS, TK, KEND, KFLAGS, SCALES, DQ, DSCALES, sm_scale, T, L, NK, QB, QH, QT,
-                     OB, OH, OT, GB, GH, GT, H: tl.constexpr, D: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr,
-                     ACCUMULATE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """dQ of a query tile (ACCUMULATE: added to what DQ holds, the other branches' share) and the
-    temporal scales' gradient (atomics). q and dq share the strides (QB, QH, QT)."""
+def _key_list_query_gradients(dq, d_time, d_hour, d_weekend, q, DO, GB, GH, GT, O, LSE, DELTA, K, V, TK, KEND, KFLAGS, KCLOCK, NK, b, h,
+                              pid_bh, offs_m, offs_d, rows, t_i, sin_i, cos_i, gamma_i, delta_i, position_i, s_time, s_hour, s_weekend,
+                              qk_scale, T, OB, OH, OT, D: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+                              FAST_MATH: tl.constexpr):
+    """One key list's share of a query tile's dQ (unscaled) and scale sums; stores the list's row term
+    rowsum(dO·O) for its dK/dV kernel."""
+    do, lse, delta_row = output_backward_rows(DO, head_base(b, h, GB, GH), GT, O, head_base(b, h, OB, OH), OT, LSE, DELTA,
+                                              pid_bh.to(tl.int64) * T, offs_m, offs_d, rows)
+    key_base = pid_bh.to(tl.int64) * NK * D
+    for start_n in range(0, NK, BLOCK_N):
+        k, v, scores, b_time, b_hour, b_weekend = _key_block(start_n, q, K, V, key_base, offs_d, t_i, sin_i, cos_i, gamma_i, delta_i,
+                                                             position_i, TK + b * NK, KEND + b * NK, KFLAGS + b * NK, KCLOCK + b * 2 * NK, NK,
+                                                             s_time, s_hour, s_weekend, qk_scale, D, BLOCK_N, True, PRECISION, FAST_MATH)
+        dq, d_time, d_hour, d_weekend = accumulate_query_gradients(dq, d_time, d_hour, d_weekend, do, k, v, scores, lse, delta_row, b_time,
+                                                                   b_hour, b_weekend, PRECISION)
+    return dq, d_time, d_hour, d_weekend
+
+
+@triton.autotune(configs=_DQ_TILES, key=["T", "NK0", "NK1", "D", "TWO", "ACCUMULATE"], restore_value=["DQ"], reset_to_zero=["DSCALES"])
+@triton.jit
+def _keyed_dq_kernel(Q, DQ, DSCALES, TQ, QFLAGS, QCLOCK, SCALES, K0, V0, TK0, KEND0, KFLAGS0, KCLOCK0, DO0, O0, LSE0, DELTA0, K1, V1, TK1,
+                     KEND1, KFLAGS1, KCLOCK1, DO1, O1, LSE1, DELTA1, sm_scale, T, L, NK0, NK1, QB, QH, QT, OB, OH, OT, GB0, GH0, GT0, GB1,
+                     GH1, GT1, H: tl.constexpr, D: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr,
+                     FAST_MATH: tl.constexpr, TWO: tl.constexpr, ACCUMULATE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """dQ of a query tile over one key list, or with TWO two (the query tile is read, and dQ read and
+    written, once for both); ACCUMULATE adds it to what DQ holds (the local branch's share). The
+    temporal scales' gradient by atomics. q and dq share the strides (QB, QH, QT), the outputs
+    (OB, OH, OT); each dO has its own."""
     b, h, pid_bh, start_m, offs_m, rows = program_rows(BLOCK_M, H, T)
     offs_d = tl.arange(0, D)
     base = head_base(b, h, QB, QH)
-    q, do, lse, delta_row = query_backward_rows(Q, base, QT, DO, head_base(b, h, GB, GH), GT, O, head_base(b, h, OB, OH), OT, LSE, DELTA,
-                                                pid_bh.to(tl.int64) * T, offs_m, offs_d, rows)
-    t_i, weekend_i, position_i = _queries(TQ, QFLAGS, b, offs_m, rows, T, L)
+    q = load_tile(Q, base, offs_m, offs_d, QT, rows)
+    t_i, sin_i, cos_i, gamma_i, delta_i, position_i = _queries(TQ, QFLAGS, QCLOCK, b, offs_m, rows, T, L, WEEKEND_BOTH)
     s_time, s_hour, s_weekend = load_scales(SCALES, h, H)
-    key_base = pid_bh.to(tl.int64) * NK * D
+    qk_scale = sm_scale * 1.4426950408889634
     dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     d_time = tl.zeros([BLOCK_M], dtype=tl.float32)
     d_hour = tl.zeros([BLOCK_M], dtype=tl.float32)
     d_weekend = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for start_n in range(0, NK, BLOCK_N):
-        k, v, scores, b_time, b_hour, b_weekend = _key_block(start_n, q, K, V, key_base, offs_d, t_i, weekend_i, position_i, TK + b * NK,
-                                                             KEND + b * NK, KFLAGS + b * NK, NK, s_time, s_hour, s_weekend, sm_scale, D,
-                                                             BLOCK_N, WEEKEND_BOTH, PRECISION, FAST_MATH)
-        dq, d_time, d_hour, d_weekend = accumulate_query_gradients(dq, d_time, d_hour, d_weekend, do, k, v, scores, lse, delta_row, b_time,
-                                                                   b_hour, b_weekend, PRECISION)
+    dq, d_time, d_hour, d_weekend = _key_list_query_gradients(dq, d_time, d_hour, d_weekend, q, DO0, GB0, GH0, GT0, O0, LSE0, DELTA0, K0, V0,
+                                                              TK0, KEND0, KFLAGS0, KCLOCK0, NK0, b, h, pid_bh, offs_m, offs_d, rows, t_i,
+                                                              sin_i, cos_i, gamma_i, delta_i, position_i, s_time, s_hour, s_weekend,
+                                                              qk_scale, T, OB, OH, OT, D, BLOCK_N, PRECISION, FAST_MATH)
+    if TWO:
+        dq, d_time, d_hour, d_weekend = _key_list_query_gradients(dq, d_time, d_hour, d_weekend, q, DO1, GB1, GH1, GT1, O1, LSE1, DELTA1, K1,
+                                                                  V1, TK1, KEND1, KFLAGS1, KCLOCK1, NK1, b, h, pid_bh, offs_m, offs_d, rows,
+                                                                  t_i, sin_i, cos_i, gamma_i, delta_i, position_i, s_time, s_hour,
+                                                                  s_weekend, qk_scale, T, OB, OH, OT, D, BLOCK_N, PRECISION, FAST_MATH)
     store_or_add_tile(DQ, base, offs_m, offs_d, QT, rows, dq * sm_scale, ACCUMULATE)
     add_scale_gradients(DSCALES, h, H, d_time, d_hour, d_weekend)
 
@@ -173,27 +235,56 @@ def _launch(q: Tensor, weekend_rule: int) -> dict:
 
 class KeyTimes(NamedTuple):
     """A key list's int32 times, the positions their chunks end at and flag words (bit 1 valid, bit 2
-    weekend), `[B, K]` each, as `recsys.ops.evo_attention.FusedTimes` holds them."""
+    weekend), `[B, K]` each, and clock words `[B, 2, K]`, as `recsys.ops.evo_attention.FusedTimes` holds them."""
 
     times: Tensor
     end: Tensor
     flags: Tensor
+    clock: Tensor
 
 
-def keyed_forward(q: Tensor, k: Tensor, v: Tensor, query_times: Tensor, query_flags: Tensor, keys: KeyTimes, scales32: Tensor, out: Tensor,
-                  history_length: int, weekend_rule: int, sm_scale: float) -> Tensor:
-    """Write `out` `[B, H, T, D]` (any layout with a unit-strided head dim) and the natural log-sum-exp
-    `[B, H, T]` (-inf where a query sees no key); k and v dense."""
+class KeyList(NamedTuple):
+    """One branch's key list: keys and values `[B, H, K, D]`, their `KeyTimes`, the branch output
+    `[B, H, T, D]` (forward: written; backward: read) and, in the backward, its gradient and natural
+    log-sum-exp."""
+
+    k: Tensor
+    v: Tensor
+    keys: KeyTimes
+    out: Tensor
+    grad_out: Optional[Tensor] = None
+    lse: Optional[Tensor] = None
+
+
+def _list_arguments(lists: Sequence[KeyList], backward: bool) -> list:
+    """Each list's kernel arguments, the second list repeating the first where there is one list only
+    (the kernel reads it only with TWO)."""
+    if len(lists) not in (1, 2):
+        raise ValueError(f"the keyed kernels take one or two key lists, got {len(lists)}")
+    arguments = []
+    for entry in (lists[0], lists[-1]):
+        arguments += [entry.k.contiguous(), entry.v.contiguous(), *entry.keys]
+        arguments += [entry.grad_out, entry.out, entry.lse] if backward else [entry.out]
+    return arguments
+
+
+def keyed_forward(q: Tensor, lists: Sequence[KeyList], query_times: Tensor, query_flags: Tensor, query_clock: Tensor, scales32: Tensor,
+                  history_length: int, weekend_rule: int, sm_scale: float) -> List[Tensor]:
+    """Write each list's `out` `[B, H, T, D]` (the lists' outputs in one layout with a unit-strided
+    head dim) and return its natural log-sum-exp `[B, H, T]` (-inf where a query sees no key). Two
+    lists run in one launch: the query tile is read once for both."""
     batch, heads, total, _ = q.shape
-    lse = torch.empty(batch, heads, total, device=q.device, dtype=torch.float32)
+    lses = [torch.empty(batch, heads, total, device=q.device, dtype=torch.float32) for _ in lists]
+    arguments = _list_arguments(lists, backward=False)
     _keyed_forward_kernel[lambda meta: (triton.cdiv(total, meta["BLOCK_M"]), batch * heads)](
-        q, k.contiguous(), v.contiguous(), query_times, query_flags, keys.times, keys.end, keys.flags, scales32, out, lse, sm_scale, total,
-        history_length, k.shape[2], *head_strides(q), *head_strides(out), **_launch(q, weekend_rule))
-    return lse
+        q, query_times, query_flags, query_clock, scales32, *arguments[:7], lses[0], *arguments[7:], lses[-1], sm_scale, total,
+        history_length, lists[0].k.shape[2], lists[-1].k.shape[2], *head_strides(q), *head_strides(*(entry.out for entry in lists)),
+        TWO=len(lists) == 2, **_launch(q, weekend_rule))
+    return lses
 
 
 def keyed_key_gradients(q: Tensor, k: Tensor, v: Tensor, grad_out: Tensor, lse: Tensor, delta: Tensor, query_times: Tensor,
-                        query_flags: Tensor, keys: KeyTimes, scales32: Tensor, history_length: int, weekend_rule: int,
+                        query_flags: Tensor, query_clock: Tensor, keys: KeyTimes, scales32: Tensor, history_length: int, weekend_rule: int,
                         sm_scale: float) -> Tuple[Tensor, Tensor]:
     """float32 dK, dV `[B, H, K, D]`."""
     batch, heads, total, dim = q.shape
@@ -202,22 +293,25 @@ def keyed_key_gradients(q: Tensor, k: Tensor, v: Tensor, grad_out: Tensor, lse: 
     dk_parts = torch.empty(splits, batch, heads, count, dim, device=q.device, dtype=torch.float32)
     dv_parts = torch.empty_like(dk_parts)
     _keyed_dkdv_kernel[lambda meta: (triton.cdiv(count, meta["BLOCK_N"]), batch * heads, splits)](
-        q, k.contiguous(), v.contiguous(), grad_out, lse, delta, query_times, query_flags, keys.times, keys.end, keys.flags, scales32,
+        q, k.contiguous(), v.contiguous(), grad_out, lse, delta, query_times, query_flags, query_clock, *keys, scales32,
         dk_parts, dv_parts, sm_scale, total, history_length, count, _QUERIES_PER_SPLIT, *head_strides(q), *head_strides(grad_out),
         **_launch(q, weekend_rule))
     return (dk_parts[0], dv_parts[0]) if splits == 1 else (dk_parts.sum(0), dv_parts.sum(0))
 
 
-def keyed_query_gradients(q: Tensor, k: Tensor, v: Tensor, grad_out: Tensor, out: Tensor, lse: Tensor, query_times: Tensor,
-                          query_flags: Tensor, keys: KeyTimes, scales32: Tensor, dq: Tensor, dscales: Tensor, accumulate: bool,
-                          history_length: int, weekend_rule: int, sm_scale: float) -> Tensor:
-    """Write dQ into `dq`, or with `accumulate` add it to what `dq` holds; add the scales' gradient into
-    float32 `dscales` (an autotuning launch zeroes it first: give each kernel its own). Returns the row
-    term rowsum(dO·O) `[B, H, T]` that `keyed_key_gradients`, run next, reads."""
+def keyed_query_gradients(q: Tensor, lists: Sequence[KeyList], query_times: Tensor, query_flags: Tensor, query_clock: Tensor,
+                          scales32: Tensor, dq: Tensor, dscales: Tensor, accumulate: bool, history_length: int, weekend_rule: int,
+                          sm_scale: float) -> List[Tensor]:
+    """Write the lists' summed dQ into `dq`, or with `accumulate` add it to what `dq` holds; add the
+    scales' gradient into float32 `dscales` (an autotuning launch zeroes it first: give each kernel
+    its own). Returns each list's row term rowsum(dO·O) `[B, H, T]` that `keyed_key_gradients`, run
+    next, reads. The lists' outputs share one layout; each gradient may have its own."""
     batch, heads, total, _ = q.shape
-    delta = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
+    deltas = [torch.empty(q.shape[:3], device=q.device, dtype=torch.float32) for _ in lists]
+    arguments = _list_arguments(lists, backward=True)
     _keyed_dq_kernel[lambda meta: (triton.cdiv(total, meta["BLOCK_M"]), batch * heads)](
-        q, k.contiguous(), v.contiguous(), grad_out, out, lse, delta, query_times, query_flags, keys.times, keys.end, keys.flags, scales32,
-        dq, dscales, sm_scale, total, history_length, k.shape[2], *head_strides(q, dq), *head_strides(out), *head_strides(grad_out),
-        ACCUMULATE=accumulate, **_launch(q, weekend_rule))
-    return delta
+        q, dq, dscales, query_times, query_flags, query_clock, scales32, *arguments[:9], deltas[0], *arguments[9:], deltas[-1], sm_scale,
+        total, history_length, lists[0].k.shape[2], lists[-1].k.shape[2], *head_strides(q, dq), *head_strides(*(entry.out for entry in lists)),
+        *head_strides(lists[0].grad_out), *head_strides(lists[-1].grad_out), TWO=len(lists) == 2, ACCUMULATE=accumulate,
+        **_launch(q, weekend_rule))
+    return deltas

@@ -7,8 +7,9 @@ last `window` real history keys and itself, each with the composite RelTemporal 
 `s0·b_time + s1·b_hour + s2·b_wkd` (`temporal_components`), plus the profile token (bias 0). The
 structural version materialises the three bias terms and a visibility tensor for every
 `[query block, 2·window + 1]` pair and runs SDPA's math path, and the candidates' window in
-PyTorch; here each tile computes the terms in registers from int32 times and a per-event flag word
-(real, local weekend), and a query block visits only the key tiles its windows cover. The profile
+PyTorch; here each tile computes the terms in registers from int32 times, a per-event flag word
+(real, local weekend) and per-event clock sines and cosines, and a query block visits only the key
+tiles its windows cover. The profile
 key starts every row's online softmax (`triton_tiles.profile_key_start`); the dQ kernel adds its
 share and sums the profile key's and value's gradients (`profile_key_gradients`), so no full-size
 float32 merge runs outside the kernels. `local_history_triton` is the history-only entry point;
@@ -27,7 +28,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from recsys.ops.evo_bias_triton import accumulate_key_gradients, accumulate_query_gradients, add_scale_gradients, composite_terms, load_scales
+from recsys.ops.evo_bias_triton import (accumulate_key_gradients, accumulate_query_gradients, add_scale_gradients, biased_scores, composite_terms,
+                                        event_clock, load_scales, scores_with_bias, weekend_coefficients, weekend_value)
 from recsys.ops.triton_tiles import (INTERPRETED, finish_rows, head_base, load_backward_rows, load_tile, online_softmax_step, query_backward_rows,
                                      head_strides, pad_head_dim, padded_head_dim, profile_key_gradients, profile_key_start, program_rows,
                                      store_tile, tile_configs)
@@ -35,31 +37,46 @@ from recsys.ops.triton_tiles import (INTERPRETED, finish_rows, head_base, load_b
 
 
 @triton.jit
-def _local_tile(q, k, offs_m, offs_n, t_i, weekend_i, T_row, FLAGS_row, s_time, s_hour, s_weekend, sm_scale, L, ROWS,
-                WINDOW: tl.constexpr, CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr):
-    """Natural-log scores (bias included, -inf where not visible) and the three terms. History query i
-    sees the real history keys (i - WINDOW, i]; a candidate (i >= L) the real history keys
+def _key_terms(T_row, FLAGS_row, CLOCK_row, offs_n, L, ROWS, WINDOW: tl.constexpr):
+    """A key tile's int32 times, clock sines and cosines, weekend values and reach: a real history
+    key is visible from its own row to WINDOW - 1 rows later (0: never), so a pair's visibility is one
+    unsigned compare."""
+    cols = offs_n < ROWS
+    flags_j = tl.load(FLAGS_row + offs_n, mask=cols, other=0)
+    sin_j, cos_j = event_clock(CLOCK_row, ROWS, offs_n, cols)
+    reach_j = tl.where(((flags_j & 1) != 0) & (offs_n < L), WINDOW, 0).to(tl.uint32)
+    return tl.load(T_row + offs_n, mask=cols, other=0), sin_j, cos_j, weekend_value(flags_j), reach_j
+
+
+@triton.jit
+def _local_tile(q, k, offs_m, offs_n, t_i, sin_i, cos_i, gamma_i, delta_i, t_j, sin_j, cos_j, w_j, reach_j, s_time, s_hour, s_weekend,
+                qk_scale, L, CANDIDATES: tl.constexpr, TERMS: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr):
+    """log2-unit scores (bias included, -inf where not visible) and, with TERMS, the three terms (else
+    zeros: gamma_i and delta_i then come multiplied by the weekend scale, `scores_with_bias`). History
+    query i sees the real history keys (i - WINDOW, i]; a candidate (i >= L) the real history keys
     [L - WINDOW, L) and itself."""
-    t_j = tl.load(T_row + offs_n, mask=offs_n < ROWS, other=0)
-    flags_j = tl.load(FLAGS_row + offs_n, mask=offs_n < ROWS, other=0)
-    history_key = ((flags_j & 1) != 0) & (offs_n < L)
-    b_time, b_hour, b_weekend = composite_terms(t_i, weekend_i, t_j, (flags_j & 2) != 0, WEEKEND_BOTH, FAST_MATH)
-    scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * sm_scale + s_time * b_time + s_hour * b_hour + s_weekend * b_weekend
-    if CANDIDATES:  # compiled separately: the history-only rule is cheaper per pair
-        candidate = offs_m >= L
-        first = tl.where(candidate, L - WINDOW, offs_m - WINDOW + 1)
-        last = tl.where(candidate, L - 1, offs_m)
-        own_key = tl.where(candidate, offs_m, -1)
-        in_window = (offs_n[None, :] >= first[:, None]) & (offs_n[None, :] <= last[:, None]) & history_key[None, :]
-        visible = in_window | (offs_n[None, :] == own_key[:, None])
+    dot = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+    if TERMS:
+        b_time, b_hour, b_weekend = composite_terms(t_i, sin_i, cos_i, gamma_i, delta_i, t_j, sin_j, cos_j, w_j, FAST_MATH)
+        scores = biased_scores(dot, qk_scale, b_time, b_hour, b_weekend, s_time, s_hour, s_weekend)
     else:
-        visible = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] > offs_m[:, None] - WINDOW) & history_key[None, :]
+        scores = scores_with_bias(dot, qk_scale, t_i, sin_i, cos_i, gamma_i, delta_i, t_j, sin_j, cos_j, w_j, s_time, s_hour, FAST_MATH)
+        b_time, b_hour, b_weekend = 0.0, 0.0, 0.0
+    if CANDIDATES:  # compiled separately: the history-only rule is cheaper per pair
+        anchor = tl.minimum(offs_m, L - 1)  # a candidate's window ends at the last history key
+        own_key = tl.where(offs_m >= L, offs_m, -1)
+        visible = ((anchor[:, None] - offs_n[None, :]).to(tl.uint32) < reach_j[None, :]) | (offs_n[None, :] == own_key[:, None])
+    else:
+        visible = (offs_m[:, None] - offs_n[None, :]).to(tl.uint32) < reach_j[None, :]
     return tl.where(visible, scores, float("-inf")), b_time, b_hour, b_weekend
 
 
 @triton.jit
-def _query_times(T_row, FLAGS_row, offs_m, rows):
-    return tl.load(T_row + offs_m, mask=rows, other=0), (tl.load(FLAGS_row + offs_m, mask=rows, other=0) & 2) != 0
+def _query_terms(T_row, FLAGS_row, CLOCK_row, offs_m, rows, ROWS, WEEKEND_BOTH: tl.constexpr):
+    """A query tile's int32 times, clock sines and cosines and weekend coefficients."""
+    sin_i, cos_i = event_clock(CLOCK_row, ROWS, offs_m, rows)
+    gamma_i, delta_i = weekend_coefficients(tl.load(FLAGS_row + offs_m, mask=rows, other=0), WEEKEND_BOTH)
+    return tl.load(T_row + offs_m, mask=rows, other=0), sin_i, cos_i, gamma_i, delta_i
 
 
 @triton.jit
@@ -74,28 +91,32 @@ def _window_key_ranges(start_m, L, ROWS, WINDOW: tl.constexpr, BLOCK_M: tl.const
 
 
 @triton.jit
-def _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, weekend_i, T_row, FLAGS_row, s_time, s_hour, s_weekend, sm_scale, L,
-                 ROWS, KT, BLOCK_N: tl.constexpr, WINDOW: tl.constexpr, CANDIDATES: tl.constexpr,
-                 WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr):
-    """The key tile at `start_n`, its natural-log scores against the query block and the three bias
-    terms (forward and dQ)."""
+def _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, sin_i, cos_i, gamma_i, delta_i, T_row, FLAGS_row, CLOCK_row, s_time, s_hour,
+                 s_weekend, qk_scale, L, ROWS, KT, BLOCK_N: tl.constexpr, WINDOW: tl.constexpr, CANDIDATES: tl.constexpr,
+                 TERMS: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr):
+    """The key tile at `start_n`, its log2-unit scores against the query block and (TERMS) the three
+    bias terms (forward and dQ)."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     cols = offs_n < ROWS
     k = load_tile(K, base, offs_n, offs_d, KT, cols)
     v = load_tile(V, base, offs_n, offs_d, KT, cols)
-    scores, b_time, b_hour, b_weekend = _local_tile(q, k, offs_m, offs_n, t_i, weekend_i, T_row, FLAGS_row, s_time, s_hour, s_weekend,
-                                                    sm_scale, L, ROWS, WINDOW, CANDIDATES, WEEKEND_BOTH, PRECISION, FAST_MATH)
+    t_j, sin_j, cos_j, w_j, reach_j = _key_terms(T_row, FLAGS_row, CLOCK_row, offs_n, L, ROWS, WINDOW)
+    scores, b_time, b_hour, b_weekend = _local_tile(q, k, offs_m, offs_n, t_i, sin_i, cos_i, gamma_i, delta_i, t_j, sin_j, cos_j, w_j,
+                                                    reach_j, s_time, s_hour, s_weekend, qk_scale, L, CANDIDATES, TERMS, PRECISION, FAST_MATH)
     return k, v, scores, b_time, b_hour, b_weekend
 
 
-_TILES = tile_configs([(64, 64, 4, 3), (64, 32, 4, 3), (128, 64, 8, 2), (32, 64, 4, 3)])
-# dK/dV: the offline sm_90 compile spills at 64x64 (680 B), 64x32 and 128x64; 32-row query tiles do not.
-_DKDV_TILES = tile_configs([(32, 64, 4, 3), (32, 32, 4, 3)])
+# The H100 sweep (`benchmarks/tile_sweep.py`, session 11; benchmarks/RESULTS.md) kept the tiles within
+# 10 % of the best: 128x64 and 32x64 ran 25-75 % slower, and Triton's one autotuning pass once picked
+# the spilling 128x64 for dQ. dK/dV: the offline sm_90 compile spills at 64x64 (680 B), 64x32 and
+# 128x64; 32-row query tiles do not.
+_TILES = tile_configs([(64, 32, 4, 3), (64, 64, 4, 3)])
+_DKDV_TILES = tile_configs([(32, 32, 4, 3), (32, 64, 4, 3)])
 
 
 @triton.autotune(configs=_TILES, key=["L", "ROWS", "D", "WINDOW"])
 @triton.jit
-def _local_forward_kernel(Q, K, V, KP, VP, T, FLAGS, SCALES, O, LSE, sm_scale, L, ROWS, QB, QH, QT, OB, OH, OT, H: tl.constexpr,
+def _local_forward_kernel(Q, K, V, KP, VP, T, FLAGS, CLOCK, SCALES, O, LSE, sm_scale, L, ROWS, QB, QH, QT, OB, OH, OT, H: tl.constexpr,
                           D: tl.constexpr, WINDOW: tl.constexpr, CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr,
                           PRECISION: tl.constexpr, FAST_MATH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """ROWS positions per (batch, head) row: the history `[0, L)`, then candidates. q, k and v share
@@ -104,22 +125,24 @@ def _local_forward_kernel(Q, K, V, KP, VP, T, FLAGS, SCALES, O, LSE, sm_scale, L
     offs_d = tl.arange(0, D)
     base = head_base(b, h, QB, QH)
     q = load_tile(Q, base, offs_m, offs_d, QT, rows)
-    T_row, FLAGS_row = T + b * ROWS, FLAGS + b * ROWS
-    t_i, weekend_i = _query_times(T_row, FLAGS_row, offs_m, rows)
+    T_row, FLAGS_row, CLOCK_row = T + b * ROWS, FLAGS + b * ROWS, CLOCK + b * 2 * ROWS
+    t_i, sin_i, cos_i, gamma_i, delta_i = _query_terms(T_row, FLAGS_row, CLOCK_row, offs_m, rows, ROWS, WEEKEND_BOTH)
     s_time, s_hour, s_weekend = load_scales(SCALES, h, H)
+    gamma_i, delta_i = gamma_i * s_weekend, delta_i * s_weekend  # the weekend term arrives scaled: one multiply-add per pair
+    qk_scale = sm_scale * 1.4426950408889634
     acc, l_i, m_i = profile_key_start(q, KP, VP, pid_bh, offs_d, sm_scale, BLOCK_M, D)
     lo, hi, candidates_lo, candidates_hi = _window_key_ranges(start_m, L, ROWS, WINDOW, BLOCK_M, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
-        k, v, scores, _, _, _ = _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, weekend_i, T_row, FLAGS_row, s_time, s_hour,
-                                             s_weekend, sm_scale, L, ROWS, QT, BLOCK_N, WINDOW, CANDIDATES, WEEKEND_BOTH, PRECISION,
-                                             FAST_MATH)
-        acc, l_i, m_i = online_softmax_step(acc, l_i, m_i, scores * 1.4426950408889634, v, PRECISION)
+        k, v, scores, _, _, _ = _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, sin_i, cos_i, gamma_i, delta_i, T_row, FLAGS_row,
+                                             CLOCK_row, s_time, s_hour, 1.0, qk_scale, L, ROWS, QT, BLOCK_N, WINDOW, CANDIDATES, False,
+                                             PRECISION, FAST_MATH)
+        acc, l_i, m_i = online_softmax_step(acc, l_i, m_i, scores, v, PRECISION)
     if CANDIDATES:
         for start_n in range(candidates_lo, candidates_hi, BLOCK_N):
-            k, v, scores, _, _, _ = _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, weekend_i, T_row, FLAGS_row, s_time, s_hour,
-                                                 s_weekend, sm_scale, L, ROWS, QT, BLOCK_N, WINDOW, CANDIDATES, WEEKEND_BOTH, PRECISION,
-                                                 FAST_MATH)
-            acc, l_i, m_i = online_softmax_step(acc, l_i, m_i, scores * 1.4426950408889634, v, PRECISION)
+            k, v, scores, _, _, _ = _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, sin_i, cos_i, gamma_i, delta_i, T_row,
+                                                 FLAGS_row, CLOCK_row, s_time, s_hour, 1.0, qk_scale, L, ROWS, QT, BLOCK_N, WINDOW, CANDIDATES,
+                                                 False, PRECISION, FAST_MATH)
+            acc, l_i, m_i = online_softmax_step(acc, l_i, m_i, scores, v, PRECISION)
     out, lse = finish_rows(acc, l_i, m_i)
     store_tile(O, head_base(b, h, OB, OH), offs_m, offs_d, OT, rows, out)
     tl.store(LSE + pid_bh.to(tl.int64) * ROWS + offs_m, lse, mask=rows)
@@ -127,10 +150,10 @@ def _local_forward_kernel(Q, K, V, KP, VP, T, FLAGS, SCALES, O, LSE, sm_scale, L
 
 @triton.autotune(configs=_DKDV_TILES, key=["L", "ROWS", "D", "WINDOW"])
 @triton.jit
-def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, FLAGS, SCALES, DK, DV, CHUNK_ID, DKC, DVC, P, TAIL_SLOT, DKT, DVT, NT,
-                       sm_scale, L, ROWS, QB, QH, QT, GB, GH, GT, H: tl.constexpr, D: tl.constexpr, WINDOW: tl.constexpr, CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr,
-                       PRECISION: tl.constexpr, FAST_MATH: tl.constexpr, CHUNK_GRADS: tl.constexpr, TAIL_GRADS: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, FLAGS, CLOCK, SCALES, DK, DV, CHUNK_ID, DKC, DVC, P, TAIL_SLOT, DKT, DVT, NT,
+                       sm_scale, L, ROWS, QB, QH, QT, GB, GH, GT, H: tl.constexpr, D: tl.constexpr, WINDOW: tl.constexpr,
+                       CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr,
+                       CHUNK_GRADS: tl.constexpr, TAIL_GRADS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One key block per program: the query tiles whose window reaches it; dK and dV (the dQ kernel
     sums the temporal scales' gradient).
     CHUNK_GRADS / TAIL_GRADS: the block also adds what the global and transition branches give its
@@ -142,25 +165,26 @@ def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, FLAGS, SCALES, DK, DV, CHUNK_
     base, do_base = head_base(b, h, QB, QH), head_base(b, h, GB, GH)
     k = load_tile(K, base, offs_n, offs_d, QT, cols)
     v = load_tile(V, base, offs_n, offs_d, QT, cols)
-    T_row, FLAGS_row = T + b * ROWS, FLAGS + b * ROWS
+    T_row, FLAGS_row, CLOCK_row = T + b * ROWS, FLAGS + b * ROWS, CLOCK + b * 2 * ROWS
+    t_j, sin_j, cos_j, w_j, reach_j = _key_terms(T_row, FLAGS_row, CLOCK_row, offs_n, L, ROWS, WINDOW)  # once for every query tile
     s_time, s_hour, s_weekend = load_scales(SCALES, h, H)
     dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, D], dtype=tl.float32)
     # history queries whose window reaches the block
     for start_m in range(start_n // BLOCK_M * BLOCK_M, tl.minimum(start_n + BLOCK_N + WINDOW - 1, L), BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
-        dk, dv = _key_block_update(dk, dv, k, v, T_row, FLAGS_row, s_time, s_hour, s_weekend, sm_scale, L, ROWS, Q, DO, LSE, DELTA, base,
-                                   QT, do_base, GT, pid_bh, offs_m, offs_n, offs_d, offs_m < L, WINDOW, CANDIDATES, WEEKEND_BOTH, PRECISION,
-                                   FAST_MATH)
+        dk, dv = _key_block_update(dk, dv, k, v, t_j, sin_j, cos_j, w_j, reach_j, T_row, FLAGS_row, CLOCK_row, s_time, s_hour, s_weekend, sm_scale, L, ROWS, Q, DO,
+                                   LSE, DELTA, base, QT, do_base, GT, pid_bh, offs_m, offs_n, offs_d, offs_m < L, CANDIDATES, WEEKEND_BOTH,
+                                   PRECISION, FAST_MATH)
     if CANDIDATES:  # all candidates see the last WINDOW history keys, each one its own key
         candidates_lo = tl.where(start_n >= L, start_n // BLOCK_M * BLOCK_M,
                                  tl.where(start_n + BLOCK_N > L - WINDOW, L // BLOCK_M * BLOCK_M, ROWS))
         candidates_hi = tl.where(start_n >= L, tl.minimum(start_n + BLOCK_N, ROWS), ROWS)
         for start_m in range(candidates_lo, candidates_hi, BLOCK_M):
             offs_m = start_m + tl.arange(0, BLOCK_M)
-            dk, dv = _key_block_update(dk, dv, k, v, T_row, FLAGS_row, s_time, s_hour, s_weekend, sm_scale, L, ROWS, Q, DO, LSE, DELTA,
-                                       base, QT, do_base, GT, pid_bh, offs_m, offs_n, offs_d, (offs_m >= L) & (offs_m < ROWS), WINDOW, CANDIDATES,
-                                       WEEKEND_BOTH, PRECISION, FAST_MATH)
+            dk, dv = _key_block_update(dk, dv, k, v, t_j, sin_j, cos_j, w_j, reach_j, T_row, FLAGS_row, CLOCK_row, s_time, s_hour, s_weekend, sm_scale, L, ROWS, Q,
+                                       DO, LSE, DELTA, base, QT, do_base, GT, pid_bh, offs_m, offs_n, offs_d, (offs_m >= L) & (offs_m < ROWS),
+                                       CANDIDATES, WEEKEND_BOTH, PRECISION, FAST_MATH)
     dk = dk * sm_scale
     history = cols & (offs_n < L)
     if CHUNK_GRADS:
@@ -174,14 +198,15 @@ def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, FLAGS, SCALES, DK, DV, CHUNK_
 
 
 @triton.jit
-def _key_block_update(dk, dv, k, v, T_row, FLAGS_row, s_time, s_hour, s_weekend, sm_scale, L, ROWS, Q, DO, LSE, DELTA, base, QT,
-                      do_base, GT, pid_bh, offs_m, offs_n, offs_d, rows, WINDOW: tl.constexpr, CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr,
+def _key_block_update(dk, dv, k, v, t_j, sin_j, cos_j, w_j, reach_j, T_row, FLAGS_row, CLOCK_row, s_time, s_hour, s_weekend, sm_scale, L, ROWS, Q, DO, LSE, DELTA,
+                      base, QT, do_base, GT, pid_bh, offs_m, offs_n, offs_d, rows, CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr,
                       PRECISION: tl.constexpr, FAST_MATH: tl.constexpr):
-    """One query tile's (`rows` of `offs_m`) contribution to a key block's dK and dV."""
+    """One query tile's (`rows` of `offs_m`) contribution to a key block's dK and dV; t_j .. reach_j
+    the block's `_key_terms`."""
     q, do, lse, delta_row = load_backward_rows(Q, base, QT, DO, do_base, GT, LSE, DELTA, pid_bh.to(tl.int64) * ROWS, offs_m, offs_d, rows)
-    t_i, weekend_i = _query_times(T_row, FLAGS_row, offs_m, rows)
-    scores, _, _, _ = _local_tile(q, k, offs_m, offs_n, t_i, weekend_i, T_row, FLAGS_row, s_time, s_hour, s_weekend, sm_scale, L, ROWS,
-                                  WINDOW, CANDIDATES, WEEKEND_BOTH, PRECISION, FAST_MATH)
+    t_i, sin_i, cos_i, gamma_i, delta_i = _query_terms(T_row, FLAGS_row, CLOCK_row, offs_m, rows, ROWS, WEEKEND_BOTH)
+    scores, _, _, _ = _local_tile(q, k, offs_m, offs_n, t_i, sin_i, cos_i, gamma_i * s_weekend, delta_i * s_weekend, t_j, sin_j, cos_j, w_j,
+                                  reach_j, s_time, s_hour, 1.0, sm_scale * 1.4426950408889634, L, CANDIDATES, False, PRECISION, FAST_MATH)
     return accumulate_key_gradients(dk, dv, q, do, v, scores, lse, delta_row, PRECISION)
 
 
@@ -195,17 +220,18 @@ def _add_key_rows(dk, dv, DKX, DVX, pid_bh, index, N, offs_d, valid, D: tl.const
 
 @triton.autotune(configs=_TILES, key=["L", "ROWS", "D", "WINDOW"], reset_to_zero=["DKP", "DVP", "DSCALES"])
 @triton.jit
-def _local_dq_kernel(Q, K, V, KP, VP, DO, O, LSE, DELTA, T, FLAGS, SCALES, DQ, DKP, DVP, DSCALES, sm_scale, L, ROWS, QB, QH, QT,
-                     OB, OH, OT, GB, GH, GT, H: tl.constexpr, D: tl.constexpr, WINDOW: tl.constexpr, CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr,
-                     PRECISION: tl.constexpr, FAST_MATH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _local_dq_kernel(Q, K, V, KP, VP, DO, O, LSE, DELTA, T, FLAGS, CLOCK, SCALES, DQ, DKP, DVP, DSCALES, sm_scale, L, ROWS, QB, QH, QT,
+                     OB, OH, OT, GB, GH, GT, H: tl.constexpr, D: tl.constexpr, WINDOW: tl.constexpr, CANDIDATES: tl.constexpr,
+                     WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_N: tl.constexpr):
     """q, k, v and dq share the strides (QB, QH, QT); the output and dO have their own."""
     b, h, pid_bh, start_m, offs_m, rows = program_rows(BLOCK_M, H, ROWS)
     offs_d = tl.arange(0, D)
     base = head_base(b, h, QB, QH)
     q, do, lse, delta_row = query_backward_rows(Q, base, QT, DO, head_base(b, h, GB, GH), GT, O, head_base(b, h, OB, OH), OT, LSE, DELTA,
                                                 pid_bh.to(tl.int64) * ROWS, offs_m, offs_d, rows)
-    T_row, FLAGS_row = T + b * ROWS, FLAGS + b * ROWS
-    t_i, weekend_i = _query_times(T_row, FLAGS_row, offs_m, rows)
+    T_row, FLAGS_row, CLOCK_row = T + b * ROWS, FLAGS + b * ROWS, CLOCK + b * 2 * ROWS
+    t_i, sin_i, cos_i, gamma_i, delta_i = _query_terms(T_row, FLAGS_row, CLOCK_row, offs_m, rows, ROWS, WEEKEND_BOTH)
     s_time, s_hour, s_weekend = load_scales(SCALES, h, H)
     dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     d_time = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -213,27 +239,30 @@ def _local_dq_kernel(Q, K, V, KP, VP, DO, O, LSE, DELTA, T, FLAGS, SCALES, DQ, D
     d_weekend = tl.zeros([BLOCK_M], dtype=tl.float32)
     lo, hi, candidates_lo, candidates_hi = _window_key_ranges(start_m, L, ROWS, WINDOW, BLOCK_M, BLOCK_N)
     dq, d_time, d_hour, d_weekend = _query_tile_gradients(lo, hi, dq, d_time, d_hour, d_weekend, q, do, lse, delta_row, K, V, base, offs_m,
-                                                          offs_d, t_i, weekend_i, T_row, FLAGS_row, s_time, s_hour, s_weekend, sm_scale, L,
-                                                          ROWS, QT, BLOCK_N, WINDOW, CANDIDATES, WEEKEND_BOTH, PRECISION, FAST_MATH)
+                                                          offs_d, t_i, sin_i, cos_i, gamma_i, delta_i, T_row, FLAGS_row, CLOCK_row, s_time, s_hour, s_weekend, sm_scale,
+                                                          L, ROWS, QT, BLOCK_N, WINDOW, CANDIDATES, PRECISION, FAST_MATH)
     if CANDIDATES:
         dq, d_time, d_hour, d_weekend = _query_tile_gradients(candidates_lo, candidates_hi, dq, d_time, d_hour, d_weekend, q, do, lse,
-                                                              delta_row, K, V, base, offs_m, offs_d, t_i, weekend_i, T_row, FLAGS_row, s_time,
-                                                              s_hour, s_weekend, sm_scale, L, ROWS, QT, BLOCK_N, WINDOW, CANDIDATES,
-                                                              WEEKEND_BOTH, PRECISION, FAST_MATH)
+                                                              delta_row, K, V, base, offs_m, offs_d, t_i, sin_i, cos_i, gamma_i, delta_i, T_row, FLAGS_row,
+                                                              CLOCK_row,
+                                                              s_time, s_hour, s_weekend, sm_scale, L, ROWS, QT, BLOCK_N, WINDOW, CANDIDATES,
+                                                              PRECISION, FAST_MATH)
     dq = profile_key_gradients(dq, q, do, lse, delta_row, KP, VP, DKP, DVP, pid_bh, offs_d, sm_scale, D)
     store_tile(DQ, base, offs_m, offs_d, QT, rows, dq * sm_scale)
+    # the sums are of natural-unit terms; the scales were loaded in log2 units only for the scores
     add_scale_gradients(DSCALES, h, H, d_time, d_hour, d_weekend)
 
 
 @triton.jit
-def _query_tile_gradients(lo, hi, dq, d_time, d_hour, d_weekend, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, weekend_i, T_row,
-                          FLAGS_row, s_time, s_hour, s_weekend, sm_scale, L, ROWS, KT, BLOCK_N: tl.constexpr, WINDOW: tl.constexpr,
-                          CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr):
-    """A query block's dQ and scale sums over the key tiles in `[lo, hi)`."""
+def _query_tile_gradients(lo, hi, dq, d_time, d_hour, d_weekend, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, sin_i, cos_i,
+                          gamma_i, delta_i, T_row, FLAGS_row, CLOCK_row, s_time, s_hour, s_weekend, sm_scale, L, ROWS, KT, BLOCK_N: tl.constexpr,
+                          WINDOW: tl.constexpr, CANDIDATES: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr):
+    """A query block's dQ and scale sums over the key tiles in `[lo, hi)`; t_i .. delta_i its `_query_terms`."""
     for start_n in range(lo, hi, BLOCK_N):
-        k, v, scores, b_time, b_hour, b_weekend = _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, weekend_i, T_row, FLAGS_row,
-                                                               s_time, s_hour, s_weekend, sm_scale, L, ROWS, KT, BLOCK_N, WINDOW,
-                                                               CANDIDATES, WEEKEND_BOTH, PRECISION, FAST_MATH)
+        k, v, scores, b_time, b_hour, b_weekend = _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, sin_i, cos_i, gamma_i, delta_i,
+                                                               T_row, FLAGS_row, CLOCK_row, s_time, s_hour, s_weekend,
+                                                               sm_scale * 1.4426950408889634, L, ROWS, KT, BLOCK_N, WINDOW, CANDIDATES,
+                                                               True, PRECISION, FAST_MATH)
         dq, d_time, d_hour, d_weekend = accumulate_query_gradients(dq, d_time, d_hour, d_weekend, do, k, v, scores, lse, delta_row, b_time,
                                                                    b_hour, b_weekend, PRECISION)
     return dq, d_time, d_hour, d_weekend
@@ -258,19 +287,19 @@ class KeyGradientsIn(NamedTuple):
     d_tail_values: Optional[Tensor] = None
 
 
-def local_forward(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, times: Tensor, flags: Tensor, scales32: Tensor,
-                  out: Tensor, lse: Tensor, length: int, window: int, weekend_rule: int, sm_scale: float) -> None:
+def local_forward(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, times: Tensor, flags: Tensor, clock: Tensor,
+                  scales32: Tensor, out: Tensor, lse: Tensor, length: int, window: int, weekend_rule: int, sm_scale: float) -> None:
     """Write `out` `[B, H, T, D]` and `lse` `[B, H, T]`: the history `[0, length)`, then T - length
-    candidates; `times` and `flags` `[B, T]`. q, k and v share one layout (`head_strides`), out may
+    candidates; `times` and `flags` `[B, T]`, `clock` `[B, 2, T]` (`clock_words`). q, k and v share one layout (`head_strides`), out may
     have another; the profile's k and v dense."""
     batch, heads, rows, _ = q.shape
     _local_forward_kernel[lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), batch * heads)](
-        q, k, v, k_profile, v_profile, times, flags, scales32, out, lse, sm_scale, length, rows, *head_strides(q, k, v), *head_strides(out),
+        q, k, v, k_profile, v_profile, times, flags, clock, scales32, out, lse, sm_scale, length, rows, *head_strides(q, k, v), *head_strides(out),
         **_launch(q, length, window, weekend_rule))
 
 
 def local_key_gradients(q: Tensor, k: Tensor, v: Tensor, grad_out: Tensor, lse: Tensor, delta: Tensor, times: Tensor, flags: Tensor,
-                        scales32: Tensor, dk: Tensor, dv: Tensor, length: int, window: int, weekend_rule: int,
+                        clock: Tensor, scales32: Tensor, dk: Tensor, dv: Tensor, length: int, window: int, weekend_rule: int,
                         sm_scale: float, extra: KeyGradientsIn = KeyGradientsIn()) -> None:
     """Write dk, dv (plus `extra` on the history keys); q, k, v, dk and dv in one layout."""
     batch, heads, rows, _ = q.shape
@@ -278,12 +307,12 @@ def local_key_gradients(q: Tensor, k: Tensor, v: Tensor, grad_out: Tensor, lse: 
     chunk_id, dkc, dvc = (extra.chunk_id, extra.d_chunk_keys, extra.d_chunk_values) if chunk_grads else (times, dk, dv)
     tail_slot, dkt, dvt = (extra.tail_slot, extra.d_tail_keys, extra.d_tail_values) if tail_grads else (times, dk, dv)
     _local_dkdv_kernel[lambda meta: (triton.cdiv(rows, meta["BLOCK_N"]), batch * heads)](
-        q, k, v, grad_out, lse, delta, times, flags, scales32, dk, dv, chunk_id, dkc, dvc, dkc.shape[2], tail_slot, dkt, dvt,
+        q, k, v, grad_out, lse, delta, times, flags, clock, scales32, dk, dv, chunk_id, dkc, dvc, dkc.shape[2], tail_slot, dkt, dvt,
         dkt.shape[2], sm_scale, length, rows, *head_strides(q, k, v, dk, dv), *head_strides(grad_out), CHUNK_GRADS=chunk_grads, TAIL_GRADS=tail_grads, **_launch(q, length, window, weekend_rule))
 
 
 def local_query_gradients(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, grad_out: Tensor, out: Tensor,
-                          lse: Tensor, times: Tensor, flags: Tensor, scales32: Tensor, dq: Tensor, dk_profile: Tensor, dv_profile: Tensor,
+                          lse: Tensor, times: Tensor, flags: Tensor, clock: Tensor, scales32: Tensor, dq: Tensor, dk_profile: Tensor, dv_profile: Tensor,
                           dscales: Tensor, length: int, window: int, weekend_rule: int, sm_scale: float) -> Tensor:
     """Write dq; add into the float32 profile and scales' gradients (an autotuning launch zeroes them
     first: give each kernel its own `dscales`). Returns the row term rowsum(dO·O) `[B, H, T]` that
@@ -291,7 +320,7 @@ def local_query_gradients(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_
     batch, heads, rows, _ = q.shape
     delta = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
     _local_dq_kernel[lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), batch * heads)](
-        q, k, v, k_profile, v_profile, grad_out, out, lse, delta, times, flags, scales32, dq, dk_profile, dv_profile, dscales, sm_scale, length,
+        q, k, v, k_profile, v_profile, grad_out, out, lse, delta, times, flags, clock, scales32, dq, dk_profile, dv_profile, dscales, sm_scale, length,
         rows, *head_strides(q, k, v, dq), *head_strides(out), *head_strides(grad_out), **_launch(q, length, window, weekend_rule))
     return delta
 
@@ -299,19 +328,19 @@ def local_query_gradients(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_
 class _LocalHistory(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, scales: Tensor, times: Tensor, flags: Tensor,
-                window: int, weekend_rule: int, sm_scale: float):
+                clock: Tensor, window: int, weekend_rule: int, sm_scale: float):
         batch, heads, length, _ = q.shape
         out = torch.empty_like(q)
         lse = torch.empty(batch, heads, length, device=q.device, dtype=torch.float32)
         scales32 = scales.float().contiguous()
-        local_forward(q, k, v, k_profile, v_profile, times, flags, scales32, out, lse, length, window, weekend_rule, sm_scale)
-        ctx.save_for_backward(q, k, v, k_profile, v_profile, out, lse, scales32, times, flags)
+        local_forward(q, k, v, k_profile, v_profile, times, flags, clock, scales32, out, lse, length, window, weekend_rule, sm_scale)
+        ctx.save_for_backward(q, k, v, k_profile, v_profile, out, lse, scales32, times, flags, clock)
         ctx.window, ctx.weekend_rule, ctx.sm_scale, ctx.scales_dtype = window, weekend_rule, sm_scale, scales.dtype
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        q, k, v, k_profile, v_profile, out, lse, scales32, times, flags = ctx.saved_tensors
+        q, k, v, k_profile, v_profile, out, lse, scales32, times, flags, clock = ctx.saved_tensors
         length = q.shape[2]
         grad_out = grad_out.contiguous()
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
@@ -319,24 +348,24 @@ class _LocalHistory(torch.autograd.Function):
         dv_profile = torch.zeros_like(dk_profile)
         dscales = torch.zeros_like(scales32)
         shape = (length, ctx.window, ctx.weekend_rule, ctx.sm_scale)
-        delta = local_query_gradients(q, k, v, k_profile, v_profile, grad_out, out, lse, times, flags, scales32, dq, dk_profile, dv_profile,
+        delta = local_query_gradients(q, k, v, k_profile, v_profile, grad_out, out, lse, times, flags, clock, scales32, dq, dk_profile, dv_profile,
                                       dscales, *shape)
-        local_key_gradients(q, k, v, grad_out, lse, delta, times, flags, scales32, dk, dv, *shape)
+        local_key_gradients(q, k, v, grad_out, lse, delta, times, flags, clock, scales32, dk, dv, *shape)
         return (dq, dk, dv, dk_profile.to(k_profile.dtype), dv_profile.to(v_profile.dtype), dscales.to(ctx.scales_dtype),
-                None, None, None, None, None)
+                None, None, None, None, None, None)
 
 
 @torch.compiler.disable  # train.compile: inductor's build of these autotuned kernels fails; they run as they are
-def local_history_prepared(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, times: Tensor, flags: Tensor, window: int,
-                           scales: Tensor, weekend_rule: int) -> Tensor:
-    """`local_history_triton` with the batch's int32 times and flag words (bit 1 real, bit 2 weekend)
-    already built (`recsys.ops.evo_attention.FusedTimes`)."""
+def local_history_prepared(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, times: Tensor, flags: Tensor,
+                           clock: Tensor, window: int, scales: Tensor, weekend_rule: int) -> Tensor:
+    """`local_history_triton` with the batch's int32 times, flag words (bit 1 real, bit 2 weekend) and
+    clock words already built (`recsys.ops.evo_attention.FusedTimes`)."""
     if not q.is_cuda and not INTERPRETED:
         raise RuntimeError("the fused local kernel runs on CUDA (on the CPU only under TRITON_INTERPRET=1); use attention 'structural'")
     dim = q.shape[-1]
     padded = padded_head_dim(dim)
     q, k, v, k_profile, v_profile = (pad_head_dim(x.to(q.dtype), padded) for x in (q, k, v, k_profile, v_profile))
-    out = _LocalHistory.apply(q, k, v, k_profile, v_profile, scales, times, flags, window, weekend_rule, 1.0 / math.sqrt(dim))
+    out = _LocalHistory.apply(q, k, v, k_profile, v_profile, scales, times, flags, clock, window, weekend_rule, 1.0 / math.sqrt(dim))
     return out[..., :dim]
 
 
@@ -345,8 +374,8 @@ def local_history_triton(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_p
     """The local branch's history queries: q, k, v `[B, H, L, D]`, profile k/v `[B, H, 1, D]`, times
     `[B, L]` int64 (time-sorted, left-padded), real `[B, L]` bool, scales `[3, H]` -> `[B, H, L, D]`,
     equal to `local_branch` on the history positions. Builds the time words as `fused_times` does."""
-    from recsys.ops.evo_attention import earliest_real_time, flag_words, relative_int32
+    from recsys.ops.evo_attention import clock_words, earliest_real_time, flag_words, relative_int32
 
     relative = relative_int32(times, real, earliest_real_time(times, real))
-    return local_history_prepared(q, k, v, k_profile, v_profile, relative, flag_words(real, times, utc_offset), window, scales,
-                                  weekend_rule)
+    return local_history_prepared(q, k, v, k_profile, v_profile, relative, flag_words(real, times, utc_offset), clock_words(relative),
+                                  window, scales, weekend_rule)

@@ -1,0 +1,83 @@
+"""Time every tile configuration of SparseCTR's six fused kernels on the GPU, each kernel on its
+own, in the attention table's shape (B·n = 65,536, 8 heads of 64, bf16, forward + backward).
+
+Triton's autotuner picks one configuration per kernel from one short timing, and that timing
+includes its hooks (`restore_value` clones a full-size dQ around every keyed dQ launch): across
+processes it picked different tiles for the same kernel (session 11: local dQ 64x32 in one run,
+the spilling 128x64, 25 % slower, in the next). This sweep runs config index i of every kernel
+for i = 0, 1, ... and reads each kernel's device time from the profiler over many steps, so the
+tiles the kernels keep can be chosen from medians rather than from one autotuning pass.
+
+    python3 benchmarks/tile_sweep.py [--cases sparsectr:8192] [--steps 20]     # on the GPU machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ncu_kernels import attention_steps  # noqa: E402
+
+from recsys.ops import evo_keyed_triton, evo_local_triton  # noqa: E402
+
+KERNELS = {name: getattr(module, name) for module, names in
+           ((evo_local_triton, ("_local_forward_kernel", "_local_dq_kernel", "_local_dkdv_kernel")),
+            (evo_keyed_triton, ("_keyed_forward_kernel", "_keyed_dq_kernel", "_keyed_dkdv_kernel"))) for name in names}
+ALL_CONFIGS = {name: list(kernel.configs) for name, kernel in KERNELS.items()}
+
+
+def describe(config) -> str:
+    return f"{config.kwargs['BLOCK_M']}x{config.kwargs['BLOCK_N']}w{config.num_warps}s{config.num_stages}"
+
+
+def kernel_times(step, steps: int) -> dict:
+    """Device microseconds per step of each Triton kernel (summed over its launches in a step)."""
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profiler:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    totals = defaultdict(float)
+    for event in profiler.key_averages():
+        for name in KERNELS:
+            if event.key.startswith(name):
+                totals[name] += event.device_time_total / steps
+    return dict(totals)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", default="sparsectr:8192")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "benchmarks/out")))
+    args = parser.parse_args()
+    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cases": {}}
+    for case in args.cases.split(","):
+        step = attention_steps([case])[0]
+        rows = defaultdict(dict)
+        for index in range(max(len(c) for c in ALL_CONFIGS.values())):
+            for name, kernel in KERNELS.items():
+                kernel.configs, kernel.cache = [ALL_CONFIGS[name][min(index, len(ALL_CONFIGS[name]) - 1)]], {}
+            for name, micros in kernel_times(step, args.steps).items():
+                rows[name][describe(KERNELS[name].configs[0])] = micros
+        report["cases"][case] = rows
+        print(f"\n{case}: device us per forward + backward (keyed kernels: global + transition launches)")
+        for name, by_config in rows.items():
+            best = min(by_config, key=by_config.get)
+            print(f"  {name:<24} " + "  ".join(f"{c} {us:7.1f}{'*' if c == best else ' '}" for c, us in by_config.items()))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "tile_sweep.json").write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
