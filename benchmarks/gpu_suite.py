@@ -9,8 +9,9 @@ achieved TFLOP/s next to the measured bf16 matmul ceiling.
    full causal flash attention (SDPA, the yardstick), SparseCTR structural eager, compiled and with
    the fused local-branch kernel (`sparsectr_structural_triton`), all three branches fused
    (`sparsectr_fused`: the keyed kernel for global and transition, as `attention: triton` trains,
-   with the batch's geometry built in every call; `sparsectr_fused_layer`: the geometry built once
-   outside the timed call, as the model builds it once per batch for all its layers),
+   with the batch's geometry built in every call and the three outputs summed for one dO;
+   `sparsectr_fused_layer`: the node as a layer runs it, the geometry built once outside the timed
+   call (the model builds it once per batch for all its layers), each output taking dO),
    CamA with its temporal bias (dense: n ≤ --dense-max-n; cama_flex; cama_triton). Suffixes:
    `_fwd` times the forward alone (against flash's forward), `cama_triton_nobias` /
    `cama_triton_notablegrad` switch the bias or its table gradient off, `cama_triton_exactlog2` uses
@@ -406,9 +407,13 @@ def attention_table(args) -> list[dict]:
                 elif variant == "sparsectr_fused":
                     outs = fused_branches_packed(packed, *extra["profile"], times, extra["layout"], args.tail, args.window, extra["scales"])
                     out = outs[0] + outs[1] + outs[2]
-                elif variant == "sparsectr_fused_layer":
+                elif variant == "sparsectr_fused_layer":  # the node alone: its three outputs take dO, no summing pass
                     outs = evo_attend_packed(packed, *extra["profile"], None, None, layer_geometry, args.window, extra["scales"], 0)
-                    out = outs[0] + outs[1] + outs[2]
+                    if not forward_only:
+                        for leaf in leaves:
+                            leaf.grad = None
+                        torch.autograd.backward(outs, [upstream] * 3)
+                    return
                 elif variant == "sparsectr_structural_triton":
                     outs = fused_branches(q, k, v, *extra["profile"], times, extra["layout"], args.tail, args.window, extra["scales"], False)
                     out = outs[0] + outs[1] + outs[2]

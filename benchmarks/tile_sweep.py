@@ -1,4 +1,4 @@
-"""Time every tile configuration of SparseCTR's six fused kernels on the GPU, each kernel on its
+"""Time every tile configuration of SparseCTR's fused kernels on the GPU, each kernel on its
 own, in the attention table's shape (B·n = 65,536, 8 heads of 64, bf16, forward + backward).
 
 Triton's autotuner picks one configuration per kernel from one short timing, and that timing
@@ -30,7 +30,7 @@ from recsys.ops import evo_keyed_triton, evo_local_triton  # noqa: E402
 
 KERNELS = {name: getattr(module, name) for module, names in
            ((evo_local_triton, ("_local_forward_kernel", "_local_dq_kernel", "_local_dkdv_kernel")),
-            (evo_keyed_triton, ("_keyed_forward_kernel", "_keyed_dq_kernel", "_keyed_dkdv_kernel"))) for name in names}
+            (evo_keyed_triton, ("_keyed_forward_kernel", "_keyed_dkdv_kernel"))) for name in names}
 ALL_CONFIGS = {name: list(kernel.configs) for name, kernel in KERNELS.items()}
 
 

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from recsys.ops.evo_attention import EvoGeometry, FusedTimes, _gather_positions, chunk_membership, chunk_summaries_matmul
-from recsys.ops.evo_keyed_triton import KeyList, KeyTimes, keyed_forward, keyed_key_gradients, keyed_query_gradients
+from recsys.ops.evo_keyed_triton import KeyList, KeyTimes, keyed_forward, keyed_key_gradients
 from recsys.ops.evo_local_triton import KeyGradientsIn, local_forward, local_key_gradients, local_query_gradients
 from recsys.ops.triton_tiles import INTERPRETED, pad_head_dim, padded_head_dim
 
@@ -144,7 +144,7 @@ def _backward(grads: List[Tensor], saved: List[Tensor], times: List[Tensor], win
     timing = FusedTimes(*times)
     length, total = timing.history_chunk.shape[1], q.shape[2]
     grads = [_unit_inner(g) for g in grads]
-    dscales = torch.zeros(2, *scales32.shape, device=q.device, dtype=torch.float32)  # one per kernel: autotuning zeroes its own
+    dscales = torch.zeros(scales32.shape, device=q.device, dtype=torch.float32)
     keyed = (timing.query_times, timing.query_flags, timing.query_clock)
     chunk_keys = KeyTimes(timing.chunk_times, timing.chunk_end, timing.chunk_flags, timing.chunk_clock)
     tail_keys = KeyTimes(timing.tail_times, timing.tail_end, timing.tail_flags, timing.tail_clock)
@@ -154,14 +154,13 @@ def _backward(grads: List[Tensor], saved: List[Tensor], times: List[Tensor], win
     d_qkv = torch.empty_like(qkv)
     dq, dk, dv = split_heads(d_qkv)
 
-    # dQ first: each dQ kernel also stores its branch's row term rowsum(dO·O) for the dK/dV kernels.
+    # dQ first, one kernel for the three branches: it also stores each branch's row term rowsum(dO·O) for the dK/dV kernels.
     dk_profile = torch.zeros(k_profile.shape, device=q.device, dtype=torch.float32)
     dv_profile = torch.zeros_like(dk_profile)
-    local_delta = local_query_gradients(q, k, v, k_profile, v_profile, grads[2], local, lse[2], *query_words, dq, dk_profile, dv_profile,
-                                        dscales[1], *local_shape)
     keyed_lists = [KeyList(k_chunks, v_chunks, chunk_keys, global_out, grads[0], lse[0]),
                    KeyList(k_tails, v_tails, tail_keys, transition_out, grads[1], lse[1])]
-    global_delta, tail_delta = keyed_query_gradients(q, keyed_lists, *keyed, scales32, dq, dscales[0], True, *shape)
+    local_delta, global_delta, tail_delta = local_query_gradients(q, k, v, k_profile, v_profile, grads[2], local, lse[2], *query_words, dq,
+                                                                  dk_profile, dv_profile, dscales, *local_shape, keyed=keyed_lists)
 
     dk_chunks, dv_chunks = keyed_key_gradients(q, k_chunks, v_chunks, grads[0], lse[0], global_delta, *keyed, chunk_keys, scales32, *shape)
     sizes = chunk_sizes.view(chunk_sizes.shape[0], 1, -1, 1)
@@ -176,7 +175,7 @@ def _backward(grads: List[Tensor], saved: List[Tensor], times: List[Tensor], win
     else:
         dk_summary = chunk_summary_gradient(dk_chunks, timing.history_chunk, total).to(k.dtype)
         dv_summary = chunk_summary_gradient(dv_chunks, timing.history_chunk, total).to(v.dtype)
-    return d_qkv, dk_profile.to(k_profile.dtype), dv_profile.to(v_profile.dtype), dk_summary, dv_summary, dscales.sum(0)
+    return d_qkv, dk_profile.to(k_profile.dtype), dv_profile.to(v_profile.dtype), dk_summary, dv_summary, dscales
 
 
 @_backward.register_fake

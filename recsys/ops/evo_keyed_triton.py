@@ -1,5 +1,6 @@
-"""SparseCTR's global and transition branches as one fused Triton kernel per direction (forward;
-dK/dV with the temporal-scale gradient; dQ).
+"""SparseCTR's global and transition branches as fused Triton kernels: the forward (both key lists in
+one launch), dK/dV, and their share of dQ and of the temporal scales' gradient, which the local
+branch's dQ kernel computes (`key_list_query_gradients`) so that q is read and dQ written once.
 
 Both branches attend from every position (history and candidates) to a short list of keys: the
 chunk summaries (global) or the last `tail` events of every chunk (transition). Key j carries a
@@ -15,7 +16,7 @@ per key block and sums their float32 partials afterwards: one program per key bl
 most of the GPU idle.
 
 The launchers below are driven by `recsys.ops.evo_branches_triton`, the one autograd node of the
-three branches (the dQ kernel can add to the other branches' dQ in place). Runs on CUDA; on CPU
+three branches. Runs on CUDA; on CPU
 under Triton's interpreter (`TRITON_INTERPRET=1`), which the tests use.
 """
 
@@ -28,10 +29,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from recsys.ops.evo_bias_triton import (accumulate_key_gradients, accumulate_query_gradients, add_scale_gradients, biased_scores, composite_terms,
+from recsys.ops.evo_bias_triton import (accumulate_key_gradients, accumulate_query_gradients, biased_scores, composite_terms,
                                         event_clock, load_scales, scores_with_bias, weekend_coefficients, weekend_value)
 from recsys.ops.triton_tiles import (INTERPRETED, finish_rows, head_base, head_strides, load_backward_rows, load_tile, online_softmax_step,
-                                     output_backward_rows, program_block, program_rows, store_or_add_tile, store_tile, tile_configs)
+                                     output_backward_rows, program_block, program_rows, store_tile, tile_configs)
 
 _QUERIES_PER_SPLIT = 1024  # dK/dV: queries one program walks for its key block
 
@@ -92,10 +93,12 @@ def _queries(TQ, QFLAGS, QCLOCK, b, offs_m, rows, T, L, WEEKEND_BOTH: tl.constex
 # Key lists are 16-256 long: narrow key tiles. dK/dV holds two [BLOCK_N, D] accumulators besides the
 # tile: short query tiles keep it under the register cap (the offline sm_90 compile spills at 64x32).
 # The H100 sweep (`benchmarks/tile_sweep.py`, session 11) kept the tiles within 20 % of the best
-# (forward 64x16 148 us, 64x32 175; dQ 64x16 343, 64x32 450; dK/dV 64x16 137, 32x32 182); the
-# 128-row tiles ran 65-110 % slower. dQ keeps one tile: autotuning picked its slower second once.
+# (forward 64x16 148 us, 64x32 175; dK/dV 64x16 137, 32x32 182); the 128-row tiles ran 65-110 %
+# slower.
 _TILES = tile_configs([(64, 16, 4, 3), (64, 32, 4, 3)])
-_DQ_TILES = tile_configs([(64, 16, 4, 3)])
+# Keys per tile where the local dQ kernel walks these lists (`key_list_query_gradients`): as a kernel
+# of its own, their dQ ran 31 % slower with 32-key tiles than with 16 (the lists are 16-64 long).
+KEY_TILE = 16
 _DKDV_TILES = tile_configs([(64, 16, 4, 3), (32, 32, 4, 3)])
 
 
@@ -176,7 +179,7 @@ def _keyed_dkdv_kernel(Q, K, V, DO, LSE, DELTA, TQ, QFLAGS, QCLOCK, TK, KEND, KF
 
 
 @triton.jit
-def _key_list_query_gradients(dq, d_time, d_hour, d_weekend, q, DO, GB, GH, GT, O, LSE, DELTA, K, V, TK, KEND, KFLAGS, KCLOCK, NK, b, h,
+def key_list_query_gradients(dq, d_time, d_hour, d_weekend, q, DO, GB, GH, GT, O, LSE, DELTA, K, V, TK, KEND, KFLAGS, KCLOCK, NK, b, h,
                               pid_bh, offs_m, offs_d, rows, t_i, sin_i, cos_i, gamma_i, delta_i, position_i, s_time, s_hour, s_weekend,
                               qk_scale, T, OB, OH, OT, D: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
                               FAST_MATH: tl.constexpr):
@@ -192,40 +195,6 @@ def _key_list_query_gradients(dq, d_time, d_hour, d_weekend, q, DO, GB, GH, GT, 
         dq, d_time, d_hour, d_weekend = accumulate_query_gradients(dq, d_time, d_hour, d_weekend, do, k, v, scores, lse, delta_row, b_time,
                                                                    b_hour, b_weekend, PRECISION)
     return dq, d_time, d_hour, d_weekend
-
-
-@triton.autotune(configs=_DQ_TILES, key=["T", "NK0", "NK1", "D", "TWO", "ACCUMULATE"], restore_value=["DQ"], reset_to_zero=["DSCALES"])
-@triton.jit
-def _keyed_dq_kernel(Q, DQ, DSCALES, TQ, QFLAGS, QCLOCK, SCALES, K0, V0, TK0, KEND0, KFLAGS0, KCLOCK0, DO0, O0, LSE0, DELTA0, K1, V1, TK1,
-                     KEND1, KFLAGS1, KCLOCK1, DO1, O1, LSE1, DELTA1, sm_scale, T, L, NK0, NK1, QB, QH, QT, OB, OH, OT, GB0, GH0, GT0, GB1,
-                     GH1, GT1, H: tl.constexpr, D: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr,
-                     FAST_MATH: tl.constexpr, TWO: tl.constexpr, ACCUMULATE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """dQ of a query tile over one key list, or with TWO two (the query tile is read, and dQ read and
-    written, once for both); ACCUMULATE adds it to what DQ holds (the local branch's share). The
-    temporal scales' gradient by atomics. q and dq share the strides (QB, QH, QT), the outputs
-    (OB, OH, OT); each dO has its own."""
-    b, h, pid_bh, start_m, offs_m, rows = program_rows(BLOCK_M, H, T)
-    offs_d = tl.arange(0, D)
-    base = head_base(b, h, QB, QH)
-    q = load_tile(Q, base, offs_m, offs_d, QT, rows)
-    t_i, sin_i, cos_i, gamma_i, delta_i, position_i = _queries(TQ, QFLAGS, QCLOCK, b, offs_m, rows, T, L, WEEKEND_BOTH)
-    s_time, s_hour, s_weekend = load_scales(SCALES, h, H)
-    qk_scale = sm_scale * 1.4426950408889634
-    dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
-    d_time = tl.zeros([BLOCK_M], dtype=tl.float32)
-    d_hour = tl.zeros([BLOCK_M], dtype=tl.float32)
-    d_weekend = tl.zeros([BLOCK_M], dtype=tl.float32)
-    dq, d_time, d_hour, d_weekend = _key_list_query_gradients(dq, d_time, d_hour, d_weekend, q, DO0, GB0, GH0, GT0, O0, LSE0, DELTA0, K0, V0,
-                                                              TK0, KEND0, KFLAGS0, KCLOCK0, NK0, b, h, pid_bh, offs_m, offs_d, rows, t_i,
-                                                              sin_i, cos_i, gamma_i, delta_i, position_i, s_time, s_hour, s_weekend,
-                                                              qk_scale, T, OB, OH, OT, D, BLOCK_N, PRECISION, FAST_MATH)
-    if TWO:
-        dq, d_time, d_hour, d_weekend = _key_list_query_gradients(dq, d_time, d_hour, d_weekend, q, DO1, GB1, GH1, GT1, O1, LSE1, DELTA1, K1,
-                                                                  V1, TK1, KEND1, KFLAGS1, KCLOCK1, NK1, b, h, pid_bh, offs_m, offs_d, rows,
-                                                                  t_i, sin_i, cos_i, gamma_i, delta_i, position_i, s_time, s_hour,
-                                                                  s_weekend, qk_scale, T, OB, OH, OT, D, BLOCK_N, PRECISION, FAST_MATH)
-    store_or_add_tile(DQ, base, offs_m, offs_d, QT, rows, dq * sm_scale, ACCUMULATE)
-    add_scale_gradients(DSCALES, h, H, d_time, d_hour, d_weekend)
 
 
 def _launch(q: Tensor, weekend_rule: int) -> dict:
@@ -297,21 +266,3 @@ def keyed_key_gradients(q: Tensor, k: Tensor, v: Tensor, grad_out: Tensor, lse: 
         dk_parts, dv_parts, sm_scale, total, history_length, count, _QUERIES_PER_SPLIT, *head_strides(q), *head_strides(grad_out),
         **_launch(q, weekend_rule))
     return (dk_parts[0], dv_parts[0]) if splits == 1 else (dk_parts.sum(0), dv_parts.sum(0))
-
-
-def keyed_query_gradients(q: Tensor, lists: Sequence[KeyList], query_times: Tensor, query_flags: Tensor, query_clock: Tensor,
-                          scales32: Tensor, dq: Tensor, dscales: Tensor, accumulate: bool, history_length: int, weekend_rule: int,
-                          sm_scale: float) -> List[Tensor]:
-    """Write the lists' summed dQ into `dq`, or with `accumulate` add it to what `dq` holds; add the
-    scales' gradient into float32 `dscales` (an autotuning launch zeroes it first: give each kernel
-    its own). Returns each list's row term rowsum(dO·O) `[B, H, T]` that `keyed_key_gradients`, run
-    next, reads. The lists' outputs share one layout; each gradient may have its own."""
-    batch, heads, total, _ = q.shape
-    deltas = [torch.empty(q.shape[:3], device=q.device, dtype=torch.float32) for _ in lists]
-    arguments = _list_arguments(lists, backward=True)
-    _keyed_dq_kernel[lambda meta: (triton.cdiv(total, meta["BLOCK_M"]), batch * heads)](
-        q, dq, dscales, query_times, query_flags, query_clock, scales32, *arguments[:9], deltas[0], *arguments[9:], deltas[-1], sm_scale,
-        total, history_length, lists[0].k.shape[2], lists[-1].k.shape[2], *head_strides(q, dq), *head_strides(*(entry.out for entry in lists)),
-        *head_strides(lists[0].grad_out), *head_strides(lists[-1].grad_out), TWO=len(lists) == 2, ACCUMULATE=accumulate,
-        **_launch(q, weekend_rule))
-    return deltas

@@ -21,7 +21,7 @@ Runs on CUDA; on CPU under Triton's interpreter (`TRITON_INTERPRET=1`), which th
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Sequence
 
 import torch
 import triton
@@ -30,6 +30,7 @@ from torch import Tensor
 
 from recsys.ops.evo_bias_triton import (accumulate_key_gradients, accumulate_query_gradients, add_scale_gradients, biased_scores, composite_terms,
                                         event_clock, load_scales, scores_with_bias, weekend_coefficients, weekend_value)
+from recsys.ops.evo_keyed_triton import KEY_TILE, KeyList, KeyTimes, key_list_query_gradients
 from recsys.ops.triton_tiles import (INTERPRETED, finish_rows, head_base, load_backward_rows, load_tile, online_softmax_step, query_backward_rows,
                                      head_strides, pad_head_dim, padded_head_dim, profile_key_gradients, profile_key_start, program_rows,
                                      store_tile, tile_configs)
@@ -218,13 +219,17 @@ def _add_key_rows(dk, dv, DKX, DVX, pid_bh, index, N, offs_d, valid, D: tl.const
             dv + tl.load(DVX + offsets, mask=valid[:, None], other=0.0))
 
 
-@triton.autotune(configs=_TILES, key=["L", "ROWS", "D", "WINDOW"], reset_to_zero=["DKP", "DVP", "DSCALES"])
+@triton.autotune(configs=_TILES, key=["L", "ROWS", "D", "WINDOW", "KEYED", "NK0", "NK1"], reset_to_zero=["DKP", "DVP", "DSCALES"])
 @triton.jit
-def _local_dq_kernel(Q, K, V, KP, VP, DO, O, LSE, DELTA, T, FLAGS, CLOCK, SCALES, DQ, DKP, DVP, DSCALES, sm_scale, L, ROWS, QB, QH, QT,
-                     OB, OH, OT, GB, GH, GT, H: tl.constexpr, D: tl.constexpr, WINDOW: tl.constexpr, CANDIDATES: tl.constexpr,
-                     WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr, BLOCK_M: tl.constexpr,
+def _local_dq_kernel(Q, K, V, KP, VP, DO, O, LSE, DELTA, T, FLAGS, CLOCK, SCALES, DQ, DKP, DVP, DSCALES,
+                     K0, V0, TK0, KEND0, KFLAGS0, KCLOCK0, DO0, O0, LSE0, DELTA0, K1, V1, TK1, KEND1, KFLAGS1, KCLOCK1, DO1, O1, LSE1, DELTA1,
+                     sm_scale, L, ROWS, NK0, NK1, QB, QH, QT, OB, OH, OT, GB, GH, GT, GB0, GH0, GT0, GB1, GH1, GT1, H: tl.constexpr,
+                     D: tl.constexpr, WINDOW: tl.constexpr, CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr,
+                     FAST_MATH: tl.constexpr, KEYED: tl.constexpr, KEY_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr,
                      BLOCK_N: tl.constexpr):
-    """q, k, v and dq share the strides (QB, QH, QT); the output and dO have their own."""
+    """q, k, v and dq share the strides (QB, QH, QT); the outputs (OB, OH, OT); each dO has its own.
+    KEYED: the global and transition branches' key lists too (`evo_keyed_triton.key_list_query_gradients`,
+    KEY_BLOCK keys per tile): the query tile is read, and dQ written, once for all three."""
     b, h, pid_bh, start_m, offs_m, rows = program_rows(BLOCK_M, H, ROWS)
     offs_d = tl.arange(0, D)
     base = head_base(b, h, QB, QH)
@@ -248,6 +253,17 @@ def _local_dq_kernel(Q, K, V, KP, VP, DO, O, LSE, DELTA, T, FLAGS, CLOCK, SCALES
                                                               s_time, s_hour, s_weekend, sm_scale, L, ROWS, QT, BLOCK_N, WINDOW, CANDIDATES,
                                                               PRECISION, FAST_MATH)
     dq = profile_key_gradients(dq, q, do, lse, delta_row, KP, VP, DKP, DVP, pid_bh, offs_d, sm_scale, D)
+    if KEYED:
+        position_i = tl.minimum(offs_m, L)  # candidates see the keys of the whole history
+        qk_scale = sm_scale * 1.4426950408889634
+        dq, d_time, d_hour, d_weekend = key_list_query_gradients(dq, d_time, d_hour, d_weekend, q, DO0, GB0, GH0, GT0, O0, LSE0, DELTA0,
+                                                                  K0, V0, TK0, KEND0, KFLAGS0, KCLOCK0, NK0, b, h, pid_bh, offs_m, offs_d,
+                                                                  rows, t_i, sin_i, cos_i, gamma_i, delta_i, position_i, s_time, s_hour,
+                                                                  s_weekend, qk_scale, ROWS, OB, OH, OT, D, KEY_BLOCK, PRECISION, FAST_MATH)
+        dq, d_time, d_hour, d_weekend = key_list_query_gradients(dq, d_time, d_hour, d_weekend, q, DO1, GB1, GH1, GT1, O1, LSE1, DELTA1,
+                                                                  K1, V1, TK1, KEND1, KFLAGS1, KCLOCK1, NK1, b, h, pid_bh, offs_m, offs_d,
+                                                                  rows, t_i, sin_i, cos_i, gamma_i, delta_i, position_i, s_time, s_hour,
+                                                                  s_weekend, qk_scale, ROWS, OB, OH, OT, D, KEY_BLOCK, PRECISION, FAST_MATH)
     store_tile(DQ, base, offs_m, offs_d, QT, rows, dq * sm_scale)
     # the sums are of natural-unit terms; the scales were loaded in log2 units only for the scores
     add_scale_gradients(DSCALES, h, H, d_time, d_hour, d_weekend)
@@ -312,17 +328,28 @@ def local_key_gradients(q: Tensor, k: Tensor, v: Tensor, grad_out: Tensor, lse: 
 
 
 def local_query_gradients(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, grad_out: Tensor, out: Tensor,
-                          lse: Tensor, times: Tensor, flags: Tensor, clock: Tensor, scales32: Tensor, dq: Tensor, dk_profile: Tensor, dv_profile: Tensor,
-                          dscales: Tensor, length: int, window: int, weekend_rule: int, sm_scale: float) -> Tensor:
+                          lse: Tensor, times: Tensor, flags: Tensor, clock: Tensor, scales32: Tensor, dq: Tensor, dk_profile: Tensor,
+                          dv_profile: Tensor, dscales: Tensor, length: int, window: int, weekend_rule: int, sm_scale: float,
+                          keyed: Sequence[KeyList] = ()) -> List[Tensor]:
     """Write dq; add into the float32 profile and scales' gradients (an autotuning launch zeroes them
-    first: give each kernel its own `dscales`). Returns the row term rowsum(dO·O) `[B, H, T]` that
-    `local_key_gradients`, run next, reads. q, k, v and dq in one layout."""
+    first: give each kernel its own `dscales`). With `keyed` (the global and transition lists, their
+    outputs in `out`'s layout) dq holds their share too. Returns the row terms rowsum(dO·O) `[B, H, T]`
+    of the local branch and of each keyed list, which the dK/dV kernels, run next, read. q, k, v and
+    dq in one layout; `times`, `flags` and `clock` the queries' words (`FusedTimes.query_*`)."""
+    if len(keyed) not in (0, 2):
+        raise ValueError(f"the local dQ kernel takes no key list or two, got {len(keyed)}")
     batch, heads, rows, _ = q.shape
-    delta = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
+    deltas = [torch.empty(q.shape[:3], device=q.device, dtype=torch.float32) for _ in range(1 + len(keyed))]
+    lists = list(keyed) or [KeyList(k, v, KeyTimes(times, times, flags, clock), out, grad_out, lse)] * 2  # unread stand-ins
+    list_arguments = []
+    for entry, delta in zip(lists, deltas[1:] if keyed else deltas * 2):
+        list_arguments += [entry.k.contiguous(), entry.v.contiguous(), *entry.keys, entry.grad_out, entry.out, entry.lse, delta]
     _local_dq_kernel[lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), batch * heads)](
-        q, k, v, k_profile, v_profile, grad_out, out, lse, delta, times, flags, clock, scales32, dq, dk_profile, dv_profile, dscales, sm_scale, length,
-        rows, *head_strides(q, k, v, dq), *head_strides(out), *head_strides(grad_out), **_launch(q, length, window, weekend_rule))
-    return delta
+        q, k, v, k_profile, v_profile, grad_out, out, lse, deltas[0], times, flags, clock, scales32, dq, dk_profile, dv_profile, dscales,
+        *list_arguments, sm_scale, length, rows, lists[0].k.shape[2], lists[1].k.shape[2], *head_strides(q, k, v, dq),
+        *head_strides(out, *(entry.out for entry in keyed)), *head_strides(grad_out), *head_strides(lists[0].grad_out),
+        *head_strides(lists[1].grad_out), KEYED=bool(keyed), KEY_BLOCK=KEY_TILE, **_launch(q, length, window, weekend_rule))
+    return deltas
 
 
 class _LocalHistory(torch.autograd.Function):
@@ -348,8 +375,8 @@ class _LocalHistory(torch.autograd.Function):
         dv_profile = torch.zeros_like(dk_profile)
         dscales = torch.zeros_like(scales32)
         shape = (length, ctx.window, ctx.weekend_rule, ctx.sm_scale)
-        delta = local_query_gradients(q, k, v, k_profile, v_profile, grad_out, out, lse, times, flags, clock, scales32, dq, dk_profile, dv_profile,
-                                      dscales, *shape)
+        delta, = local_query_gradients(q, k, v, k_profile, v_profile, grad_out, out, lse, times, flags, clock, scales32, dq, dk_profile,
+                                       dv_profile, dscales, *shape)
         local_key_gradients(q, k, v, grad_out, lse, delta, times, flags, clock, scales32, dk, dv, *shape)
         return (dq, dk, dv, dk_profile.to(k_profile.dtype), dv_profile.to(v_profile.dtype), dscales.to(ctx.scales_dtype),
                 None, None, None, None, None, None)

@@ -63,15 +63,6 @@ def store_tile(PTR, base, offs, offs_d, STRIDE, valid, value):
 
 
 @triton.jit
-def store_or_add_tile(PTR, base, offs, offs_d, STRIDE, valid, value, ACCUMULATE: tl.constexpr):
-    """`store_tile`, or with ACCUMULATE add to what an earlier kernel stored there: branches that share
-    q sum their dQ in place instead of in full-size add passes afterwards."""
-    if ACCUMULATE:
-        value += load_tile(PTR, base, offs, offs_d, STRIDE, valid).to(tl.float32)
-    store_tile(PTR, base, offs, offs_d, STRIDE, valid, value)
-
-
-@triton.jit
 def online_softmax_step(acc, l_i, m_i, scores, v, PRECISION: tl.constexpr):
     """One key tile of the forward: `scores` in log2 units, -inf where a key is not visible."""
     m_new = tl.maximum(m_i, tl.max(scores, 1))
