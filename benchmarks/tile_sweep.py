@@ -21,6 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -32,6 +33,16 @@ KERNELS = {name: getattr(module, name) for module, names in
            ((evo_local_triton, ("_local_forward_kernel", "_local_dq_kernel", "_local_dkdv_kernel")),
             (evo_keyed_triton, ("_keyed_forward_kernel", "_keyed_dkdv_kernel"))) for name in names}
 ALL_CONFIGS = {name: list(kernel.configs) for name, kernel in KERNELS.items()}
+
+
+def with_variants(configs: list) -> list:
+    """The kernel's tiles, then its first tile with other pipeline depths and warp counts."""
+    first = configs[0]
+    variants = [triton.Config(dict(first.kwargs), num_warps=warps, num_stages=stages)
+                for warps, stages in ((first.num_warps, 1), (first.num_warps, 2), (first.num_warps, 4), (8, first.num_stages),
+                                      (2, first.num_stages))
+                if (warps, stages) != (first.num_warps, first.num_stages)]
+    return configs + variants
 
 
 def describe(config) -> str:
@@ -59,16 +70,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default="sparsectr:8192")
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--variants", action="store_true", help="also the first tile at 1, 2, 4 stages and 2, 8 warps")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "benchmarks/out")))
     args = parser.parse_args()
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cases": {}}
+    if args.variants:
+        ALL_CONFIGS.update({name: with_variants(configs) for name, configs in ALL_CONFIGS.items()})
     for case in args.cases.split(","):
         step = attention_steps([case])[0]
         rows = defaultdict(dict)
         for index in range(max(len(c) for c in ALL_CONFIGS.values())):
             for name, kernel in KERNELS.items():
                 kernel.configs, kernel.cache = [ALL_CONFIGS[name][min(index, len(ALL_CONFIGS[name]) - 1)]], {}
-            for name, micros in kernel_times(step, args.steps).items():
+            try:
+                measured = kernel_times(step, args.steps)
+            except Exception as error:  # a variant that does not compile or fit: the others still count
+                print(f"  config set {index} failed: {type(error).__name__}: {str(error)[:200]}", flush=True)
+                continue
+            for name, micros in measured.items():
                 rows[name][describe(KERNELS[name].configs[0])] = micros
         report["cases"][case] = rows
         print(f"\n{case}: device us per forward + backward (keyed kernels: global + transition launches)")

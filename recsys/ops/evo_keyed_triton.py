@@ -90,16 +90,15 @@ def _queries(TQ, QFLAGS, QCLOCK, b, offs_m, rows, T, L, WEEKEND_BOTH: tl.constex
     return t_i, sin_i, cos_i, gamma_i, delta_i, tl.minimum(offs_m, L)
 
 
-# Key lists are 16-256 long: narrow key tiles. dK/dV holds two [BLOCK_N, D] accumulators besides the
-# tile: short query tiles keep it under the register cap (the offline sm_90 compile spills at 64x32).
-# The H100 sweep (`benchmarks/tile_sweep.py`, session 11) kept the tiles within 20 % of the best
-# (forward 64x16 148 us, 64x32 175; dK/dV 64x16 137, 32x32 182); the 128-row tiles ran 65-110 %
-# slower.
-_TILES = tile_configs([(64, 16, 4, 3), (64, 32, 4, 3)])
+# Key lists are 16-256 long: narrow key tiles (dK/dV holds two [BLOCK_N, D] accumulators besides the
+# tile; the offline sm_90 compile spills at 64x32). Tiles from the H100 sweep (`benchmarks/tile_sweep.py`, session 11 calls 4-10), head dim 64: within
+# 10 % of the best (forward 64x16 at one stage 113 us, 64x32 131; dK/dV 64x16 on two warps 128, four
+# 135); the 128-row tiles ran 65-110 % slower.
+_TILES = tile_configs([(64, 16, 4, 1)])
 # Keys per tile where the local dQ kernel walks these lists (`key_list_query_gradients`): as a kernel
 # of its own, their dQ ran 31 % slower with 32-key tiles than with 16 (the lists are 16-64 long).
 KEY_TILE = 16
-_DKDV_TILES = tile_configs([(64, 16, 4, 3), (32, 32, 4, 3)])
+_DKDV_TILES = tile_configs([(64, 16, 2, 3), (64, 16, 4, 3)])
 
 
 @triton.jit

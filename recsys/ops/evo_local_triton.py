@@ -107,15 +107,17 @@ def _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, sin_i, cos_i, gamm
     return k, v, scores, b_time, b_hour, b_weekend
 
 
-# The H100 sweep (`benchmarks/tile_sweep.py`, session 11; benchmarks/RESULTS.md) kept the tiles within
-# 10 % of the best: 128x64 and 32x64 ran 25-75 % slower, and Triton's one autotuning pass once picked
-# the spilling 128x64 for dQ. dK/dV: the offline sm_90 compile spills at 64x64 (680 B), 64x32 and
-# 128x64; 32-row query tiles do not.
-_TILES = tile_configs([(64, 32, 4, 3), (64, 64, 4, 3)])
-_DKDV_TILES = tile_configs([(32, 32, 4, 3), (32, 64, 4, 3)])
+# Tiles from the H100 sweep (`benchmarks/tile_sweep.py`, session 11 calls 4-10; benchmarks/RESULTS.md),
+# head dim 64: the configurations within 10 % of the best. Triton's one autotuning pass is no judge
+# of these: in one process it picked the spilling 128x64 dQ (25 % slower). The loops are 2-4 tiles
+# long, so software pipelining (num_stages > 1) only costs shared memory and occupancy: one stage
+# ran 8-15 % faster, and the dK/dV kernel's 32-row tiles run best on two warps.
+_FORWARD_TILES = tile_configs([(64, 32, 4, 1)])
+_DQ_TILES = tile_configs([(64, 32, 4, 1)])
+_DKDV_TILES = tile_configs([(32, 32, 2, 1), (32, 32, 2, 3)])
 
 
-@triton.autotune(configs=_TILES, key=["L", "ROWS", "D", "WINDOW"])
+@triton.autotune(configs=_FORWARD_TILES, key=["L", "ROWS", "D", "WINDOW"])
 @triton.jit
 def _local_forward_kernel(Q, K, V, KP, VP, T, FLAGS, CLOCK, SCALES, O, LSE, sm_scale, L, ROWS, QB, QH, QT, OB, OH, OT, H: tl.constexpr,
                           D: tl.constexpr, WINDOW: tl.constexpr, CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr,
@@ -219,7 +221,7 @@ def _add_key_rows(dk, dv, DKX, DVX, pid_bh, index, N, offs_d, valid, D: tl.const
             dv + tl.load(DVX + offsets, mask=valid[:, None], other=0.0))
 
 
-@triton.autotune(configs=_TILES, key=["L", "ROWS", "D", "WINDOW", "KEYED", "NK0", "NK1"], reset_to_zero=["DKP", "DVP", "DSCALES"])
+@triton.autotune(configs=_DQ_TILES, key=["L", "ROWS", "D", "WINDOW", "KEYED", "NK0", "NK1"], reset_to_zero=["DKP", "DVP", "DSCALES"])
 @triton.jit
 def _local_dq_kernel(Q, K, V, KP, VP, DO, O, LSE, DELTA, T, FLAGS, CLOCK, SCALES, DQ, DKP, DVP, DSCALES,
                      K0, V0, TK0, KEND0, KFLAGS0, KCLOCK0, DO0, O0, LSE0, DELTA0, K1, V1, TK1, KEND1, KFLAGS1, KCLOCK1, DO1, O1, LSE1, DELTA1,
