@@ -1,5 +1,6 @@
-"""Time every tile configuration of SparseCTR's fused kernels on the GPU, each kernel on its
-own, in the attention table's shape (B·n = 65,536, 8 heads of 64, bf16, forward + backward).
+"""Time every tile configuration of SparseCTR's (or, with --family cama, CamA's) fused kernels on the
+GPU, each kernel on its own, in the attention table's shape (B·n = 65,536, 8 heads of 64, bf16,
+forward + backward).
 
 Triton's autotuner picks one configuration per kernel from one short timing, and that timing
 includes its hooks (`restore_value` clones a full-size dQ around every keyed dQ launch): across
@@ -8,7 +9,7 @@ the spilling 128x64, 25 % slower, in the next). This sweep runs config index i o
 for i = 0, 1, ... and reads each kernel's device time from the profiler over many steps, so the
 tiles the kernels keep can be chosen from medians rather than from one autotuning pass.
 
-    python3 benchmarks/tile_sweep.py [--cases sparsectr:8192] [--steps 20]     # on the GPU machine
+    python3 benchmarks/tile_sweep.py [--family cama] [--cases sparsectr:8192] [--steps 20] [--variants]   # on the GPU machine
 """
 
 from __future__ import annotations
@@ -27,12 +28,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ncu_kernels import attention_steps  # noqa: E402
 
-from recsys.ops import evo_keyed_triton, evo_local_triton  # noqa: E402
+from recsys.ops import cama_triton, evo_keyed_triton, evo_local_triton  # noqa: E402
 
-KERNELS = {name: getattr(module, name) for module, names in
-           ((evo_local_triton, ("_local_forward_kernel", "_local_dq_kernel", "_local_dkdv_kernel")),
-            (evo_keyed_triton, ("_keyed_forward_kernel", "_keyed_dkdv_kernel"))) for name in names}
-ALL_CONFIGS = {name: list(kernel.configs) for name, kernel in KERNELS.items()}
+FAMILIES = {
+    "sparsectr": ((evo_local_triton, ("_local_forward_kernel", "_local_dq_kernel", "_local_dkdv_kernel")),
+                  (evo_keyed_triton, ("_keyed_forward_kernel", "_keyed_dkdv_kernel"))),
+    "cama": ((cama_triton, ("_cama_forward_kernel", "_cama_dq_kernel", "_cama_dkdv_kernel")),),
+}
+KERNELS: dict = {}  # the swept family's autotuned kernels by name, and their tile lists
+ALL_CONFIGS: dict = {}
 
 
 def with_variants(configs: list) -> list:
@@ -68,12 +72,16 @@ def kernel_times(step, steps: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", default="sparsectr:8192")
+    parser.add_argument("--family", choices=sorted(FAMILIES), default="sparsectr", help="which fused kernels to sweep")
+    parser.add_argument("--cases", default=None, help="default sparsectr:8192, or cama:4096 for --family cama")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--variants", action="store_true", help="also the first tile at 1, 2, 4 stages and 2, 8 warps")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "benchmarks/out")))
     args = parser.parse_args()
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cases": {}}
+    KERNELS.update({name: getattr(module, name) for module, names in FAMILIES[args.family] for name in names})
+    ALL_CONFIGS.update({name: list(kernel.configs) for name, kernel in KERNELS.items()})
+    args.cases = args.cases or {"sparsectr": "sparsectr:8192", "cama": "cama:4096"}[args.family]
     if args.variants:
         ALL_CONFIGS.update({name: with_variants(configs) for name, configs in ALL_CONFIGS.items()})
     for case in args.cases.split(","):
@@ -90,7 +98,7 @@ def main() -> None:
             for name, micros in measured.items():
                 rows[name][describe(KERNELS[name].configs[0])] = micros
         report["cases"][case] = rows
-        print(f"\n{case}: device us per forward + backward (keyed kernels: global + transition launches)")
+        print(f"\n{case}: device us per forward + backward (a kernel's launches in one step summed)")
         for name, by_config in rows.items():
             best = min(by_config, key=by_config.get)
             print(f"  {name:<24} " + "  ".join(f"{c} {us:7.1f}{'*' if c == best else ' '}" for c, us in by_config.items()))
