@@ -106,6 +106,22 @@ def scores_with_bias(dot, qk_scale, t_i, sin_i, cos_i, gamma_i, delta_i, t_j, si
 
 
 @triton.jit
+def tile_scores(q, k, t_i, sin_i, cos_i, gamma_i, delta_i, t_j, sin_j, cos_j, w_j, s_time, s_hour, s_weekend, qk_scale,
+                TERMS: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr):
+    """A tile's log2-unit scores, bias included (visibility is the caller's) and, with TERMS, the three
+    terms for the dQ kernels' scale gradients; without, zeros, and gamma_i and delta_i come already
+    multiplied by the weekend scale (`scores_with_bias`)."""
+    dot = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+    if TERMS:
+        b_time, b_hour, b_weekend = composite_terms(t_i, sin_i, cos_i, gamma_i, delta_i, t_j, sin_j, cos_j, w_j, FAST_MATH)
+        scores = biased_scores(dot, qk_scale, b_time, b_hour, b_weekend, s_time, s_hour, s_weekend)
+    else:
+        scores = scores_with_bias(dot, qk_scale, t_i, sin_i, cos_i, gamma_i, delta_i, t_j, sin_j, cos_j, w_j, s_time, s_hour, FAST_MATH)
+        b_time, b_hour, b_weekend = 0.0, 0.0, 0.0
+    return scores, b_time, b_hour, b_weekend
+
+
+@triton.jit
 def load_scales(SCALES, h, H: tl.constexpr):
     """Head h's three temporal scales from the `[3, H]` float32 table, in log2 units (times log2 e):
     the kernels build scores in log2 units, so no pair needs its own conversion."""

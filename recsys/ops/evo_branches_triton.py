@@ -4,11 +4,12 @@ branches' gradients of the shared q, k and v are summed inside the kernels.
 As three separate nodes (`evo_keyed_triton` twice, `evo_local_triton` once) autograd adds the
 branches' full-size dQ, dK and dV afterwards, and the transition branch's key gather and the global
 branch's chunk means scatter theirs into zero-filled full-size tensors first: at B·n = 65,536 and
-8 heads of 64 those passes took ~0.6 of 2.7 ms on the H100 (session 5 profile). Here the backward
-runs the dQ kernels first, each storing its branch's row term rowsum(dO·O) from the dO and O tiles
-it loads (no separate row-term pass), then the dK/dV kernels:
-- dQ: the local kernel writes it (history and candidates: the local kernels handle the candidates'
-  window too), then the global and transition dQ kernels add in place (`ACCUMULATE`);
+8 heads of 64 those passes took ~0.6 of 2.7 ms on the H100 (session 5 profile). The forward runs the
+local kernel and one keyed kernel for both key lists. The backward runs one dQ kernel, storing each
+branch's row term rowsum(dO·O) from the dO and O tiles it loads (no separate row-term pass), then
+the dK/dV kernels:
+- dQ: the local dQ kernel walks the window (history and candidates: the local kernels handle the
+  candidates' window too), then the global and transition key lists, and writes dQ once;
 - dK, dV: the keyed dK/dV kernels give small float32 per-chunk and per-tail gradients; the local
   dK/dV kernel gathers them per key (`KeyGradientsIn`) and writes each key's whole gradient once.
 When the chunk summaries average something other than k and v (SparseCTR's `compression: mlp`), the

@@ -29,8 +29,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from recsys.ops.evo_bias_triton import (accumulate_key_gradients, accumulate_query_gradients, biased_scores, composite_terms,
-                                        event_clock, load_scales, scores_with_bias, weekend_coefficients, weekend_value)
+from recsys.ops.evo_bias_triton import (accumulate_key_gradients, accumulate_query_gradients, event_clock, load_scales, tile_scores,
+                                        weekend_coefficients, weekend_value)
 from recsys.ops.triton_tiles import (INTERPRETED, finish_rows, head_base, head_strides, load_backward_rows, load_tile, online_softmax_step,
                                      output_backward_rows, program_block, program_rows, store_tile, tile_configs)
 
@@ -55,13 +55,8 @@ def _keyed_tile(q, k, t_i, sin_i, cos_i, gamma_i, delta_i, position_i, t_j, sin_
                 qk_scale, TERMS: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr):
     """log2-unit scores of a query tile against a key block (-inf where not visible) and, with TERMS,
     the three terms (else zeros: gamma_i and delta_i then come multiplied by the weekend scale)."""
-    dot = tl.dot(q, tl.trans(k), input_precision=PRECISION)
-    if TERMS:
-        b_time, b_hour, b_weekend = composite_terms(t_i, sin_i, cos_i, gamma_i, delta_i, t_j, sin_j, cos_j, w_j, FAST_MATH)
-        scores = biased_scores(dot, qk_scale, b_time, b_hour, b_weekend, s_time, s_hour, s_weekend)
-    else:
-        scores = scores_with_bias(dot, qk_scale, t_i, sin_i, cos_i, gamma_i, delta_i, t_j, sin_j, cos_j, w_j, s_time, s_hour, FAST_MATH)
-        b_time, b_hour, b_weekend = 0.0, 0.0, 0.0
+    scores, b_time, b_hour, b_weekend = tile_scores(q, k, t_i, sin_i, cos_i, gamma_i, delta_i, t_j, sin_j, cos_j, w_j, s_time, s_hour,
+                                                    s_weekend, qk_scale, TERMS, PRECISION, FAST_MATH)
     return tl.where(first_query_j[None, :] <= position_i[:, None], scores, float("-inf")), b_time, b_hour, b_weekend
 
 

@@ -28,8 +28,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from recsys.ops.evo_bias_triton import (accumulate_key_gradients, accumulate_query_gradients, add_scale_gradients, biased_scores, composite_terms,
-                                        event_clock, load_scales, scores_with_bias, weekend_coefficients, weekend_value)
+from recsys.ops.evo_bias_triton import (accumulate_key_gradients, accumulate_query_gradients, add_scale_gradients, event_clock, load_scales,
+                                        tile_scores, weekend_coefficients, weekend_value)
 from recsys.ops.evo_keyed_triton import KEY_TILE, KeyList, KeyTimes, key_list_query_gradients
 from recsys.ops.triton_tiles import (INTERPRETED, finish_rows, head_base, load_backward_rows, load_tile, online_softmax_step, query_backward_rows,
                                      head_strides, pad_head_dim, padded_head_dim, profile_key_gradients, profile_key_start, program_rows,
@@ -56,13 +56,8 @@ def _local_tile(q, k, offs_m, offs_n, t_i, sin_i, cos_i, gamma_i, delta_i, t_j, 
     zeros: gamma_i and delta_i then come multiplied by the weekend scale, `scores_with_bias`). History
     query i sees the real history keys (i - WINDOW, i]; a candidate (i >= L) the real history keys
     [L - WINDOW, L) and itself."""
-    dot = tl.dot(q, tl.trans(k), input_precision=PRECISION)
-    if TERMS:
-        b_time, b_hour, b_weekend = composite_terms(t_i, sin_i, cos_i, gamma_i, delta_i, t_j, sin_j, cos_j, w_j, FAST_MATH)
-        scores = biased_scores(dot, qk_scale, b_time, b_hour, b_weekend, s_time, s_hour, s_weekend)
-    else:
-        scores = scores_with_bias(dot, qk_scale, t_i, sin_i, cos_i, gamma_i, delta_i, t_j, sin_j, cos_j, w_j, s_time, s_hour, FAST_MATH)
-        b_time, b_hour, b_weekend = 0.0, 0.0, 0.0
+    scores, b_time, b_hour, b_weekend = tile_scores(q, k, t_i, sin_i, cos_i, gamma_i, delta_i, t_j, sin_j, cos_j, w_j, s_time, s_hour,
+                                                    s_weekend, qk_scale, TERMS, PRECISION, FAST_MATH)
     if CANDIDATES:  # compiled separately: the history-only rule is cheaper per pair
         anchor = tl.minimum(offs_m, L - 1)  # a candidate's window ends at the last history key
         own_key = tl.where(offs_m >= L, offs_m, -1)
