@@ -219,15 +219,17 @@ class KeyList(NamedTuple):
     lse: Optional[Tensor] = None
 
 
-def _list_arguments(lists: Sequence[KeyList], backward: bool) -> list:
-    """Each list's kernel arguments, the second list repeating the first where there is one list only
-    (the kernel reads it only with TWO)."""
+def list_arguments(lists: Sequence[KeyList], deltas: Optional[Sequence[Tensor]] = None) -> list:
+    """Each list's kernel arguments (keys, values, their times, ends, flags and clock, then the output;
+    with `deltas`, the list's row-term buffer to fill: dO, output, log-sum-exp and that buffer), the
+    second list repeating the first where there is one list only (the kernels read it only with two)."""
     if len(lists) not in (1, 2):
         raise ValueError(f"the keyed kernels take one or two key lists, got {len(lists)}")
     arguments = []
-    for entry in (lists[0], lists[-1]):
+    for index in (0, -1):
+        entry = lists[index]
         arguments += [entry.k.contiguous(), entry.v.contiguous(), *entry.keys]
-        arguments += [entry.grad_out, entry.out, entry.lse] if backward else [entry.out]
+        arguments += [entry.out] if deltas is None else [entry.grad_out, entry.out, entry.lse, deltas[index]]
     return arguments
 
 
@@ -238,7 +240,7 @@ def keyed_forward(q: Tensor, lists: Sequence[KeyList], query_times: Tensor, quer
     lists run in one launch: the query tile is read once for both."""
     batch, heads, total, _ = q.shape
     lses = [torch.empty(batch, heads, total, device=q.device, dtype=torch.float32) for _ in lists]
-    arguments = _list_arguments(lists, backward=False)
+    arguments = list_arguments(lists)
     _keyed_forward_kernel[lambda meta: (triton.cdiv(total, meta["BLOCK_M"]), batch * heads)](
         q, query_times, query_flags, query_clock, scales32, *arguments[:7], lses[0], *arguments[7:], lses[-1], sm_scale, total,
         history_length, lists[0].k.shape[2], lists[-1].k.shape[2], *head_strides(q), *head_strides(*(entry.out for entry in lists)),

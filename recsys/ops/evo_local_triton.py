@@ -30,7 +30,7 @@ from torch import Tensor
 
 from recsys.ops.evo_bias_triton import (accumulate_key_gradients, accumulate_query_gradients, add_scale_gradients, event_clock, load_scales,
                                         tile_scores, weekend_coefficients, weekend_value)
-from recsys.ops.evo_keyed_triton import KEY_TILE, KeyList, KeyTimes, key_list_query_gradients
+from recsys.ops.evo_keyed_triton import KEY_TILE, KeyList, KeyTimes, key_list_query_gradients, list_arguments
 from recsys.ops.triton_tiles import (INTERPRETED, finish_rows, head_base, load_backward_rows, load_tile, online_softmax_step, query_backward_rows,
                                      head_strides, pad_head_dim, padded_head_dim, profile_key_gradients, profile_key_start, program_rows,
                                      store_tile, tile_configs)
@@ -337,15 +337,12 @@ def local_query_gradients(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_
         raise ValueError(f"the local dQ kernel takes no key list or two, got {len(keyed)}")
     batch, heads, rows, _ = q.shape
     deltas = [torch.empty(q.shape[:3], device=q.device, dtype=torch.float32) for _ in range(1 + len(keyed))]
-    lists = list(keyed) or [KeyList(k, v, KeyTimes(times, times, flags, clock), out, grad_out, lse)] * 2  # unread stand-ins
-    list_arguments = []
-    for entry, delta in zip(lists, deltas[1:] if keyed else deltas * 2):
-        list_arguments += [entry.k.contiguous(), entry.v.contiguous(), *entry.keys, entry.grad_out, entry.out, entry.lse, delta]
+    lists = list(keyed) or [KeyList(k, v, KeyTimes(times, times, flags, clock), out, grad_out, lse)]  # an unread stand-in
     _local_dq_kernel[lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), batch * heads)](
         q, k, v, k_profile, v_profile, grad_out, out, lse, deltas[0], times, flags, clock, scales32, dq, dk_profile, dv_profile, dscales,
-        *list_arguments, sm_scale, length, rows, lists[0].k.shape[2], lists[1].k.shape[2], *head_strides(q, k, v, dq),
+        *list_arguments(lists, deltas[1:] or deltas), sm_scale, length, rows, lists[0].k.shape[2], lists[-1].k.shape[2], *head_strides(q, k, v, dq),
         *head_strides(out, *(entry.out for entry in keyed)), *head_strides(grad_out), *head_strides(lists[0].grad_out),
-        *head_strides(lists[1].grad_out), KEYED=bool(keyed), KEY_BLOCK=KEY_TILE, **_launch(q, length, window, weekend_rule))
+        *head_strides(lists[-1].grad_out), KEYED=bool(keyed), KEY_BLOCK=KEY_TILE, **_launch(q, length, window, weekend_rule))
     return deltas
 
 
