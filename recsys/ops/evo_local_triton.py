@@ -1,5 +1,6 @@
 """SparseCTR's local branch as one fused Triton kernel per direction (forward; dK/dV; dQ with the
-temporal scales' gradient).
+temporal scales' gradient, which also walks the global and transition key lists: one dQ kernel
+for the three branches).
 
 The branch (`recsys.ops.evo_attention.local_branch`, its twin in the tests): history query i sees
 the real history keys j with i - window < j <= i, a candidate (positions L.. of the sequence) the
