@@ -52,7 +52,7 @@ def main(quick: bool) -> None:
     for fast in (False,) if fused.INTERPRETED else (True,) if quick else (True, False):
         fused._launch = lambda q, w, r, fast=fast: {**launch(q, w, r), "FAST_MATH": fast}
         for config in all_tiles:
-            for kernel in (fused._local_forward_kernel, fused._local_backward_kernel):
+            for kernel in (fused._local_forward_kernel, fused._local_dkdv_kernel, fused._local_dq_kernel):
                 kernel.configs, kernel.cache = [config], {}
             got = fused.local_history_triton(q, k, v, kp, vp, times, real, window, scales, 0, 0)
             print(f"FAST_MATH={fast} {config}: {error_report(got, expected)}", flush=True)

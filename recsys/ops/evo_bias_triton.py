@@ -155,21 +155,6 @@ def accumulate_query_gradients(dq, d_time, d_hour, d_weekend, do, k, v, scores, 
 
 
 @triton.jit
-def accumulate_pair_gradients(dq, dk, dv, d_time, d_hour, d_weekend, q, k, v, do, scores, lse, delta_row, b_time, b_hour, b_weekend,
-                              PRECISION: tl.constexpr):
-    """A tile that serves both its query block (dQ, scale sums) and its key block (dK, dV): the local
-    backward's diagonal tile, whose probabilities and dS are computed once for both sides."""
-    p = tl.exp2(scores - lse[:, None])
-    dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
-    dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-    ds = p * (dp - delta_row[:, None])
-    ds_low = ds.to(q.dtype)
-    dk += tl.dot(tl.trans(ds_low), q, input_precision=PRECISION)
-    dq += tl.dot(ds_low, k, input_precision=PRECISION)
-    return (dq, dk, dv, d_time + tl.sum(ds * b_time, 1), d_hour + tl.sum(ds * b_hour, 1), d_weekend + tl.sum(ds * b_weekend, 1))
-
-
-@triton.jit
 def add_scale_gradients(DSCALES, h, H: tl.constexpr, d_time, d_hour, d_weekend):
     """Add a program's sums to the `[3, H]` scales' gradient (programs of one head share it)."""
     tl.atomic_add(DSCALES + h, tl.sum(d_time, 0))

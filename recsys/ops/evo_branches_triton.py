@@ -5,12 +5,13 @@ As three separate nodes (`evo_keyed_triton` twice, `evo_local_triton` once) auto
 branches' full-size dQ, dK and dV afterwards, and the transition branch's key gather and the global
 branch's chunk means scatter theirs into zero-filled full-size tensors first: at B·n = 65,536 and
 8 heads of 64 those passes took ~0.6 of 2.7 ms on the H100 (session 5 profile). The forward runs the
-local kernel and one keyed kernel for both key lists. The backward runs three kernels, each
-computing the row terms rowsum(dO·O) it needs from the dO and O tiles it loads (no row-term pass):
-- the keyed dK/dV kernel, once per list: small float32 per-chunk and per-tail gradients;
-- the local backward kernel: one program per block of positions computes its keys' dK, dV (the
-  window's and, gathered per key, the keyed lists' `KeyGradientsIn`, written once) and its
-  queries' dQ over the window, the profile key and both key lists (written once).
+local kernel and one keyed kernel for both key lists. The backward runs one dQ kernel, storing each
+branch's row term rowsum(dO·O) from the dO and O tiles it loads (no separate row-term pass), then
+the dK/dV kernels:
+- dQ: the local dQ kernel walks the window (history and candidates: the local kernels handle the
+  candidates' window too), then the global and transition key lists, and writes dQ once;
+- dK, dV: the keyed dK/dV kernels give small float32 per-chunk and per-tail gradients; the local
+  dK/dV kernel gathers them per key (`KeyGradientsIn`) and writes each key's whole gradient once.
 When the chunk summaries average something other than k and v (SparseCTR's `compression: mlp`), the
 per-chunk gradient goes to those tensors instead (`chunk_summary_gradient`).
 
@@ -35,7 +36,7 @@ from torch import Tensor
 
 from recsys.ops.evo_attention import EvoGeometry, FusedTimes, _gather_positions, chunk_membership, chunk_summaries_matmul
 from recsys.ops.evo_keyed_triton import KeyList, KeyTimes, keyed_forward, keyed_key_gradients
-from recsys.ops.evo_local_triton import KeyGradientsIn, local_backward, local_forward
+from recsys.ops.evo_local_triton import KeyGradientsIn, local_forward, local_key_gradients, local_query_gradients
 from recsys.ops.triton_tiles import INTERPRETED, pad_head_dim, padded_head_dim
 
 
@@ -154,20 +155,21 @@ def _backward(grads: List[Tensor], saved: List[Tensor], times: List[Tensor], win
     d_qkv = torch.empty_like(qkv)
     dq, dk, dv = split_heads(d_qkv)
 
-    # The keyed dK/dV kernels first: their small float32 per-chunk and per-tail gradients are what the local backward kernel adds
-    # to the history keys' before its one store; it also writes dQ of the three branches.
-    dk_chunks, dv_chunks = keyed_key_gradients(q, k_chunks, v_chunks, grads[0], global_out, lse[0], *keyed, chunk_keys, scales32, *shape)
-    sizes = chunk_sizes.view(chunk_sizes.shape[0], 1, -1, 1)
-    dk_chunks, dv_chunks = dk_chunks / sizes, dv_chunks / sizes
-    dk_tails, dv_tails = keyed_key_gradients(q, k_tails, v_tails, grads[1], transition_out, lse[1], *keyed, tail_keys, scales32, *shape)
-    tail_in = KeyGradientsIn(tail_slot=timing.tail_slot, d_tail_keys=dk_tails, d_tail_values=dv_tails)
-    extra = tail_in._replace(chunk_id=timing.history_chunk, d_chunk_keys=dk_chunks, d_chunk_values=dv_chunks) if shared_summary else tail_in
+    # dQ first, one kernel for the three branches: it also stores each branch's row term rowsum(dO·O) for the dK/dV kernels.
     dk_profile = torch.zeros(k_profile.shape, device=q.device, dtype=torch.float32)
     dv_profile = torch.zeros_like(dk_profile)
     keyed_lists = [KeyList(k_chunks, v_chunks, chunk_keys, global_out, grads[0], lse[0]),
                    KeyList(k_tails, v_tails, tail_keys, transition_out, grads[1], lse[1])]
-    local_backward(q, k, v, k_profile, v_profile, grads[2], local, lse[2], *query_words, dq, dk, dv, dk_profile, dv_profile, dscales,
-                   *local_shape, keyed=keyed_lists, extra=extra)
+    local_delta, global_delta, tail_delta = local_query_gradients(q, k, v, k_profile, v_profile, grads[2], local, lse[2], *query_words, dq,
+                                                                  dk_profile, dv_profile, dscales, *local_shape, keyed=keyed_lists)
+
+    dk_chunks, dv_chunks = keyed_key_gradients(q, k_chunks, v_chunks, grads[0], lse[0], global_delta, *keyed, chunk_keys, scales32, *shape)
+    sizes = chunk_sizes.view(chunk_sizes.shape[0], 1, -1, 1)
+    dk_chunks, dv_chunks = dk_chunks / sizes, dv_chunks / sizes
+    dk_tails, dv_tails = keyed_key_gradients(q, k_tails, v_tails, grads[1], lse[1], tail_delta, *keyed, tail_keys, scales32, *shape)
+    tail_in = KeyGradientsIn(tail_slot=timing.tail_slot, d_tail_keys=dk_tails, d_tail_values=dv_tails)
+    extra = tail_in._replace(chunk_id=timing.history_chunk, d_chunk_keys=dk_chunks, d_chunk_values=dv_chunks) if shared_summary else tail_in
+    local_key_gradients(q, k, v, grads[2], lse[2], local_delta, *query_words, dk, dv, *local_shape, extra=extra)
 
     if shared_summary:
         dk_summary, dv_summary = q.new_empty(0), q.new_empty(0)  # two tensors: a custom op's returns may not alias

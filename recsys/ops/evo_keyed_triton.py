@@ -31,8 +31,8 @@ from torch import Tensor
 
 from recsys.ops.evo_bias_triton import (accumulate_key_gradients, accumulate_query_gradients, event_clock, load_scales, tile_scores,
                                         weekend_coefficients, weekend_value)
-from recsys.ops.triton_tiles import (INTERPRETED, finish_rows, head_base, head_strides, load_tile, online_softmax_step, output_rows,
-                                     program_block, program_rows, store_tile, tile_configs)
+from recsys.ops.triton_tiles import (INTERPRETED, finish_rows, head_base, head_strides, load_backward_rows, load_tile, online_softmax_step,
+                                     output_backward_rows, program_block, program_rows, store_tile, tile_configs)
 
 _QUERIES_PER_SPLIT = 1024  # dK/dV: queries one program walks for its key block
 
@@ -140,13 +140,11 @@ def _keyed_forward_kernel(Q, TQ, QFLAGS, QCLOCK, SCALES, K0, V0, TK0, KEND0, KFL
 
 @triton.autotune(configs=_DKDV_TILES, key=["T", "NK", "D"])
 @triton.jit
-def _keyed_dkdv_kernel(Q, K, V, DO, O, LSE, TQ, QFLAGS, QCLOCK, TK, KEND, KFLAGS, KCLOCK, SCALES, DK, DV, sm_scale, T, L, NK, QUERIES,
-                       QB, QH, QT, OB, OH, OT, GB, GH, GT, H: tl.constexpr, D: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr,
+def _keyed_dkdv_kernel(Q, K, V, DO, LSE, DELTA, TQ, QFLAGS, QCLOCK, TK, KEND, KFLAGS, KCLOCK, SCALES, DK, DV, sm_scale, T, L, NK, QUERIES,
+                       QB, QH, QT, GB, GH, GT, H: tl.constexpr, D: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr,
                        FAST_MATH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One key block and one slice of `QUERIES` queries per program: float32 partial dK, dV (summed
-    over the slices by the caller); the local backward kernel sums the temporal scales' gradient.
-    Each query tile's row term comes from its dO and output tiles (`output_rows`): this kernel runs
-    first, as the local backward adds its results to the history keys' gradients."""
+    over the slices by the caller); the dQ kernel sums the temporal scales' gradient."""
     b, h, pid_bh, start_n, offs_n, offs_d, cols, key_base = program_block(BLOCK_N, H, NK, D)
     split = tl.program_id(2)
     k = load_tile(K, key_base, offs_n, offs_d, D, cols)
@@ -159,12 +157,12 @@ def _keyed_dkdv_kernel(Q, K, V, DO, O, LSE, TQ, QFLAGS, QCLOCK, TK, KEND, KFLAGS
     hi = tl.minimum((split + 1) * QUERIES, T)
     dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, D], dtype=tl.float32)
-    query_base, out_base, do_base = head_base(b, h, QB, QH), head_base(b, h, OB, OH), head_base(b, h, GB, GH)
+    query_base, do_base = head_base(b, h, QB, QH), head_base(b, h, GB, GH)
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         rows = offs_m < hi
-        q = load_tile(Q, query_base, offs_m, offs_d, QT, rows)
-        do, lse, delta_row = output_rows(DO, do_base, GT, O, out_base, OT, LSE, pid_bh.to(tl.int64) * T, offs_m, offs_d, rows)
+        q, do, lse, delta_row = load_backward_rows(Q, query_base, QT, DO, do_base, GT, LSE, DELTA, pid_bh.to(tl.int64) * T, offs_m, offs_d,
+                                                   rows)
         t_i, sin_i, cos_i, gamma_i, delta_i, position_i = _queries(TQ, QFLAGS, QCLOCK, b, offs_m, rows, T, L, WEEKEND_BOTH)
         scores, _, _, _ = _keyed_tile(q, k, t_i, sin_i, cos_i, gamma_i * s_weekend, delta_i * s_weekend, position_i, t_j, sin_j, cos_j, w_j,
                                       first_query_j, s_time, s_hour, 1.0, sm_scale * 1.4426950408889634, False, PRECISION, FAST_MATH)
@@ -175,13 +173,14 @@ def _keyed_dkdv_kernel(Q, K, V, DO, O, LSE, TQ, QFLAGS, QCLOCK, TK, KEND, KFLAGS
 
 
 @triton.jit
-def key_list_query_gradients(dq, d_time, d_hour, d_weekend, q, DO, GB, GH, GT, O, LSE, K, V, TK, KEND, KFLAGS, KCLOCK, NK, b, h,
+def key_list_query_gradients(dq, d_time, d_hour, d_weekend, q, DO, GB, GH, GT, O, LSE, DELTA, K, V, TK, KEND, KFLAGS, KCLOCK, NK, b, h,
                               pid_bh, offs_m, offs_d, rows, t_i, sin_i, cos_i, gamma_i, delta_i, position_i, s_time, s_hour, s_weekend,
                               qk_scale, T, OB, OH, OT, D: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
                               FAST_MATH: tl.constexpr):
-    """One key list's share of a query tile's dQ (unscaled) and scale sums."""
-    do, lse, delta_row = output_rows(DO, head_base(b, h, GB, GH), GT, O, head_base(b, h, OB, OH), OT, LSE, pid_bh.to(tl.int64) * T, offs_m,
-                                     offs_d, rows)
+    """One key list's share of a query tile's dQ (unscaled) and scale sums; stores the list's row term
+    rowsum(dO·O) for its dK/dV kernel."""
+    do, lse, delta_row = output_backward_rows(DO, head_base(b, h, GB, GH), GT, O, head_base(b, h, OB, OH), OT, LSE, DELTA,
+                                              pid_bh.to(tl.int64) * T, offs_m, offs_d, rows)
     key_base = pid_bh.to(tl.int64) * NK * D
     for start_n in range(0, NK, BLOCK_N):
         k, v, scores, b_time, b_hour, b_weekend = _key_block(start_n, q, K, V, key_base, offs_d, t_i, sin_i, cos_i, gamma_i, delta_i,
@@ -220,17 +219,17 @@ class KeyList(NamedTuple):
     lse: Optional[Tensor] = None
 
 
-def list_arguments(lists: Sequence[KeyList], backward: bool = False) -> list:
+def list_arguments(lists: Sequence[KeyList], deltas: Optional[Sequence[Tensor]] = None) -> list:
     """Each list's kernel arguments (keys, values, their times, ends, flags and clock, then the output;
-    `backward`: dO, output and log-sum-exp), the second list repeating the first where there is one
-    list only (the kernels read it only with two)."""
+    with `deltas`, the list's row-term buffer to fill: dO, output, log-sum-exp and that buffer), the
+    second list repeating the first where there is one list only (the kernels read it only with two)."""
     if len(lists) not in (1, 2):
         raise ValueError(f"the keyed kernels take one or two key lists, got {len(lists)}")
     arguments = []
     for index in (0, -1):
         entry = lists[index]
         arguments += [entry.k.contiguous(), entry.v.contiguous(), *entry.keys]
-        arguments += [entry.grad_out, entry.out, entry.lse] if backward else [entry.out]
+        arguments += [entry.out] if deltas is None else [entry.grad_out, entry.out, entry.lse, deltas[index]]
     return arguments
 
 
@@ -249,19 +248,17 @@ def keyed_forward(q: Tensor, lists: Sequence[KeyList], query_times: Tensor, quer
     return lses
 
 
-def keyed_key_gradients(q: Tensor, k: Tensor, v: Tensor, grad_out: Tensor, out: Tensor, lse: Tensor, query_times: Tensor,
+def keyed_key_gradients(q: Tensor, k: Tensor, v: Tensor, grad_out: Tensor, lse: Tensor, delta: Tensor, query_times: Tensor,
                         query_flags: Tensor, query_clock: Tensor, keys: KeyTimes, scales32: Tensor, history_length: int, weekend_rule: int,
                         sm_scale: float) -> Tuple[Tensor, Tensor]:
-    """float32 dK, dV `[B, H, K, D]` of one key list: its branch output `out`, the output's gradient
-    and natural log-sum-exp `[B, H, T]`."""
+    """float32 dK, dV `[B, H, K, D]`."""
     batch, heads, total, dim = q.shape
     count = k.shape[2]
     splits = triton.cdiv(total, _QUERIES_PER_SPLIT)
     dk_parts = torch.empty(splits, batch, heads, count, dim, device=q.device, dtype=torch.float32)
     dv_parts = torch.empty_like(dk_parts)
     _keyed_dkdv_kernel[lambda meta: (triton.cdiv(count, meta["BLOCK_N"]), batch * heads, splits)](
-        q, k.contiguous(), v.contiguous(), grad_out, out, lse, query_times, query_flags, query_clock, *keys, scales32,
-        dk_parts, dv_parts, sm_scale, total, history_length, count, _QUERIES_PER_SPLIT, *head_strides(q), *head_strides(out),
-        *head_strides(grad_out),
+        q, k.contiguous(), v.contiguous(), grad_out, lse, delta, query_times, query_flags, query_clock, *keys, scales32,
+        dk_parts, dv_parts, sm_scale, total, history_length, count, _QUERIES_PER_SPLIT, *head_strides(q), *head_strides(grad_out),
         **_launch(q, weekend_rule))
     return (dk_parts[0], dv_parts[0]) if splits == 1 else (dk_parts.sum(0), dv_parts.sum(0))

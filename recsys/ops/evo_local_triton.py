@@ -22,19 +22,19 @@ Runs on CUDA; on CPU under Triton's interpreter (`TRITON_INTERPRET=1`), which th
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional, Sequence
+from typing import List, NamedTuple, Optional, Sequence
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from recsys.ops.evo_bias_triton import (accumulate_key_gradients, accumulate_pair_gradients, accumulate_query_gradients, add_scale_gradients,
-                                        event_clock, load_scales, tile_scores, weekend_coefficients, weekend_value)
+from recsys.ops.evo_bias_triton import (accumulate_key_gradients, accumulate_query_gradients, add_scale_gradients, event_clock, load_scales,
+                                        tile_scores, weekend_coefficients, weekend_value)
 from recsys.ops.evo_keyed_triton import KEY_TILE, KeyList, KeyTimes, key_list_query_gradients, list_arguments
-from recsys.ops.triton_tiles import (INTERPRETED, finish_rows, head_base, head_strides, load_tile, online_softmax_step, output_rows,
-                                     pad_head_dim, padded_head_dim, profile_key_gradients, profile_key_start, program_rows, store_tile,
-                                     tile_configs)
+from recsys.ops.triton_tiles import (INTERPRETED, finish_rows, head_base, load_backward_rows, load_tile, online_softmax_step, query_backward_rows,
+                                     head_strides, pad_head_dim, padded_head_dim, profile_key_gradients, profile_key_start, program_rows,
+                                     store_tile, tile_configs)
 
 
 
@@ -109,7 +109,8 @@ def _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, sin_i, cos_i, gamm
 # long, so software pipelining (num_stages > 1) only costs shared memory and occupancy: one stage
 # ran 8-15 % faster, and the dK/dV kernel's 32-row tiles run best on two warps.
 _FORWARD_TILES = tile_configs([(64, 32, 4, 1)])
-_BACKWARD_TILES = tile_configs([(32, 32, 4, 1), (32, 32, 2, 1), (64, 64, 4, 1), (64, 64, 8, 1)])
+_DQ_TILES = tile_configs([(64, 32, 4, 1)])
+_DKDV_TILES = tile_configs([(32, 32, 2, 1), (32, 32, 2, 3)])
 
 
 @triton.autotune(configs=_FORWARD_TILES, key=["L", "ROWS", "D", "WINDOW"])
@@ -146,39 +147,62 @@ def _local_forward_kernel(Q, K, V, KP, VP, T, FLAGS, CLOCK, SCALES, O, LSE, sm_s
     tl.store(LSE + pid_bh.to(tl.int64) * ROWS + offs_m, lse, mask=rows)
 
 
+@triton.autotune(configs=_DKDV_TILES, key=["L", "ROWS", "D", "WINDOW"])
 @triton.jit
-def _other_query_tiles(dk, dv, k, v, t_j, sin_j, cos_j, w_j, reach_j, start, T_row, FLAGS_row, CLOCK_row, s_time, s_hour, s_weekend,
-                       sm_scale, L, ROWS, Q, DO, O, LSE, base, QT, out_base, OT, do_base, GT, pid_bh, offs_n, offs_d, WINDOW: tl.constexpr,
+def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, FLAGS, CLOCK, SCALES, DK, DV, CHUNK_ID, DKC, DVC, P, TAIL_SLOT, DKT, DVT, NT,
+                       sm_scale, L, ROWS, QB, QH, QT, GB, GH, GT, H: tl.constexpr, D: tl.constexpr, WINDOW: tl.constexpr,
                        CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """The key block's dK and dV from the query tiles whose window reaches it, but its own (`start`:
-    the diagonal tile, which the caller computes once for both sides)."""
-    for start_m in range(start // BLOCK_M * BLOCK_M, tl.minimum(start + BLOCK_N + WINDOW - 1, L), BLOCK_M):  # history queries
-        if start_m != start:
-            offs_m = start_m + tl.arange(0, BLOCK_M)
-            dk, dv = _key_block_update(dk, dv, k, v, t_j, sin_j, cos_j, w_j, reach_j, T_row, FLAGS_row, CLOCK_row, s_time, s_hour, s_weekend,
-                                       sm_scale, L, ROWS, Q, DO, O, LSE, base, QT, out_base, OT, do_base, GT, pid_bh, offs_m, offs_n, offs_d,
-                                       offs_m < L, CANDIDATES, WEEKEND_BOTH, PRECISION, FAST_MATH)
+                       CHUNK_GRADS: tl.constexpr, TAIL_GRADS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One key block per program: the query tiles whose window reaches it; dK and dV (the dQ kernel
+    sums the temporal scales' gradient).
+    CHUNK_GRADS / TAIL_GRADS: the block also adds what the global and transition branches give its
+    keys (float32 `[B, H, P, D]` per chunk, already divided by the chunk's size, gathered by
+    CHUNK_ID; `[B, H, NT, D]` per tail key, gathered by TAIL_SLOT, -1 where none), so one store
+    writes the keys' whole gradient. q, k, v, dk and dv share the strides (QB, QH, QT); dO has (GB, GH, GT)."""
+    b, h, pid_bh, start_n, offs_n, cols = program_rows(BLOCK_N, H, ROWS)
+    offs_d = tl.arange(0, D)
+    base, do_base = head_base(b, h, QB, QH), head_base(b, h, GB, GH)
+    k = load_tile(K, base, offs_n, offs_d, QT, cols)
+    v = load_tile(V, base, offs_n, offs_d, QT, cols)
+    T_row, FLAGS_row, CLOCK_row = T + b * ROWS, FLAGS + b * ROWS, CLOCK + b * 2 * ROWS
+    t_j, sin_j, cos_j, w_j, reach_j = _key_terms(T_row, FLAGS_row, CLOCK_row, offs_n, L, ROWS, WINDOW)  # once for every query tile
+    s_time, s_hour, s_weekend = load_scales(SCALES, h, H)
+    dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, D], dtype=tl.float32)
+    # history queries whose window reaches the block
+    for start_m in range(start_n // BLOCK_M * BLOCK_M, tl.minimum(start_n + BLOCK_N + WINDOW - 1, L), BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        dk, dv = _key_block_update(dk, dv, k, v, t_j, sin_j, cos_j, w_j, reach_j, T_row, FLAGS_row, CLOCK_row, s_time, s_hour, s_weekend, sm_scale, L, ROWS, Q, DO,
+                                   LSE, DELTA, base, QT, do_base, GT, pid_bh, offs_m, offs_n, offs_d, offs_m < L, CANDIDATES, WEEKEND_BOTH,
+                                   PRECISION, FAST_MATH)
     if CANDIDATES:  # all candidates see the last WINDOW history keys, each one its own key
-        candidates_lo = tl.where(start >= L, start // BLOCK_M * BLOCK_M, tl.where(start + BLOCK_N > L - WINDOW, L // BLOCK_M * BLOCK_M, ROWS))
-        candidates_hi = tl.where(start >= L, tl.minimum(start + BLOCK_N, ROWS), ROWS)
+        candidates_lo = tl.where(start_n >= L, start_n // BLOCK_M * BLOCK_M,
+                                 tl.where(start_n + BLOCK_N > L - WINDOW, L // BLOCK_M * BLOCK_M, ROWS))
+        candidates_hi = tl.where(start_n >= L, tl.minimum(start_n + BLOCK_N, ROWS), ROWS)
         for start_m in range(candidates_lo, candidates_hi, BLOCK_M):
-            if start_m != start:
-                offs_m = start_m + tl.arange(0, BLOCK_M)
-                dk, dv = _key_block_update(dk, dv, k, v, t_j, sin_j, cos_j, w_j, reach_j, T_row, FLAGS_row, CLOCK_row, s_time, s_hour,
-                                           s_weekend, sm_scale, L, ROWS, Q, DO, O, LSE, base, QT, out_base, OT, do_base, GT, pid_bh, offs_m,
-                                           offs_n, offs_d, (offs_m >= L) & (offs_m < ROWS), CANDIDATES, WEEKEND_BOTH, PRECISION, FAST_MATH)
-    return dk, dv
+            offs_m = start_m + tl.arange(0, BLOCK_M)
+            dk, dv = _key_block_update(dk, dv, k, v, t_j, sin_j, cos_j, w_j, reach_j, T_row, FLAGS_row, CLOCK_row, s_time, s_hour, s_weekend, sm_scale, L, ROWS, Q,
+                                       DO, LSE, DELTA, base, QT, do_base, GT, pid_bh, offs_m, offs_n, offs_d, (offs_m >= L) & (offs_m < ROWS),
+                                       CANDIDATES, WEEKEND_BOTH, PRECISION, FAST_MATH)
+    dk = dk * sm_scale
+    history = cols & (offs_n < L)
+    if CHUNK_GRADS:
+        chunk = tl.load(CHUNK_ID + b * L + offs_n, mask=history, other=0)
+        dk, dv = _add_key_rows(dk, dv, DKC, DVC, pid_bh, chunk - 1, P, offs_d, history & (chunk > 0), D)
+    if TAIL_GRADS:
+        slot = tl.load(TAIL_SLOT + b * L + offs_n, mask=history, other=-1)
+        dk, dv = _add_key_rows(dk, dv, DKT, DVT, pid_bh, slot, NT, offs_d, history & (slot >= 0), D)
+    store_tile(DK, base, offs_n, offs_d, QT, cols, dk)
+    store_tile(DV, base, offs_n, offs_d, QT, cols, dv)
 
 
 @triton.jit
-def _key_block_update(dk, dv, k, v, t_j, sin_j, cos_j, w_j, reach_j, T_row, FLAGS_row, CLOCK_row, s_time, s_hour, s_weekend, sm_scale, L,
-                      ROWS, Q, DO, O, LSE, base, QT, out_base, OT, do_base, GT, pid_bh, offs_m, offs_n, offs_d, rows,
-                      CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr):
+def _key_block_update(dk, dv, k, v, t_j, sin_j, cos_j, w_j, reach_j, T_row, FLAGS_row, CLOCK_row, s_time, s_hour, s_weekend, sm_scale, L, ROWS, Q, DO, LSE, DELTA,
+                      base, QT, do_base, GT, pid_bh, offs_m, offs_n, offs_d, rows, CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr,
+                      PRECISION: tl.constexpr, FAST_MATH: tl.constexpr):
     """One query tile's (`rows` of `offs_m`) contribution to a key block's dK and dV; t_j .. reach_j
     the block's `_key_terms`."""
-    q = load_tile(Q, base, offs_m, offs_d, QT, rows)
-    do, lse, delta_row = output_rows(DO, do_base, GT, O, out_base, OT, LSE, pid_bh.to(tl.int64) * ROWS, offs_m, offs_d, rows)
+    q, do, lse, delta_row = load_backward_rows(Q, base, QT, DO, do_base, GT, LSE, DELTA, pid_bh.to(tl.int64) * ROWS, offs_m, offs_d, rows)
     t_i, sin_i, cos_i, gamma_i, delta_i = _query_terms(T_row, FLAGS_row, CLOCK_row, offs_m, rows, ROWS, WEEKEND_BOTH)
     scores, _, _, _ = _local_tile(q, k, offs_m, offs_n, t_i, sin_i, cos_i, gamma_i * s_weekend, delta_i * s_weekend, t_j, sin_j, cos_j, w_j,
                                   reach_j, s_time, s_hour, 1.0, sm_scale * 1.4426950408889634, L, CANDIDATES, False, PRECISION, FAST_MATH)
@@ -193,107 +217,69 @@ def _add_key_rows(dk, dv, DKX, DVX, pid_bh, index, N, offs_d, valid, D: tl.const
             dv + tl.load(DVX + offsets, mask=valid[:, None], other=0.0))
 
 
+@triton.autotune(configs=_DQ_TILES, key=["L", "ROWS", "D", "WINDOW", "KEYED", "NK0", "NK1"], reset_to_zero=["DKP", "DVP", "DSCALES"])
 @triton.jit
-def _other_key_tiles(lo, hi, start, dq, d_time, d_hour, d_weekend, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, sin_i, cos_i,
-                     gamma_i, delta_i, T_row, FLAGS_row, CLOCK_row, s_time, s_hour, s_weekend, sm_scale, L, ROWS, KT, BLOCK_N: tl.constexpr,
-                     WINDOW: tl.constexpr, CANDIDATES: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr):
-    """A query block's dQ and scale sums over the key tiles in `[lo, hi)` but its own (`start`, the
-    diagonal tile); t_i .. delta_i its `_query_terms`."""
-    for start_n in range(lo, hi, BLOCK_N):
-        if start_n != start:
-            k, v, scores, b_time, b_hour, b_weekend = _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, sin_i, cos_i, gamma_i, delta_i,
-                                                                   T_row, FLAGS_row, CLOCK_row, s_time, s_hour, s_weekend,
-                                                                   sm_scale * 1.4426950408889634, L, ROWS, KT, BLOCK_N, WINDOW, CANDIDATES,
-                                                                   True, PRECISION, FAST_MATH)
-            dq, d_time, d_hour, d_weekend = accumulate_query_gradients(dq, d_time, d_hour, d_weekend, do, k, v, scores, lse, delta_row, b_time,
-                                                                       b_hour, b_weekend, PRECISION)
-    return dq, d_time, d_hour, d_weekend
-
-
-@triton.autotune(configs=_BACKWARD_TILES, key=["L", "ROWS", "D", "WINDOW", "KEYED", "NK0", "NK1", "CHUNK_GRADS", "TAIL_GRADS"],
-                 reset_to_zero=["DKP", "DVP", "DSCALES"])
-@triton.jit
-def _local_backward_kernel(Q, K, V, KP, VP, DO, O, LSE, T, FLAGS, CLOCK, SCALES, DQ, DK, DV, DKP, DVP, DSCALES, CHUNK_ID, DKC, DVC, P,
-                           TAIL_SLOT, DKT, DVT, NT, K0, V0, TK0, KEND0, KFLAGS0, KCLOCK0, DO0, O0, LSE0, K1, V1, TK1, KEND1, KFLAGS1, KCLOCK1,
-                           DO1, O1, LSE1, sm_scale, L, ROWS, NK0, NK1, QB, QH, QT, OB, OH, OT, GB, GH, GT, GB0, GH0, GT0, GB1, GH1, GT1,
-                           H: tl.constexpr, D: tl.constexpr, WINDOW: tl.constexpr, CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr,
-                           PRECISION: tl.constexpr, FAST_MATH: tl.constexpr, KEYED: tl.constexpr, CHUNK_GRADS: tl.constexpr,
-                           TAIL_GRADS: tl.constexpr, KEY_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Block p of positions as keys and as queries: dK, dV of its keys over the query tiles that reach
-    them, dQ and the scale sums of its queries over the key tiles they reach; the diagonal tile (its
-    queries against its keys) is computed once for both. Every pair's score, bias and dS is then
-    computed once for its key's side and once more for its query's side except on the diagonal, and
-    no dQ or dK/dV partial leaves the kernel (no atomics, no second pass).
-    KEYED: the global and transition branches' dQ too (`evo_keyed_triton.key_list_query_gradients`,
-    KEY_BLOCK keys per tile), so q is read and dQ written once for the three branches.
-    CHUNK_GRADS / TAIL_GRADS: the keys' gradients from the global and transition branches (float32
-    `[B, H, P, D]` per chunk, already divided by the chunk's size, gathered by CHUNK_ID; `[B, H, NT, D]`
-    per tail key, gathered by TAIL_SLOT, -1 where none) are added before the one store.
-    q, k, v, dq, dk and dv share the strides (QB, QH, QT); the local output (OB, OH, OT), as the keyed
-    outputs; each dO has its own."""
-    tl.static_assert(BLOCK_M == BLOCK_N, "the diagonal tile is one block of queries against the same block of keys")
-    b, h, pid_bh, start, offs, valid = program_rows(BLOCK_M, H, ROWS)
+def _local_dq_kernel(Q, K, V, KP, VP, DO, O, LSE, DELTA, T, FLAGS, CLOCK, SCALES, DQ, DKP, DVP, DSCALES,
+                     K0, V0, TK0, KEND0, KFLAGS0, KCLOCK0, DO0, O0, LSE0, DELTA0, K1, V1, TK1, KEND1, KFLAGS1, KCLOCK1, DO1, O1, LSE1, DELTA1,
+                     sm_scale, L, ROWS, NK0, NK1, QB, QH, QT, OB, OH, OT, GB, GH, GT, GB0, GH0, GT0, GB1, GH1, GT1, H: tl.constexpr,
+                     D: tl.constexpr, WINDOW: tl.constexpr, CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr,
+                     FAST_MATH: tl.constexpr, KEYED: tl.constexpr, KEY_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_N: tl.constexpr):
+    """q, k, v and dq share the strides (QB, QH, QT); the outputs (OB, OH, OT); each dO has its own.
+    KEYED: the global and transition branches' key lists too (`evo_keyed_triton.key_list_query_gradients`,
+    KEY_BLOCK keys per tile): the query tile is read, and dQ written, once for all three."""
+    b, h, pid_bh, start_m, offs_m, rows = program_rows(BLOCK_M, H, ROWS)
     offs_d = tl.arange(0, D)
-    base, out_base, do_base = head_base(b, h, QB, QH), head_base(b, h, OB, OH), head_base(b, h, GB, GH)
+    base = head_base(b, h, QB, QH)
+    q, do, lse, delta_row = query_backward_rows(Q, base, QT, DO, head_base(b, h, GB, GH), GT, O, head_base(b, h, OB, OH), OT, LSE, DELTA,
+                                                pid_bh.to(tl.int64) * ROWS, offs_m, offs_d, rows)
     T_row, FLAGS_row, CLOCK_row = T + b * ROWS, FLAGS + b * ROWS, CLOCK + b * 2 * ROWS
+    t_i, sin_i, cos_i, gamma_i, delta_i = _query_terms(T_row, FLAGS_row, CLOCK_row, offs_m, rows, ROWS, WEEKEND_BOTH)
     s_time, s_hour, s_weekend = load_scales(SCALES, h, H)
-
-    # the block as keys: every query tile that reaches it but the diagonal
-    k = load_tile(K, base, offs, offs_d, QT, valid)
-    v = load_tile(V, base, offs, offs_d, QT, valid)
-    t_j, sin_j, cos_j, w_j, reach_j = _key_terms(T_row, FLAGS_row, CLOCK_row, offs, L, ROWS, WINDOW)
-    dk, dv = _other_query_tiles(tl.zeros([BLOCK_N, D], dtype=tl.float32), tl.zeros([BLOCK_N, D], dtype=tl.float32), k, v, t_j, sin_j,
-                                cos_j, w_j, reach_j, start, T_row, FLAGS_row, CLOCK_row, s_time, s_hour, s_weekend, sm_scale, L, ROWS, Q, DO,
-                                O, LSE, base, QT, out_base, OT, do_base, GT, pid_bh, offs, offs_d, WINDOW, CANDIDATES, WEEKEND_BOTH,
-                                PRECISION, FAST_MATH, BLOCK_M, BLOCK_N)
-
-    # the diagonal tile, for both sides
-    q = load_tile(Q, base, offs, offs_d, QT, valid)
-    do, lse, delta_row = output_rows(DO, do_base, GT, O, out_base, OT, LSE, pid_bh.to(tl.int64) * ROWS, offs, offs_d, valid)
-    t_i, sin_i, cos_i, gamma_i, delta_i = _query_terms(T_row, FLAGS_row, CLOCK_row, offs, valid, ROWS, WEEKEND_BOTH)
-    scores, b_time, b_hour, b_weekend = _local_tile(q, k, offs, offs, t_i, sin_i, cos_i, gamma_i, delta_i, t_j, sin_j, cos_j, w_j, reach_j,
-                                                    s_time, s_hour, s_weekend, sm_scale * 1.4426950408889634, L, CANDIDATES, True, PRECISION,
-                                                    FAST_MATH)
-    zero_rows = tl.zeros([BLOCK_M], dtype=tl.float32)
-    dq, dk, dv, d_time, d_hour, d_weekend = accumulate_pair_gradients(tl.zeros([BLOCK_M, D], dtype=tl.float32), dk, dv, zero_rows, zero_rows,
-                                                                      zero_rows, q, k, v, do, scores, lse, delta_row, b_time, b_hour,
-                                                                      b_weekend, PRECISION)
-    dk = dk * sm_scale
-    history = valid & (offs < L)
-    if CHUNK_GRADS:
-        chunk = tl.load(CHUNK_ID + b * L + offs, mask=history, other=0)
-        dk, dv = _add_key_rows(dk, dv, DKC, DVC, pid_bh, chunk - 1, P, offs_d, history & (chunk > 0), D)
-    if TAIL_GRADS:
-        slot = tl.load(TAIL_SLOT + b * L + offs, mask=history, other=-1)
-        dk, dv = _add_key_rows(dk, dv, DKT, DVT, pid_bh, slot, NT, offs_d, history & (slot >= 0), D)
-    store_tile(DK, base, offs, offs_d, QT, valid, dk)
-    store_tile(DV, base, offs, offs_d, QT, valid, dv)
-
-    # the block as queries: every key tile its windows reach but the diagonal, then the profile key and the key lists
-    lo, hi, candidates_lo, candidates_hi = _window_key_ranges(start, L, ROWS, WINDOW, BLOCK_M, BLOCK_N)
-    dq, d_time, d_hour, d_weekend = _other_key_tiles(lo, hi, start, dq, d_time, d_hour, d_weekend, q, do, lse, delta_row, K, V, base, offs,
-                                                     offs_d, t_i, sin_i, cos_i, gamma_i, delta_i, T_row, FLAGS_row, CLOCK_row, s_time, s_hour,
-                                                     s_weekend, sm_scale, L, ROWS, QT, BLOCK_N, WINDOW, CANDIDATES, PRECISION, FAST_MATH)
+    dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    d_time = tl.zeros([BLOCK_M], dtype=tl.float32)
+    d_hour = tl.zeros([BLOCK_M], dtype=tl.float32)
+    d_weekend = tl.zeros([BLOCK_M], dtype=tl.float32)
+    lo, hi, candidates_lo, candidates_hi = _window_key_ranges(start_m, L, ROWS, WINDOW, BLOCK_M, BLOCK_N)
+    dq, d_time, d_hour, d_weekend = _query_tile_gradients(lo, hi, dq, d_time, d_hour, d_weekend, q, do, lse, delta_row, K, V, base, offs_m,
+                                                          offs_d, t_i, sin_i, cos_i, gamma_i, delta_i, T_row, FLAGS_row, CLOCK_row, s_time, s_hour, s_weekend, sm_scale,
+                                                          L, ROWS, QT, BLOCK_N, WINDOW, CANDIDATES, PRECISION, FAST_MATH)
     if CANDIDATES:
-        dq, d_time, d_hour, d_weekend = _other_key_tiles(candidates_lo, candidates_hi, start, dq, d_time, d_hour, d_weekend, q, do, lse,
-                                                         delta_row, K, V, base, offs, offs_d, t_i, sin_i, cos_i, gamma_i, delta_i, T_row,
-                                                         FLAGS_row, CLOCK_row, s_time, s_hour, s_weekend, sm_scale, L, ROWS, QT, BLOCK_N,
-                                                         WINDOW, CANDIDATES, PRECISION, FAST_MATH)
+        dq, d_time, d_hour, d_weekend = _query_tile_gradients(candidates_lo, candidates_hi, dq, d_time, d_hour, d_weekend, q, do, lse,
+                                                              delta_row, K, V, base, offs_m, offs_d, t_i, sin_i, cos_i, gamma_i, delta_i, T_row, FLAGS_row,
+                                                              CLOCK_row,
+                                                              s_time, s_hour, s_weekend, sm_scale, L, ROWS, QT, BLOCK_N, WINDOW, CANDIDATES,
+                                                              PRECISION, FAST_MATH)
     dq = profile_key_gradients(dq, q, do, lse, delta_row, KP, VP, DKP, DVP, pid_bh, offs_d, sm_scale, D)
     if KEYED:
-        position_i = tl.minimum(offs, L)  # candidates see the keys of the whole history
+        position_i = tl.minimum(offs_m, L)  # candidates see the keys of the whole history
         qk_scale = sm_scale * 1.4426950408889634
-        dq, d_time, d_hour, d_weekend = key_list_query_gradients(dq, d_time, d_hour, d_weekend, q, DO0, GB0, GH0, GT0, O0, LSE0, K0, V0, TK0,
-                                                                  KEND0, KFLAGS0, KCLOCK0, NK0, b, h, pid_bh, offs, offs_d, valid, t_i, sin_i,
-                                                                  cos_i, gamma_i, delta_i, position_i, s_time, s_hour, s_weekend, qk_scale,
-                                                                  ROWS, OB, OH, OT, D, KEY_BLOCK, PRECISION, FAST_MATH)
-        dq, d_time, d_hour, d_weekend = key_list_query_gradients(dq, d_time, d_hour, d_weekend, q, DO1, GB1, GH1, GT1, O1, LSE1, K1, V1, TK1,
-                                                                  KEND1, KFLAGS1, KCLOCK1, NK1, b, h, pid_bh, offs, offs_d, valid, t_i, sin_i,
-                                                                  cos_i, gamma_i, delta_i, position_i, s_time, s_hour, s_weekend, qk_scale,
-                                                                  ROWS, OB, OH, OT, D, KEY_BLOCK, PRECISION, FAST_MATH)
-    store_tile(DQ, base, offs, offs_d, QT, valid, dq * sm_scale)
+        dq, d_time, d_hour, d_weekend = key_list_query_gradients(dq, d_time, d_hour, d_weekend, q, DO0, GB0, GH0, GT0, O0, LSE0, DELTA0,
+                                                                  K0, V0, TK0, KEND0, KFLAGS0, KCLOCK0, NK0, b, h, pid_bh, offs_m, offs_d,
+                                                                  rows, t_i, sin_i, cos_i, gamma_i, delta_i, position_i, s_time, s_hour,
+                                                                  s_weekend, qk_scale, ROWS, OB, OH, OT, D, KEY_BLOCK, PRECISION, FAST_MATH)
+        dq, d_time, d_hour, d_weekend = key_list_query_gradients(dq, d_time, d_hour, d_weekend, q, DO1, GB1, GH1, GT1, O1, LSE1, DELTA1,
+                                                                  K1, V1, TK1, KEND1, KFLAGS1, KCLOCK1, NK1, b, h, pid_bh, offs_m, offs_d,
+                                                                  rows, t_i, sin_i, cos_i, gamma_i, delta_i, position_i, s_time, s_hour,
+                                                                  s_weekend, qk_scale, ROWS, OB, OH, OT, D, KEY_BLOCK, PRECISION, FAST_MATH)
+    store_tile(DQ, base, offs_m, offs_d, QT, rows, dq * sm_scale)
     # the sums are of natural-unit terms; the scales were loaded in log2 units only for the scores
     add_scale_gradients(DSCALES, h, H, d_time, d_hour, d_weekend)
+
+
+@triton.jit
+def _query_tile_gradients(lo, hi, dq, d_time, d_hour, d_weekend, q, do, lse, delta_row, K, V, base, offs_m, offs_d, t_i, sin_i, cos_i,
+                          gamma_i, delta_i, T_row, FLAGS_row, CLOCK_row, s_time, s_hour, s_weekend, sm_scale, L, ROWS, KT, BLOCK_N: tl.constexpr,
+                          WINDOW: tl.constexpr, CANDIDATES: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr):
+    """A query block's dQ and scale sums over the key tiles in `[lo, hi)`; t_i .. delta_i its `_query_terms`."""
+    for start_n in range(lo, hi, BLOCK_N):
+        k, v, scores, b_time, b_hour, b_weekend = _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, sin_i, cos_i, gamma_i, delta_i,
+                                                               T_row, FLAGS_row, CLOCK_row, s_time, s_hour, s_weekend,
+                                                               sm_scale * 1.4426950408889634, L, ROWS, KT, BLOCK_N, WINDOW, CANDIDATES,
+                                                               True, PRECISION, FAST_MATH)
+        dq, d_time, d_hour, d_weekend = accumulate_query_gradients(dq, d_time, d_hour, d_weekend, do, k, v, scores, lse, delta_row, b_time,
+                                                                   b_hour, b_weekend, PRECISION)
+    return dq, d_time, d_hour, d_weekend
 
 
 def _launch(q: Tensor, length: int, window: int, weekend_rule: int) -> dict:
@@ -326,28 +312,39 @@ def local_forward(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile:
         **_launch(q, length, window, weekend_rule))
 
 
-def local_backward(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, grad_out: Tensor, out: Tensor, lse: Tensor,
-                   times: Tensor, flags: Tensor, clock: Tensor, scales32: Tensor, dq: Tensor, dk: Tensor, dv: Tensor, dk_profile: Tensor,
-                   dv_profile: Tensor, dscales: Tensor, length: int, window: int, weekend_rule: int, sm_scale: float,
-                   keyed: Sequence[KeyList] = (), extra: KeyGradientsIn = KeyGradientsIn()) -> None:
-    """Write dq, dk and dv (plus `extra` on the history keys); add into the float32 profile and scales'
-    gradients (an autotuning launch zeroes them first: give each kernel its own `dscales`). With
-    `keyed` (the global and transition lists, their outputs in `out`'s layout) dq holds their share
-    too. q, k, v, dq, dk and dv in one layout; `times`, `flags` and `clock` the queries' words
-    (`FusedTimes.query_*`)."""
-    if len(keyed) not in (0, 2):
-        raise ValueError(f"the local backward kernel takes no key list or two, got {len(keyed)}")
+def local_key_gradients(q: Tensor, k: Tensor, v: Tensor, grad_out: Tensor, lse: Tensor, delta: Tensor, times: Tensor, flags: Tensor,
+                        clock: Tensor, scales32: Tensor, dk: Tensor, dv: Tensor, length: int, window: int, weekend_rule: int,
+                        sm_scale: float, extra: KeyGradientsIn = KeyGradientsIn()) -> None:
+    """Write dk, dv (plus `extra` on the history keys); q, k, v, dk and dv in one layout."""
     batch, heads, rows, _ = q.shape
     chunk_grads, tail_grads = extra.d_chunk_keys is not None, extra.d_tail_keys is not None
-    chunk_id, dkc, dvc = (extra.chunk_id, extra.d_chunk_keys, extra.d_chunk_values) if chunk_grads else (times, dk_profile, dv_profile)
-    tail_slot, dkt, dvt = (extra.tail_slot, extra.d_tail_keys, extra.d_tail_values) if tail_grads else (times, dk_profile, dv_profile)
+    chunk_id, dkc, dvc = (extra.chunk_id, extra.d_chunk_keys, extra.d_chunk_values) if chunk_grads else (times, dk, dv)
+    tail_slot, dkt, dvt = (extra.tail_slot, extra.d_tail_keys, extra.d_tail_values) if tail_grads else (times, dk, dv)
+    _local_dkdv_kernel[lambda meta: (triton.cdiv(rows, meta["BLOCK_N"]), batch * heads)](
+        q, k, v, grad_out, lse, delta, times, flags, clock, scales32, dk, dv, chunk_id, dkc, dvc, dkc.shape[2], tail_slot, dkt, dvt,
+        dkt.shape[2], sm_scale, length, rows, *head_strides(q, k, v, dk, dv), *head_strides(grad_out), CHUNK_GRADS=chunk_grads, TAIL_GRADS=tail_grads, **_launch(q, length, window, weekend_rule))
+
+
+def local_query_gradients(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, grad_out: Tensor, out: Tensor,
+                          lse: Tensor, times: Tensor, flags: Tensor, clock: Tensor, scales32: Tensor, dq: Tensor, dk_profile: Tensor,
+                          dv_profile: Tensor, dscales: Tensor, length: int, window: int, weekend_rule: int, sm_scale: float,
+                          keyed: Sequence[KeyList] = ()) -> List[Tensor]:
+    """Write dq; add into the float32 profile and scales' gradients (an autotuning launch zeroes them
+    first: give each kernel its own `dscales`). With `keyed` (the global and transition lists, their
+    outputs in `out`'s layout) dq holds their share too. Returns the row terms rowsum(dO·O) `[B, H, T]`
+    of the local branch and of each keyed list, which the dK/dV kernels, run next, read. q, k, v and
+    dq in one layout; `times`, `flags` and `clock` the queries' words (`FusedTimes.query_*`)."""
+    if len(keyed) not in (0, 2):
+        raise ValueError(f"the local dQ kernel takes no key list or two, got {len(keyed)}")
+    batch, heads, rows, _ = q.shape
+    deltas = [torch.empty(q.shape[:3], device=q.device, dtype=torch.float32) for _ in range(1 + len(keyed))]
     lists = list(keyed) or [KeyList(k, v, KeyTimes(times, times, flags, clock), out, grad_out, lse)]  # an unread stand-in
-    _local_backward_kernel[lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), batch * heads)](
-        q, k, v, k_profile, v_profile, grad_out, out, lse, times, flags, clock, scales32, dq, dk, dv, dk_profile, dv_profile, dscales,
-        chunk_id, dkc, dvc, dkc.shape[2], tail_slot, dkt, dvt, dkt.shape[2], *list_arguments(lists, backward=True), sm_scale, length, rows,
-        lists[0].k.shape[2], lists[-1].k.shape[2], *head_strides(q, k, v, dq, dk, dv), *head_strides(out, *(entry.out for entry in keyed)),
-        *head_strides(grad_out), *head_strides(lists[0].grad_out), *head_strides(lists[-1].grad_out), KEYED=bool(keyed),
-        CHUNK_GRADS=chunk_grads, TAIL_GRADS=tail_grads, KEY_BLOCK=KEY_TILE, **_launch(q, length, window, weekend_rule))
+    _local_dq_kernel[lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), batch * heads)](
+        q, k, v, k_profile, v_profile, grad_out, out, lse, deltas[0], times, flags, clock, scales32, dq, dk_profile, dv_profile, dscales,
+        *list_arguments(lists, deltas[1:] or deltas), sm_scale, length, rows, lists[0].k.shape[2], lists[-1].k.shape[2], *head_strides(q, k, v, dq),
+        *head_strides(out, *(entry.out for entry in keyed)), *head_strides(grad_out), *head_strides(lists[0].grad_out),
+        *head_strides(lists[-1].grad_out), KEYED=bool(keyed), KEY_BLOCK=KEY_TILE, **_launch(q, length, window, weekend_rule))
+    return deltas
 
 
 class _LocalHistory(torch.autograd.Function):
@@ -372,8 +369,10 @@ class _LocalHistory(torch.autograd.Function):
         dk_profile = torch.zeros(k_profile.shape, device=q.device, dtype=torch.float32)
         dv_profile = torch.zeros_like(dk_profile)
         dscales = torch.zeros_like(scales32)
-        local_backward(q, k, v, k_profile, v_profile, grad_out, out, lse, times, flags, clock, scales32, dq, dk, dv, dk_profile, dv_profile,
-                       dscales, length, ctx.window, ctx.weekend_rule, ctx.sm_scale)
+        shape = (length, ctx.window, ctx.weekend_rule, ctx.sm_scale)
+        delta, = local_query_gradients(q, k, v, k_profile, v_profile, grad_out, out, lse, times, flags, clock, scales32, dq, dk_profile,
+                                       dv_profile, dscales, *shape)
+        local_key_gradients(q, k, v, grad_out, lse, delta, times, flags, clock, scales32, dk, dv, *shape)
         return (dq, dk, dv, dk_profile.to(k_profile.dtype), dv_profile.to(v_profile.dtype), dscales.to(ctx.scales_dtype),
                 None, None, None, None, None, None)
 

@@ -101,14 +101,23 @@ def load_backward_rows(Q, q_base, q_stride, DO, do_base, do_stride, LSE, DELTA, 
 
 
 @triton.jit
-def output_rows(DO, do_base, do_stride, O, o_base, o_stride, LSE, row_base, offs_m, offs_d, rows):
-    """A backward kernel's per-output inputs: dO, the log-sum-exp in log2 units and the row term
-    rowsum(dO·O), computed from the dO it loads anyway and the output tile. SparseCTR's kernels read
-    the row term of any query block this way (the one backward kernel of the local branch needs
-    other blocks' terms), not from a separate pass over dO and O (`backward_row_term`)."""
+def output_backward_rows(DO, do_base, do_stride, O, o_base, o_stride, LSE, DELTA, row_base, offs_m, offs_d, rows):
+    """A dQ kernel's per-output inputs: dO, the log-sum-exp in log2 units and the row term
+    rowsum(dO·O), computed from the dO it loads anyway and stored for the dK/dV kernel, instead of a
+    separate pass reading dO and O again (`backward_row_term`)."""
     do = load_tile(DO, do_base, offs_m, offs_d, do_stride, rows)
     out = load_tile(O, o_base, offs_m, offs_d, o_stride, rows)
-    return do, _backward_row_stats(LSE, row_base, offs_m, rows), tl.sum(do.to(tl.float32) * out.to(tl.float32), 1)
+    delta = tl.sum(do.to(tl.float32) * out.to(tl.float32), 1)
+    tl.store(DELTA + row_base + offs_m, delta, mask=rows)
+    return do, _backward_row_stats(LSE, row_base, offs_m, rows), delta
+
+
+@triton.jit
+def query_backward_rows(Q, q_base, q_stride, DO, do_base, do_stride, O, o_base, o_stride, LSE, DELTA, row_base, offs_m, offs_d, rows):
+    """`load_backward_rows` for a dQ kernel that runs before its dK/dV kernel (`output_backward_rows`)."""
+    q = load_tile(Q, q_base, offs_m, offs_d, q_stride, rows)
+    do, lse, delta = output_backward_rows(DO, do_base, do_stride, O, o_base, o_stride, LSE, DELTA, row_base, offs_m, offs_d, rows)
+    return q, do, lse, delta
 
 
 @triton.jit
