@@ -476,10 +476,12 @@ def training_table(args) -> list[dict]:
     train_ids = dataset.split_indices("train")
     rows = []
     for label in args.train_models:
-        # e.g. sparsectr:triton+compile: train.compile on; +graphs: compile_mode reduce-overhead (CUDA graphs)
-        compile_mode = "reduce-overhead" if label.endswith("+graphs") else "default"
-        compile_blocks = label.endswith(("+compile", "+graphs"))
-        model_name, _, attention = label.removesuffix("+compile").removesuffix("+graphs").partition(":")
+        # e.g. sparsectr:triton+compile: train.compile on; +graphs: compile_mode reduce-overhead (CUDA graphs); +autotune:
+        # max-autotune (CUDA graphs, and matmuls from Triton templates where they win, with elementwise epilogues fused)
+        suffixes = {"+compile": "default", "+graphs": "reduce-overhead", "+autotune": "max-autotune"}
+        suffix = next((ending for ending in suffixes if label.endswith(ending)), "")
+        compile_mode, compile_blocks = suffixes.get(suffix, "default"), bool(suffix)
+        model_name, _, attention = label.removesuffix(suffix).partition(":")
         for history in args.histories:
             tokens = args.train_tokens if model_name == "sparsectr" else args.train_tokens // 2
             batch_size = max(1, tokens // history)
@@ -579,7 +581,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the suite itself")
     parser.add_argument("--parts", default="correctness,attention,training")
     parser.add_argument("--train-models", default="sparsectr,sparsectr:triton,grab:triton",
-                        help="model[:attention][+compile] labels for the training part (+compile: train.compile, blocks torch.compile'd)")
+                        help="model[:attention][+compile|+graphs|+autotune] labels for the training part (blocks torch.compile'd by "
+                             "train.compile with compile_mode default, reduce-overhead or max-autotune)")
     parser.add_argument("--skip-sparsectr-checks", action="store_true", help="correctness of the CamA kernels only (no compile)")
     parser.add_argument("--skip-cama-checks", action="store_true", help="correctness of the SparseCTR kernels only")
     parser.add_argument("--min-n", type=int, default=None, help="smallest n of the attention table")

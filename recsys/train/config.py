@@ -61,7 +61,7 @@ class TrainSection(Section):
     bf16: bool = True
     compile: bool = Field(False, description="torch.compile each encoder block in place (sparsectr, grab, transformer): "
                                              "a speed option, measured by benchmarks/gpu_suite.py; state dict and export unchanged")
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = Field(
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
         "default", description="torch.compile mode of train.compile: reduce-overhead replays each compiled block as a CUDA graph "
                                "(the fused attention kernels are custom ops, no graph break): the choice on a GPU. Measured on the H100 "
                                "for sparsectr attention=triton at L = 4,096 with the data loader in the loop: 1,291-1,381 against "
