@@ -47,15 +47,18 @@ POINTERS_AND_SCALARS = {
 }
 # The (batch, head, row) strides of a strided operand: q/k/v (QB QH QT), outputs (OB OH OT), dO (GB GH GT).
 _STRIDES = " i32 i32 i32"
-# SparseCTR's global and transition branches (keys: chunk summaries or chunk tails), both lists in one
-# launch as the fused node runs them (their dQ inside the local dQ kernel): a list's keys, values, times, ends, flags, clock and output
+# SparseCTR's global and transition branches (keys: chunk summaries or chunk tails), both lists inside
+# the local forward and dQ kernels as the fused node runs them: a list's keys, values, times, ends, flags, clock and output
 # (forward), or keys .. clock, dO, output, log-sum-exp and row term (dQ).
 _KEY_LIST = " *bf16 *bf16 *i32 *i32 *i32 *fp32 *bf16 *fp32"
 _KEY_LIST_GRAD = " *bf16 *bf16 *i32 *i32 *i32 *fp32 *bf16 *bf16 *fp32 *fp32"
 # SparseCTR's fused local branch (window 64, 4 heads); dK/dV with the keyed branches' key gradients added.
 LOCAL = {
-    "local fwd": (evo_local_triton._local_forward_kernel, "Q K V KP VP T FLAGS CLOCK SCALES O LSE sm_scale L ROWS QB QH QT OB OH OT",
-                  "*bf16 *bf16 *bf16 *bf16 *bf16 *i32 *i32 *fp32 *fp32 *bf16 *fp32 fp32 i32 i32" + _STRIDES * 2, {}),
+    "local fwd": (evo_local_triton._local_forward_kernel,
+                  "Q K V KP VP T FLAGS CLOCK SCALES O LSE K0 V0 TK0 KEND0 KFLAGS0 KCLOCK0 O0 LSE0 K1 V1 TK1 KEND1 KFLAGS1 KCLOCK1 O1 LSE1"
+                  " sm_scale L ROWS NK0 NK1 QB QH QT OB OH OT",
+                  "*bf16 *bf16 *bf16 *bf16 *bf16 *i32 *i32 *fp32 *fp32 *bf16 *fp32" + _KEY_LIST * 2 + " fp32 i32 i32 i32 i32" + _STRIDES * 2,
+                  {"KEYED": True, "KEY_BLOCK": 16}),
     "local dkdv": (evo_local_triton._local_dkdv_kernel,
                    "Q K V DO LSE DELTA T FLAGS CLOCK SCALES DK DV CHUNK_ID DKC DVC P TAIL_SLOT DKT DVT NT sm_scale L ROWS QB QH QT GB GH GT",
                    "*bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *i32 *i32 *fp32 *fp32 *bf16 *bf16 *i32 *fp32 *fp32 i32 *i32 *fp32 *fp32 i32 fp32 i32 i32"
@@ -68,10 +71,6 @@ LOCAL = {
 }
 # SparseCTR's global and transition branches (keys: chunk summaries or chunk tails).
 KEYED = {
-    "keyed fwd": (evo_keyed_triton._keyed_forward_kernel,
-                  "Q TQ QFLAGS QCLOCK SCALES K0 V0 TK0 KEND0 KFLAGS0 KCLOCK0 O0 LSE0 K1 V1 TK1 KEND1 KFLAGS1 KCLOCK1 O1 LSE1 sm_scale T L NK0 NK1"
-                  " QB QH QT OB OH OT",
-                  "*bf16 *i32 *i32 *fp32 *fp32" + _KEY_LIST * 2 + " fp32 i32 i32 i32 i32" + _STRIDES * 2, {"TWO": True}),
     "keyed dkdv": (evo_keyed_triton._keyed_dkdv_kernel,
                    "Q K V DO LSE DELTA TQ QFLAGS QCLOCK TK KEND KFLAGS KCLOCK SCALES DK DV sm_scale T L NK QUERIES QB QH QT GB GH GT",
                    "*bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *i32 *i32 *fp32 *i32 *i32 *i32 *fp32 *fp32 *fp32 *fp32 fp32 i32 i32 i32 i32" + _STRIDES * 2, {}),

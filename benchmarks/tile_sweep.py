@@ -32,7 +32,7 @@ from recsys.ops import cama_triton, evo_keyed_triton, evo_local_triton  # noqa: 
 
 FAMILIES = {
     "sparsectr": ((evo_local_triton, ("_local_forward_kernel", "_local_dq_kernel", "_local_dkdv_kernel")),
-                  (evo_keyed_triton, ("_keyed_forward_kernel", "_keyed_dkdv_kernel"))),
+                  (evo_keyed_triton, ("_keyed_dkdv_kernel",))),
     "cama": ((cama_triton, ("_cama_forward_kernel", "_cama_dq_kernel", "_cama_dkdv_kernel")),),
 }
 KERNELS: dict = {}  # the swept family's autotuned kernels by name, and their tile lists

@@ -5,7 +5,8 @@ As three separate nodes (`evo_keyed_triton` twice, `evo_local_triton` once) auto
 branches' full-size dQ, dK and dV afterwards, and the transition branch's key gather and the global
 branch's chunk means scatter theirs into zero-filled full-size tensors first: at B·n = 65,536 and
 8 heads of 64 those passes took ~0.6 of 2.7 ms on the H100 (session 5 profile). The forward runs the
-local kernel and one keyed kernel for both key lists. The backward runs one dQ kernel, storing each
+local forward kernel, which also attends over both key lists (the query tile is loaded once for
+the three branches). The backward runs one dQ kernel, storing each
 branch's row term rowsum(dO·O) from the dO and O tiles it loads (no separate row-term pass), then
 the dK/dV kernels:
 - dQ: the local dQ kernel walks the window (history and candidates: the local kernels handle the
@@ -35,7 +36,7 @@ import torch
 from torch import Tensor
 
 from recsys.ops.evo_attention import EvoGeometry, FusedTimes, _gather_positions, chunk_membership, chunk_summaries_matmul
-from recsys.ops.evo_keyed_triton import KeyList, KeyTimes, keyed_forward, keyed_key_gradients
+from recsys.ops.evo_keyed_triton import KeyList, KeyTimes, keyed_key_gradients
 from recsys.ops.evo_local_triton import KeyGradientsIn, local_forward, local_key_gradients, local_query_gradients
 from recsys.ops.triton_tiles import INTERPRETED, pad_head_dim, padded_head_dim
 
@@ -99,10 +100,6 @@ def _forward(qkv: Tensor, k_profile: Tensor, v_profile: Tensor, k_summary: Tenso
     timing = FusedTimes(*times)
     length, num_chunks = chunk_id.shape[1], timing.chunk_end.shape[1]
     global_out, transition_out, local = (_branch_output(qkv) for _ in range(3))
-    local_lse = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
-    local_forward(q, k, v, k_profile, v_profile, timing.query_times, timing.query_flags, timing.query_clock, scales32, local, local_lse,
-                  length, window, weekend_rule, sm_scale)
-
     membership = chunk_membership(chunk_id, num_chunks)
     chunk_sizes = membership.sum(-1).clamp_min(1).float()
     if shared_summary:
@@ -113,10 +110,11 @@ def _forward(qkv: Tensor, k_profile: Tensor, v_profile: Tensor, k_summary: Tenso
     chunk_keys = KeyTimes(timing.chunk_times, timing.chunk_end, timing.chunk_flags, timing.chunk_clock)
     k_tails, v_tails = _gather_positions(k, tail_positions).contiguous(), _gather_positions(v, tail_positions).contiguous()
     tail_keys = KeyTimes(timing.tail_times, timing.tail_end, timing.tail_flags, timing.tail_clock)
-    global_lse, transition_lse = keyed_forward(q, [KeyList(k_chunks, v_chunks, chunk_keys, global_out),
-                                                   KeyList(k_tails, v_tails, tail_keys, transition_out)],
-                                               timing.query_times, timing.query_flags, timing.query_clock, scales32, length, weekend_rule,
-                                               sm_scale)
+    local_lse = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
+    global_lse, transition_lse = local_forward(q, k, v, k_profile, v_profile, timing.query_times, timing.query_flags, timing.query_clock,
+                                               scales32, local, local_lse, length, window, weekend_rule, sm_scale,
+                                               keyed=[KeyList(k_chunks, v_chunks, chunk_keys, global_out),
+                                                      KeyList(k_tails, v_tails, tail_keys, transition_out)])
     return global_out, transition_out, local, global_lse, transition_lse, local_lse, k_chunks, v_chunks, k_tails, v_tails, chunk_sizes
 
 

@@ -1,6 +1,7 @@
-"""SparseCTR's global and transition branches as fused Triton kernels: the forward (both key lists in
-one launch), dK/dV, and their share of dQ and of the temporal scales' gradient, which the local
-branch's dQ kernel computes (`key_list_query_gradients`) so that q is read and dQ written once.
+"""SparseCTR's global and transition branches as fused Triton kernels: dK/dV, and the forward and the
+share of dQ and of the temporal scales' gradient that the local branch's kernels compute
+(`attend_key_list`, `key_list_query_gradients`), so that q is read, and dQ written, once for the three
+branches in each direction.
 
 Both branches attend from every position (history and candidates) to a short list of keys: the
 chunk summaries (global) or the last `tail` events of every chunk (transition). Key j carries a
@@ -22,7 +23,7 @@ under Triton's interpreter (`TRITON_INTERPRET=1`), which the tests use.
 
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import triton
@@ -32,7 +33,7 @@ from torch import Tensor
 from recsys.ops.evo_bias_triton import (accumulate_key_gradients, accumulate_query_gradients, event_clock, load_scales, tile_scores,
                                         weekend_coefficients, weekend_value)
 from recsys.ops.triton_tiles import (INTERPRETED, finish_rows, head_base, head_strides, load_backward_rows, load_tile, online_softmax_step,
-                                     output_backward_rows, program_block, program_rows, store_tile, tile_configs)
+                                     output_backward_rows, program_block, store_tile, tile_configs)
 
 _QUERIES_PER_SPLIT = 1024  # dK/dV: queries one program walks for its key block
 
@@ -86,20 +87,19 @@ def _queries(TQ, QFLAGS, QCLOCK, b, offs_m, rows, T, L, WEEKEND_BOTH: tl.constex
 
 
 # Key lists are 16-256 long: narrow key tiles (dK/dV holds two [BLOCK_N, D] accumulators besides the
-# tile; the offline sm_90 compile spills at 64x32). Tiles from the H100 sweep (`benchmarks/tile_sweep.py`, session 11 calls 4-10), head dim 64: within
-# 10 % of the best (forward 64x16 at one stage 113 us, 64x32 131; dK/dV 64x16 on two warps 128, four
-# 135); the 128-row tiles ran 65-110 % slower.
-_TILES = tile_configs([(64, 16, 4, 1)])
-# Keys per tile where the local dQ kernel walks these lists (`key_list_query_gradients`): as a kernel
-# of its own, their dQ ran 31 % slower with 32-key tiles than with 16 (the lists are 16-64 long).
+# tile; the offline sm_90 compile spills at 64x32). Tiles from the H100 sweep (`benchmarks/tile_sweep.py`,
+# session 11 calls 4-10), head dim 64: dK/dV 64x16 on two warps 128 us, four 135; the 128-row tiles ran
+# 65-110 % slower. KEY_TILE: keys per tile where the local kernels walk these lists (`attend_key_list`,
+# `key_list_query_gradients`): as kernels of their own, the forward ran 16 % and the dQ 31 % slower with
+# 32-key tiles than with 16 (the lists are 16-64 long).
 KEY_TILE = 16
 _DKDV_TILES = tile_configs([(64, 16, 2, 3), (64, 16, 4, 3)])
 
 
 @triton.jit
-def _attend_key_list(q, K, V, TK, KEND, KFLAGS, KCLOCK, O, LSE, NK, b, h, pid_bh, offs_m, offs_d, rows, t_i, sin_i, cos_i, gamma_i, delta_i,
-                     position_i, s_time, s_hour, qk_scale, T, OB, OH, OT, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     PRECISION: tl.constexpr, FAST_MATH: tl.constexpr):
+def attend_key_list(q, K, V, TK, KEND, KFLAGS, KCLOCK, O, LSE, NK, b, h, pid_bh, offs_m, offs_d, rows, t_i, sin_i, cos_i, gamma_i, delta_i,
+                    position_i, s_time, s_hour, qk_scale, T, OB, OH, OT, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                    PRECISION: tl.constexpr, FAST_MATH: tl.constexpr):
     """A query tile's attention over one key list (dense `[B, H, NK, D]`), stored with its log-sum-exp;
     gamma_i and delta_i already multiplied by the weekend scale."""
     key_base = pid_bh.to(tl.int64) * NK * D
@@ -114,28 +114,6 @@ def _attend_key_list(q, K, V, TK, KEND, KFLAGS, KCLOCK, O, LSE, NK, b, h, pid_bh
     out, lse = finish_rows(acc, l_i, m_i)
     store_tile(O, head_base(b, h, OB, OH), offs_m, offs_d, OT, rows, out)
     tl.store(LSE + pid_bh.to(tl.int64) * T + offs_m, lse, mask=rows)
-
-
-@triton.autotune(configs=_TILES, key=["T", "NK0", "NK1", "D", "TWO"])
-@triton.jit
-def _keyed_forward_kernel(Q, TQ, QFLAGS, QCLOCK, SCALES, K0, V0, TK0, KEND0, KFLAGS0, KCLOCK0, O0, LSE0, K1, V1, TK1, KEND1, KFLAGS1,
-                          KCLOCK1, O1, LSE1, sm_scale, T, L, NK0, NK1, QB, QH, QT, OB, OH, OT, H: tl.constexpr, D: tl.constexpr,
-                          WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr, TWO: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """One key list, or with TWO two (the global and transition branches: the query tile and its
-    terms are read once for both). Queries and outputs through their (batch, head, row) strides."""
-    b, h, pid_bh, start_m, offs_m, rows = program_rows(BLOCK_M, H, T)
-    offs_d = tl.arange(0, D)
-    q = load_tile(Q, head_base(b, h, QB, QH), offs_m, offs_d, QT, rows)
-    t_i, sin_i, cos_i, gamma_i, delta_i, position_i = _queries(TQ, QFLAGS, QCLOCK, b, offs_m, rows, T, L, WEEKEND_BOTH)
-    s_time, s_hour, s_weekend = load_scales(SCALES, h, H)
-    gamma_i, delta_i = gamma_i * s_weekend, delta_i * s_weekend  # the weekend term arrives scaled: one multiply-add per pair
-    qk_scale = sm_scale * 1.4426950408889634
-    _attend_key_list(q, K0, V0, TK0, KEND0, KFLAGS0, KCLOCK0, O0, LSE0, NK0, b, h, pid_bh, offs_m, offs_d, rows, t_i, sin_i, cos_i, gamma_i,
-                     delta_i, position_i, s_time, s_hour, qk_scale, T, OB, OH, OT, D, BLOCK_M, BLOCK_N, PRECISION, FAST_MATH)
-    if TWO:
-        _attend_key_list(q, K1, V1, TK1, KEND1, KFLAGS1, KCLOCK1, O1, LSE1, NK1, b, h, pid_bh, offs_m, offs_d, rows, t_i, sin_i, cos_i,
-                         gamma_i, delta_i, position_i, s_time, s_hour, qk_scale, T, OB, OH, OT, D, BLOCK_M, BLOCK_N, PRECISION, FAST_MATH)
 
 
 @triton.autotune(configs=_DKDV_TILES, key=["T", "NK", "D"])
@@ -231,21 +209,6 @@ def list_arguments(lists: Sequence[KeyList], deltas: Optional[Sequence[Tensor]] 
         arguments += [entry.k.contiguous(), entry.v.contiguous(), *entry.keys]
         arguments += [entry.out] if deltas is None else [entry.grad_out, entry.out, entry.lse, deltas[index]]
     return arguments
-
-
-def keyed_forward(q: Tensor, lists: Sequence[KeyList], query_times: Tensor, query_flags: Tensor, query_clock: Tensor, scales32: Tensor,
-                  history_length: int, weekend_rule: int, sm_scale: float) -> List[Tensor]:
-    """Write each list's `out` `[B, H, T, D]` (the lists' outputs in one layout with a unit-strided
-    head dim) and return its natural log-sum-exp `[B, H, T]` (-inf where a query sees no key). Two
-    lists run in one launch: the query tile is read once for both."""
-    batch, heads, total, _ = q.shape
-    lses = [torch.empty(batch, heads, total, device=q.device, dtype=torch.float32) for _ in lists]
-    arguments = list_arguments(lists)
-    _keyed_forward_kernel[lambda meta: (triton.cdiv(total, meta["BLOCK_M"]), batch * heads)](
-        q, query_times, query_flags, query_clock, scales32, *arguments[:7], lses[0], *arguments[7:], lses[-1], sm_scale, total,
-        history_length, lists[0].k.shape[2], lists[-1].k.shape[2], *head_strides(q), *head_strides(*(entry.out for entry in lists)),
-        TWO=len(lists) == 2, **_launch(q, weekend_rule))
-    return lses
 
 
 def keyed_key_gradients(q: Tensor, k: Tensor, v: Tensor, grad_out: Tensor, lse: Tensor, delta: Tensor, query_times: Tensor,

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from recsys.ops.evo_bias_triton import (accumulate_key_gradients, accumulate_query_gradients, add_scale_gradients, event_clock, load_scales,
                                         tile_scores, weekend_coefficients, weekend_value)
-from recsys.ops.evo_keyed_triton import KEY_TILE, KeyList, KeyTimes, key_list_query_gradients, list_arguments
+from recsys.ops.evo_keyed_triton import KEY_TILE, KeyList, KeyTimes, attend_key_list, key_list_query_gradients, list_arguments
 from recsys.ops.triton_tiles import (INTERPRETED, finish_rows, head_base, load_backward_rows, load_tile, online_softmax_step, query_backward_rows,
                                      head_strides, pad_head_dim, padded_head_dim, profile_key_gradients, profile_key_start, program_rows,
                                      store_tile, tile_configs)
@@ -113,13 +113,17 @@ _DQ_TILES = tile_configs([(64, 32, 4, 1)])
 _DKDV_TILES = tile_configs([(32, 32, 2, 1), (32, 32, 2, 3)])
 
 
-@triton.autotune(configs=_FORWARD_TILES, key=["L", "ROWS", "D", "WINDOW"])
+@triton.autotune(configs=_FORWARD_TILES, key=["L", "ROWS", "D", "WINDOW", "KEYED", "NK0", "NK1"])
 @triton.jit
-def _local_forward_kernel(Q, K, V, KP, VP, T, FLAGS, CLOCK, SCALES, O, LSE, sm_scale, L, ROWS, QB, QH, QT, OB, OH, OT, H: tl.constexpr,
+def _local_forward_kernel(Q, K, V, KP, VP, T, FLAGS, CLOCK, SCALES, O, LSE, K0, V0, TK0, KEND0, KFLAGS0, KCLOCK0, O0, LSE0, K1, V1, TK1,
+                          KEND1, KFLAGS1, KCLOCK1, O1, LSE1, sm_scale, L, ROWS, NK0, NK1, QB, QH, QT, OB, OH, OT, H: tl.constexpr,
                           D: tl.constexpr, WINDOW: tl.constexpr, CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr,
-                          PRECISION: tl.constexpr, FAST_MATH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                          PRECISION: tl.constexpr, FAST_MATH: tl.constexpr, KEYED: tl.constexpr, KEY_BLOCK: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """ROWS positions per (batch, head) row: the history `[0, L)`, then candidates. q, k and v share
-    the (batch, head, row) strides QB, QH, QT; the output has its own (OB, OH, OT)."""
+    the (batch, head, row) strides QB, QH, QT; the outputs (OB, OH, OT). KEYED: the global and
+    transition branches too (`evo_keyed_triton.attend_key_list`, KEY_BLOCK keys per tile), so the
+    query tile and its terms are loaded once for the three branches, as in the dQ kernel."""
     b, h, pid_bh, start_m, offs_m, rows = program_rows(BLOCK_M, H, ROWS)
     offs_d = tl.arange(0, D)
     base = head_base(b, h, QB, QH)
@@ -145,6 +149,12 @@ def _local_forward_kernel(Q, K, V, KP, VP, T, FLAGS, CLOCK, SCALES, O, LSE, sm_s
     out, lse = finish_rows(acc, l_i, m_i)
     store_tile(O, head_base(b, h, OB, OH), offs_m, offs_d, OT, rows, out)
     tl.store(LSE + pid_bh.to(tl.int64) * ROWS + offs_m, lse, mask=rows)
+    if KEYED:
+        position_i = tl.minimum(offs_m, L)  # candidates see the keys of the whole history
+        attend_key_list(q, K0, V0, TK0, KEND0, KFLAGS0, KCLOCK0, O0, LSE0, NK0, b, h, pid_bh, offs_m, offs_d, rows, t_i, sin_i, cos_i, gamma_i,
+                        delta_i, position_i, s_time, s_hour, qk_scale, ROWS, OB, OH, OT, D, BLOCK_M, KEY_BLOCK, PRECISION, FAST_MATH)
+        attend_key_list(q, K1, V1, TK1, KEND1, KFLAGS1, KCLOCK1, O1, LSE1, NK1, b, h, pid_bh, offs_m, offs_d, rows, t_i, sin_i, cos_i, gamma_i,
+                        delta_i, position_i, s_time, s_hour, qk_scale, ROWS, OB, OH, OT, D, BLOCK_M, KEY_BLOCK, PRECISION, FAST_MATH)
 
 
 @triton.autotune(configs=_DKDV_TILES, key=["L", "ROWS", "D", "WINDOW"])
@@ -302,14 +312,25 @@ class KeyGradientsIn(NamedTuple):
 
 
 def local_forward(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, times: Tensor, flags: Tensor, clock: Tensor,
-                  scales32: Tensor, out: Tensor, lse: Tensor, length: int, window: int, weekend_rule: int, sm_scale: float) -> None:
+                  scales32: Tensor, out: Tensor, lse: Tensor, length: int, window: int, weekend_rule: int, sm_scale: float,
+                  keyed: Sequence[KeyList] = ()) -> List[Tensor]:
     """Write `out` `[B, H, T, D]` and `lse` `[B, H, T]`: the history `[0, length)`, then T - length
     candidates; `times` and `flags` `[B, T]`, `clock` `[B, 2, T]` (`clock_words`). q, k and v share one layout (`head_strides`), out may
-    have another; the profile's k and v dense."""
+    have another; the profile's k and v dense. With `keyed` (the global and transition lists, their
+    outputs in `out`'s layout) also write those outputs, and return their natural log-sum-exps
+    `[B, H, T]` (-inf where a query sees no key)."""
+    if len(keyed) not in (0, 2):
+        raise ValueError(f"the local forward kernel takes no key list or two, got {len(keyed)}")
     batch, heads, rows, _ = q.shape
+    lses = [torch.empty(batch, heads, rows, device=q.device, dtype=torch.float32) for _ in keyed]
+    lists = list(keyed) or [KeyList(k, v, KeyTimes(times, times, flags, clock), out)]  # an unread stand-in
+    arguments = list_arguments(lists)
+    list_lses = lses or [lse, lse]
     _local_forward_kernel[lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), batch * heads)](
-        q, k, v, k_profile, v_profile, times, flags, clock, scales32, out, lse, sm_scale, length, rows, *head_strides(q, k, v), *head_strides(out),
-        **_launch(q, length, window, weekend_rule))
+        q, k, v, k_profile, v_profile, times, flags, clock, scales32, out, lse, *arguments[:7], list_lses[0], *arguments[7:], list_lses[-1],
+        sm_scale, length, rows, lists[0].k.shape[2], lists[-1].k.shape[2], *head_strides(q, k, v), *head_strides(out, *(entry.out for entry in keyed)),
+        KEYED=bool(keyed), KEY_BLOCK=KEY_TILE, **_launch(q, length, window, weekend_rule))
+    return lses
 
 
 def local_key_gradients(q: Tensor, k: Tensor, v: Tensor, grad_out: Tensor, lse: Tensor, delta: Tensor, times: Tensor, flags: Tensor,
