@@ -530,7 +530,8 @@ def training_table(args) -> list[dict]:
             rows.append({
                 **({"profile": step_profile} if args.profile else {}),
                 **({"sync_sites": step_syncs} if args.sync_sites and args.device == "cuda" else {}),
-                "model": label, "history": history, "batch": batch_size, "mean_history_resident": mean_length,
+                "model": label, "history": history, "batch": batch_size, "d_model": args.d_model, "heads": args.model_heads,
+                "layers": args.layers, "mean_history_resident": mean_length,
                 "samples_per_s_resident": rate, "samples_per_s_with_loader": with_loader, "samples_per_s_loader_alone": loader_rate,
                 "peak_gib": peak, "model_flops_per_sample": flops_per_sample, "loader_workers": args.workers,
                 "mfu_measured_ceiling": flops_per_sample * rate / args.ceiling, "mfu_nominal": flops_per_sample * rate / NOMINAL_H100_BF16,
@@ -596,6 +597,9 @@ def main() -> None:
     parser.add_argument("--kernels", default="full_causal_sdpa,sparsectr_structural,sparsectr_structural_compiled,sparsectr_structural_triton,"
                                               "sparsectr_fused,sparsectr_fused_graph,sparsectr_fused_layer_graph,cama,cama_flex,cama_triton",
                         help="attention rows; a name ending in _graph replays that kernel's forward + backward as one CUDA graph")
+    parser.add_argument("--d-model", type=int, default=None, help="training models' width (default 256; --quick 16)")
+    parser.add_argument("--model-heads", type=int, default=None, help="training models' heads (default d_model / 64; --quick 2)")
+    parser.add_argument("--layers", type=int, default=None, help="training models' blocks (default 4; --quick 1)")
     args = parser.parse_args()
     quick = args.quick
     args.min_n, args.max_n = (256, 512) if quick else (args.min_n or 1024, args.max_n or 32768)
@@ -607,7 +611,9 @@ def main() -> None:
     args.repeats, args.train_repeats, args.loader_batches = (2, 2, 2) if quick else (10, 30, 30)
     args.histories = [64] if quick else [int(h) for h in (args.histories or "1024,4096").split(",")]
     args.train_tokens = 4096 if quick else 262144
-    args.d_model, args.model_heads, args.layers = (16, 2, 1) if quick else (256, 4, 4)
+    width = args.d_model or (16 if quick else 256)
+    args.d_model, args.model_heads = width, args.model_heads or (2 if quick else max(1, width // 64))
+    args.layers = args.layers or (1 if quick else 4)
     args.workers = 0 if quick else (12 if args.workers is None else args.workers)
     parts = args.parts.split(",")
     torch.manual_seed(0)
@@ -638,7 +644,8 @@ def main() -> None:
     if "training" in parts:
         report["training"] = training_table(args)
         save()
-        print(f"\n{'model':<12} {'L':>5} {'B':>4} {'resident/s':>11} {'with loader/s':>14} {'loader/s':>9} {'MFU':>6} {'peak GiB':>9}")
+        print(f"\nwidth {args.d_model}, {args.model_heads} heads, {args.layers} layers")
+        print(f"{'model':<12} {'L':>5} {'B':>4} {'resident/s':>11} {'with loader/s':>14} {'loader/s':>9} {'MFU':>6} {'peak GiB':>9}")
         for r in report["training"]:
             if "error" in r:
                 print(f"{r['model']:<12} {r['history']:>5} {r['batch']:>4} {r['error']}")
