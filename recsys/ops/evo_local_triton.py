@@ -1,6 +1,6 @@
-"""SparseCTR's local branch as one fused Triton kernel per direction (forward; dK/dV; dQ with the
-temporal scales' gradient, which also walks the global and transition key lists: one dQ kernel
-for the three branches).
+"""SparseCTR's local branch as one fused Triton kernel per direction: the forward and the dQ kernel
+(with the temporal scales' gradient) also walk the global and transition key lists, so each is one
+kernel for the three branches; dK/dV.
 
 The branch (`recsys.ops.evo_attention.local_branch`, its twin in the tests): history query i sees
 the real history keys j with i - window < j <= i, a candidate (positions L.. of the sequence) the
