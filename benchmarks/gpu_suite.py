@@ -11,7 +11,9 @@ achieved TFLOP/s next to the measured bf16 matmul ceiling.
    (`sparsectr_fused`: the keyed kernel for global and transition, as `attention: triton` trains,
    with the batch's geometry built in every call and the three outputs summed for one dO;
    `sparsectr_fused_layer`: the node as a layer runs it, the geometry built once outside the timed
-   call (the model builds it once per batch for all its layers), each output taking dO),
+   call (the model builds it once per batch for all its layers), each output taking dO;
+   `sparsectr_fused_layer_gated`: as the model runs it, the branches' gated sum done in the kernels,
+   one output and one dO),
    CamA with its temporal bias (dense: n ≤ --dense-max-n; cama_flex; cama_triton). Suffixes:
    `_fwd` times the forward alone (against flash's forward), `cama_triton_nobias` /
    `cama_triton_notablegrad` switch the bias or its table gradient off, `cama_triton_exactlog2` uses
@@ -61,7 +63,8 @@ from recsys.ops.chunking import personalized_chunks  # noqa: E402
 from recsys.ops.cama_flex import cama_block_mask, cama_flex_attention, head_channels  # noqa: E402
 from recsys.ops.cama_triton import ABLATION as cama_triton_ablation  # noqa: E402
 from recsys.ops.cama_triton import _bucket, cama_meta, cama_triton_attention, channel_bits  # noqa: E402
-from recsys.ops.evo_attention import evo_attend_fused, evo_attend_packed, evo_branches, evo_branches_reference, evo_geometry  # noqa: E402
+from recsys.ops.evo_attention import (evo_attend_fused, evo_attend_packed, evo_attend_packed_gated, evo_branches,  # noqa: E402
+                                      evo_branches_reference, evo_geometry)
 from recsys.ops.temporal import LOG_BUCKET_PER_OCTAVE, log_bucket  # noqa: E402
 from recsys.ops.triton_tiles import INTERPRETED  # noqa: E402
 
@@ -148,6 +151,17 @@ def check_correctness(device: str, sparsectr: bool = True, cama: bool = True) ->
         grads = torch.autograd.grad(sum(o.float().square().sum() for o in out), half + [scales])
         report["sparsectr_fused_bf16"] = {"forward_max_rel": max(_max_rel(o.float(), r) for o, r in zip(out, reference)),
                                           "grad_max_rel": max(_max_rel(g.float(), r) for g, r in zip(grads, reference_grads))}
+    if (device == "cuda" or INTERPRETED) and sparsectr:  # the branches' gated sum inside the kernels, as the model runs them
+        gates = torch.rand(3, batch, heads, n, device=device, requires_grad=True)
+        expected = sum(gate.unsqueeze(-1) * branch for gate, branch in zip(gates, evo_branches_reference(*args)))
+        expected_grads = torch.autograd.grad(expected.square().sum(), leaves + [gates])
+        packed = torch.stack([x.detach().transpose(1, 2) for x in (q, k, v)], dim=2).requires_grad_()
+        geometry = evo_geometry(times, *layout, n - layout[0].shape[1], tail, window, 0, 0, fused=True)
+        out = evo_attend_packed_gated(packed, kp, vp, None, None, geometry, window, scales, 0, gates)
+        d_packed, *grads = torch.autograd.grad(out.square().sum(), [packed, kp, vp, scales, gates])
+        grads = [d_packed[:, :, part].transpose(1, 2) for part in range(3)] + grads
+        report["sparsectr_fused_gated"] = {"forward_max_rel": _max_rel(out, expected),
+                                           "grad_max_rel": max(_max_rel(g, r) for g, r in zip(grads, expected_grads))}
     if (device == "cuda" or INTERPRETED) and sparsectr:  # the last 5 positions as candidates (the local kernels' candidate window)
         history = n - 5
         layout = personalized_chunks(times[:, :history], torch.full((batch,), history, device=device), chunks)
@@ -375,7 +389,7 @@ def attention_table(args) -> list[dict]:
                                             bias_steps=CAMA_THRESHOLD_STEPS if variant.endswith("_threshold") else CAMA_BIAS_STEPS,
                                             table_layout="bucket_major" if variant.endswith("_bucketmajor") else "head_major",
                                             single_bucket=not variant.endswith("_nosingle"))
-            fused_sparsectr = variant in ("sparsectr_fused", "sparsectr_fused_layer")
+            fused_sparsectr = variant in ("sparsectr_fused", "sparsectr_fused_layer", "sparsectr_fused_layer_gated")
             base = "sparsectr_structural" if fused_sparsectr else variant.replace("_compiled", "").split("_flex")[0].split("_triton")[0]
             times, q, k, v, extra = make_inputs(base, batch, n, args.heads, args.head_dim, args.chunks, args.device, dtype,
                                                 dense_mask=variant == base)
@@ -385,8 +399,10 @@ def attention_table(args) -> list[dict]:
             packed = None
             if fused_sparsectr:  # the projection's layout, as training feeds the node
                 packed = torch.stack([x.detach().transpose(1, 2) for x in (q, k, v)], dim=2).requires_grad_()
-            if variant == "sparsectr_fused_layer":
+            if variant.startswith("sparsectr_fused_layer"):
                 layer_geometry = evo_geometry(times, *extra["layout"], 0, args.tail, args.window, 0, 0, fused=True)
+            if variant == "sparsectr_fused_layer_gated":
+                extra["gates"] = torch.rand(3, batch, args.heads, n, device=args.device, requires_grad=True)
             fused_cama = base == "cama" and variant != base
             if fused_cama:
                 started = time.perf_counter()
@@ -414,6 +430,9 @@ def attention_table(args) -> list[dict]:
                             leaf.grad = None
                         torch.autograd.backward(outs, [upstream] * 3)
                     return
+                elif variant == "sparsectr_fused_layer_gated":  # the node as the model runs it: the branches' gated sum in the kernels
+                    out = evo_attend_packed_gated(packed, *extra["profile"], None, None, layer_geometry, args.window, extra["scales"], 0,
+                                                  extra["gates"])
                 elif variant == "sparsectr_structural_triton":
                     outs = fused_branches(q, k, v, *extra["profile"], times, extra["layout"], args.tail, args.window, extra["scales"], False)
                     out = outs[0] + outs[1] + outs[2]
@@ -431,7 +450,7 @@ def attention_table(args) -> list[dict]:
                 out.backward(upstream)
 
             leaves = [x for x in [*([q, k, v] if packed is None else [packed]), *extra.get("profile", []), *extra.get("context", []), extra.get("scales"),
-                                  extra.get("bias_table")] if x is not None]
+                                  extra.get("bias_table"), extra.get("gates")] if x is not None]
             if args.device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             try:

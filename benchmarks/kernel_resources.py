@@ -52,28 +52,30 @@ _STRIDES = " i32 i32 i32"
 # (forward), or keys .. clock, dO, output, log-sum-exp and row term (dQ).
 _KEY_LIST = " *bf16 *bf16 *i32 *i32 *i32 *fp32 *bf16 *fp32"
 _KEY_LIST_GRAD = " *bf16 *bf16 *i32 *i32 *i32 *fp32 *bf16 *bf16 *fp32 *fp32"
-# SparseCTR's fused local branch (window 64, 4 heads); dK/dV with the keyed branches' key gradients added.
+# SparseCTR's fused local branch (window 64, 4 heads); dK/dV with the keyed branches' key gradients added; all
+# compiled as the model runs them, with the branches' gated sum (GATED).
 LOCAL = {
     "local fwd": (evo_local_triton._local_forward_kernel,
                   "Q K V KP VP T FLAGS CLOCK SCALES O LSE K0 V0 TK0 KEND0 KFLAGS0 KCLOCK0 O0 LSE0 K1 V1 TK1 KEND1 KFLAGS1 KCLOCK1 O1 LSE1"
-                  " sm_scale L ROWS NK0 NK1 QB QH QT OB OH OT",
-                  "*bf16 *bf16 *bf16 *bf16 *bf16 *i32 *i32 *fp32 *fp32 *bf16 *fp32" + _KEY_LIST * 2 + " fp32 i32 i32 i32 i32" + _STRIDES * 2,
-                  {"KEYED": True, "KEY_BLOCK": 16}),
+                  " GATES FUSED sm_scale L ROWS NK0 NK1 QB QH QT OB OH OT",
+                  "*bf16 *bf16 *bf16 *bf16 *bf16 *i32 *i32 *fp32 *fp32 *bf16 *fp32" + _KEY_LIST * 2 + " *fp32 *bf16 fp32 i32 i32 i32 i32"
+                  + _STRIDES * 2, {"KEYED": True, "KEY_BLOCK": 16, "GATED": True}),
     "local dkdv": (evo_local_triton._local_dkdv_kernel,
-                   "Q K V DO LSE DELTA T FLAGS CLOCK SCALES DK DV CHUNK_ID DKC DVC P TAIL_SLOT DKT DVT NT sm_scale L ROWS QB QH QT GB GH GT",
-                   "*bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *i32 *i32 *fp32 *fp32 *bf16 *bf16 *i32 *fp32 *fp32 i32 *i32 *fp32 *fp32 i32 fp32 i32 i32"
-                   + _STRIDES * 2, {"CHUNK_GRADS": True, "TAIL_GRADS": True}),
+                   "Q K V DO LSE DELTA GATE T FLAGS CLOCK SCALES DK DV CHUNK_ID DKC DVC P TAIL_SLOT DKT DVT NT sm_scale L ROWS QB QH QT GB GH GT",
+                   "*bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *fp32 *i32 *i32 *fp32 *fp32 *bf16 *bf16 *i32 *fp32 *fp32 i32 *i32 *fp32 *fp32 i32 fp32 i32"
+                   " i32" + _STRIDES * 2, {"CHUNK_GRADS": True, "TAIL_GRADS": True, "GATED": True}),
     "local dq": (evo_local_triton._local_dq_kernel,
                  "Q K V KP VP DO O LSE DELTA T FLAGS CLOCK SCALES DQ DKP DVP DSCALES K0 V0 TK0 KEND0 KFLAGS0 KCLOCK0 DO0 O0 LSE0 DELTA0 K1 V1 TK1"
-                 " KEND1 KFLAGS1 KCLOCK1 DO1 O1 LSE1 DELTA1 sm_scale L ROWS NK0 NK1 QB QH QT OB OH OT GB GH GT GB0 GH0 GT0 GB1 GH1 GT1",
+                 " KEND1 KFLAGS1 KCLOCK1 DO1 O1 LSE1 DELTA1 GATES DGATES sm_scale L ROWS NK0 NK1 QB QH QT OB OH OT GB GH GT GB0 GH0 GT0 GB1 GH1 GT1",
                  "*bf16 *bf16 *bf16 *bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *i32 *i32 *fp32 *fp32 *bf16 *fp32 *fp32 *fp32"
-                 + _KEY_LIST_GRAD * 2 + " fp32 i32 i32 i32 i32" + _STRIDES * 5, {"KEYED": True, "KEY_BLOCK": 16}),
+                 + _KEY_LIST_GRAD * 2 + " *fp32 *fp32 fp32 i32 i32 i32 i32" + _STRIDES * 5, {"KEYED": True, "KEY_BLOCK": 16, "GATED": True}),
 }
 # SparseCTR's global and transition branches (keys: chunk summaries or chunk tails).
 KEYED = {
     "keyed dkdv": (evo_keyed_triton._keyed_dkdv_kernel,
-                   "Q K V DO LSE DELTA TQ QFLAGS QCLOCK TK KEND KFLAGS KCLOCK SCALES DK DV sm_scale T L NK QUERIES QB QH QT GB GH GT",
-                   "*bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *i32 *i32 *fp32 *i32 *i32 *i32 *fp32 *fp32 *fp32 *fp32 fp32 i32 i32 i32 i32" + _STRIDES * 2, {}),
+                   "Q K V DO LSE DELTA GATE TQ QFLAGS QCLOCK TK KEND KFLAGS KCLOCK SCALES DK DV sm_scale T L NK QUERIES QB QH QT GB GH GT",
+                   "*bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *fp32 *i32 *i32 *fp32 *i32 *i32 *i32 *fp32 *fp32 *fp32 *fp32 fp32 i32 i32 i32 i32"
+                   + _STRIDES * 2, {"GATED": True}),
 }
 SASS_OPS = ("HGMMA", "MUFU.EX2", "MUFU.LG2", "LDL", "STL", "LDS", "BAR", "LDGSTS")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recsys.ops.evo_attention import evo_attend, evo_attend_fused, evo_attend_packed, evo_geometry, tail_slots
+from recsys.ops.evo_attention import evo_attend, evo_attend_fused, evo_attend_packed, evo_attend_packed_gated, evo_geometry, tail_slots
 from recsys.ops.evo_branches_triton import chunk_summary_gradient
 from recsys.ops.temporal import alibi_scales
 from tests.test_evo_keyed_triton import _histories
@@ -104,8 +104,8 @@ def _small_layer(generator, shared_summary: bool, candidates: int = 2):
     return (q, k, v, *profile, *summary), geometry, window, scales, times
 
 
-@pytest.mark.parametrize("shared_summary", [True, False])
-def test_custom_op_registration_passes_opcheck(shared_summary):
+@pytest.mark.parametrize("shared_summary,gated", [(True, False), (False, False), (True, True)])
+def test_custom_op_registration_passes_opcheck(shared_summary, gated):
     """The forward op's schema, fake (shape-only) implementation and autograd formula agree with what
     it computes: what torch.compile relies on to trace the node as one call."""
     generator = torch.Generator().manual_seed(torch.seed() % 2**31)
@@ -113,7 +113,8 @@ def test_custom_op_registration_passes_opcheck(shared_summary):
     q, k, v, kp, vp, k_summary, v_summary = tensors
     qkv = torch.stack([x.detach().transpose(1, 2) for x in (q, k, v)], dim=2).requires_grad_()
     summaries = (q.new_empty(0), q.new_empty(0)) if shared_summary else (k_summary, v_summary)
-    args = (qkv, kp, vp, *summaries, scales.detach().float().requires_grad_(), list(geometry.fused_times), geometry.chunk_id,
+    gates = torch.rand(3, *q.shape[:3], generator=generator).requires_grad_() if gated else torch.empty(0)
+    args = (qkv, kp, vp, *summaries, scales.detach().float().requires_grad_(), gates, list(geometry.fused_times), geometry.chunk_id,
             geometry.tail_positions, window, 0, 0.25, shared_summary)
     torch.library.opcheck(torch.ops.recsys.evo_branches_forward.default, args,
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic"))
@@ -170,3 +171,36 @@ def test_packed_projection_is_read_and_written_in_place():
         torch.testing.assert_close(d_packed[:, :, part].transpose(1, 2), e, rtol=1e-5, atol=1e-6)
     for g, e in zip(got_grads[1:], expected_grads[3:]):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shared_summary", [True, False])
+def test_gated_sum_in_the_kernels_equals_the_structural_fusion(shared_summary):
+    """SparseCTR's fusion inside the node (`evo_attend_packed_gated`): the gated sum of the three
+    branches and the gradients of the projection, profile, summaries, scales and gates equal the
+    three branches summed with the same gates in PyTorch, as the model's other paths do."""
+    generator = torch.Generator().manual_seed(torch.seed() % 2**31)
+    tensors, geometry, window, scales, times = _small_layer(generator, shared_summary)
+    q, k, v, kp, vp, k_summary, v_summary = tensors
+    packed = torch.stack([x.detach().transpose(1, 2) for x in (q, k, v)], dim=2).requires_grad_()
+    gates = torch.rand(3, *q.shape[:3], generator=generator).requires_grad_()
+    upstream = torch.randn(q.shape, generator=generator)
+    summaries = [k, v] if shared_summary else [k_summary, v_summary]
+    leaves = [q, k, v, kp, vp, scales, gates] + ([] if shared_summary else summaries)
+
+    # the ungated node, itself equal to the structural branches (the first test), summed in PyTorch
+    branches = evo_attend_fused(q, k, v, kp, vp, *summaries, geometry, window, scales, times, 0, 0)
+    expected = sum(gate.unsqueeze(-1) * branch for gate, branch in zip(gates, branches))
+    expected_grads = torch.autograd.grad((expected * upstream).sum(), leaves)
+    got = evo_attend_packed_gated(packed, kp, vp, *(None, None) if shared_summary else summaries, geometry, window, scales, 0, gates)
+    got_leaves = [packed, kp, vp, scales, gates] + ([] if shared_summary else summaries)
+    got_grads = torch.autograd.grad((got * upstream).sum(), got_leaves)
+
+    assert got.transpose(1, 2).is_contiguous(), got.stride()
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    d_packed = got_grads[0]
+    for part, e in enumerate(expected_grads[:3]):
+        torch.testing.assert_close(d_packed[:, :, part].transpose(1, 2), e, rtol=1e-4, atol=1e-4, msg=lambda m, part=part: f"d qkv[{part}]: {m}")
+    names = ("k_profile", "v_profile", "scales", "gates", "k_summary", "v_summary")
+    for name, g, e in zip(names, got_grads[1:], expected_grads[3:]):
+        tolerance = 1e-3 if name == "scales" else 1e-4  # one float32 sum over every pair, as in the ungated test
+        torch.testing.assert_close(g, e, rtol=tolerance, atol=tolerance, msg=lambda m, name=name: f"grad of {name}: {m}")

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from recsys.models.base import ModelOutput, RankingModel, SequenceInputs, all_times, history_valid
 from recsys.models.embedding import EmbeddedBatch, EmbeddingLayout
 from recsys.models.layers import PredictionHead, SwiGLU
-from recsys.ops.evo_attention import EvoGeometry, evo_attend, evo_attend_packed, evo_branches_reference, evo_geometry
+from recsys.ops.evo_attention import EvoGeometry, evo_attend, evo_attend_packed_gated, evo_branches_reference, evo_geometry
 from recsys.ops.temporal import WEEKEND_BOTH, WEEKEND_SAME_TYPE, alibi_scales, composite_temporal_bias
 
 
@@ -96,15 +96,21 @@ class EvoAttention(nn.Module):
             else:
                 assert geometry is not None, "attention='triton' needs the batch's evo_geometry"
                 summaries = (None, None) if self.compress is None else (k_summary, v_summary)
-                branches = evo_attend_packed(packed, k_profile, v_profile, *summaries, geometry, self.window, self.scales, self.weekend_rule)
+                # the kernels sum the gated branches themselves (no pass over three outputs either way)
+                fused = evo_attend_packed_gated(packed, k_profile, v_profile, *summaries, geometry, self.window, self.scales,
+                                                self.weekend_rule, self._gates(x).permute(2, 0, 3, 1))
+                return self.out(fused.transpose(1, 2).reshape(batch, total, width))
         else:
             assert geometry is not None, "structural attention needs the batch's evo_geometry"
             branches = evo_attend(q, k, v, k_profile, v_profile, k_summary, v_summary, geometry, self.window, self.scales)
-        gate_logits = self.gate(x).view(batch, total, 3, self.heads)
-        gates = torch.sigmoid(gate_logits) if self.fusion == "gate" else torch.softmax(gate_logits, dim=2)
-        gates = gates.permute(2, 0, 3, 1).unsqueeze(-1)  # [3, B, H, T, 1]
+        gates = self._gates(x).permute(2, 0, 3, 1).unsqueeze(-1)  # [3, B, H, T, 1]
         fused = gates[0] * branches[0] + gates[1] * branches[1] + gates[2] * branches[2]
         return self.out(fused.transpose(1, 2).reshape(batch, total, width))
+
+    def _gates(self, x: Tensor) -> Tensor:
+        """The branches' gates `[B, T, 3, H]` (global, transition, local) per position and head."""
+        gate_logits = self.gate(x).view(x.shape[0], x.shape[1], 3, self.heads)
+        return torch.sigmoid(gate_logits) if self.fusion == "gate" else torch.softmax(gate_logits, dim=2)
 
 
 class FullAttention(nn.Module):

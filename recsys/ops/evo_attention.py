@@ -372,6 +372,15 @@ def evo_attend_packed(qkv: Tensor, k_profile: Tensor, v_profile: Tensor, k_summa
     return evo_branches_triton(qkv, k_profile, v_profile, k_summary, v_summary, geometry, window, scales, weekend_rule)
 
 
+def evo_attend_packed_gated(qkv: Tensor, k_profile: Tensor, v_profile: Tensor, k_summary: Optional[Tensor], v_summary: Optional[Tensor],
+                            geometry: EvoGeometry, window: int, scales: Tensor, weekend_rule: int, gates: Tensor) -> Tensor:
+    """`evo_attend_packed` with SparseCTR's fusion of the three outputs by `gates` `[3, B, H, T]`
+    (global, transition, local) done inside the kernels: `[B, H, T, D]`."""
+    from recsys.ops.evo_branches_triton import evo_branches_triton_gated
+
+    return evo_branches_triton_gated(qkv, k_profile, v_profile, k_summary, v_summary, geometry, window, scales, weekend_rule, gates)
+
+
 def evo_branches(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, k_summary: Tensor, v_summary: Tensor,
                  times: Tensor, chunk_id: Tensor, chunk_start: Tensor, chunk_end: Tensor, chunk_valid: Tensor, tail: int, window: int,
                  scales: Tensor, utc_offset: int, weekend_rule: int) -> Tuple[Tensor, Tensor, Tensor]:

@@ -16,6 +16,13 @@ the dK/dV kernels:
 When the chunk summaries average something other than k and v (SparseCTR's `compression: mlp`), the
 per-chunk gradient goes to those tensors instead (`chunk_summary_gradient`).
 
+With gates (`evo_branches_triton_gated`, what SparseCTR's layer calls) the node returns the
+branches' gated sum instead of the three outputs: the forward kernel sums them in registers and
+writes the sum once, and the backward kernels read the sum's one gradient, scale it per branch and
+row, and write the gates' gradient (rowsum(dO·O) of each branch, which the dQ kernel computes for
+the row terms anyway). Without it a layer ran two more passes over the three outputs, one each way
+(about 2 of the 42 ms of a training step at L = 4,096, d_model 256: session 10 profile).
+
 Layouts: the node takes the packed projection `[B, T, 3, H, D]` (what `nn.Linear(d, 3·d)` writes)
 and the kernels read each head of q, k and v through its strides, write dq, dk and dv into one
 packed gradient, and store the branch outputs as `[B, T, H, D]`. With dense `[B, H, T, D]` operands
@@ -88,12 +95,14 @@ def packed_chunk_summaries(qkv: Tensor, membership: Tensor, chunk_sizes: Tensor)
 
 
 @torch.library.custom_op("recsys::evo_branches_forward", mutates_args=())
-def _forward(qkv: Tensor, k_profile: Tensor, v_profile: Tensor, k_summary: Tensor, v_summary: Tensor, scales32: Tensor, times: List[Tensor],
-             chunk_id: Tensor, tail_positions: Tensor, window: int, weekend_rule: int, sm_scale: float,
-             shared_summary: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(global, transition, local outputs; their natural log-sum-exps; k and v chunk summaries and
-    tails; chunk sizes): the last eight are what the backward reads. `qkv` the packed `[B, T, 3, H, D]`
-    projection; with `shared_summary` the chunks average its k and v (k_summary, v_summary unused)."""
+def _forward(qkv: Tensor, k_profile: Tensor, v_profile: Tensor, k_summary: Tensor, v_summary: Tensor, scales32: Tensor, gates: Tensor,
+             times: List[Tensor], chunk_id: Tensor, tail_positions: Tensor, window: int, weekend_rule: int, sm_scale: float,
+             shared_summary: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(global, transition, local outputs; their gated sum; their natural log-sum-exps; k and v chunk
+    summaries and tails; chunk sizes): the last eight are what the backward reads. `qkv` the packed
+    `[B, T, 3, H, D]` projection; with `shared_summary` the chunks average its k and v (k_summary,
+    v_summary unused). `gates` float32 `[3, B, H, T]` (global, transition, local), or empty: no sum
+    (the fourth output is then empty)."""
     # A no-op for the projection's output; a guard against a compiled graph handing over other strides.
     qkv, k_profile, v_profile = qkv.contiguous(), k_profile.contiguous(), v_profile.contiguous()
     q, k, v = split_heads(qkv)
@@ -111,32 +120,39 @@ def _forward(qkv: Tensor, k_profile: Tensor, v_profile: Tensor, k_summary: Tenso
     k_tails, v_tails = _gather_positions(k, tail_positions).contiguous(), _gather_positions(v, tail_positions).contiguous()
     tail_keys = KeyTimes(timing.tail_times, timing.tail_end, timing.tail_flags, timing.tail_clock)
     local_lse = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
+    gated = gates.numel() > 0
+    fused = _branch_output(qkv) if gated else qkv.new_empty(0)
     global_lse, transition_lse = local_forward(q, k, v, k_profile, v_profile, timing.query_times, timing.query_flags, timing.query_clock,
                                                scales32, local, local_lse, length, window, weekend_rule, sm_scale,
                                                keyed=[KeyList(k_chunks, v_chunks, chunk_keys, global_out),
-                                                      KeyList(k_tails, v_tails, tail_keys, transition_out)])
-    return global_out, transition_out, local, global_lse, transition_lse, local_lse, k_chunks, v_chunks, k_tails, v_tails, chunk_sizes
+                                                      KeyList(k_tails, v_tails, tail_keys, transition_out)],
+                                               gates=gates.contiguous() if gated else None, fused=fused if gated else None)
+    return (global_out, transition_out, local, fused, global_lse, transition_lse, local_lse, k_chunks, v_chunks, k_tails, v_tails,
+            chunk_sizes)
 
 
 @_forward.register_fake
-def _forward_shapes(qkv, k_profile, v_profile, k_summary, v_summary, scales32, times, chunk_id, tail_positions, window, weekend_rule,
-                    sm_scale, shared_summary):
+def _forward_shapes(qkv, k_profile, v_profile, k_summary, v_summary, scales32, gates, times, chunk_id, tail_positions, window,
+                    weekend_rule, sm_scale, shared_summary):
     batch, total, _, heads, dim = qkv.shape
     num_chunks, num_tails = FusedTimes(*times).chunk_end.shape[1], tail_positions.shape[1]
     lse = [qkv.new_empty(batch, heads, total, dtype=torch.float32) for _ in range(3)]
     chunks = [qkv.new_empty(batch, heads, num_chunks, dim, dtype=qkv.dtype if shared_summary else x.dtype) for x in (k_summary, v_summary)]
     tails = [qkv.new_empty(batch, heads, num_tails, dim) for _ in range(2)]
     outs = [_branch_output(qkv) for _ in range(3)]  # the strides the kernels write
-    return (*outs, *lse, *chunks, *tails, qkv.new_empty(batch, num_chunks, dtype=torch.float32))
+    fused = _branch_output(qkv) if gates.numel() > 0 else qkv.new_empty(0)
+    return (*outs, fused, *lse, *chunks, *tails, qkv.new_empty(batch, num_chunks, dtype=torch.float32))
 
 
 @torch.library.custom_op("recsys::evo_branches_backward", mutates_args=())
 def _backward(grads: List[Tensor], saved: List[Tensor], times: List[Tensor], window: int, weekend_rule: int, sm_scale: float,
-              shared_summary: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(d qkv, d k_profile, d v_profile, d k_summary, d v_summary, d scales); the summaries' gradients
-    are empty when the chunks average qkv's k and v (summed into d qkv in the kernels). d qkv is one
-    packed tensor, so the projection's backward reads it without a concatenating copy."""
-    (qkv, k_profile, v_profile, k_chunks, v_chunks, k_tails, v_tails, global_out, transition_out, local, *lse, scales32,
+              shared_summary: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(d qkv, d k_profile, d v_profile, d k_summary, d v_summary, d scales, d gates); the summaries'
+    gradients are empty when the chunks average qkv's k and v (summed into d qkv in the kernels), the
+    gates' when the forward summed no branches (`grads` are then the three outputs' gradients, else
+    the sum's, three times). d qkv is one packed tensor, so the projection's backward reads it
+    without a concatenating copy."""
+    (qkv, k_profile, v_profile, k_chunks, v_chunks, k_tails, v_tails, global_out, transition_out, local, *lse, scales32, gates,
      chunk_sizes) = (_unit_inner(x) for x in saved)
     qkv, k_profile, v_profile = qkv.contiguous(), k_profile.contiguous(), v_profile.contiguous()
     q, k, v = split_heads(qkv)
@@ -158,23 +174,30 @@ def _backward(grads: List[Tensor], saved: List[Tensor], times: List[Tensor], win
     dv_profile = torch.zeros_like(dk_profile)
     keyed_lists = [KeyList(k_chunks, v_chunks, chunk_keys, global_out, grads[0], lse[0]),
                    KeyList(k_tails, v_tails, tail_keys, transition_out, grads[1], lse[1])]
+    gated = gates.numel() > 0
+    d_gates = torch.empty_like(gates)  # written by the dQ kernel where gated
+    branch_gates = list(gates.contiguous()) if gated else [None] * 3
     local_delta, global_delta, tail_delta = local_query_gradients(q, k, v, k_profile, v_profile, grads[2], local, lse[2], *query_words, dq,
-                                                                  dk_profile, dv_profile, dscales, *local_shape, keyed=keyed_lists)
+                                                                  dk_profile, dv_profile, dscales, *local_shape, keyed=keyed_lists,
+                                                                  gates=gates.contiguous() if gated else None,
+                                                                  d_gates=d_gates if gated else None)
 
-    dk_chunks, dv_chunks = keyed_key_gradients(q, k_chunks, v_chunks, grads[0], lse[0], global_delta, *keyed, chunk_keys, scales32, *shape)
+    dk_chunks, dv_chunks = keyed_key_gradients(q, k_chunks, v_chunks, grads[0], lse[0], global_delta, *keyed, chunk_keys, scales32, *shape,
+                                               gate=branch_gates[0])
     sizes = chunk_sizes.view(chunk_sizes.shape[0], 1, -1, 1)
     dk_chunks, dv_chunks = dk_chunks / sizes, dv_chunks / sizes
-    dk_tails, dv_tails = keyed_key_gradients(q, k_tails, v_tails, grads[1], lse[1], tail_delta, *keyed, tail_keys, scales32, *shape)
+    dk_tails, dv_tails = keyed_key_gradients(q, k_tails, v_tails, grads[1], lse[1], tail_delta, *keyed, tail_keys, scales32, *shape,
+                                             gate=branch_gates[1])
     tail_in = KeyGradientsIn(tail_slot=timing.tail_slot, d_tail_keys=dk_tails, d_tail_values=dv_tails)
     extra = tail_in._replace(chunk_id=timing.history_chunk, d_chunk_keys=dk_chunks, d_chunk_values=dv_chunks) if shared_summary else tail_in
-    local_key_gradients(q, k, v, grads[2], lse[2], local_delta, *query_words, dk, dv, *local_shape, extra=extra)
+    local_key_gradients(q, k, v, grads[2], lse[2], local_delta, *query_words, dk, dv, *local_shape, extra=extra, gate=branch_gates[2])
 
     if shared_summary:
         dk_summary, dv_summary = q.new_empty(0), q.new_empty(0)  # two tensors: a custom op's returns may not alias
     else:
         dk_summary = chunk_summary_gradient(dk_chunks, timing.history_chunk, total).to(k.dtype)
         dv_summary = chunk_summary_gradient(dv_chunks, timing.history_chunk, total).to(v.dtype)
-    return d_qkv, dk_profile.to(k_profile.dtype), dv_profile.to(v_profile.dtype), dk_summary, dv_summary, dscales
+    return d_qkv, dk_profile.to(k_profile.dtype), dv_profile.to(v_profile.dtype), dk_summary, dv_summary, dscales, d_gates
 
 
 @_backward.register_fake
@@ -183,36 +206,64 @@ def _backward_shapes(grads, saved, times, window, weekend_rule, sm_scale, shared
     batch, total, _, heads, dim = qkv.shape
     dense = [x.new_empty(x.shape) for x in (qkv, k_profile, v_profile)]  # contiguous, as the real ones
     summaries = [qkv.new_empty(0), qkv.new_empty(0)] if shared_summary else [qkv.new_empty(batch, heads, total, dim) for _ in range(2)]
-    return (*dense, *summaries, saved[-2].new_empty(saved[-2].shape, dtype=torch.float32))
+    scales32, gates = saved[-3], saved[-2]
+    return (*dense, *summaries, scales32.new_empty(scales32.shape, dtype=torch.float32), gates.new_empty(gates.shape))
 
 
-_SAVED_OUTPUTS = slice(3, 11)  # the forward's outputs the backward reads besides the branch outputs
+_BRANCH_OUTPUTS, _FUSED_OUTPUT = slice(0, 3), 3
+_SAVED_OUTPUTS = slice(4, 12)  # the forward's outputs the backward reads besides the branch outputs
 # What `_backward` takes as `saved`: the packed qkv, the two profile tensors, chunk and tail keys and
-# values, the three outputs, their log-sum-exps, the scales and the chunk sizes; the batch's times follow.
-_SAVED_TENSORS = 15
+# values, the three outputs, their log-sum-exps, the scales, the gates and the chunk sizes; the batch's times follow.
+_SAVED_TENSORS = 16
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    (qkv, k_profile, v_profile, _, _, scales32, times, _, _, window, weekend_rule, sm_scale, shared_summary) = inputs
+    (qkv, k_profile, v_profile, _, _, scales32, gates, times, _, _, window, weekend_rule, sm_scale, shared_summary) = inputs
     global_lse, transition_lse, local_lse, k_chunks, v_chunks, k_tails, v_tails, chunk_sizes = output[_SAVED_OUTPUTS]
-    ctx.save_for_backward(qkv, k_profile, v_profile, k_chunks, v_chunks, k_tails, v_tails, *output[:3], global_lse, transition_lse,
-                          local_lse, scales32, chunk_sizes, *times)
-    ctx.mark_non_differentiable(*output[_SAVED_OUTPUTS])
+    ctx.save_for_backward(qkv, k_profile, v_profile, k_chunks, v_chunks, k_tails, v_tails, *output[_BRANCH_OUTPUTS], global_lse,
+                          transition_lse, local_lse, scales32, gates, chunk_sizes, *times)
+    ctx.gated = gates.numel() > 0
+    # Gated, the sum is the node's one differentiable output (the branches are what its backward reads); otherwise the branches are.
+    ctx.mark_non_differentiable(*output[_SAVED_OUTPUTS], *(output[_BRANCH_OUTPUTS] if ctx.gated else [output[_FUSED_OUTPUT]]))
     ctx.window, ctx.weekend_rule, ctx.sm_scale, ctx.shared_summary = window, weekend_rule, sm_scale, shared_summary
 
 
-def _backward_formula(ctx, grad_global, grad_transition, grad_local, *_unused_grads):
+def _backward_formula(ctx, grad_global, grad_transition, grad_local, grad_fused, *_unused_grads):
     saved = list(ctx.saved_tensors)
     times = saved[_SAVED_TENSORS:]
-    d_qkv, dk_profile, dv_profile, dk_summary, dv_summary, dscales = _backward(
-        [grad_global, grad_transition, grad_local], saved[:_SAVED_TENSORS], times, ctx.window, ctx.weekend_rule, ctx.sm_scale,
-        ctx.shared_summary)
+    grads = [grad_fused] * 3 if ctx.gated else [grad_global, grad_transition, grad_local]
+    d_qkv, dk_profile, dv_profile, dk_summary, dv_summary, dscales, d_gates = _backward(
+        grads, saved[:_SAVED_TENSORS], times, ctx.window, ctx.weekend_rule, ctx.sm_scale, ctx.shared_summary)
     summaries = (None, None) if ctx.shared_summary else (dk_summary, dv_summary)
     no_grads = [None] * len(times)  # a list input takes a list of gradients
-    return (d_qkv, dk_profile, dv_profile, *summaries, dscales, no_grads, None, None, None, None, None, None)
+    return (d_qkv, dk_profile, dv_profile, *summaries, dscales, d_gates if ctx.gated else None, no_grads, None, None, None, None, None, None)
 
 
 _forward.register_autograd(_backward_formula, setup_context=_setup_context)
+
+
+def _node(qkv: Tensor, k_profile: Tensor, v_profile: Tensor, k_summary: Optional[Tensor], v_summary: Optional[Tensor], geometry: EvoGeometry,
+          window: int, scales: Tensor, weekend_rule: int, gates: Optional[Tensor]) -> Tuple[Tensor, ...]:
+    if not qkv.is_cuda and not INTERPRETED:
+        raise RuntimeError("the fused SparseCTR kernels run on CUDA (on the CPU only under TRITON_INTERPRET=1); use attention 'structural'")
+    if geometry.fused_times.query_times.numel() == 0:
+        raise ValueError("evo_branches_triton needs a geometry from evo_geometry(..., fused=True)")
+    if (k_summary is None) != (v_summary is None):
+        raise ValueError("pass both chunk-summary tensors or neither")
+    batch, total, _, heads, dim = qkv.shape
+    if gates is not None and gates.shape != (3, batch, heads, total):
+        raise ValueError(f"gates must be [3, B, H, T] = {[3, batch, heads, total]}, got {list(gates.shape)}")
+    padded = padded_head_dim(dim)
+    shared_summary = k_summary is None
+    qkv = pad_head_dim(qkv, padded)
+    k_profile, v_profile = (pad_head_dim(x.to(qkv.dtype), padded) for x in (k_profile, v_profile))
+    if shared_summary:
+        k_summary, v_summary = qkv.new_empty(0), qkv.new_empty(0)
+    else:
+        k_summary, v_summary = (pad_head_dim(x.to(qkv.dtype), padded) for x in (k_summary, v_summary))
+    gates32 = gates.float().contiguous() if gates is not None else qkv.new_empty(0, dtype=torch.float32)
+    return _forward(qkv, k_profile, v_profile, k_summary, v_summary, scales.float().contiguous(), gates32, list(geometry.fused_times),
+                    geometry.chunk_id, geometry.tail_positions, window, weekend_rule, 1.0 / math.sqrt(dim), shared_summary)
 
 
 def evo_branches_triton(qkv: Tensor, k_profile: Tensor, v_profile: Tensor, k_summary: Optional[Tensor], v_summary: Optional[Tensor],
@@ -222,21 +273,17 @@ def evo_branches_triton(qkv: Tensor, k_profile: Tensor, v_profile: Tensor, k_sum
     the packed projection `[B, T, 3, H, D]`: q, k and v are read from it and their gradients written
     into one tensor of its shape. k_summary / v_summary `[B, H, T, D]` are what the chunk summaries
     average; None for qkv's own k and v (their gradients then summed in the kernels)."""
-    if not qkv.is_cuda and not INTERPRETED:
-        raise RuntimeError("the fused SparseCTR kernels run on CUDA (on the CPU only under TRITON_INTERPRET=1); use attention 'structural'")
-    if geometry.fused_times.query_times.numel() == 0:
-        raise ValueError("evo_branches_triton needs a geometry from evo_geometry(..., fused=True)")
-    if (k_summary is None) != (v_summary is None):
-        raise ValueError("pass both chunk-summary tensors or neither")
+    outs = _node(qkv, k_profile, v_profile, k_summary, v_summary, geometry, window, scales, weekend_rule, None)
     dim = qkv.shape[-1]
-    padded = padded_head_dim(dim)
-    shared_summary = k_summary is None
-    qkv = pad_head_dim(qkv, padded)
-    k_profile, v_profile = (pad_head_dim(x.to(qkv.dtype), padded) for x in (k_profile, v_profile))
-    if shared_summary:
-        k_summary, v_summary = qkv.new_empty(0), qkv.new_empty(0)
-    else:
-        k_summary, v_summary = (pad_head_dim(x.to(qkv.dtype), padded) for x in (k_summary, v_summary))
-    outs = _forward(qkv, k_profile, v_profile, k_summary, v_summary, scales.float().contiguous(), list(geometry.fused_times),
-                    geometry.chunk_id, geometry.tail_positions, window, weekend_rule, 1.0 / math.sqrt(dim), shared_summary)
     return outs[0][..., :dim], outs[1][..., :dim], outs[2][..., :dim]
+
+
+def evo_branches_triton_gated(qkv: Tensor, k_profile: Tensor, v_profile: Tensor, k_summary: Optional[Tensor], v_summary: Optional[Tensor],
+                              geometry: EvoGeometry, window: int, scales: Tensor, weekend_rule: int, gates: Tensor) -> Tensor:
+    """SparseCTR's fusion `g_glob·o_glob + g_trans·o_trans + g_loc·o_loc` of `evo_branches_triton`'s
+    outputs with per-position, per-head `gates` `[3, B, H, T]` (global, transition, local), summed
+    in the forward kernel: `[B, H, T, D]` (stored as `[B, T, H, D]`). The backward kernels read the
+    sum's one gradient, scale it per branch and row, and write the gates' gradient from the row terms
+    they compute anyway, so neither direction runs a separate pass over the three outputs."""
+    outs = _node(qkv, k_profile, v_profile, k_summary, v_summary, geometry, window, scales, weekend_rule, gates)
+    return outs[_FUSED_OUTPUT][..., :qkv.shape[-1]]

@@ -32,8 +32,8 @@ from torch import Tensor
 
 from recsys.ops.evo_bias_triton import (accumulate_key_gradients, accumulate_query_gradients, event_clock, load_scales, tile_scores,
                                         weekend_coefficients, weekend_value)
-from recsys.ops.triton_tiles import (INTERPRETED, finish_rows, head_base, head_strides, load_backward_rows, load_tile, online_softmax_step,
-                                     output_backward_rows, program_block, store_tile, tile_configs)
+from recsys.ops.triton_tiles import (INTERPRETED, finish_rows, gated_output_gradient, head_base, head_strides, load_backward_rows, load_tile,
+                                     online_softmax_step, output_backward_rows, program_block, store_tile, tile_configs)
 
 _QUERIES_PER_SPLIT = 1024  # dK/dV: queries one program walks for its key block
 
@@ -100,8 +100,8 @@ _DKDV_TILES = tile_configs([(64, 16, 2, 3), (64, 16, 4, 3)])
 def attend_key_list(q, K, V, TK, KEND, KFLAGS, KCLOCK, O, LSE, NK, b, h, pid_bh, offs_m, offs_d, rows, t_i, sin_i, cos_i, gamma_i, delta_i,
                     position_i, s_time, s_hour, qk_scale, T, OB, OH, OT, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     PRECISION: tl.constexpr, FAST_MATH: tl.constexpr):
-    """A query tile's attention over one key list (dense `[B, H, NK, D]`), stored with its log-sum-exp;
-    gamma_i and delta_i already multiplied by the weekend scale."""
+    """A query tile's attention over one key list (dense `[B, H, NK, D]`), stored with its log-sum-exp
+    and returned (float32, for a gated sum); gamma_i and delta_i already multiplied by the weekend scale."""
     key_base = pid_bh.to(tl.int64) * NK * D
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -114,15 +114,18 @@ def attend_key_list(q, K, V, TK, KEND, KFLAGS, KCLOCK, O, LSE, NK, b, h, pid_bh,
     out, lse = finish_rows(acc, l_i, m_i)
     store_tile(O, head_base(b, h, OB, OH), offs_m, offs_d, OT, rows, out)
     tl.store(LSE + pid_bh.to(tl.int64) * T + offs_m, lse, mask=rows)
+    return out
 
 
 @triton.autotune(configs=_DKDV_TILES, key=["T", "NK", "D"])
 @triton.jit
-def _keyed_dkdv_kernel(Q, K, V, DO, LSE, DELTA, TQ, QFLAGS, QCLOCK, TK, KEND, KFLAGS, KCLOCK, SCALES, DK, DV, sm_scale, T, L, NK, QUERIES,
-                       QB, QH, QT, GB, GH, GT, H: tl.constexpr, D: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr,
-                       FAST_MATH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _keyed_dkdv_kernel(Q, K, V, DO, LSE, DELTA, GATE, TQ, QFLAGS, QCLOCK, TK, KEND, KFLAGS, KCLOCK, SCALES, DK, DV, sm_scale, T, L, NK,
+                       QUERIES, QB, QH, QT, GB, GH, GT, H: tl.constexpr, D: tl.constexpr, WEEKEND_BOTH: tl.constexpr,
+                       PRECISION: tl.constexpr, FAST_MATH: tl.constexpr, GATED: tl.constexpr, BLOCK_M: tl.constexpr,
+                       BLOCK_N: tl.constexpr):
     """One key block and one slice of `QUERIES` queries per program: float32 partial dK, dV (summed
-    over the slices by the caller); the dQ kernel sums the temporal scales' gradient."""
+    over the slices by the caller); the dQ kernel sums the temporal scales' gradient. GATED: `DO` is
+    the gated sum's gradient and `GATE` this branch's gates (`gated_output_gradient`)."""
     b, h, pid_bh, start_n, offs_n, offs_d, cols, key_base = program_block(BLOCK_N, H, NK, D)
     split = tl.program_id(2)
     k = load_tile(K, key_base, offs_n, offs_d, D, cols)
@@ -141,6 +144,7 @@ def _keyed_dkdv_kernel(Q, K, V, DO, LSE, DELTA, TQ, QFLAGS, QCLOCK, TK, KEND, KF
         rows = offs_m < hi
         q, do, lse, delta_row = load_backward_rows(Q, query_base, QT, DO, do_base, GT, LSE, DELTA, pid_bh.to(tl.int64) * T, offs_m, offs_d,
                                                    rows)
+        do = gated_output_gradient(do, GATE, pid_bh.to(tl.int64) * T, offs_m, rows, GATED)
         t_i, sin_i, cos_i, gamma_i, delta_i, position_i = _queries(TQ, QFLAGS, QCLOCK, b, offs_m, rows, T, L, WEEKEND_BOTH)
         scores, _, _, _ = _keyed_tile(q, k, t_i, sin_i, cos_i, gamma_i * s_weekend, delta_i * s_weekend, position_i, t_j, sin_j, cos_j, w_j,
                                       first_query_j, s_time, s_hour, 1.0, sm_scale * 1.4426950408889634, False, PRECISION, FAST_MATH)
@@ -151,14 +155,14 @@ def _keyed_dkdv_kernel(Q, K, V, DO, LSE, DELTA, TQ, QFLAGS, QCLOCK, TK, KEND, KF
 
 
 @triton.jit
-def key_list_query_gradients(dq, d_time, d_hour, d_weekend, q, DO, GB, GH, GT, O, LSE, DELTA, K, V, TK, KEND, KFLAGS, KCLOCK, NK, b, h,
-                              pid_bh, offs_m, offs_d, rows, t_i, sin_i, cos_i, gamma_i, delta_i, position_i, s_time, s_hour, s_weekend,
-                              qk_scale, T, OB, OH, OT, D: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
-                              FAST_MATH: tl.constexpr):
+def key_list_query_gradients(dq, d_time, d_hour, d_weekend, q, DO, GB, GH, GT, O, LSE, DELTA, GATE, DGATE, K, V, TK, KEND, KFLAGS, KCLOCK,
+                              NK, b, h, pid_bh, offs_m, offs_d, rows, t_i, sin_i, cos_i, gamma_i, delta_i, position_i, s_time, s_hour,
+                              s_weekend, qk_scale, T, OB, OH, OT, D: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+                              FAST_MATH: tl.constexpr, GATED: tl.constexpr):
     """One key list's share of a query tile's dQ (unscaled) and scale sums; stores the list's row term
-    rowsum(dO·O) for its dK/dV kernel."""
-    do, lse, delta_row = output_backward_rows(DO, head_base(b, h, GB, GH), GT, O, head_base(b, h, OB, OH), OT, LSE, DELTA,
-                                              pid_bh.to(tl.int64) * T, offs_m, offs_d, rows)
+    rowsum(dO·O) for its dK/dV kernel (GATED: and its gates' gradient, `output_backward_rows`)."""
+    do, lse, delta_row = output_backward_rows(DO, head_base(b, h, GB, GH), GT, O, head_base(b, h, OB, OH), OT, LSE, DELTA, GATE, DGATE,
+                                              pid_bh.to(tl.int64) * T, offs_m, offs_d, rows, GATED)
     key_base = pid_bh.to(tl.int64) * NK * D
     for start_n in range(0, NK, BLOCK_N):
         k, v, scores, b_time, b_hour, b_weekend = _key_block(start_n, q, K, V, key_base, offs_d, t_i, sin_i, cos_i, gamma_i, delta_i,
@@ -213,15 +217,16 @@ def list_arguments(lists: Sequence[KeyList], deltas: Optional[Sequence[Tensor]] 
 
 def keyed_key_gradients(q: Tensor, k: Tensor, v: Tensor, grad_out: Tensor, lse: Tensor, delta: Tensor, query_times: Tensor,
                         query_flags: Tensor, query_clock: Tensor, keys: KeyTimes, scales32: Tensor, history_length: int, weekend_rule: int,
-                        sm_scale: float) -> Tuple[Tensor, Tensor]:
-    """float32 dK, dV `[B, H, K, D]`."""
+                        sm_scale: float, gate: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """float32 dK, dV `[B, H, K, D]`. With `gate` (this branch's float32 gates `[B, H, T]`), `grad_out`
+    is the gradient of the gated sum of the branches."""
     batch, heads, total, dim = q.shape
     count = k.shape[2]
     splits = triton.cdiv(total, _QUERIES_PER_SPLIT)
     dk_parts = torch.empty(splits, batch, heads, count, dim, device=q.device, dtype=torch.float32)
     dv_parts = torch.empty_like(dk_parts)
     _keyed_dkdv_kernel[lambda meta: (triton.cdiv(count, meta["BLOCK_N"]), batch * heads, splits)](
-        q, k.contiguous(), v.contiguous(), grad_out, lse, delta, query_times, query_flags, query_clock, *keys, scales32,
-        dk_parts, dv_parts, sm_scale, total, history_length, count, _QUERIES_PER_SPLIT, *head_strides(q), *head_strides(grad_out),
-        **_launch(q, weekend_rule))
+        q, k.contiguous(), v.contiguous(), grad_out, lse, delta, delta if gate is None else gate, query_times, query_flags, query_clock, *keys,
+        scales32, dk_parts, dv_parts, sm_scale, total, history_length, count, _QUERIES_PER_SPLIT, *head_strides(q), *head_strides(grad_out),
+        GATED=gate is not None, **_launch(q, weekend_rule))
     return (dk_parts[0], dv_parts[0]) if splits == 1 else (dk_parts.sum(0), dv_parts.sum(0))

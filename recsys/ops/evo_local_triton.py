@@ -32,9 +32,9 @@ from torch import Tensor
 from recsys.ops.evo_bias_triton import (accumulate_key_gradients, accumulate_query_gradients, add_scale_gradients, event_clock, load_scales,
                                         tile_scores, weekend_coefficients, weekend_value)
 from recsys.ops.evo_keyed_triton import KEY_TILE, KeyList, KeyTimes, attend_key_list, key_list_query_gradients, list_arguments
-from recsys.ops.triton_tiles import (INTERPRETED, finish_rows, head_base, load_backward_rows, load_tile, online_softmax_step, query_backward_rows,
-                                     head_strides, pad_head_dim, padded_head_dim, profile_key_gradients, profile_key_start, program_rows,
-                                     store_tile, tile_configs)
+from recsys.ops.triton_tiles import (INTERPRETED, finish_rows, gated_output_gradient, head_base, head_strides, load_backward_rows, load_tile,
+                                     online_softmax_step, pad_head_dim, padded_head_dim, profile_key_gradients, profile_key_start,
+                                     program_rows, query_backward_rows, store_tile, tile_configs)
 
 
 
@@ -113,17 +113,26 @@ _DQ_TILES = tile_configs([(64, 32, 4, 1)])
 _DKDV_TILES = tile_configs([(32, 32, 2, 1), (32, 32, 2, 3)])
 
 
-@triton.autotune(configs=_FORWARD_TILES, key=["L", "ROWS", "D", "WINDOW", "KEYED", "NK0", "NK1"])
+@triton.jit
+def _branch_gates(GATES, branch, pid_bh, offs_m, rows, ROWS):
+    """Branch `branch`'s gates of a query tile from the float32 `[3, B·H, ROWS]` gates (global,
+    transition, local)."""
+    return tl.load(GATES + (branch * tl.num_programs(1) + pid_bh).to(tl.int64) * ROWS + offs_m, mask=rows, other=0.0)
+
+
+@triton.autotune(configs=_FORWARD_TILES, key=["L", "ROWS", "D", "WINDOW", "KEYED", "NK0", "NK1", "GATED"])
 @triton.jit
 def _local_forward_kernel(Q, K, V, KP, VP, T, FLAGS, CLOCK, SCALES, O, LSE, K0, V0, TK0, KEND0, KFLAGS0, KCLOCK0, O0, LSE0, K1, V1, TK1,
-                          KEND1, KFLAGS1, KCLOCK1, O1, LSE1, sm_scale, L, ROWS, NK0, NK1, QB, QH, QT, OB, OH, OT, H: tl.constexpr,
-                          D: tl.constexpr, WINDOW: tl.constexpr, CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr,
-                          PRECISION: tl.constexpr, FAST_MATH: tl.constexpr, KEYED: tl.constexpr, KEY_BLOCK: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                          KEND1, KFLAGS1, KCLOCK1, O1, LSE1, GATES, FUSED, sm_scale, L, ROWS, NK0, NK1, QB, QH, QT, OB, OH, OT,
+                          H: tl.constexpr, D: tl.constexpr, WINDOW: tl.constexpr, CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr,
+                          PRECISION: tl.constexpr, FAST_MATH: tl.constexpr, KEYED: tl.constexpr, GATED: tl.constexpr,
+                          KEY_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """ROWS positions per (batch, head) row: the history `[0, L)`, then candidates. q, k and v share
     the (batch, head, row) strides QB, QH, QT; the outputs (OB, OH, OT). KEYED: the global and
     transition branches too (`evo_keyed_triton.attend_key_list`, KEY_BLOCK keys per tile), so the
-    query tile and its terms are loaded once for the three branches, as in the dQ kernel."""
+    query tile and its terms are loaded once for the three branches, as in the dQ kernel. GATED
+    (with KEYED): also the branches' sum weighted by per-row gates (`_branch_gates`) into FUSED,
+    which SparseCTR's layer reads instead of combining the three outputs in another pass."""
     b, h, pid_bh, start_m, offs_m, rows = program_rows(BLOCK_M, H, ROWS)
     offs_d = tl.arange(0, D)
     base = head_base(b, h, QB, QH)
@@ -151,24 +160,33 @@ def _local_forward_kernel(Q, K, V, KP, VP, T, FLAGS, CLOCK, SCALES, O, LSE, K0, 
     tl.store(LSE + pid_bh.to(tl.int64) * ROWS + offs_m, lse, mask=rows)
     if KEYED:
         position_i = tl.minimum(offs_m, L)  # candidates see the keys of the whole history
-        attend_key_list(q, K0, V0, TK0, KEND0, KFLAGS0, KCLOCK0, O0, LSE0, NK0, b, h, pid_bh, offs_m, offs_d, rows, t_i, sin_i, cos_i, gamma_i,
-                        delta_i, position_i, s_time, s_hour, qk_scale, ROWS, OB, OH, OT, D, BLOCK_M, KEY_BLOCK, PRECISION, FAST_MATH)
-        attend_key_list(q, K1, V1, TK1, KEND1, KFLAGS1, KCLOCK1, O1, LSE1, NK1, b, h, pid_bh, offs_m, offs_d, rows, t_i, sin_i, cos_i, gamma_i,
-                        delta_i, position_i, s_time, s_hour, qk_scale, ROWS, OB, OH, OT, D, BLOCK_M, KEY_BLOCK, PRECISION, FAST_MATH)
+        out_global = attend_key_list(q, K0, V0, TK0, KEND0, KFLAGS0, KCLOCK0, O0, LSE0, NK0, b, h, pid_bh, offs_m, offs_d, rows, t_i, sin_i,
+                                     cos_i, gamma_i, delta_i, position_i, s_time, s_hour, qk_scale, ROWS, OB, OH, OT, D, BLOCK_M, KEY_BLOCK,
+                                     PRECISION, FAST_MATH)
+        out_transition = attend_key_list(q, K1, V1, TK1, KEND1, KFLAGS1, KCLOCK1, O1, LSE1, NK1, b, h, pid_bh, offs_m, offs_d, rows, t_i,
+                                         sin_i, cos_i, gamma_i, delta_i, position_i, s_time, s_hour, qk_scale, ROWS, OB, OH, OT, D, BLOCK_M,
+                                         KEY_BLOCK, PRECISION, FAST_MATH)
+        if GATED:
+            fused = (_branch_gates(GATES, 0, pid_bh, offs_m, rows, ROWS)[:, None] * out_global
+                     + _branch_gates(GATES, 1, pid_bh, offs_m, rows, ROWS)[:, None] * out_transition
+                     + _branch_gates(GATES, 2, pid_bh, offs_m, rows, ROWS)[:, None] * out)
+            store_tile(FUSED, head_base(b, h, OB, OH), offs_m, offs_d, OT, rows, fused)
 
 
-@triton.autotune(configs=_DKDV_TILES, key=["L", "ROWS", "D", "WINDOW"])
+@triton.autotune(configs=_DKDV_TILES, key=["L", "ROWS", "D", "WINDOW", "GATED"])
 @triton.jit
-def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, FLAGS, CLOCK, SCALES, DK, DV, CHUNK_ID, DKC, DVC, P, TAIL_SLOT, DKT, DVT, NT,
+def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, GATE, T, FLAGS, CLOCK, SCALES, DK, DV, CHUNK_ID, DKC, DVC, P, TAIL_SLOT, DKT, DVT, NT,
                        sm_scale, L, ROWS, QB, QH, QT, GB, GH, GT, H: tl.constexpr, D: tl.constexpr, WINDOW: tl.constexpr,
                        CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr,
-                       CHUNK_GRADS: tl.constexpr, TAIL_GRADS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                       CHUNK_GRADS: tl.constexpr, TAIL_GRADS: tl.constexpr, GATED: tl.constexpr, BLOCK_M: tl.constexpr,
+                       BLOCK_N: tl.constexpr):
     """One key block per program: the query tiles whose window reaches it; dK and dV (the dQ kernel
     sums the temporal scales' gradient).
     CHUNK_GRADS / TAIL_GRADS: the block also adds what the global and transition branches give its
     keys (float32 `[B, H, P, D]` per chunk, already divided by the chunk's size, gathered by
     CHUNK_ID; `[B, H, NT, D]` per tail key, gathered by TAIL_SLOT, -1 where none), so one store
-    writes the keys' whole gradient. q, k, v, dk and dv share the strides (QB, QH, QT); dO has (GB, GH, GT)."""
+    writes the keys' whole gradient. q, k, v, dk and dv share the strides (QB, QH, QT); dO has (GB, GH, GT).
+    GATED: dO is the gated sum's gradient and GATE the local branch's `[B·H, ROWS]` gates."""
     b, h, pid_bh, start_n, offs_n, cols = program_rows(BLOCK_N, H, ROWS)
     offs_d = tl.arange(0, D)
     base, do_base = head_base(b, h, QB, QH), head_base(b, h, GB, GH)
@@ -183,8 +201,8 @@ def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, FLAGS, CLOCK, SCALES, DK, DV,
     for start_m in range(start_n // BLOCK_M * BLOCK_M, tl.minimum(start_n + BLOCK_N + WINDOW - 1, L), BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         dk, dv = _key_block_update(dk, dv, k, v, t_j, sin_j, cos_j, w_j, reach_j, T_row, FLAGS_row, CLOCK_row, s_time, s_hour, s_weekend, sm_scale, L, ROWS, Q, DO,
-                                   LSE, DELTA, base, QT, do_base, GT, pid_bh, offs_m, offs_n, offs_d, offs_m < L, CANDIDATES, WEEKEND_BOTH,
-                                   PRECISION, FAST_MATH)
+                                   LSE, DELTA, GATE, base, QT, do_base, GT, pid_bh, offs_m, offs_n, offs_d, offs_m < L, CANDIDATES,
+                                   WEEKEND_BOTH, PRECISION, FAST_MATH, GATED)
     if CANDIDATES:  # all candidates see the last WINDOW history keys, each one its own key
         candidates_lo = tl.where(start_n >= L, start_n // BLOCK_M * BLOCK_M,
                                  tl.where(start_n + BLOCK_N > L - WINDOW, L // BLOCK_M * BLOCK_M, ROWS))
@@ -192,8 +210,8 @@ def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, FLAGS, CLOCK, SCALES, DK, DV,
         for start_m in range(candidates_lo, candidates_hi, BLOCK_M):
             offs_m = start_m + tl.arange(0, BLOCK_M)
             dk, dv = _key_block_update(dk, dv, k, v, t_j, sin_j, cos_j, w_j, reach_j, T_row, FLAGS_row, CLOCK_row, s_time, s_hour, s_weekend, sm_scale, L, ROWS, Q,
-                                       DO, LSE, DELTA, base, QT, do_base, GT, pid_bh, offs_m, offs_n, offs_d, (offs_m >= L) & (offs_m < ROWS),
-                                       CANDIDATES, WEEKEND_BOTH, PRECISION, FAST_MATH)
+                                       DO, LSE, DELTA, GATE, base, QT, do_base, GT, pid_bh, offs_m, offs_n, offs_d,
+                                       (offs_m >= L) & (offs_m < ROWS), CANDIDATES, WEEKEND_BOTH, PRECISION, FAST_MATH, GATED)
     dk = dk * sm_scale
     history = cols & (offs_n < L)
     if CHUNK_GRADS:
@@ -208,11 +226,12 @@ def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, FLAGS, CLOCK, SCALES, DK, DV,
 
 @triton.jit
 def _key_block_update(dk, dv, k, v, t_j, sin_j, cos_j, w_j, reach_j, T_row, FLAGS_row, CLOCK_row, s_time, s_hour, s_weekend, sm_scale, L, ROWS, Q, DO, LSE, DELTA,
-                      base, QT, do_base, GT, pid_bh, offs_m, offs_n, offs_d, rows, CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr,
-                      PRECISION: tl.constexpr, FAST_MATH: tl.constexpr):
+                      GATE, base, QT, do_base, GT, pid_bh, offs_m, offs_n, offs_d, rows, CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr,
+                      PRECISION: tl.constexpr, FAST_MATH: tl.constexpr, GATED: tl.constexpr):
     """One query tile's (`rows` of `offs_m`) contribution to a key block's dK and dV; t_j .. reach_j
     the block's `_key_terms`."""
     q, do, lse, delta_row = load_backward_rows(Q, base, QT, DO, do_base, GT, LSE, DELTA, pid_bh.to(tl.int64) * ROWS, offs_m, offs_d, rows)
+    do = gated_output_gradient(do, GATE, pid_bh.to(tl.int64) * ROWS, offs_m, rows, GATED)
     t_i, sin_i, cos_i, gamma_i, delta_i = _query_terms(T_row, FLAGS_row, CLOCK_row, offs_m, rows, ROWS, WEEKEND_BOTH)
     scores, _, _, _ = _local_tile(q, k, offs_m, offs_n, t_i, sin_i, cos_i, gamma_i * s_weekend, delta_i * s_weekend, t_j, sin_j, cos_j, w_j,
                                   reach_j, s_time, s_hour, 1.0, sm_scale * 1.4426950408889634, L, CANDIDATES, False, PRECISION, FAST_MATH)
@@ -227,22 +246,27 @@ def _add_key_rows(dk, dv, DKX, DVX, pid_bh, index, N, offs_d, valid, D: tl.const
             dv + tl.load(DVX + offsets, mask=valid[:, None], other=0.0))
 
 
-@triton.autotune(configs=_DQ_TILES, key=["L", "ROWS", "D", "WINDOW", "KEYED", "NK0", "NK1"], reset_to_zero=["DKP", "DVP", "DSCALES"])
+@triton.autotune(configs=_DQ_TILES, key=["L", "ROWS", "D", "WINDOW", "KEYED", "NK0", "NK1", "GATED"],
+                 reset_to_zero=["DKP", "DVP", "DSCALES"])
 @triton.jit
 def _local_dq_kernel(Q, K, V, KP, VP, DO, O, LSE, DELTA, T, FLAGS, CLOCK, SCALES, DQ, DKP, DVP, DSCALES,
                      K0, V0, TK0, KEND0, KFLAGS0, KCLOCK0, DO0, O0, LSE0, DELTA0, K1, V1, TK1, KEND1, KFLAGS1, KCLOCK1, DO1, O1, LSE1, DELTA1,
-                     sm_scale, L, ROWS, NK0, NK1, QB, QH, QT, OB, OH, OT, GB, GH, GT, GB0, GH0, GT0, GB1, GH1, GT1, H: tl.constexpr,
-                     D: tl.constexpr, WINDOW: tl.constexpr, CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr,
-                     FAST_MATH: tl.constexpr, KEYED: tl.constexpr, KEY_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr,
-                     BLOCK_N: tl.constexpr):
+                     GATES, DGATES, sm_scale, L, ROWS, NK0, NK1, QB, QH, QT, OB, OH, OT, GB, GH, GT, GB0, GH0, GT0, GB1, GH1, GT1,
+                     H: tl.constexpr, D: tl.constexpr, WINDOW: tl.constexpr, CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr,
+                     PRECISION: tl.constexpr, FAST_MATH: tl.constexpr, KEYED: tl.constexpr, GATED: tl.constexpr, KEY_BLOCK: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """q, k, v and dq share the strides (QB, QH, QT); the outputs (OB, OH, OT); each dO has its own.
     KEYED: the global and transition branches' key lists too (`evo_keyed_triton.key_list_query_gradients`,
-    KEY_BLOCK keys per tile): the query tile is read, and dQ written, once for all three."""
+    KEY_BLOCK keys per tile): the query tile is read, and dQ written, once for all three. GATED (with
+    KEYED): every dO is the gated sum's gradient, GATES the float32 `[3, B·H, ROWS]` gates (global,
+    transition, local) and DGATES their gradient, written here (`output_backward_rows`)."""
     b, h, pid_bh, start_m, offs_m, rows = program_rows(BLOCK_M, H, ROWS)
     offs_d = tl.arange(0, D)
     base = head_base(b, h, QB, QH)
+    branch_rows = tl.num_programs(1).to(tl.int64) * ROWS  # one branch's gates
     q, do, lse, delta_row = query_backward_rows(Q, base, QT, DO, head_base(b, h, GB, GH), GT, O, head_base(b, h, OB, OH), OT, LSE, DELTA,
-                                                pid_bh.to(tl.int64) * ROWS, offs_m, offs_d, rows)
+                                                GATES + 2 * branch_rows, DGATES + 2 * branch_rows, pid_bh.to(tl.int64) * ROWS, offs_m, offs_d,
+                                                rows, GATED)
     T_row, FLAGS_row, CLOCK_row = T + b * ROWS, FLAGS + b * ROWS, CLOCK + b * 2 * ROWS
     t_i, sin_i, cos_i, gamma_i, delta_i = _query_terms(T_row, FLAGS_row, CLOCK_row, offs_m, rows, ROWS, WEEKEND_BOTH)
     s_time, s_hour, s_weekend = load_scales(SCALES, h, H)
@@ -265,13 +289,15 @@ def _local_dq_kernel(Q, K, V, KP, VP, DO, O, LSE, DELTA, T, FLAGS, CLOCK, SCALES
         position_i = tl.minimum(offs_m, L)  # candidates see the keys of the whole history
         qk_scale = sm_scale * 1.4426950408889634
         dq, d_time, d_hour, d_weekend = key_list_query_gradients(dq, d_time, d_hour, d_weekend, q, DO0, GB0, GH0, GT0, O0, LSE0, DELTA0,
-                                                                  K0, V0, TK0, KEND0, KFLAGS0, KCLOCK0, NK0, b, h, pid_bh, offs_m, offs_d,
-                                                                  rows, t_i, sin_i, cos_i, gamma_i, delta_i, position_i, s_time, s_hour,
-                                                                  s_weekend, qk_scale, ROWS, OB, OH, OT, D, KEY_BLOCK, PRECISION, FAST_MATH)
+                                                                  GATES, DGATES, K0, V0, TK0, KEND0, KFLAGS0, KCLOCK0, NK0, b, h, pid_bh,
+                                                                  offs_m, offs_d, rows, t_i, sin_i, cos_i, gamma_i, delta_i, position_i,
+                                                                  s_time, s_hour, s_weekend, qk_scale, ROWS, OB, OH, OT, D, KEY_BLOCK,
+                                                                  PRECISION, FAST_MATH, GATED)
         dq, d_time, d_hour, d_weekend = key_list_query_gradients(dq, d_time, d_hour, d_weekend, q, DO1, GB1, GH1, GT1, O1, LSE1, DELTA1,
-                                                                  K1, V1, TK1, KEND1, KFLAGS1, KCLOCK1, NK1, b, h, pid_bh, offs_m, offs_d,
-                                                                  rows, t_i, sin_i, cos_i, gamma_i, delta_i, position_i, s_time, s_hour,
-                                                                  s_weekend, qk_scale, ROWS, OB, OH, OT, D, KEY_BLOCK, PRECISION, FAST_MATH)
+                                                                  GATES + branch_rows, DGATES + branch_rows, K1, V1, TK1, KEND1, KFLAGS1,
+                                                                  KCLOCK1, NK1, b, h, pid_bh, offs_m, offs_d, rows, t_i, sin_i, cos_i, gamma_i,
+                                                                  delta_i, position_i, s_time, s_hour, s_weekend, qk_scale, ROWS, OB, OH, OT, D,
+                                                                  KEY_BLOCK, PRECISION, FAST_MATH, GATED)
     store_tile(DQ, base, offs_m, offs_d, QT, rows, dq * sm_scale)
     # the sums are of natural-unit terms; the scales were loaded in log2 units only for the scores
     add_scale_gradients(DSCALES, h, H, d_time, d_hour, d_weekend)
@@ -313,14 +339,17 @@ class KeyGradientsIn(NamedTuple):
 
 def local_forward(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, times: Tensor, flags: Tensor, clock: Tensor,
                   scales32: Tensor, out: Tensor, lse: Tensor, length: int, window: int, weekend_rule: int, sm_scale: float,
-                  keyed: Sequence[KeyList] = ()) -> List[Tensor]:
+                  keyed: Sequence[KeyList] = (), gates: Optional[Tensor] = None, fused: Optional[Tensor] = None) -> List[Tensor]:
     """Write `out` `[B, H, T, D]` and `lse` `[B, H, T]`: the history `[0, length)`, then T - length
     candidates; `times` and `flags` `[B, T]`, `clock` `[B, 2, T]` (`clock_words`). q, k and v share one layout (`head_strides`), out may
     have another; the profile's k and v dense. With `keyed` (the global and transition lists, their
     outputs in `out`'s layout) also write those outputs, and return their natural log-sum-exps
-    `[B, H, T]` (-inf where a query sees no key)."""
+    `[B, H, T]` (-inf where a query sees no key). With `gates` (float32 `[3, B, H, T]`: global,
+    transition, local) also write the gated sum of the three outputs into `fused` (`out`'s layout)."""
     if len(keyed) not in (0, 2):
         raise ValueError(f"the local forward kernel takes no key list or two, got {len(keyed)}")
+    if (gates is not None) and (not keyed or fused is None):
+        raise ValueError("a gated sum needs the two key lists and an output for it")
     batch, heads, rows, _ = q.shape
     lses = [torch.empty(batch, heads, rows, device=q.device, dtype=torch.float32) for _ in keyed]
     lists = list(keyed) or [KeyList(k, v, KeyTimes(times, times, flags, clock), out)]  # an unread stand-in
@@ -328,43 +357,52 @@ def local_forward(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile:
     list_lses = lses or [lse, lse]
     _local_forward_kernel[lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), batch * heads)](
         q, k, v, k_profile, v_profile, times, flags, clock, scales32, out, lse, *arguments[:7], list_lses[0], *arguments[7:], list_lses[-1],
-        sm_scale, length, rows, lists[0].k.shape[2], lists[-1].k.shape[2], *head_strides(q, k, v), *head_strides(out, *(entry.out for entry in keyed)),
-        KEYED=bool(keyed), KEY_BLOCK=KEY_TILE, **_launch(q, length, window, weekend_rule))
+        lse if gates is None else gates, out if fused is None else fused, sm_scale, length, rows, lists[0].k.shape[2], lists[-1].k.shape[2],
+        *head_strides(q, k, v), *head_strides(out, *(entry.out for entry in keyed), *([] if fused is None else [fused])), KEYED=bool(keyed),
+        GATED=gates is not None, KEY_BLOCK=KEY_TILE, **_launch(q, length, window, weekend_rule))
     return lses
 
 
 def local_key_gradients(q: Tensor, k: Tensor, v: Tensor, grad_out: Tensor, lse: Tensor, delta: Tensor, times: Tensor, flags: Tensor,
                         clock: Tensor, scales32: Tensor, dk: Tensor, dv: Tensor, length: int, window: int, weekend_rule: int,
-                        sm_scale: float, extra: KeyGradientsIn = KeyGradientsIn()) -> None:
-    """Write dk, dv (plus `extra` on the history keys); q, k, v, dk and dv in one layout."""
+                        sm_scale: float, extra: KeyGradientsIn = KeyGradientsIn(), gate: Optional[Tensor] = None) -> None:
+    """Write dk, dv (plus `extra` on the history keys); q, k, v, dk and dv in one layout. With `gate`
+    (the local branch's float32 gates `[B, H, T]`), `grad_out` is the gradient of the gated sum."""
     batch, heads, rows, _ = q.shape
     chunk_grads, tail_grads = extra.d_chunk_keys is not None, extra.d_tail_keys is not None
     chunk_id, dkc, dvc = (extra.chunk_id, extra.d_chunk_keys, extra.d_chunk_values) if chunk_grads else (times, dk, dv)
     tail_slot, dkt, dvt = (extra.tail_slot, extra.d_tail_keys, extra.d_tail_values) if tail_grads else (times, dk, dv)
     _local_dkdv_kernel[lambda meta: (triton.cdiv(rows, meta["BLOCK_N"]), batch * heads)](
-        q, k, v, grad_out, lse, delta, times, flags, clock, scales32, dk, dv, chunk_id, dkc, dvc, dkc.shape[2], tail_slot, dkt, dvt,
-        dkt.shape[2], sm_scale, length, rows, *head_strides(q, k, v, dk, dv), *head_strides(grad_out), CHUNK_GRADS=chunk_grads, TAIL_GRADS=tail_grads, **_launch(q, length, window, weekend_rule))
+        q, k, v, grad_out, lse, delta, delta if gate is None else gate, times, flags, clock, scales32, dk, dv, chunk_id, dkc, dvc, dkc.shape[2],
+        tail_slot, dkt, dvt, dkt.shape[2], sm_scale, length, rows, *head_strides(q, k, v, dk, dv), *head_strides(grad_out),
+        CHUNK_GRADS=chunk_grads, TAIL_GRADS=tail_grads, GATED=gate is not None, **_launch(q, length, window, weekend_rule))
 
 
 def local_query_gradients(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, grad_out: Tensor, out: Tensor,
                           lse: Tensor, times: Tensor, flags: Tensor, clock: Tensor, scales32: Tensor, dq: Tensor, dk_profile: Tensor,
                           dv_profile: Tensor, dscales: Tensor, length: int, window: int, weekend_rule: int, sm_scale: float,
-                          keyed: Sequence[KeyList] = ()) -> List[Tensor]:
+                          keyed: Sequence[KeyList] = (), gates: Optional[Tensor] = None, d_gates: Optional[Tensor] = None) -> List[Tensor]:
     """Write dq; add into the float32 profile and scales' gradients (an autotuning launch zeroes them
     first: give each kernel its own `dscales`). With `keyed` (the global and transition lists, their
     outputs in `out`'s layout) dq holds their share too. Returns the row terms rowsum(dO·O) `[B, H, T]`
     of the local branch and of each keyed list, which the dK/dV kernels, run next, read. q, k, v and
-    dq in one layout; `times`, `flags` and `clock` the queries' words (`FusedTimes.query_*`)."""
+    dq in one layout; `times`, `flags` and `clock` the queries' words (`FusedTimes.query_*`). With
+    `gates` (float32 `[3, B, H, T]`: global, transition, local), every dO given is the gradient of
+    the branches' gated sum, and `d_gates` (same shape) receives the gates' gradient."""
     if len(keyed) not in (0, 2):
         raise ValueError(f"the local dQ kernel takes no key list or two, got {len(keyed)}")
+    if (gates is not None) and (not keyed or d_gates is None):
+        raise ValueError("a gated sum needs the two key lists and a buffer for the gates' gradient")
     batch, heads, rows, _ = q.shape
     deltas = [torch.empty(q.shape[:3], device=q.device, dtype=torch.float32) for _ in range(1 + len(keyed))]
     lists = list(keyed) or [KeyList(k, v, KeyTimes(times, times, flags, clock), out, grad_out, lse)]  # an unread stand-in
     _local_dq_kernel[lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), batch * heads)](
         q, k, v, k_profile, v_profile, grad_out, out, lse, deltas[0], times, flags, clock, scales32, dq, dk_profile, dv_profile, dscales,
-        *list_arguments(lists, deltas[1:] or deltas), sm_scale, length, rows, lists[0].k.shape[2], lists[-1].k.shape[2], *head_strides(q, k, v, dq),
+        *list_arguments(lists, deltas[1:] or deltas), deltas[0] if gates is None else gates, deltas[0] if d_gates is None else d_gates,
+        sm_scale, length, rows, lists[0].k.shape[2], lists[-1].k.shape[2], *head_strides(q, k, v, dq),
         *head_strides(out, *(entry.out for entry in keyed)), *head_strides(grad_out), *head_strides(lists[0].grad_out),
-        *head_strides(lists[-1].grad_out), KEYED=bool(keyed), KEY_BLOCK=KEY_TILE, **_launch(q, length, window, weekend_rule))
+        *head_strides(lists[-1].grad_out), KEYED=bool(keyed), GATED=gates is not None, KEY_BLOCK=KEY_TILE,
+        **_launch(q, length, window, weekend_rule))
     return deltas
 
 

@@ -101,22 +101,41 @@ def load_backward_rows(Q, q_base, q_stride, DO, do_base, do_stride, LSE, DELTA, 
 
 
 @triton.jit
-def output_backward_rows(DO, do_base, do_stride, O, o_base, o_stride, LSE, DELTA, row_base, offs_m, offs_d, rows):
+def gated_output_gradient(do, GATE, row_base, offs_m, rows, GATED: tl.constexpr):
+    """A branch's dO where the node returns the branches' gated sum (SparseCTR's fusion): dO_b = g_b·dO
+    of the sum, with `GATE` the branch's `[B·H, N]` float32 gates at `row_base`; `do` itself otherwise."""
+    if GATED:
+        gate = tl.load(GATE + row_base + offs_m, mask=rows, other=0.0)
+        do = (do.to(tl.float32) * gate[:, None]).to(do.dtype)
+    return do
+
+
+@triton.jit
+def output_backward_rows(DO, do_base, do_stride, O, o_base, o_stride, LSE, DELTA, GATE, DGATE, row_base, offs_m, offs_d, rows,
+                         GATED: tl.constexpr):
     """A dQ kernel's per-output inputs: dO, the log-sum-exp in log2 units and the row term
     rowsum(dO·O), computed from the dO it loads anyway and stored for the dK/dV kernel, instead of a
-    separate pass reading dO and O again (`backward_row_term`)."""
+    separate pass reading dO and O again (`backward_row_term`). GATED: `DO` is the gradient of the
+    gated sum, so the branch's dO is g·dO (`gated_output_gradient`), its row term g·rowsum(dO·O),
+    and rowsum(dO·O) is the gate's gradient, stored into `DGATE`."""
     do = load_tile(DO, do_base, offs_m, offs_d, do_stride, rows)
     out = load_tile(O, o_base, offs_m, offs_d, o_stride, rows)
     delta = tl.sum(do.to(tl.float32) * out.to(tl.float32), 1)
+    if GATED:
+        tl.store(DGATE + row_base + offs_m, delta, mask=rows)
+        delta = delta * tl.load(GATE + row_base + offs_m, mask=rows, other=0.0)
+        do = gated_output_gradient(do, GATE, row_base, offs_m, rows, GATED)
     tl.store(DELTA + row_base + offs_m, delta, mask=rows)
     return do, _backward_row_stats(LSE, row_base, offs_m, rows), delta
 
 
 @triton.jit
-def query_backward_rows(Q, q_base, q_stride, DO, do_base, do_stride, O, o_base, o_stride, LSE, DELTA, row_base, offs_m, offs_d, rows):
+def query_backward_rows(Q, q_base, q_stride, DO, do_base, do_stride, O, o_base, o_stride, LSE, DELTA, GATE, DGATE, row_base, offs_m, offs_d,
+                        rows, GATED: tl.constexpr):
     """`load_backward_rows` for a dQ kernel that runs before its dK/dV kernel (`output_backward_rows`)."""
     q = load_tile(Q, q_base, offs_m, offs_d, q_stride, rows)
-    do, lse, delta = output_backward_rows(DO, do_base, do_stride, O, o_base, o_stride, LSE, DELTA, row_base, offs_m, offs_d, rows)
+    do, lse, delta = output_backward_rows(DO, do_base, do_stride, O, o_base, o_stride, LSE, DELTA, GATE, DGATE, row_base, offs_m, offs_d, rows,
+                                          GATED)
     return q, do, lse, delta
 
 
