@@ -160,17 +160,18 @@ def _local_forward_kernel(Q, K, V, KP, VP, T, FLAGS, CLOCK, SCALES, O, LSE, K0, 
     tl.store(LSE + pid_bh.to(tl.int64) * ROWS + offs_m, lse, mask=rows)
     if KEYED:
         position_i = tl.minimum(offs_m, L)  # candidates see the keys of the whole history
-        out_global = attend_key_list(q, K0, V0, TK0, KEND0, KFLAGS0, KCLOCK0, O0, LSE0, NK0, b, h, pid_bh, offs_m, offs_d, rows, t_i, sin_i,
-                                     cos_i, gamma_i, delta_i, position_i, s_time, s_hour, qk_scale, ROWS, OB, OH, OT, D, BLOCK_M, KEY_BLOCK,
-                                     PRECISION, FAST_MATH)
+        attend_key_list(q, K0, V0, TK0, KEND0, KFLAGS0, KCLOCK0, O0, LSE0, NK0, b, h, pid_bh, offs_m, offs_d, rows, t_i, sin_i, cos_i, gamma_i,
+                        delta_i, position_i, s_time, s_hour, qk_scale, ROWS, OB, OH, OT, D, BLOCK_M, KEY_BLOCK, PRECISION, FAST_MATH)
         out_transition = attend_key_list(q, K1, V1, TK1, KEND1, KFLAGS1, KCLOCK1, O1, LSE1, NK1, b, h, pid_bh, offs_m, offs_d, rows, t_i,
                                          sin_i, cos_i, gamma_i, delta_i, position_i, s_time, s_hour, qk_scale, ROWS, OB, OH, OT, D, BLOCK_M,
                                          KEY_BLOCK, PRECISION, FAST_MATH)
-        if GATED:
-            fused = (_branch_gates(GATES, 0, pid_bh, offs_m, rows, ROWS)[:, None] * out_global
+        if GATED:  # the other two outputs come back from the tiles this program just stored: no tile stays live across the lists
+            tl.debug_barrier()  # the block's stores are visible to all its threads (another thread may have stored an element)
+            out_base = head_base(b, h, OB, OH)
+            fused = (_branch_gates(GATES, 0, pid_bh, offs_m, rows, ROWS)[:, None] * load_tile(O0, out_base, offs_m, offs_d, OT, rows).to(tl.float32)
                      + _branch_gates(GATES, 1, pid_bh, offs_m, rows, ROWS)[:, None] * out_transition
-                     + _branch_gates(GATES, 2, pid_bh, offs_m, rows, ROWS)[:, None] * out)
-            store_tile(FUSED, head_base(b, h, OB, OH), offs_m, offs_d, OT, rows, fused)
+                     + _branch_gates(GATES, 2, pid_bh, offs_m, rows, ROWS)[:, None] * load_tile(O, out_base, offs_m, offs_d, OT, rows).to(tl.float32))
+            store_tile(FUSED, out_base, offs_m, offs_d, OT, rows, fused)
 
 
 @triton.autotune(configs=_DKDV_TILES, key=["L", "ROWS", "D", "WINDOW", "GATED"])
