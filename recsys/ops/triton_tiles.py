@@ -122,9 +122,10 @@ def output_backward_rows(DO, do_base, do_stride, O, o_base, o_stride, LSE, DELTA
     out = load_tile(O, o_base, offs_m, offs_d, o_stride, rows)
     delta = tl.sum(do.to(tl.float32) * out.to(tl.float32), 1)
     if GATED:
+        gate = tl.load(GATE + row_base + offs_m, mask=rows, other=0.0)
         tl.store(DGATE + row_base + offs_m, delta, mask=rows)
-        delta = delta * tl.load(GATE + row_base + offs_m, mask=rows, other=0.0)
-        do = gated_output_gradient(do, GATE, row_base, offs_m, rows, GATED)
+        delta = delta * gate
+        do = (do.to(tl.float32) * gate[:, None]).to(do.dtype)  # `gated_output_gradient` with the gates already loaded
     tl.store(DELTA + row_base + offs_m, delta, mask=rows)
     return do, _backward_row_stats(LSE, row_base, offs_m, rows), delta
 
