@@ -45,7 +45,8 @@ def ncu_metric_list() -> str:
 
 
 def attention_steps(cases: list[str]) -> list:
-    """One forward + backward callable per case ("sparsectr:N", "cama:N", "flash:N")."""
+    """One forward + backward callable per case ("sparsectr:N", "sparsectr_gated:N": the node with the
+    branches' gated sum in its kernels, as the model runs it; "cama:N", "flash:N")."""
     import torch
 
     import gpu_suite
@@ -58,7 +59,7 @@ def attention_steps(cases: list[str]) -> list:
         kind, n = case.split(":")
         n = int(n)
         batch = tokens // n
-        base = {"sparsectr": "sparsectr_structural", "cama": "cama", "flash": "full_causal_sdpa"}[kind]
+        base = {"sparsectr": "sparsectr_structural", "sparsectr_gated": "sparsectr_structural", "cama": "cama", "flash": "full_causal_sdpa"}[kind]
         times, q, k, v, extra = make_inputs(base, batch, n, heads, dim, 16, "cuda", torch.bfloat16, dense_mask=False)
         upstream = torch.randn_like(q)
         if kind == "sparsectr":
@@ -67,6 +68,14 @@ def attention_steps(cases: list[str]) -> list:
             def step(packed=packed, times=times, extra=extra, upstream=upstream):
                 outs = gpu_suite.fused_branches_packed(packed, *extra["profile"], times, extra["layout"], 2, 64, extra["scales"])
                 (outs[0] + outs[1] + outs[2]).backward(upstream)
+        elif kind == "sparsectr_gated":
+            packed = torch.stack([x.detach().transpose(1, 2) for x in (q, k, v)], dim=2).requires_grad_()
+            geometry = gpu_suite.evo_geometry(times, *extra["layout"], 0, 2, 64, 0, 0, fused=True)
+            gates = torch.rand(3, batch, heads, n, device="cuda", requires_grad=True)
+
+            def step(packed=packed, extra=extra, geometry=geometry, gates=gates, upstream=upstream):
+                out = gpu_suite.evo_attend_packed_gated(packed, *extra["profile"], None, None, geometry, 64, extra["scales"], 0, gates)
+                out.backward(upstream.reshape(out.shape))
         elif kind == "cama":
             meta = gpu_suite.cama_triton_meta(times, extra, "cuda")
 

@@ -10,6 +10,9 @@ for i = 0, 1, ... and reads each kernel's device time from the profiler over man
 tiles the kernels keep can be chosen from medians rather than from one autotuning pass.
 
     python3 benchmarks/tile_sweep.py [--family cama] [--cases sparsectr:8192] [--steps 20] [--variants]   # on the GPU machine
+
+Cases: `sparsectr:N` (the node's three outputs summed), `sparsectr_gated:N` (the gated sum inside the
+kernels, as the model runs them), `cama:N`.
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ def kernel_times(step, steps: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", choices=sorted(FAMILIES), default="sparsectr", help="which fused kernels to sweep")
-    parser.add_argument("--cases", default=None, help="default sparsectr:8192, or cama:4096 for --family cama")
+    parser.add_argument("--cases", default=None, help="default sparsectr:8192 (also sparsectr_gated:N), or cama:4096 for --family cama")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--variants", action="store_true", help="also the first tile at 1, 2, 4 stages and 2, 8 warps")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "benchmarks/out")))
