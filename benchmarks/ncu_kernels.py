@@ -62,14 +62,13 @@ def attention_steps(cases: list[str]) -> list:
         base = {"sparsectr": "sparsectr_structural", "sparsectr_gated": "sparsectr_structural", "cama": "cama", "flash": "full_causal_sdpa"}[kind]
         times, q, k, v, extra = make_inputs(base, batch, n, heads, dim, 16, "cuda", torch.bfloat16, dense_mask=False)
         upstream = torch.randn_like(q)
-        if kind == "sparsectr":
+        if kind.startswith("sparsectr"):  # the projection's layout, as training feeds the node
             packed = torch.stack([x.detach().transpose(1, 2) for x in (q, k, v)], dim=2).requires_grad_()
-
+        if kind == "sparsectr":
             def step(packed=packed, times=times, extra=extra, upstream=upstream):
                 outs = gpu_suite.fused_branches_packed(packed, *extra["profile"], times, extra["layout"], 2, 64, extra["scales"])
                 (outs[0] + outs[1] + outs[2]).backward(upstream)
         elif kind == "sparsectr_gated":
-            packed = torch.stack([x.detach().transpose(1, 2) for x in (q, k, v)], dim=2).requires_grad_()
             geometry = gpu_suite.evo_geometry(times, *extra["layout"], 0, 2, 64, 0, 0, fused=True)
             gates = torch.rand(3, batch, heads, n, device="cuda", requires_grad=True)
 

@@ -109,7 +109,8 @@ def _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, sin_i, cos_i, gamm
 # long, so software pipelining (num_stages > 1) only costs shared memory and occupancy: one stage
 # ran 8-15 % faster, and the dK/dV kernel's 32-row tiles run best on two warps. The dQ kernel (three
 # branches, since session 12 also the gated sum) runs best on one warp over 32 x 16 tiles: 539 against
-# 588 us for 64 x 32 on four warps, gated 544 against 623 (session 13, tile_sweep at n = 8,192).
+# 588 us for 64 x 32 on four warps, gated 542 against 623 (session 13, tile_sweep at n = 8,192), though
+# it spills 328 bytes offline: one-warp programs keep more of them resident per SM.
 _FORWARD_TILES = tile_configs([(64, 32, 4, 1)])
 _DQ_TILES = tile_configs([(32, 16, 1, 1)])
 _DKDV_TILES = tile_configs([(32, 32, 2, 1), (32, 32, 2, 3)])
