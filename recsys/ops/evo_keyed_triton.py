@@ -88,12 +88,13 @@ def _queries(TQ, QFLAGS, QCLOCK, b, offs_m, rows, T, L, WEEKEND_BOTH: tl.constex
 
 # Key lists are 16-256 long: narrow key tiles (dK/dV holds two [BLOCK_N, D] accumulators besides the
 # tile; the offline sm_90 compile spills at 64x32). Tiles from the H100 sweep (`benchmarks/tile_sweep.py`,
-# session 11 calls 4-10), head dim 64: dK/dV 64x16 on two warps 128 us, four 135; the 128-row tiles ran
-# 65-110 % slower. KEY_TILE: keys per tile where the local kernels walk these lists (`attend_key_list`,
+# sessions 11 and 13), head dim 64: dK/dV 32x16 on one warp at 3 stages 118 us (gated 126) against 132
+# (145) for 64x16 on two warps; 16x16 on one warp 139, 32x16 at 2 or 4 stages 124-133 (no spill
+# offline). KEY_TILE: keys per tile where the local kernels walk these lists (`attend_key_list`,
 # `key_list_query_gradients`): as kernels of their own, the forward ran 16 % and the dQ 31 % slower with
 # 32-key tiles than with 16 (the lists are 16-64 long).
 KEY_TILE = 16
-_DKDV_TILES = tile_configs([(64, 16, 2, 3), (64, 16, 4, 3)])
+_DKDV_TILES = tile_configs([(32, 16, 1, 3)])
 
 
 @triton.jit
