@@ -212,6 +212,7 @@ def _backward_shapes(grads, saved, times, window, weekend_rule, sm_scale, shared
 
 _BRANCH_OUTPUTS, _FUSED_OUTPUT = slice(0, 3), 3
 _SAVED_OUTPUTS = slice(4, 12)  # the forward's outputs the backward reads besides the branch outputs
+_SAVED_BRANCHES = slice(7, 10)  # where `_setup_context` saves the three branch outputs
 # What `_backward` takes as `saved`: the packed qkv, the two profile tensors, chunk and tail keys and
 # values, the three outputs, their log-sum-exps, the scales, the gates and the chunk sizes; the batch's times follow.
 _SAVED_TENSORS = 16
@@ -232,7 +233,7 @@ def _setup_context(ctx, inputs, output) -> None:
 def _backward_formula(ctx, grad_global, grad_transition, grad_local, grad_fused, *_unused_grads):
     saved = list(ctx.saved_tensors)
     times = saved[_SAVED_TENSORS:]
-    outputs = saved[7:10]  # the three branch outputs: a missing gradient is zeros of their shape
+    outputs = saved[_SAVED_BRANCHES]  # a missing gradient is zeros of its branch output's shape
     grads = [grad_fused] * 3 if ctx.gated else [grad_global, grad_transition, grad_local]
     grads = [torch.zeros_like(out) if grad is None else grad for grad, out in zip(grads, outputs)]
     d_qkv, dk_profile, dv_profile, dk_summary, dv_summary, dscales, d_gates = _backward(

@@ -101,12 +101,17 @@ def load_backward_rows(Q, q_base, q_stride, DO, do_base, do_stride, LSE, DELTA, 
 
 
 @triton.jit
+def _scale_rows(do, gate):
+    """dO_b = g_b·dO of the gated sum, one gate per row, in dO's dtype."""
+    return (do.to(tl.float32) * gate[:, None]).to(do.dtype)
+
+
+@triton.jit
 def gated_output_gradient(do, GATE, row_base, offs_m, rows, GATED: tl.constexpr):
     """A branch's dO where the node returns the branches' gated sum (SparseCTR's fusion): dO_b = g_b·dO
     of the sum, with `GATE` the branch's `[B·H, N]` float32 gates at `row_base`; `do` itself otherwise."""
     if GATED:
-        gate = tl.load(GATE + row_base + offs_m, mask=rows, other=0.0)
-        do = (do.to(tl.float32) * gate[:, None]).to(do.dtype)
+        do = _scale_rows(do, tl.load(GATE + row_base + offs_m, mask=rows, other=0.0))
     return do
 
 
@@ -125,7 +130,7 @@ def output_backward_rows(DO, do_base, do_stride, O, o_base, o_stride, LSE, DELTA
         gate = tl.load(GATE + row_base + offs_m, mask=rows, other=0.0)
         tl.store(DGATE + row_base + offs_m, delta, mask=rows)
         delta = delta * gate
-        do = (do.to(tl.float32) * gate[:, None]).to(do.dtype)  # `gated_output_gradient` with the gates already loaded
+        do = _scale_rows(do, gate)  # as `gated_output_gradient`, with the gates already loaded
     tl.store(DELTA + row_base + offs_m, delta, mask=rows)
     return do, _backward_row_stats(LSE, row_base, offs_m, rows), delta
 
