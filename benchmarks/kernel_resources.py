@@ -73,9 +73,10 @@ LOCAL = {
 # SparseCTR's global and transition branches (keys: chunk summaries or chunk tails).
 KEYED = {
     "keyed dkdv": (evo_keyed_triton._keyed_dkdv_kernel,
-                   "Q K V DO LSE DELTA GATE TQ QFLAGS QCLOCK TK KEND KFLAGS KCLOCK SCALES DK DV sm_scale T L NK QUERIES QB QH QT GB GH GT",
-                   "*bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *fp32 *i32 *i32 *fp32 *i32 *i32 *i32 *fp32 *fp32 *fp32 *fp32 fp32 i32 i32 i32 i32"
-                   + _STRIDES * 2, {"GATED": True}),
+                   "Q TQ QFLAGS QCLOCK SCALES K0 V0 DO0 LSE0 DELTA0 GATE0 TK0 KEND0 KFLAGS0 KCLOCK0 DK0 DV0 K1 V1 DO1 LSE1 DELTA1 GATE1 TK1 KEND1"
+                   " KFLAGS1 KCLOCK1 DK1 DV1 sm_scale T L NK0 NK1 QUERIES QB QH QT GB0 GH0 GT0 GB1 GH1 GT1",
+                   "*bf16 *i32 *i32 *fp32 *fp32" + " *bf16 *bf16 *bf16 *fp32 *fp32 *fp32 *i32 *i32 *i32 *fp32 *fp32 *fp32" * 2
+                   + " fp32 i32 i32 i32 i32 i32" + _STRIDES * 3, {"GATED": True}),
 }
 SASS_OPS = ("HGMMA", "MUFU.EX2", "MUFU.LG2", "LDL", "STL", "LDS", "BAR", "LDGSTS")
 

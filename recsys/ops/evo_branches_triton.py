@@ -11,7 +11,7 @@ branch's row term rowsum(dO·O) from the dO and O tiles it loads (no separate ro
 the dK/dV kernels:
 - dQ: the local dQ kernel walks the window (history and candidates: the local kernels handle the
   candidates' window too), then the global and transition key lists, and writes dQ once;
-- dK, dV: the keyed dK/dV kernels give small float32 per-chunk and per-tail gradients; the local
+- dK, dV: the keyed dK/dV kernel (both lists in one launch) gives small float32 per-chunk and per-tail gradients; the local
   dK/dV kernel gathers them per key (`KeyGradientsIn`) and writes each key's whole gradient once.
 When the chunk summaries average something other than k and v (SparseCTR's `compression: mlp`), the
 per-chunk gradient goes to those tensors instead (`chunk_summary_gradient`).
@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 from recsys.ops.evo_attention import EvoGeometry, FusedTimes, _gather_positions, chunk_membership, chunk_summaries_matmul
-from recsys.ops.evo_keyed_triton import KeyList, KeyTimes, keyed_key_gradients
+from recsys.ops.evo_keyed_triton import KeyList, KeyListBackward, KeyTimes, keyed_key_gradients
 from recsys.ops.evo_local_triton import KeyGradientsIn, local_forward, local_key_gradients, local_query_gradients
 from recsys.ops.triton_tiles import INTERPRETED, pad_head_dim, padded_head_dim
 
@@ -182,12 +182,11 @@ def _backward(grads: List[Tensor], saved: List[Tensor], times: List[Tensor], win
                                                                   gates=gates.contiguous() if gated else None,
                                                                   d_gates=d_gates if gated else None)
 
-    dk_chunks, dv_chunks = keyed_key_gradients(q, k_chunks, v_chunks, grads[0], lse[0], global_delta, *keyed, chunk_keys, scales32, *shape,
-                                               gate=branch_gates[0])
+    (dk_chunks, dv_chunks), (dk_tails, dv_tails) = keyed_key_gradients(
+        q, [KeyListBackward(keyed_lists[0], global_delta, branch_gates[0]), KeyListBackward(keyed_lists[1], tail_delta, branch_gates[1])],
+        *keyed, scales32, *shape)
     sizes = chunk_sizes.view(chunk_sizes.shape[0], 1, -1, 1)
     dk_chunks, dv_chunks = dk_chunks / sizes, dv_chunks / sizes
-    dk_tails, dv_tails = keyed_key_gradients(q, k_tails, v_tails, grads[1], lse[1], tail_delta, *keyed, tail_keys, scales32, *shape,
-                                             gate=branch_gates[1])
     tail_in = KeyGradientsIn(tail_slot=timing.tail_slot, d_tail_keys=dk_tails, d_tail_values=dv_tails)
     extra = tail_in._replace(chunk_id=timing.history_chunk, d_chunk_keys=dk_chunks, d_chunk_values=dv_chunks) if shared_summary else tail_in
     local_key_gradients(q, k, v, grads[2], lse[2], local_delta, *query_words, dk, dv, *local_shape, extra=extra, gate=branch_gates[2])

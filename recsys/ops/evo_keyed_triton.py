@@ -14,7 +14,8 @@ int32 times, weekend bits and clock words (`evo_bias_triton.composite_terms`, sh
 
 The key lists are short (chunks, chunks × tail), so dK/dV splits the queries over `SPLIT` programs
 per key block and sums their float32 partials afterwards: one program per key block would leave
-most of the GPU idle.
+most of the GPU idle. One launch serves both lists, so their programs read each q and dO tile
+once from memory between them.
 
 The launchers below are driven by `recsys.ops.evo_branches_triton`, the one autograd node of the
 three branches. Runs on CUDA; on CPU
@@ -23,7 +24,7 @@ under Triton's interpreter (`TRITON_INTERPRET=1`), which the tests use.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import triton
@@ -32,8 +33,8 @@ from torch import Tensor
 
 from recsys.ops.evo_bias_triton import (accumulate_key_gradients, accumulate_query_gradients, event_clock, load_scales, tile_scores,
                                         weekend_coefficients, weekend_value)
-from recsys.ops.triton_tiles import (INTERPRETED, finish_rows, gated_output_gradient, head_base, head_strides, load_backward_rows, load_tile,
-                                     online_softmax_step, output_backward_rows, program_block, store_tile, tile_configs)
+from recsys.ops.triton_tiles import (INTERPRETED, finish_rows, head_base, head_strides, load_backward_rows, load_tile,
+                                     online_softmax_step, output_backward_rows, row_gates, store_tile, tile_configs)
 
 _QUERIES_PER_SPLIT = 1024  # dK/dV: queries one program walks for its key block
 
@@ -90,7 +91,8 @@ def _queries(TQ, QFLAGS, QCLOCK, b, offs_m, rows, T, L, WEEKEND_BOTH: tl.constex
 # tile; the offline sm_90 compile spills at 64x32). Tiles from the H100 sweep (`benchmarks/tile_sweep.py`,
 # sessions 11 and 13), head dim 64: dK/dV 32x16 on one warp at 3 stages 118 us (gated 126) against 132
 # (145) for 64x16 on two warps; 16x16 on one warp 139, 32x16 at 2 or 4 stages 124-133 (no spill
-# offline). KEY_TILE: keys per tile where the local kernels walk these lists (`attend_key_list`,
+# offline); with both lists in one launch and the gates applied to P and dP (session 14) 90 us, gated 95.
+# KEY_TILE: keys per tile where the local kernels walk these lists (`attend_key_list`,
 # `key_list_query_gradients`): as kernels of their own, the forward ran 16 % and the dQ 31 % slower with
 # 32-key tiles than with 16 (the lists are 16-64 long).
 KEY_TILE = 16
@@ -118,20 +120,20 @@ def attend_key_list(q, K, V, TK, KEND, KFLAGS, KCLOCK, O, LSE, NK, b, h, pid_bh,
     return out
 
 
-@triton.autotune(configs=_DKDV_TILES, key=["T", "NK", "D"])
 @triton.jit
-def _keyed_dkdv_kernel(Q, K, V, DO, LSE, DELTA, GATE, TQ, QFLAGS, QCLOCK, TK, KEND, KFLAGS, KCLOCK, SCALES, DK, DV, sm_scale, T, L, NK,
-                       QUERIES, QB, QH, QT, GB, GH, GT, H: tl.constexpr, D: tl.constexpr, WEEKEND_BOTH: tl.constexpr,
-                       PRECISION: tl.constexpr, FAST_MATH: tl.constexpr, GATED: tl.constexpr, BLOCK_M: tl.constexpr,
-                       BLOCK_N: tl.constexpr):
-    """One key block and one slice of `QUERIES` queries per program: float32 partial dK, dV (summed
-    over the slices by the caller); the dQ kernel sums the temporal scales' gradient. GATED: `DO` is
-    the gated sum's gradient and `GATE` this branch's gates (`gated_output_gradient`)."""
-    b, h, pid_bh, start_n, offs_n, offs_d, cols, key_base = program_block(BLOCK_N, H, NK, D)
-    split = tl.program_id(2)
+def _key_block_gradients(block, split, b, h, pid_bh, Q, K, V, DO, LSE, DELTA, GATE, TQ, QFLAGS, QCLOCK, TK, KEND, KFLAGS, KCLOCK, s_time,
+                         s_hour, s_weekend, DK, DV, sm_scale, T, L, NK, QUERIES, QB, QH, QT, GB, GH, GT, D: tl.constexpr,
+                         WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr, GATED: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One key block of one list and one slice of `QUERIES` queries: float32 partial dK, dV (summed
+    over the slices by the caller). GATED: `DO` is the gated sum's gradient and `GATE` this branch's
+    gates (`row_gates`)."""
+    offs_n = block * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D)
+    cols = offs_n < NK
+    key_base = pid_bh.to(tl.int64) * NK * D
     k = load_tile(K, key_base, offs_n, offs_d, D, cols)
     v = load_tile(V, key_base, offs_n, offs_d, D, cols)
-    s_time, s_hour, s_weekend = load_scales(SCALES, h, H)
     t_j, sin_j, cos_j, w_j, first_query_j = _key_terms(TK + b * NK, KEND + b * NK, KFLAGS + b * NK, KCLOCK + b * 2 * NK, offs_n, NK)
     # no query before the earliest end of a valid key sees this block
     first_query = tl.min(tl.minimum(first_query_j, T), 0)
@@ -145,14 +147,40 @@ def _keyed_dkdv_kernel(Q, K, V, DO, LSE, DELTA, GATE, TQ, QFLAGS, QCLOCK, TK, KE
         rows = offs_m < hi
         q, do, lse, delta_row = load_backward_rows(Q, query_base, QT, DO, do_base, GT, LSE, DELTA, pid_bh.to(tl.int64) * T, offs_m, offs_d,
                                                    rows)
-        do = gated_output_gradient(do, GATE, pid_bh.to(tl.int64) * T, offs_m, rows, GATED)
+        gate = row_gates(GATE, pid_bh.to(tl.int64) * T, offs_m, rows, GATED)
         t_i, sin_i, cos_i, gamma_i, delta_i, position_i = _queries(TQ, QFLAGS, QCLOCK, b, offs_m, rows, T, L, WEEKEND_BOTH)
         scores, _, _, _ = _keyed_tile(q, k, t_i, sin_i, cos_i, gamma_i * s_weekend, delta_i * s_weekend, position_i, t_j, sin_j, cos_j, w_j,
                                       first_query_j, s_time, s_hour, 1.0, sm_scale * 1.4426950408889634, False, PRECISION, FAST_MATH)
-        dk, dv = accumulate_key_gradients(dk, dv, q, do, v, scores, lse, delta_row, PRECISION)
+        dk, dv = accumulate_key_gradients(dk, dv, q, do, v, scores, lse, delta_row, gate, PRECISION, GATED)
     partial_base = (split.to(tl.int64) * tl.num_programs(1) + pid_bh) * NK * D
     store_tile(DK, partial_base, offs_n, offs_d, D, cols, dk * sm_scale)
     store_tile(DV, partial_base, offs_n, offs_d, D, cols, dv)
+
+
+@triton.autotune(configs=_DKDV_TILES, key=["T", "NK0", "NK1", "D"])
+@triton.jit
+def _keyed_dkdv_kernel(Q, TQ, QFLAGS, QCLOCK, SCALES, K0, V0, DO0, LSE0, DELTA0, GATE0, TK0, KEND0, KFLAGS0, KCLOCK0, DK0, DV0, K1, V1, DO1,
+                       LSE1, DELTA1, GATE1, TK1, KEND1, KFLAGS1, KCLOCK1, DK1, DV1, sm_scale, T, L, NK0, NK1, QUERIES, QB, QH, QT, GB0, GH0,
+                       GT0, GB1, GH1, GT1, H: tl.constexpr, D: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr,
+                       FAST_MATH: tl.constexpr, GATED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """dK/dV of both key lists in one launch: the first `cdiv(NK0, BLOCK_N)` programs along axis 0
+    take list 0's key blocks, the rest list 1's (NK1 = 0: none). The programs of both lists for one
+    (batch, head, query slice) run side by side and read the same q and dO tiles, so the second read
+    comes from L2: as two launches each read q and dO from memory (the kernels are bandwidth-bound,
+    67-76 % of DRAM peak under Nsight Compute; benchmarks/RESULTS.md, session 14)."""
+    pid_bh = tl.program_id(1)
+    b, h, split = pid_bh // H, pid_bh % H, tl.program_id(2)
+    s_time, s_hour, s_weekend = load_scales(SCALES, h, H)
+    blocks0 = tl.cdiv(NK0, BLOCK_N)
+    block = tl.program_id(0)
+    if block < blocks0:
+        _key_block_gradients(block, split, b, h, pid_bh, Q, K0, V0, DO0, LSE0, DELTA0, GATE0, TQ, QFLAGS, QCLOCK, TK0, KEND0, KFLAGS0, KCLOCK0,
+                             s_time, s_hour, s_weekend, DK0, DV0, sm_scale, T, L, NK0, QUERIES, QB, QH, QT, GB0, GH0, GT0, D, WEEKEND_BOTH,
+                             PRECISION, FAST_MATH, GATED, BLOCK_M, BLOCK_N)
+    else:
+        _key_block_gradients(block - blocks0, split, b, h, pid_bh, Q, K1, V1, DO1, LSE1, DELTA1, GATE1, TQ, QFLAGS, QCLOCK, TK1, KEND1, KFLAGS1,
+                             KCLOCK1, s_time, s_hour, s_weekend, DK1, DV1, sm_scale, T, L, NK1, QUERIES, QB, QH, QT, GB1, GH1, GT1, D,
+                             WEEKEND_BOTH, PRECISION, FAST_MATH, GATED, BLOCK_M, BLOCK_N)
 
 
 @triton.jit
@@ -216,18 +244,34 @@ def list_arguments(lists: Sequence[KeyList], deltas: Optional[Sequence[Tensor]] 
     return arguments
 
 
-def keyed_key_gradients(q: Tensor, k: Tensor, v: Tensor, grad_out: Tensor, lse: Tensor, delta: Tensor, query_times: Tensor,
-                        query_flags: Tensor, query_clock: Tensor, keys: KeyTimes, scales32: Tensor, history_length: int, weekend_rule: int,
-                        sm_scale: float, gate: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-    """float32 dK, dV `[B, H, K, D]`. With `gate` (this branch's float32 gates `[B, H, T]`), `grad_out`
-    is the gradient of the gated sum of the branches."""
+class KeyListBackward(NamedTuple):
+    """One key list as its dK/dV kernel reads it: the list (`KeyList` with its dO and log-sum-exp), the
+    row term rowsum(dO·O) the dQ kernel stored for it, and, where the node returns the branches'
+    gated sum, the branch's float32 gates `[B, H, T]` (the list's dO is then the sum's gradient)."""
+
+    entry: KeyList
+    delta: Tensor
+    gate: Optional[Tensor] = None
+
+
+def keyed_key_gradients(q: Tensor, lists: Sequence[KeyListBackward], query_times: Tensor, query_flags: Tensor, query_clock: Tensor,
+                        scales32: Tensor, history_length: int, weekend_rule: int, sm_scale: float) -> List[Tuple[Tensor, Tensor]]:
+    """float32 dK, dV `[B, H, K, D]` of each of one or two key lists, in one launch."""
+    if len(lists) not in (1, 2) or len({item.gate is None for item in lists}) != 1:
+        raise ValueError("the keyed dK/dV kernel takes one or two key lists, all gated or none")
     batch, heads, total, dim = q.shape
-    count = k.shape[2]
     splits = triton.cdiv(total, _QUERIES_PER_SPLIT)
-    dk_parts = torch.empty(splits, batch, heads, count, dim, device=q.device, dtype=torch.float32)
-    dv_parts = torch.empty_like(dk_parts)
-    _keyed_dkdv_kernel[lambda meta: (triton.cdiv(count, meta["BLOCK_N"]), batch * heads, splits)](
-        q, k.contiguous(), v.contiguous(), grad_out, lse, delta, delta if gate is None else gate, query_times, query_flags, query_clock, *keys,
-        scales32, dk_parts, dv_parts, sm_scale, total, history_length, count, _QUERIES_PER_SPLIT, *head_strides(q), *head_strides(grad_out),
-        GATED=gate is not None, **_launch(q, weekend_rule))
-    return (dk_parts[0], dv_parts[0]) if splits == 1 else (dk_parts.sum(0), dv_parts.sum(0))
+    parts = [(torch.empty(splits, batch, heads, item.entry.k.shape[2], dim, device=q.device, dtype=torch.float32),
+              torch.empty(splits, batch, heads, item.entry.k.shape[2], dim, device=q.device, dtype=torch.float32)) for item in lists]
+    arguments, strides = [], []
+    for index in (0, -1):
+        item, (dk_parts, dv_parts) = lists[index], parts[index]
+        entry = item.entry
+        arguments += [entry.k.contiguous(), entry.v.contiguous(), entry.grad_out, entry.lse, item.delta,
+                      item.delta if item.gate is None else item.gate, *entry.keys, dk_parts, dv_parts]
+        strides += head_strides(entry.grad_out)
+    counts = [item.entry.k.shape[2] for item in lists] + [0]
+    _keyed_dkdv_kernel[lambda meta: (triton.cdiv(counts[0], meta["BLOCK_N"]) + triton.cdiv(counts[1], meta["BLOCK_N"]), batch * heads, splits)](
+        q, query_times, query_flags, query_clock, scales32, *arguments, sm_scale, total, history_length, counts[0], counts[1],
+        _QUERIES_PER_SPLIT, *head_strides(q), *strides, GATED=lists[0].gate is not None, **_launch(q, weekend_rule))
+    return [(dk_parts[0], dv_parts[0]) if splits == 1 else (dk_parts.sum(0), dv_parts.sum(0)) for dk_parts, dv_parts in parts]

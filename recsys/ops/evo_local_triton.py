@@ -32,9 +32,9 @@ from torch import Tensor
 from recsys.ops.evo_bias_triton import (accumulate_key_gradients, accumulate_query_gradients, add_scale_gradients, event_clock, load_scales,
                                         tile_scores, weekend_coefficients, weekend_value)
 from recsys.ops.evo_keyed_triton import KEY_TILE, KeyList, KeyTimes, attend_key_list, key_list_query_gradients, list_arguments
-from recsys.ops.triton_tiles import (INTERPRETED, finish_rows, gated_output_gradient, head_base, head_strides, load_backward_rows, load_tile,
+from recsys.ops.triton_tiles import (INTERPRETED, finish_rows, head_base, head_strides, load_backward_rows, load_tile,
                                      online_softmax_step, pad_head_dim, padded_head_dim, profile_key_gradients, profile_key_start,
-                                     program_rows, query_backward_rows, store_tile, tile_configs)
+                                     program_rows, query_backward_rows, row_gates, store_tile, tile_configs)
 
 
 
@@ -235,11 +235,11 @@ def _key_block_update(dk, dv, k, v, t_j, sin_j, cos_j, w_j, reach_j, T_row, FLAG
     """One query tile's (`rows` of `offs_m`) contribution to a key block's dK and dV; t_j .. reach_j
     the block's `_key_terms`."""
     q, do, lse, delta_row = load_backward_rows(Q, base, QT, DO, do_base, GT, LSE, DELTA, pid_bh.to(tl.int64) * ROWS, offs_m, offs_d, rows)
-    do = gated_output_gradient(do, GATE, pid_bh.to(tl.int64) * ROWS, offs_m, rows, GATED)
+    gate = row_gates(GATE, pid_bh.to(tl.int64) * ROWS, offs_m, rows, GATED)
     t_i, sin_i, cos_i, gamma_i, delta_i = _query_terms(T_row, FLAGS_row, CLOCK_row, offs_m, rows, ROWS, WEEKEND_BOTH)
     scores, _, _, _ = _local_tile(q, k, offs_m, offs_n, t_i, sin_i, cos_i, gamma_i * s_weekend, delta_i * s_weekend, t_j, sin_j, cos_j, w_j,
                                   reach_j, s_time, s_hour, 1.0, sm_scale * 1.4426950408889634, L, CANDIDATES, False, PRECISION, FAST_MATH)
-    return accumulate_key_gradients(dk, dv, q, do, v, scores, lse, delta_row, PRECISION)
+    return accumulate_key_gradients(dk, dv, q, do, v, scores, lse, delta_row, gate, PRECISION, GATED)
 
 
 @triton.jit

@@ -101,18 +101,14 @@ def load_backward_rows(Q, q_base, q_stride, DO, do_base, do_stride, LSE, DELTA, 
 
 
 @triton.jit
-def _scale_rows(do, gate):
-    """dO_b = g_b·dO of the gated sum, one gate per row, in dO's dtype."""
-    return (do.to(tl.float32) * gate[:, None]).to(do.dtype)
-
-
-@triton.jit
-def gated_output_gradient(do, GATE, row_base, offs_m, rows, GATED: tl.constexpr):
-    """A branch's dO where the node returns the branches' gated sum (SparseCTR's fusion): dO_b = g_b·dO
-    of the sum, with `GATE` the branch's `[B·H, N]` float32 gates at `row_base`; `do` itself otherwise."""
+def row_gates(GATE, row_base, offs_m, rows, GATED: tl.constexpr):
+    """A branch's gates `[BM]` of a query tile from its `[B·H, N]` float32 gates at `row_base` where
+    the node returns the branches' gated sum (SparseCTR's fusion; `accumulate_key_gradients` applies
+    them), else an unread 1.0."""
     if GATED:
-        do = _scale_rows(do, tl.load(GATE + row_base + offs_m, mask=rows, other=0.0))
-    return do
+        return tl.load(GATE + row_base + offs_m, mask=rows, other=0.0)
+    else:
+        return 1.0
 
 
 @triton.jit
@@ -121,7 +117,7 @@ def output_backward_rows(DO, do_base, do_stride, O, o_base, o_stride, LSE, DELTA
     """A dQ kernel's per-output inputs: dO, the log-sum-exp in log2 units and the row term
     rowsum(dO·O), computed from the dO it loads anyway and stored for the dK/dV kernel, instead of a
     separate pass reading dO and O again (`backward_row_term`). GATED: `DO` is the gradient of the
-    gated sum, so the branch's dO is g·dO (`gated_output_gradient`), its row term g·rowsum(dO·O),
+    gated sum, so the branch's dO is g·dO, its row term g·rowsum(dO·O),
     and rowsum(dO·O) is the gate's gradient, stored into `DGATE`."""
     do = load_tile(DO, do_base, offs_m, offs_d, do_stride, rows)
     out = load_tile(O, o_base, offs_m, offs_d, o_stride, rows)
@@ -130,7 +126,7 @@ def output_backward_rows(DO, do_base, do_stride, O, o_base, o_stride, LSE, DELTA
         gate = tl.load(GATE + row_base + offs_m, mask=rows, other=0.0)
         tl.store(DGATE + row_base + offs_m, delta, mask=rows)
         delta = delta * gate
-        do = _scale_rows(do, gate)  # as `gated_output_gradient`, with the gates already loaded
+        do = (do.to(tl.float32) * gate[:, None]).to(do.dtype)  # once per program: the dQ kernel's dO tile stays put
     tl.store(DELTA + row_base + offs_m, delta, mask=rows)
     return do, _backward_row_stats(LSE, row_base, offs_m, rows), delta
 
