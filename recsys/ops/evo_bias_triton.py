@@ -135,8 +135,9 @@ def accumulate_key_gradients(dk, dv, q, do, v, scores, lse, delta_row, gate, PRE
     (scores -inf where not visible, lse +inf for rows without keys). GATED: `do` is the gradient of
     the branches' gated sum and `gate` `[BM]` this branch's gates of the tile's rows, so the branch's
     dO is gate·dO: the gates scale P (for dV) and dO·Vᵀ (for dS), `[BM, BN]` tiles already in
-    registers. Scaling the `[BM, D]` dO tile instead took a float32 round trip and a pass through
-    shared memory per query tile: 30-40 us more than the ungated kernels at n = 8,192 (session 14)."""
+    registers. Scaling the `[BM, D]` dO tile instead took a float32 round trip and a conversion into
+    the dot's operand layout per query tile: 30-40 us more than the ungated kernels at n = 8,192
+    (benchmarks/RESULTS.md, session 14)."""
     p = tl.exp2(scores - lse[:, None])
     if GATED:
         dv += tl.dot(tl.trans((p * gate[:, None]).to(do.dtype)), do, input_precision=PRECISION)

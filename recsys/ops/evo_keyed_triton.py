@@ -164,10 +164,10 @@ def _keyed_dkdv_kernel(Q, TQ, QFLAGS, QCLOCK, SCALES, K0, V0, DO0, LSE0, DELTA0,
                        GT0, GB1, GH1, GT1, H: tl.constexpr, D: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr,
                        FAST_MATH: tl.constexpr, GATED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """dK/dV of both key lists in one launch: the first `cdiv(NK0, BLOCK_N)` programs along axis 0
-    take list 0's key blocks, the rest list 1's (NK1 = 0: none). The programs of both lists for one
-    (batch, head, query slice) run side by side and read the same q and dO tiles, so the second read
-    comes from L2: as two launches each read q and dO from memory (the kernels are bandwidth-bound,
-    67-76 % of DRAM peak under Nsight Compute; benchmarks/RESULTS.md, session 14)."""
+    take list 0's key blocks, the rest list 1's. The programs of both lists for one (batch, head,
+    query slice) run side by side and read the same q and dO tiles, so the second read comes from
+    L2, where two launches each read q and dO from memory (they were bandwidth-bound, 67-76 % of
+    DRAM peak under Nsight Compute: 118 against 90 us at n = 8,192; benchmarks/RESULTS.md, session 14)."""
     pid_bh = tl.program_id(1)
     b, h, split = pid_bh // H, pid_bh % H, tl.program_id(2)
     s_time, s_hour, s_weekend = load_scales(SCALES, h, H)
@@ -256,21 +256,20 @@ class KeyListBackward(NamedTuple):
 
 def keyed_key_gradients(q: Tensor, lists: Sequence[KeyListBackward], query_times: Tensor, query_flags: Tensor, query_clock: Tensor,
                         scales32: Tensor, history_length: int, weekend_rule: int, sm_scale: float) -> List[Tuple[Tensor, Tensor]]:
-    """float32 dK, dV `[B, H, K, D]` of each of one or two key lists, in one launch."""
-    if len(lists) not in (1, 2) or len({item.gate is None for item in lists}) != 1:
-        raise ValueError("the keyed dK/dV kernel takes one or two key lists, all gated or none")
+    """float32 dK, dV `[B, H, K, D]` of the global and the transition key lists, in one launch."""
+    if len(lists) != 2 or len({item.gate is None for item in lists}) != 1:
+        raise ValueError("the keyed dK/dV kernel takes two key lists, both gated or neither")
     batch, heads, total, dim = q.shape
     splits = triton.cdiv(total, _QUERIES_PER_SPLIT)
     parts = [(torch.empty(splits, batch, heads, item.entry.k.shape[2], dim, device=q.device, dtype=torch.float32),
               torch.empty(splits, batch, heads, item.entry.k.shape[2], dim, device=q.device, dtype=torch.float32)) for item in lists]
     arguments, strides = [], []
-    for index in (0, -1):
-        item, (dk_parts, dv_parts) = lists[index], parts[index]
+    for item, (dk_parts, dv_parts) in zip(lists, parts):
         entry = item.entry
         arguments += [entry.k.contiguous(), entry.v.contiguous(), entry.grad_out, entry.lse, item.delta,
                       item.delta if item.gate is None else item.gate, *entry.keys, dk_parts, dv_parts]
         strides += head_strides(entry.grad_out)
-    counts = [item.entry.k.shape[2] for item in lists] + [0]
+    counts = [item.entry.k.shape[2] for item in lists]
     _keyed_dkdv_kernel[lambda meta: (triton.cdiv(counts[0], meta["BLOCK_N"]) + triton.cdiv(counts[1], meta["BLOCK_N"]), batch * heads, splits)](
         q, query_times, query_flags, query_clock, scales32, *arguments, sm_scale, total, history_length, counts[0], counts[1],
         _QUERIES_PER_SPLIT, *head_strides(q), *strides, GATED=lists[0].gate is not None, **_launch(q, weekend_rule))

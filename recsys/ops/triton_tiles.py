@@ -126,7 +126,8 @@ def output_backward_rows(DO, do_base, do_stride, O, o_base, o_stride, LSE, DELTA
         gate = tl.load(GATE + row_base + offs_m, mask=rows, other=0.0)
         tl.store(DGATE + row_base + offs_m, delta, mask=rows)
         delta = delta * gate
-        do = (do.to(tl.float32) * gate[:, None]).to(do.dtype)  # once per program: the dQ kernel's dO tile stays put
+        # once per program here; the dK/dV kernels, which load dO per query tile, scale P and dP instead
+        do = (do.to(tl.float32) * gate[:, None]).to(do.dtype)
     tl.store(DELTA + row_base + offs_m, delta, mask=rows)
     return do, _backward_row_stats(LSE, row_base, offs_m, rows), delta
 
