@@ -130,7 +130,8 @@ def lower_to_ttir(source: ASTSource) -> str:
 
 def compile_report(kernel: str, config: triton.Config, constants: dict) -> dict:
     source = kernel_source(kernel, config, constants)
-    compiled = triton.compile(source, target=TARGET, options={"num_warps": config.num_warps, "num_stages": config.num_stages})
+    options = {"num_warps": config.num_warps, "num_stages": config.num_stages, **({"maxnreg": config.maxnreg} if config.maxnreg else {})}
+    compiled = triton.compile(source, target=TARGET, options=options)
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as handle:
         handle.write(compiled.asm["cubin"])
     usage = subprocess.run([TOOLS / "cuobjdump", "-res-usage", handle.name], capture_output=True, text=True, check=True).stdout

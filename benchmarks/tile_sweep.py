@@ -53,7 +53,8 @@ def with_variants(configs: list) -> list:
 
 
 def describe(config) -> str:
-    return f"{config.kwargs['BLOCK_M']}x{config.kwargs['BLOCK_N']}w{config.num_warps}s{config.num_stages}"
+    cap = f"r{config.maxnreg}" if config.maxnreg else ""
+    return f"{config.kwargs['BLOCK_M']}x{config.kwargs['BLOCK_N']}w{config.num_warps}s{config.num_stages}{cap}"
 
 
 def kernel_times(step, steps: int) -> dict:

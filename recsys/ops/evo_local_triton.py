@@ -111,9 +111,15 @@ def _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, sin_i, cos_i, gamm
 # branches, since session 12 also the gated sum) runs best on one warp over 32 x 16 tiles: 539 against
 # 588 us for 64 x 32 on four warps, gated 542 against 623 (session 13, tile_sweep at n = 8,192), though
 # it spills 328 bytes offline: one-warp programs keep more of them resident per SM.
-_FORWARD_TILES = tile_configs([(64, 32, 4, 1)])
+# Register caps (the fifth entry, ptxas' maxnreg) that let one more program fit per SM: the forward at
+# 128 registers (144 uncapped: 3 -> 4 programs of 4 warps; 8 bytes spilled) ran 248 against 281 us,
+# gated 280 against 308; the dK/dV kernel at 168 (225-238: 4 -> 6 programs of 2 warps; 72 bytes
+# spilled) 275 against 302, gated 282 against 306 (session 14, calls 8-9). A cap that adds no
+# program (the forward at 136) gains nothing, and the dQ kernel's spills grow too fast (208: 632
+# bytes, 18 % slower).
+_FORWARD_TILES = tile_configs([(64, 32, 4, 1, 128)])
 _DQ_TILES = tile_configs([(32, 16, 1, 1)])
-_DKDV_TILES = tile_configs([(32, 32, 2, 1), (32, 32, 2, 3)])
+_DKDV_TILES = tile_configs([(32, 32, 2, 1, 168)])
 
 
 @triton.jit

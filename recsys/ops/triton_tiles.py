@@ -17,11 +17,13 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 LOG2E = 1.4426950408889634
 
 
-def tile_configs(shapes: List[Tuple[int, int, int, int]], interpreted: Tuple[int, int] = (16, 16)) -> List[triton.Config]:
-    """(BLOCK_M, BLOCK_N, warps, stages) candidates tuned on the GPU; one small tile when interpreted."""
+def tile_configs(shapes: List[Tuple[int, ...]], interpreted: Tuple[int, int] = (16, 16)) -> List[triton.Config]:
+    """(BLOCK_M, BLOCK_N, warps, stages[, register cap]) candidates tuned on the GPU; one small tile
+    when interpreted."""
     if INTERPRETED:
         return [triton.Config({"BLOCK_M": interpreted[0], "BLOCK_N": interpreted[1]}, num_warps=1)]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st) for m, n, w, st in shapes]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st, maxnreg=cap[0] if cap else None)
+            for m, n, w, st, *cap in shapes]
 
 
 @triton.jit
