@@ -686,7 +686,7 @@ def autotuned_configs() -> dict:
         for name, kernel in vars(module).items():
             best = getattr(kernel, "best_config", None)
             if isinstance(kernel, triton.runtime.Autotuner) and best is not None:
-                chosen[name] = {**best.kwargs, "num_warps": best.num_warps, "num_stages": best.num_stages}
+                chosen[name] = {**best.kwargs, "num_warps": best.num_warps, "num_stages": best.num_stages, "maxnreg": best.maxnreg}
     return chosen
 
 
