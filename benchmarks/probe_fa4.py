@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import operator
 import os
 import sys
 import time
@@ -44,7 +43,6 @@ if COMPILE_ONLY:  # CPU-only compilation, as flash_attn.cute.interface._get_devi
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-import cutlass  # noqa: E402
 import cutlass.cute as cute  # noqa: E402
 from cutlass import Float32, Int32  # noqa: E402
 from flash_attn.cute.interface import _flash_attn_bwd, _flash_attn_fwd, flash_attn_func  # noqa: E402
@@ -248,7 +246,7 @@ def check(name: str, fa4_call, bias_fn, batch: int, n: int, heads: int, dim: int
     want_grads = torch.autograd.grad(want, leaves, upstream)
     sdpa_leaves = [x.detach().transpose(1, 2).requires_grad_() for x in (q, k, v)]
     sdpa = F.scaled_dot_product_attention(*sdpa_leaves, attn_mask=bias.to(torch.bfloat16)).transpose(1, 2)
-    sdpa_grads = [g.transpose(1, 2) for g in torch.autograd.grad(sdpa, sdpa_leaves, upstream.to(sdpa.dtype).transpose(1, 2).transpose(1, 2))]
+    sdpa_grads = [g.transpose(1, 2) for g in torch.autograd.grad(sdpa, sdpa_leaves, upstream.to(sdpa.dtype))]
     row = {"check": name, "batch": batch, "n": n,
            "fa4_rel_err": {"out": relative_error(out, want), **{f"d{x}": relative_error(g, w) for x, g, w in zip("qkv", grads, want_grads)}},
            "sdpa_bf16_rel_err": {"out": relative_error(sdpa, want), **{f"d{x}": relative_error(g, w) for x, g, w in zip("qkv", sdpa_grads, want_grads)}}}
