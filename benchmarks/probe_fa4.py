@@ -49,8 +49,9 @@ from flash_attn.cute.interface import _flash_attn_bwd, _flash_attn_fwd, flash_at
 
 from gpu_suite import timer  # noqa: E402  (median seconds per call, CUDA events)
 
-LOG_BUCKET_PER_OCTAVE = 2.3028145533553  # ln 2 / 0.301, as recsys.ops.temporal.log_bucket
-NUM_BUCKETS = 128
+from recsys.ops.temporal import LOG_BUCKET_PER_OCTAVE, log_bucket  # noqa: E402
+
+NUM_BUCKETS = 128  # log_bucket's default: table rows 0 .. 128
 MASKED = -1.0e30  # additive: exp underflows to 0; no row here is fully masked but the keyed ones
 
 
@@ -194,8 +195,7 @@ def keyed_aux(batch: int, n: int, heads: int, device: str, generator: torch.Gene
 # -- references (fp32, explicit bias) -------------------------------------------------------------------
 def cama_bias_reference(aux: list, heads: int, full: bool) -> torch.Tensor:
     times, table = aux[0].long(), aux[1].float()
-    delta = (times.unsqueeze(2) - times.unsqueeze(1)).clamp_min(1).float()
-    bucket = torch.floor(torch.log2(delta) * LOG_BUCKET_PER_OCTAVE).clamp(0, NUM_BUCKETS).long()
+    bucket = log_bucket(times.unsqueeze(2) - times.unsqueeze(1), NUM_BUCKETS)
     bias = table[torch.arange(heads, device=times.device).view(1, -1, 1, 1), bucket.unsqueeze(1)]  # [B, H, n, n]
     n = times.shape[1]
     causal = torch.ones(n, n, dtype=torch.bool, device=times.device).tril()
