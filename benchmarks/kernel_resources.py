@@ -30,7 +30,7 @@ from triton.compiler import ASTSource  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from recsys.ops import cama_triton, evo_keyed_triton, evo_local_triton  # noqa: E402
+from recsys.ops import cama_triton, evo_keyed_triton, evo_local_triton, evo_scores_backward  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
@@ -61,22 +61,40 @@ LOCAL = {
                   "*bf16 *bf16 *bf16 *bf16 *bf16 *i32 *i32 *fp32 *fp32 *bf16 *fp32" + _KEY_LIST * 2 + " *fp32 *bf16 fp32 i32 i32 i32 i32"
                   + _STRIDES * 2, {"KEYED": True, "KEY_BLOCK": 16, "GATED": True}),
     "local dkdv": (evo_local_triton._local_dkdv_kernel,
-                   "Q K V DO LSE DELTA GATE T FLAGS CLOCK SCALES DK DV CHUNK_ID DKC DVC P TAIL_SLOT DKT DVT NT sm_scale L ROWS QB QH QT GB GH GT",
-                   "*bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *fp32 *i32 *i32 *fp32 *fp32 *bf16 *bf16 *i32 *fp32 *fp32 i32 *i32 *fp32 *fp32 i32 fp32 i32"
-                   " i32" + _STRIDES * 2, {"CHUNK_GRADS": True, "TAIL_GRADS": True, "GATED": True}),
+                   "Q K V DO LSE DELTA GATE T FLAGS CLOCK SCALES DK DV CHUNK_ID DKC DVC P TAIL_SLOT DKT DVT NT DS DSCALES DS_ROWS sm_scale L ROWS"
+                   " QB QH QT GB GH GT",
+                   "*bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *fp32 *i32 *i32 *fp32 *fp32 *bf16 *bf16 *i32 *fp32 *fp32 i32 *i32 *fp32 *fp32 i32 *bf16 *fp32"
+                   " i32 fp32 i32 i32" + _STRIDES * 2,
+                   {"CHUNK_GRADS": True, "TAIL_GRADS": True, "GATED": True, "STORE_SCORES": False, "SCORE_BLOCK": 64}),
     "local dq": (evo_local_triton._local_dq_kernel,
                  "Q K V KP VP DO O LSE DELTA T FLAGS CLOCK SCALES DQ DKP DVP DSCALES K0 V0 TK0 KEND0 KFLAGS0 KCLOCK0 DO0 O0 LSE0 DELTA0 K1 V1 TK1"
-                 " KEND1 KFLAGS1 KCLOCK1 DO1 O1 LSE1 DELTA1 GATES DGATES sm_scale L ROWS NK0 NK1 QB QH QT OB OH OT GB GH GT GB0 GH0 GT0 GB1 GH1 GT1",
+                 " KEND1 KFLAGS1 KCLOCK1 DO1 O1 LSE1 DELTA1 GATES DGATES sm_scale L ROWS NK0 NK1 FIRST_ROW QB QH QT OB OH OT GB GH GT GB0 GH0 GT0"
+                 " GB1 GH1 GT1",
                  "*bf16 *bf16 *bf16 *bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *i32 *i32 *fp32 *fp32 *bf16 *fp32 *fp32 *fp32"
-                 + _KEY_LIST_GRAD * 2 + " *fp32 *fp32 fp32 i32 i32 i32 i32" + _STRIDES * 5, {"KEYED": True, "KEY_BLOCK": 16, "GATED": True}),
+                 + _KEY_LIST_GRAD * 2 + " *fp32 *fp32 fp32 i32 i32 i32 i32 i32" + _STRIDES * 5, {"KEYED": True, "KEY_BLOCK": 16, "GATED": True}),
 }
 # SparseCTR's global and transition branches (keys: chunk summaries or chunk tails).
 KEYED = {
     "keyed dkdv": (evo_keyed_triton._keyed_dkdv_kernel,
-                   "Q TQ QFLAGS QCLOCK SCALES K0 V0 DO0 LSE0 DELTA0 GATE0 TK0 KEND0 KFLAGS0 KCLOCK0 DK0 DV0 K1 V1 DO1 LSE1 DELTA1 GATE1 TK1 KEND1"
-                   " KFLAGS1 KCLOCK1 DK1 DV1 sm_scale T L NK0 NK1 QUERIES QB QH QT GB0 GH0 GT0 GB1 GH1 GT1",
-                   "*bf16 *i32 *i32 *fp32 *fp32" + " *bf16 *bf16 *bf16 *fp32 *fp32 *fp32 *i32 *i32 *i32 *fp32 *fp32 *fp32" * 2
-                   + " fp32 i32 i32 i32 i32 i32" + _STRIDES * 3, {"GATED": True}),
+                   "Q TQ QFLAGS QCLOCK SCALES K0 V0 DO0 LSE0 DELTA0 GATE0 TK0 KEND0 KFLAGS0 KCLOCK0 DK0 DV0 DS0 K1 V1 DO1 LSE1 DELTA1 GATE1 TK1"
+                   " KEND1 KFLAGS1 KCLOCK1 DK1 DV1 DS1 DSCALES sm_scale T L NK0 NK1 QUERIES DS_ROWS QB QH QT GB0 GH0 GT0 GB1 GH1 GT1",
+                   "*bf16 *i32 *i32 *fp32 *fp32" + " *bf16 *bf16 *bf16 *fp32 *fp32 *fp32 *i32 *i32 *i32 *fp32 *fp32 *fp32 *bf16" * 2
+                   + " *fp32 fp32 i32 i32 i32 i32 i32 i32" + _STRIDES * 3, {"GATED": True, "STORE_SCORES": False}),
+}
+# The stored-score backward (`recsys.ops.evo_scores_backward`): the dK/dV kernels as it runs them
+# (they store dS and sum the scales' gradient), its row-term pass and its dQ pass.
+STORED = {
+    "local dkdv stored": (LOCAL["local dkdv"][:3] + ({**LOCAL["local dkdv"][3], "STORE_SCORES": True},)),
+    "keyed dkdv stored": (KEYED["keyed dkdv"][:3] + ({**KEYED["keyed dkdv"][3], "STORE_SCORES": True},)),
+    "row terms": (evo_scores_backward._row_terms_kernel,
+                  "Q KP VP DO O LSE DELTA DO0 O0 LSE0 DELTA0 DO1 O1 LSE1 DELTA1 GATES DGATES DKP DVP DSP sm_scale ROWS QB QH QT OB OH OT GB GH GT"
+                  " GB0 GH0 GT0 GB1 GH1 GT1",
+                  "*bf16 *bf16 *bf16" + " *bf16 *bf16 *fp32 *fp32" * 3 + " *fp32 *fp32 *fp32 *fp32 *fp32 fp32 i32" + _STRIDES * 5,
+                  {"GATED": True}),
+    "dq from scores": (evo_scores_backward._dq_from_scores_kernel,
+                       "DS DSP K KP DSK0 K0 KEND0 KFLAGS0 DSK1 K1 KEND1 KFLAGS1 DQ sm_scale ROWS SCORE_ROWS NK0 NK1 QB QH QT",
+                       "*bf16 *fp32 *bf16 *bf16" + " *bf16 *bf16 *i32 *i32" * 2 + " *bf16 fp32 i32 i32 i32 i32" + _STRIDES,
+                       {"SCORE_BLOCK": 64, "KEY_BLOCK": 16}),
 }
 SASS_OPS = ("HGMMA", "MUFU.EX2", "MUFU.LG2", "LDL", "STL", "LDS", "BAR", "LDGSTS")
 
@@ -87,13 +105,16 @@ CAMA_CONSTANTS = dict(H=4, D=64, TABLE_STRIDE=1, HEAD_STRIDE=129, NUM_BUCKETS=12
                       SINGLE=cama_triton.ABLATION["single_bucket"], BIAS=True, TABLE_GRAD=True)
 LOCAL_CONSTANTS = dict(H=4, D=64, WINDOW=64, CANDIDATES=True, WEEKEND_BOTH=False, PRECISION="tf32", FAST_MATH=True)
 KEYED_CONSTANTS = dict(H=4, D=64, WEEKEND_BOTH=False, PRECISION="tf32", FAST_MATH=True)
+STORED_CONSTANTS = {"local dkdv stored": LOCAL_CONSTANTS, "keyed dkdv stored": KEYED_CONSTANTS, "row terms": dict(H=4, D=64),
+                    "dq from scores": dict(H=4, D=64, WINDOW=64, PRECISION="tf32")}
 KERNELS = {**{name: (entry, CAMA_CONSTANTS) for name, entry in POINTERS_AND_SCALARS.items()},
            **{name: (entry, LOCAL_CONSTANTS) for name, entry in LOCAL.items()},
-           **{name: (entry, KEYED_CONSTANTS) for name, entry in KEYED.items()}}
+           **{name: (entry, KEYED_CONSTANTS) for name, entry in KEYED.items()},
+           **{name: (entry, STORED_CONSTANTS[name]) for name, entry in STORED.items()}}
 
 
 # Lengths and strides the launch specialises as multiples of 16 (see `kernel_source`).
-_DIVISIBLE = {"N", "L", "T", "NK", "NK0", "NK1", "ROWS", "QB", "QH", "QT", "OB", "OH", "OT", "GB", "GH", "GT", "GB0", "GH0", "GT0", "GB1", "GH1",
+_DIVISIBLE = {"N", "L", "T", "NK", "NK0", "NK1", "ROWS", "SCORE_ROWS", "QB", "QH", "QT", "OB", "OH", "OT", "GB", "GH", "GT", "GB0", "GH0", "GT0", "GB1", "GH1",
               "GT1"}
 
 
@@ -168,10 +189,13 @@ def main() -> None:
     for kernel, (autotuned, *_rest) in KEYED.items() if "keyed".startswith(args.only) or not args.only else ():
         for config in autotuned.configs:
             rows.append({"variant": "composite bias", **compile_report(kernel, config, keyed)})
+    for kernel, (autotuned, *_rest) in STORED.items() if "stored".startswith(args.only) or not args.only else ():
+        for config in autotuned.configs:
+            rows.append({"variant": "stored scores", **compile_report(kernel, config, dict(STORED_CONSTANTS[kernel], D=args.head_dim))})
     print(f"{'kernel':<10} {'variant':<19} {'BM':>4} {'BN':>4} {'warps':>5} {'regs':>5} {'spill B':>8} {'smem KiB':>9} "
           + " ".join(f"{op:>9}" for op in SASS_OPS))
     for r in rows:
-        print(f"{r['kernel']:<10} {r['variant']:<19} {r['BLOCK_M']:>4} {r['BLOCK_N']:>4} {r['warps']:>5} {r['registers']:>5} "
+        print(f"{r['kernel']:<10} {r['variant']:<19} {r.get('BLOCK_M', '-'):>4} {r.get('BLOCK_N', '-'):>4} {r['warps']:>5} {r['registers']:>5} "
               f"{r['spill_stack_bytes']:>8} {r['shared_bytes'] / 1024:>9.1f} " + " ".join(f"{r[op]:>9}" for op in SASS_OPS))
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"target": "sm_90", "triton": triton.__version__, "head_dim": args.head_dim, "rows": rows}

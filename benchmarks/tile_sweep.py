@@ -11,6 +11,7 @@ tiles the kernels keep can be chosen from medians rather than from one autotunin
 
     python3 benchmarks/tile_sweep.py [--family cama] [--cases sparsectr:8192] [--steps 20] [--variants]   # on the GPU machine
 
+`--family sparsectr_stored` sweeps the kernels of the stored-score backward (`RECSYS_EVO_BACKWARD=stored`).
 Cases: `sparsectr:N` (the node's three outputs summed), `sparsectr_gated:N` (the gated sum inside the
 kernels, as the model runs them), `cama:N`.
 """
@@ -31,11 +32,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ncu_kernels import attention_steps  # noqa: E402
 
-from recsys.ops import cama_triton, evo_keyed_triton, evo_local_triton  # noqa: E402
+from recsys.ops import cama_triton, evo_keyed_triton, evo_local_triton, evo_scores_backward  # noqa: E402
+from recsys.ops.evo_branches_triton import BACKWARD_ENV  # noqa: E402
 
 FAMILIES = {
     "sparsectr": ((evo_local_triton, ("_local_forward_kernel", "_local_dq_kernel", "_local_dkdv_kernel")),
                   (evo_keyed_triton, ("_keyed_dkdv_kernel",))),
+    # the stored-score backward (`RECSYS_EVO_BACKWARD=stored`, set by this family): the dK/dV kernels store dS
+    "sparsectr_stored": ((evo_local_triton, ("_local_forward_kernel", "_local_dq_kernel", "_local_dkdv_kernel")),
+                         (evo_keyed_triton, ("_keyed_dkdv_kernel",)),
+                         (evo_scores_backward, ("_row_terms_kernel", "_dq_from_scores_kernel"))),
     "cama": ((cama_triton, ("_cama_forward_kernel", "_cama_dq_kernel", "_cama_dkdv_kernel")),),
 }
 KERNELS: dict = {}  # the swept family's autotuned kernels by name, and their tile lists
@@ -43,18 +49,20 @@ ALL_CONFIGS: dict = {}
 
 
 def with_variants(configs: list) -> list:
-    """The kernel's tiles, then its first tile with other pipeline depths and warp counts."""
+    """The kernel's tiles, then its first tile with other pipeline depths and warp counts (and, where
+    it has a register cap, without it)."""
     first = configs[0]
     variants = [triton.Config(dict(first.kwargs), num_warps=warps, num_stages=stages)
                 for warps, stages in ((first.num_warps, 1), (first.num_warps, 2), (first.num_warps, 4), (8, first.num_stages),
                                       (2, first.num_stages))
-                if (warps, stages) != (first.num_warps, first.num_stages)]
+                if (warps, stages) != (first.num_warps, first.num_stages) or first.maxnreg]
     return configs + variants
 
 
 def describe(config) -> str:
     cap = f"r{config.maxnreg}" if config.maxnreg else ""
-    return f"{config.kwargs['BLOCK_M']}x{config.kwargs['BLOCK_N']}w{config.num_warps}s{config.num_stages}{cap}"
+    tile = f"{config.kwargs['BLOCK_M']}x{config.kwargs['BLOCK_N']}" if "BLOCK_M" in config.kwargs else "-"
+    return f"{tile}w{config.num_warps}s{config.num_stages}{cap}"
 
 
 def kernel_times(step, steps: int) -> dict:
@@ -85,7 +93,9 @@ def main() -> None:
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cases": {}}
     KERNELS.update({name: getattr(module, name) for module, names in FAMILIES[args.family] for name in names})
     ALL_CONFIGS.update({name: list(kernel.configs) for name, kernel in KERNELS.items()})
-    args.cases = args.cases or {"sparsectr": "sparsectr:8192", "cama": "cama:4096"}[args.family]
+    args.cases = args.cases or {"sparsectr": "sparsectr:8192", "sparsectr_stored": "sparsectr_gated:8192", "cama": "cama:4096"}[args.family]
+    if args.family == "sparsectr_stored":
+        os.environ[BACKWARD_ENV] = "stored"
     if args.variants:
         ALL_CONFIGS.update({name: with_variants(configs) for name, configs in ALL_CONFIGS.items()})
     for case in args.cases.split(","):

@@ -131,7 +131,8 @@ def load_scales(SCALES, h, H: tl.constexpr):
 
 @triton.jit
 def accumulate_key_gradients(dk, dv, q, do, v, scores, lse, delta_row, gate, PRECISION: tl.constexpr, GATED: tl.constexpr):
-    """One query tile's contribution to a key block's dK and dV; `scores` and `lse` in log2 units
+    """One query tile's contribution to a key block's dK and dV, and the tile's score gradients dS
+(natural units; the stored-score backward keeps them); `scores` and `lse` in log2 units
     (scores -inf where not visible, lse +inf for rows without keys). GATED: `do` is the gradient of
     the branches' gated sum and `gate` `[BM]` this branch's gates of the tile's rows, so the branch's
     dO is gate·dO: the gates scale P (for dV) and dO·Vᵀ (for dS), `[BM, BN]` tiles already in
@@ -146,7 +147,7 @@ def accumulate_key_gradients(dk, dv, q, do, v, scores, lse, delta_row, gate, PRE
         dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
     ds = p * (dp - delta_row[:, None])
-    return dk + tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION), dv
+    return dk + tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION), dv, ds
 
 
 @triton.jit
@@ -161,6 +162,14 @@ def accumulate_query_gradients(dq, d_time, d_hour, d_weekend, do, k, v, scores, 
     ds = p * (dp - delta_row[:, None])
     dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
     return dq, d_time + tl.sum(ds * b_time, 1), d_hour + tl.sum(ds * b_hour, 1), d_weekend + tl.sum(ds * b_weekend, 1)
+
+
+@triton.jit
+def add_term_sums(d_time, d_hour, d_weekend, ds, b_time, b_hour, b_weekend):
+    """A tile's sums of dS times each term, per query row `[BM]` (a row lies in one warp: shuffles,
+    no shared memory), added to per-row-slot accumulators that `add_scale_gradients` sums at the end:
+    where the dK/dV kernels compute the scales' gradient (the stored-score backward)."""
+    return d_time + tl.sum(ds * b_time, 1), d_hour + tl.sum(ds * b_hour, 1), d_weekend + tl.sum(ds * b_weekend, 1)
 
 
 @triton.jit

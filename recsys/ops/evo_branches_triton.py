@@ -37,6 +37,7 @@ Runs on CUDA; on CPU under Triton's interpreter (`TRITON_INTERPRET=1`), which th
 from __future__ import annotations
 
 import math
+import os
 from typing import List, Optional, Tuple
 
 import torch
@@ -44,7 +45,8 @@ from torch import Tensor
 
 from recsys.ops.evo_attention import EvoGeometry, FusedTimes, _gather_positions, chunk_membership, chunk_summaries_matmul
 from recsys.ops.evo_keyed_triton import KeyList, KeyListBackward, KeyTimes, keyed_key_gradients
-from recsys.ops.evo_local_triton import KeyGradientsIn, local_forward, local_key_gradients, local_query_gradients
+from recsys.ops.evo_local_triton import KeyGradientsIn, local_forward, local_key_gradients, local_query_gradients, score_block
+from recsys.ops.evo_scores_backward import query_gradients_from_scores, row_terms, score_stores
 from recsys.ops.triton_tiles import INTERPRETED, pad_head_dim, padded_head_dim
 
 
@@ -76,6 +78,21 @@ def _branch_output(qkv: Tensor) -> Tensor:
     projection read it as rows, with no transposing copy."""
     batch, total, _, heads, dim = qkv.shape
     return torch.empty_strided((batch, heads, total, dim), (total * heads * dim, dim, heads * dim, 1), device=qkv.device, dtype=qkv.dtype)
+
+
+# Which backward the node runs: "recompute" (a dQ kernel that recomputes every score; the default)
+# or "stored" (`evo_scores_backward`: dQ from the dS the dK/dV kernels store). Read per backward
+# call, so a benchmark or test can switch it; the stored path needs the window's block to fit one
+# dQ tile (`STORED_SCORE_MAX_BLOCK`), and falls back to recomputing otherwise.
+BACKWARD_ENV = "RECSYS_EVO_BACKWARD"
+STORED_SCORE_MAX_BLOCK = 64
+
+
+def stored_score_backward(window: int) -> bool:
+    choice = os.environ.get(BACKWARD_ENV, "recompute")
+    if choice not in ("recompute", "stored"):
+        raise ValueError(f"{BACKWARD_ENV} must be 'recompute' or 'stored', got {choice!r}")
+    return choice == "stored" and score_block(window) <= STORED_SCORE_MAX_BLOCK
 
 
 def _unit_inner(x: Tensor) -> Tensor:
@@ -146,12 +163,13 @@ def _forward_shapes(qkv, k_profile, v_profile, k_summary, v_summary, scales32, g
 
 @torch.library.custom_op("recsys::evo_branches_backward", mutates_args=())
 def _backward(grads: List[Tensor], saved: List[Tensor], times: List[Tensor], window: int, weekend_rule: int, sm_scale: float,
-              shared_summary: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+              shared_summary: bool, stored_scores: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(d qkv, d k_profile, d v_profile, d k_summary, d v_summary, d scales, d gates); the summaries'
     gradients are empty when the chunks average qkv's k and v (summed into d qkv in the kernels), the
     gates' when the forward summed no branches (`grads` are then the three outputs' gradients, else
     the sum's, three times). d qkv is one packed tensor, so the projection's backward reads it
-    without a concatenating copy."""
+    without a concatenating copy. `stored_scores`: dQ from the dS the dK/dV kernels store
+    (`evo_scores_backward`) instead of a dQ kernel that recomputes every score."""
     (qkv, k_profile, v_profile, k_chunks, v_chunks, k_tails, v_tails, global_out, transition_out, local, *lse, scales32, gates,
      chunk_sizes) = (_unit_inner(x) for x in saved)
     qkv, k_profile, v_profile = qkv.contiguous(), k_profile.contiguous(), v_profile.contiguous()
@@ -169,27 +187,39 @@ def _backward(grads: List[Tensor], saved: List[Tensor], times: List[Tensor], win
     d_qkv = torch.empty_like(qkv)
     dq, dk, dv = split_heads(d_qkv)
 
-    # dQ first, one kernel for the three branches: it also stores each branch's row term rowsum(dO·O) for the dK/dV kernels.
     dk_profile = torch.zeros(k_profile.shape, device=q.device, dtype=torch.float32)
     dv_profile = torch.zeros_like(dk_profile)
     keyed_lists = [KeyList(k_chunks, v_chunks, chunk_keys, global_out, grads[0], lse[0]),
                    KeyList(k_tails, v_tails, tail_keys, transition_out, grads[1], lse[1])]
     gated = gates.numel() > 0
-    d_gates = torch.empty_like(gates)  # written by the dQ kernel where gated
-    branch_gates = list(gates.contiguous()) if gated else [None] * 3
-    local_delta, global_delta, tail_delta = local_query_gradients(q, k, v, k_profile, v_profile, grads[2], local, lse[2], *query_words, dq,
-                                                                  dk_profile, dv_profile, dscales, *local_shape, keyed=keyed_lists,
-                                                                  gates=gates.contiguous() if gated else None,
-                                                                  d_gates=d_gates if gated else None)
+    gates = gates.contiguous()
+    d_gates = torch.empty_like(gates)  # written by the dQ kernel (or the row-term pass) where gated
+    branch_gates = list(gates) if gated else [None] * 3
+    dq_inputs = dict(keyed=keyed_lists, gates=gates if gated else None, d_gates=d_gates if gated else None)
+    if stored_scores:  # the row terms first; dQ after the dK/dV kernels, from the dS they store (`evo_scores_backward`)
+        (local_delta, global_delta, tail_delta), ds_profile = row_terms(q, k_profile, v_profile, grads, [global_out, transition_out, local],
+                                                                        lse, sm_scale, dk_profile, dv_profile, gates, d_gates)
+        local_store, keyed_store = score_stores(q, [k_chunks.shape[2], k_tails.shape[2]], length, window, dscales)
+    else:  # dQ first, one kernel for the three branches: it also stores each branch's row term rowsum(dO·O) for the dK/dV kernels.
+        local_delta, global_delta, tail_delta = local_query_gradients(q, k, v, k_profile, v_profile, grads[2], local, lse[2], *query_words, dq,
+                                                                      dk_profile, dv_profile, dscales, *local_shape, **dq_inputs)
+        local_store = keyed_store = None
 
     (dk_chunks, dv_chunks), (dk_tails, dv_tails) = keyed_key_gradients(
         q, [KeyListBackward(keyed_lists[0], global_delta, branch_gates[0]), KeyListBackward(keyed_lists[1], tail_delta, branch_gates[1])],
-        *keyed, scales32, *shape)
+        *keyed, scales32, *shape, store=keyed_store)
     sizes = chunk_sizes.view(chunk_sizes.shape[0], 1, -1, 1)
     dk_chunks, dv_chunks = dk_chunks / sizes, dv_chunks / sizes
     tail_in = KeyGradientsIn(tail_slot=timing.tail_slot, d_tail_keys=dk_tails, d_tail_values=dv_tails)
     extra = tail_in._replace(chunk_id=timing.history_chunk, d_chunk_keys=dk_chunks, d_chunk_values=dv_chunks) if shared_summary else tail_in
-    local_key_gradients(q, k, v, grads[2], lse[2], local_delta, *query_words, dk, dv, *local_shape, extra=extra, gate=branch_gates[2])
+    local_key_gradients(q, k, v, grads[2], lse[2], local_delta, *query_words, dk, dv, *local_shape, extra=extra, gate=branch_gates[2],
+                        store=local_store)
+    if stored_scores:
+        query_gradients_from_scores(q, k, k_profile, dq, local_store, keyed_store, keyed_lists, ds_profile, window, sm_scale)
+        if local_store.rows < total:  # the history's remainder and the candidates: recomputed, what the passes above summed into scratch
+            scratch = [torch.zeros_like(x) for x in (dk_profile, dv_profile, dscales)]
+            local_query_gradients(q, k, v, k_profile, v_profile, grads[2], local, lse[2], *query_words, dq, *scratch, *local_shape,
+                                  first_row=local_store.rows, **dq_inputs)
 
     if shared_summary:
         dk_summary, dv_summary = q.new_empty(0), q.new_empty(0)  # two tensors: a custom op's returns may not alias
@@ -200,7 +230,7 @@ def _backward(grads: List[Tensor], saved: List[Tensor], times: List[Tensor], win
 
 
 @_backward.register_fake
-def _backward_shapes(grads, saved, times, window, weekend_rule, sm_scale, shared_summary):
+def _backward_shapes(grads, saved, times, window, weekend_rule, sm_scale, shared_summary, stored_scores):
     qkv, k_profile, v_profile = saved[:3]
     batch, total, _, heads, dim = qkv.shape
     dense = [x.new_empty(x.shape) for x in (qkv, k_profile, v_profile)]  # contiguous, as the real ones
@@ -236,7 +266,7 @@ def _backward_formula(ctx, grad_global, grad_transition, grad_local, grad_fused,
     grads = [grad_fused] * 3 if ctx.gated else [grad_global, grad_transition, grad_local]
     grads = [torch.zeros_like(out) if grad is None else grad for grad, out in zip(grads, outputs)]
     d_qkv, dk_profile, dv_profile, dk_summary, dv_summary, dscales, d_gates = _backward(
-        grads, saved[:_SAVED_TENSORS], times, ctx.window, ctx.weekend_rule, ctx.sm_scale, ctx.shared_summary)
+        grads, saved[:_SAVED_TENSORS], times, ctx.window, ctx.weekend_rule, ctx.sm_scale, ctx.shared_summary, stored_score_backward(ctx.window))
     summaries = (None, None) if ctx.shared_summary else (dk_summary, dv_summary)
     no_grads = [None] * len(times)  # a list input takes a list of gradients
     return (d_qkv, dk_profile, dv_profile, *summaries, dscales, d_gates if ctx.gated else None, no_grads, None, None, None, None, None, None)

@@ -29,12 +29,12 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from recsys.ops.evo_bias_triton import (accumulate_key_gradients, accumulate_query_gradients, add_scale_gradients, event_clock, load_scales,
-                                        tile_scores, weekend_coefficients, weekend_value)
-from recsys.ops.evo_keyed_triton import KEY_TILE, KeyList, KeyTimes, attend_key_list, key_list_query_gradients, list_arguments
+from recsys.ops.evo_bias_triton import (accumulate_key_gradients, accumulate_query_gradients, add_scale_gradients, add_term_sums,
+                                        event_clock, load_scales, tile_scores, weekend_coefficients, weekend_value)
+from recsys.ops.evo_keyed_triton import KEY_TILE, KeyList, KeyTimes, ScoreStore, attend_key_list, key_list_query_gradients, list_arguments
 from recsys.ops.triton_tiles import (INTERPRETED, finish_rows, head_base, head_strides, load_backward_rows, load_tile,
                                      online_softmax_step, pad_head_dim, padded_head_dim, profile_key_gradients, profile_key_start,
-                                     program_rows, query_backward_rows, row_gates, store_tile, tile_configs)
+                                     program_rows, query_backward_rows, row_gates, store_scores, store_tile, tile_configs)
 
 
 
@@ -183,20 +183,24 @@ def _local_forward_kernel(Q, K, V, KP, VP, T, FLAGS, CLOCK, SCALES, O, LSE, K0, 
             store_tile(FUSED, out_base, offs_m, offs_d, OT, rows, fused)
 
 
-@triton.autotune(configs=_DKDV_TILES, key=["L", "ROWS", "D", "WINDOW", "GATED"])
+@triton.autotune(configs=_DKDV_TILES, key=["L", "ROWS", "D", "WINDOW", "GATED", "STORE_SCORES"])
 @triton.jit
 def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, GATE, T, FLAGS, CLOCK, SCALES, DK, DV, CHUNK_ID, DKC, DVC, P, TAIL_SLOT, DKT, DVT, NT,
-                       sm_scale, L, ROWS, QB, QH, QT, GB, GH, GT, H: tl.constexpr, D: tl.constexpr, WINDOW: tl.constexpr,
-                       CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr,
-                       CHUNK_GRADS: tl.constexpr, TAIL_GRADS: tl.constexpr, GATED: tl.constexpr, BLOCK_M: tl.constexpr,
-                       BLOCK_N: tl.constexpr):
+                       DS, DSCALES, DS_ROWS, sm_scale, L, ROWS, QB, QH, QT, GB, GH, GT, H: tl.constexpr, D: tl.constexpr,
+                       WINDOW: tl.constexpr, CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr,
+                       FAST_MATH: tl.constexpr, CHUNK_GRADS: tl.constexpr, TAIL_GRADS: tl.constexpr, GATED: tl.constexpr,
+                       STORE_SCORES: tl.constexpr, SCORE_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One key block per program: the query tiles whose window reaches it; dK and dV (the dQ kernel
     sums the temporal scales' gradient).
     CHUNK_GRADS / TAIL_GRADS: the block also adds what the global and transition branches give its
     keys (float32 `[B, H, P, D]` per chunk, already divided by the chunk's size, gathered by
     CHUNK_ID; `[B, H, NT, D]` per tail key, gathered by TAIL_SLOT, -1 where none), so one store
     writes the keys' whole gradient. q, k, v, dk and dv share the strides (QB, QH, QT); dO has (GB, GH, GT).
-    GATED: dO is the gated sum's gradient and GATE the local branch's `[B·H, ROWS]` gates."""
+    GATED: dO is the gated sum's gradient and GATE the local branch's `[B·H, ROWS]` gates.
+    STORE_SCORES (the stored-score backward, `evo_scores_backward`): also store the history rows'
+    dS below DS_ROWS into `DS` `[B·H, DS_ROWS, 2·SCORE_BLOCK]` (row i's columns are the keys from the
+    start of the SCORE_BLOCK-row block before its own), and sum the temporal scales' gradient into
+    DSCALES here instead of in the dQ kernel."""
     b, h, pid_bh, start_n, offs_n, cols = program_rows(BLOCK_N, H, ROWS)
     offs_d = tl.arange(0, D)
     base, do_base = head_base(b, h, QB, QH), head_base(b, h, GB, GH)
@@ -207,21 +211,26 @@ def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, GATE, T, FLAGS, CLOCK, SCALES, D
     s_time, s_hour, s_weekend = load_scales(SCALES, h, H)
     dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, D], dtype=tl.float32)
+    d_time = tl.zeros([BLOCK_M], dtype=tl.float32)  # the scales' gradient per row slot (STORE_SCORES)
+    d_hour = tl.zeros([BLOCK_M], dtype=tl.float32)
+    d_weekend = tl.zeros([BLOCK_M], dtype=tl.float32)
     # history queries whose window reaches the block
     for start_m in range(start_n // BLOCK_M * BLOCK_M, tl.minimum(start_n + BLOCK_N + WINDOW - 1, L), BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
-        dk, dv = _key_block_update(dk, dv, k, v, t_j, sin_j, cos_j, w_j, reach_j, T_row, FLAGS_row, CLOCK_row, s_time, s_hour, s_weekend, sm_scale, L, ROWS, Q, DO,
-                                   LSE, DELTA, GATE, base, QT, do_base, GT, pid_bh, offs_m, offs_n, offs_d, offs_m < L, CANDIDATES,
-                                   WEEKEND_BOTH, PRECISION, FAST_MATH, GATED)
+        dk, dv, d_time, d_hour, d_weekend = _key_block_update(dk, dv, d_time, d_hour, d_weekend, k, v, t_j, sin_j, cos_j, w_j, reach_j, T_row, FLAGS_row, CLOCK_row, s_time, s_hour,
+                                         s_weekend, sm_scale, L, ROWS, Q, DO, LSE, DELTA, GATE, DS, DS_ROWS, base, QT, do_base, GT, pid_bh,
+                                         offs_m, offs_n, offs_d, offs_m < L, CANDIDATES, WEEKEND_BOTH, PRECISION, FAST_MATH, GATED,
+                                         STORE_SCORES, SCORE_BLOCK)
     if CANDIDATES:  # all candidates see the last WINDOW history keys, each one its own key
         candidates_lo = tl.where(start_n >= L, start_n // BLOCK_M * BLOCK_M,
                                  tl.where(start_n + BLOCK_N > L - WINDOW, L // BLOCK_M * BLOCK_M, ROWS))
         candidates_hi = tl.where(start_n >= L, tl.minimum(start_n + BLOCK_N, ROWS), ROWS)
         for start_m in range(candidates_lo, candidates_hi, BLOCK_M):
             offs_m = start_m + tl.arange(0, BLOCK_M)
-            dk, dv = _key_block_update(dk, dv, k, v, t_j, sin_j, cos_j, w_j, reach_j, T_row, FLAGS_row, CLOCK_row, s_time, s_hour, s_weekend, sm_scale, L, ROWS, Q,
-                                       DO, LSE, DELTA, GATE, base, QT, do_base, GT, pid_bh, offs_m, offs_n, offs_d,
-                                       (offs_m >= L) & (offs_m < ROWS), CANDIDATES, WEEKEND_BOTH, PRECISION, FAST_MATH, GATED)
+            dk, dv, d_time, d_hour, d_weekend = _key_block_update(dk, dv, d_time, d_hour, d_weekend, k, v, t_j, sin_j, cos_j, w_j, reach_j, T_row, FLAGS_row, CLOCK_row, s_time,
+                                             s_hour, s_weekend, sm_scale, L, ROWS, Q, DO, LSE, DELTA, GATE, DS, DS_ROWS, base, QT, do_base, GT,
+                                             pid_bh, offs_m, offs_n, offs_d, (offs_m >= L) & (offs_m < ROWS), CANDIDATES, WEEKEND_BOTH,
+                                             PRECISION, FAST_MATH, GATED, STORE_SCORES, SCORE_BLOCK)
     dk = dk * sm_scale
     history = cols & (offs_n < L)
     if CHUNK_GRADS:
@@ -232,20 +241,36 @@ def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, GATE, T, FLAGS, CLOCK, SCALES, D
         dk, dv = _add_key_rows(dk, dv, DKT, DVT, pid_bh, slot, NT, offs_d, history & (slot >= 0), D)
     store_tile(DK, base, offs_n, offs_d, QT, cols, dk)
     store_tile(DV, base, offs_n, offs_d, QT, cols, dv)
+    if STORE_SCORES:
+        add_scale_gradients(DSCALES, h, H, d_time, d_hour, d_weekend)
 
 
 @triton.jit
-def _key_block_update(dk, dv, k, v, t_j, sin_j, cos_j, w_j, reach_j, T_row, FLAGS_row, CLOCK_row, s_time, s_hour, s_weekend, sm_scale, L, ROWS, Q, DO, LSE, DELTA,
-                      GATE, base, QT, do_base, GT, pid_bh, offs_m, offs_n, offs_d, rows, CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr,
-                      PRECISION: tl.constexpr, FAST_MATH: tl.constexpr, GATED: tl.constexpr):
-    """One query tile's (`rows` of `offs_m`) contribution to a key block's dK and dV; t_j .. reach_j
-    the block's `_key_terms`."""
+def _key_block_update(dk, dv, d_time, d_hour, d_weekend, k, v, t_j, sin_j, cos_j, w_j, reach_j, T_row, FLAGS_row, CLOCK_row, s_time, s_hour, s_weekend, sm_scale,
+                      L, ROWS, Q, DO, LSE, DELTA, GATE, DS, DS_ROWS, base, QT, do_base, GT, pid_bh, offs_m, offs_n, offs_d, rows,
+                      CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr,
+                      GATED: tl.constexpr, STORE_SCORES: tl.constexpr, SCORE_BLOCK: tl.constexpr):
+    """One query tile's (`rows` of `offs_m`) contribution to a key block's dK and dV (STORE_SCORES: and
+    to the per-row scale sums, its dS stored); t_j .. reach_j the block's `_key_terms`."""
     q, do, lse, delta_row = load_backward_rows(Q, base, QT, DO, do_base, GT, LSE, DELTA, pid_bh.to(tl.int64) * ROWS, offs_m, offs_d, rows)
     gate = row_gates(GATE, pid_bh.to(tl.int64) * ROWS, offs_m, rows, GATED)
     t_i, sin_i, cos_i, gamma_i, delta_i = _query_terms(T_row, FLAGS_row, CLOCK_row, offs_m, rows, ROWS, WEEKEND_BOTH)
-    scores, _, _, _ = _local_tile(q, k, offs_m, offs_n, t_i, sin_i, cos_i, gamma_i * s_weekend, delta_i * s_weekend, t_j, sin_j, cos_j, w_j,
-                                  reach_j, s_time, s_hour, 1.0, sm_scale * 1.4426950408889634, L, CANDIDATES, False, PRECISION, FAST_MATH)
-    return accumulate_key_gradients(dk, dv, q, do, v, scores, lse, delta_row, gate, PRECISION, GATED)
+    qk_scale = sm_scale * 1.4426950408889634
+    if STORE_SCORES:  # the terms themselves, for the scales' gradient
+        scores, b_time, b_hour, b_weekend = _local_tile(q, k, offs_m, offs_n, t_i, sin_i, cos_i, gamma_i, delta_i, t_j, sin_j, cos_j, w_j,
+                                                        reach_j, s_time, s_hour, s_weekend, qk_scale, L, CANDIDATES, True, PRECISION,
+                                                        FAST_MATH)
+    else:
+        scores, b_time, b_hour, b_weekend = _local_tile(q, k, offs_m, offs_n, t_i, sin_i, cos_i, gamma_i * s_weekend, delta_i * s_weekend,
+                                                        t_j, sin_j, cos_j, w_j, reach_j, s_time, s_hour, 1.0, qk_scale, L, CANDIDATES, False,
+                                                        PRECISION, FAST_MATH)
+    dk, dv, ds = accumulate_key_gradients(dk, dv, q, do, v, scores, lse, delta_row, gate, PRECISION, GATED)
+    if STORE_SCORES:
+        d_time, d_hour, d_weekend = add_term_sums(d_time, d_hour, d_weekend, ds, b_time, b_hour, b_weekend)
+        window_start = (offs_m // SCORE_BLOCK - 1) * SCORE_BLOCK  # row i's column 0
+        store_scores(DS, (pid_bh.to(tl.int64) * DS_ROWS + offs_m) * (2 * SCORE_BLOCK) - window_start, offs_n, rows & (offs_m < DS_ROWS),
+                     offs_n < ROWS, ds)
+    return dk, dv, d_time, d_hour, d_weekend
 
 
 @triton.jit
@@ -261,7 +286,7 @@ def _add_key_rows(dk, dv, DKX, DVX, pid_bh, index, N, offs_d, valid, D: tl.const
 @triton.jit
 def _local_dq_kernel(Q, K, V, KP, VP, DO, O, LSE, DELTA, T, FLAGS, CLOCK, SCALES, DQ, DKP, DVP, DSCALES,
                      K0, V0, TK0, KEND0, KFLAGS0, KCLOCK0, DO0, O0, LSE0, DELTA0, K1, V1, TK1, KEND1, KFLAGS1, KCLOCK1, DO1, O1, LSE1, DELTA1,
-                     GATES, DGATES, sm_scale, L, ROWS, NK0, NK1, QB, QH, QT, OB, OH, OT, GB, GH, GT, GB0, GH0, GT0, GB1, GH1, GT1,
+                     GATES, DGATES, sm_scale, L, ROWS, NK0, NK1, FIRST_ROW, QB, QH, QT, OB, OH, OT, GB, GH, GT, GB0, GH0, GT0, GB1, GH1, GT1,
                      H: tl.constexpr, D: tl.constexpr, WINDOW: tl.constexpr, CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr,
                      PRECISION: tl.constexpr, FAST_MATH: tl.constexpr, KEYED: tl.constexpr, GATED: tl.constexpr, KEY_BLOCK: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -269,8 +294,11 @@ def _local_dq_kernel(Q, K, V, KP, VP, DO, O, LSE, DELTA, T, FLAGS, CLOCK, SCALES
     KEYED: the global and transition branches' key lists too (`evo_keyed_triton.key_list_query_gradients`,
     KEY_BLOCK keys per tile): the query tile is read, and dQ written, once for all three. GATED (with
     KEYED): every dO is the gated sum's gradient, GATES the float32 `[3, B·H, ROWS]` gates (global,
-    transition, local) and DGATES their gradient, written here (`output_backward_rows`)."""
-    b, h, pid_bh, start_m, offs_m, rows = program_rows(BLOCK_M, H, ROWS)
+    transition, local) and DGATES their gradient, written here (`output_backward_rows`). The programs
+    take the rows from FIRST_ROW on (the stored-score backward leaves this kernel the rows past its
+    last whole block: the history's remainder and the candidates)."""
+    b, h, pid_bh, start_m, offs_m, rows = program_rows(BLOCK_M, H, ROWS - FIRST_ROW)
+    start_m, offs_m = start_m + FIRST_ROW, offs_m + FIRST_ROW
     offs_d = tl.arange(0, D)
     base = head_base(b, h, QB, QH)
     branch_rows = tl.num_programs(1).to(tl.int64) * ROWS  # one branch's gates
@@ -373,32 +401,47 @@ def local_forward(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile:
     return lses
 
 
+def score_block(window: int) -> int:
+    """Rows per block of the stored-score layout (`evo_scores_backward`): a power of two that holds
+    the window and that every local tile divides, so a query tile lies in one block and a block's
+    keys lie in its own block and the one before."""
+    tiles = [config.kwargs[name] for config in (*_DKDV_TILES, *_DQ_TILES) for name in ("BLOCK_M", "BLOCK_N")]
+    return max(triton.next_power_of_2(window), *tiles)
+
+
 def local_key_gradients(q: Tensor, k: Tensor, v: Tensor, grad_out: Tensor, lse: Tensor, delta: Tensor, times: Tensor, flags: Tensor,
                         clock: Tensor, scales32: Tensor, dk: Tensor, dv: Tensor, length: int, window: int, weekend_rule: int,
-                        sm_scale: float, extra: KeyGradientsIn = KeyGradientsIn(), gate: Optional[Tensor] = None) -> None:
+                        sm_scale: float, extra: KeyGradientsIn = KeyGradientsIn(), gate: Optional[Tensor] = None,
+                        store: Optional[ScoreStore] = None) -> None:
     """Write dk, dv (plus `extra` on the history keys); q, k, v, dk and dv in one layout. With `gate`
-    (the local branch's float32 gates `[B, H, T]`), `grad_out` is the gradient of the gated sum."""
+    (the local branch's float32 gates `[B, H, T]`), `grad_out` is the gradient of the gated sum.
+    With `store` (one dS buffer `[B·H, store.rows, 2·score_block(window)]`) also the history rows'
+    dS, and the scales' gradient added into `store.dscales`."""
     batch, heads, rows, _ = q.shape
     chunk_grads, tail_grads = extra.d_chunk_keys is not None, extra.d_tail_keys is not None
     chunk_id, dkc, dvc = (extra.chunk_id, extra.d_chunk_keys, extra.d_chunk_values) if chunk_grads else (times, dk, dv)
     tail_slot, dkt, dvt = (extra.tail_slot, extra.d_tail_keys, extra.d_tail_values) if tail_grads else (times, dk, dv)
+    scores, dscales, score_rows = (dk, scales32, 0) if store is None else (store.scores[0], store.dscales, store.rows)
     _local_dkdv_kernel[lambda meta: (triton.cdiv(rows, meta["BLOCK_N"]), batch * heads)](
         q, k, v, grad_out, lse, delta, delta if gate is None else gate, times, flags, clock, scales32, dk, dv, chunk_id, dkc, dvc, dkc.shape[2],
-        tail_slot, dkt, dvt, dkt.shape[2], sm_scale, length, rows, *head_strides(q, k, v, dk, dv), *head_strides(grad_out),
-        CHUNK_GRADS=chunk_grads, TAIL_GRADS=tail_grads, GATED=gate is not None, **_launch(q, length, window, weekend_rule))
+        tail_slot, dkt, dvt, dkt.shape[2], scores, dscales, score_rows, sm_scale, length, rows, *head_strides(q, k, v, dk, dv),
+        *head_strides(grad_out), CHUNK_GRADS=chunk_grads, TAIL_GRADS=tail_grads, GATED=gate is not None, STORE_SCORES=store is not None,
+        SCORE_BLOCK=score_block(window), **_launch(q, length, window, weekend_rule))
 
 
 def local_query_gradients(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, grad_out: Tensor, out: Tensor,
                           lse: Tensor, times: Tensor, flags: Tensor, clock: Tensor, scales32: Tensor, dq: Tensor, dk_profile: Tensor,
                           dv_profile: Tensor, dscales: Tensor, length: int, window: int, weekend_rule: int, sm_scale: float,
-                          keyed: Sequence[KeyList] = (), gates: Optional[Tensor] = None, d_gates: Optional[Tensor] = None) -> List[Tensor]:
+                          keyed: Sequence[KeyList] = (), gates: Optional[Tensor] = None, d_gates: Optional[Tensor] = None,
+                          first_row: int = 0) -> List[Tensor]:
     """Write dq; add into the float32 profile and scales' gradients (an autotuning launch zeroes them
     first: give each kernel its own `dscales`). With `keyed` (the global and transition lists, their
     outputs in `out`'s layout) dq holds their share too. Returns the row terms rowsum(dO·O) `[B, H, T]`
     of the local branch and of each keyed list, which the dK/dV kernels, run next, read. q, k, v and
     dq in one layout; `times`, `flags` and `clock` the queries' words (`FusedTimes.query_*`). With
     `gates` (float32 `[3, B, H, T]`: global, transition, local), every dO given is the gradient of
-    the branches' gated sum, and `d_gates` (same shape) receives the gates' gradient."""
+    the branches' gated sum, and `d_gates` (same shape) receives the gates' gradient. Only the rows
+    from `first_row` on are computed (dq's other rows are left as they are)."""
     if len(keyed) not in (0, 2):
         raise ValueError(f"the local dQ kernel takes no key list or two, got {len(keyed)}")
     if (gates is not None) and (not keyed or d_gates is None):
@@ -406,10 +449,10 @@ def local_query_gradients(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_
     batch, heads, rows, _ = q.shape
     deltas = [torch.empty(q.shape[:3], device=q.device, dtype=torch.float32) for _ in range(1 + len(keyed))]
     lists = list(keyed) or [KeyList(k, v, KeyTimes(times, times, flags, clock), out, grad_out, lse)]  # an unread stand-in
-    _local_dq_kernel[lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), batch * heads)](
+    _local_dq_kernel[lambda meta: (triton.cdiv(rows - first_row, meta["BLOCK_M"]), batch * heads)](
         q, k, v, k_profile, v_profile, grad_out, out, lse, deltas[0], times, flags, clock, scales32, dq, dk_profile, dv_profile, dscales,
         *list_arguments(lists, deltas[1:] or deltas), deltas[0] if gates is None else gates, deltas[0] if d_gates is None else d_gates,
-        sm_scale, length, rows, lists[0].k.shape[2], lists[-1].k.shape[2], *head_strides(q, k, v, dq),
+        sm_scale, length, rows, lists[0].k.shape[2], lists[-1].k.shape[2], first_row, *head_strides(q, k, v, dq),
         *head_strides(out, *(entry.out for entry in keyed)), *head_strides(grad_out), *head_strides(lists[0].grad_out),
         *head_strides(lists[-1].grad_out), KEYED=bool(keyed), GATED=gates is not None, KEY_BLOCK=KEY_TILE,
         **_launch(q, length, window, weekend_rule))

@@ -65,6 +65,13 @@ def store_tile(PTR, base, offs, offs_d, STRIDE, valid, value):
 
 
 @triton.jit
+def store_scores(DS, row_offsets, col_offsets, rows, cols, ds):
+    """A `[BM, BN]` tile of score gradients into a row-major buffer at per-row and per-column offsets
+    (the stored-score backward), in the buffer's dtype; only where `rows` and `cols` hold."""
+    tl.store(DS + row_offsets[:, None] + col_offsets[None, :], ds.to(DS.dtype.element_ty), mask=rows[:, None] & cols[None, :])
+
+
+@triton.jit
 def online_softmax_step(acc, l_i, m_i, scores, v, PRECISION: tl.constexpr):
     """One key tile of the forward: `scores` in log2 units, -inf where a key is not visible."""
     m_new = tl.maximum(m_i, tl.max(scores, 1))
@@ -156,10 +163,10 @@ def profile_key_start(q, KP, VP, pid_bh, offs_d, sm_scale, BLOCK_M: tl.constexpr
 
 
 @triton.jit
-def profile_key_gradients(dq, q, do, lse, delta_row, KP, VP, DKP, DVP, pid_bh, offs_d, sm_scale, D: tl.constexpr):
-    """dQ's share of the profile key (dq unscaled, as the dQ kernels accumulate it) and the tile's
-    sums into the profile key's and value's float32 gradients (atomics: every query tile of the row
-    adds to them). `lse` in log2 units, +inf for rows past the end."""
+def profile_score_gradients(q, do, lse, delta_row, KP, VP, DKP, DVP, pid_bh, offs_d, sm_scale, D: tl.constexpr):
+    """The profile key's score gradient dS `[BM]` of a query tile (natural units) and the tile's sums
+    into the profile key's and value's float32 gradients (atomics: every query tile of the row adds
+    to them). `lse` in log2 units, +inf for rows past the end."""
     kp = tl.load(KP + pid_bh.to(tl.int64) * D + offs_d).to(tl.float32)
     vp = tl.load(VP + pid_bh.to(tl.int64) * D + offs_d).to(tl.float32)
     q32, do32 = q.to(tl.float32), do.to(tl.float32)
@@ -167,6 +174,14 @@ def profile_key_gradients(dq, q, do, lse, delta_row, KP, VP, DKP, DVP, pid_bh, o
     ds = p * (tl.sum(do32 * vp[None, :], 1) - delta_row)
     tl.atomic_add(DKP + pid_bh.to(tl.int64) * D + offs_d, tl.sum(ds[:, None] * q32, 0) * sm_scale)
     tl.atomic_add(DVP + pid_bh.to(tl.int64) * D + offs_d, tl.sum(p[:, None] * do32, 0))
+    return ds, kp
+
+
+@triton.jit
+def profile_key_gradients(dq, q, do, lse, delta_row, KP, VP, DKP, DVP, pid_bh, offs_d, sm_scale, D: tl.constexpr):
+    """dQ's share of the profile key (dq unscaled, as the dQ kernels accumulate it), and
+    `profile_score_gradients`' sums into the profile key's and value's gradients."""
+    ds, kp = profile_score_gradients(q, do, lse, delta_row, KP, VP, DKP, DVP, pid_bh, offs_d, sm_scale, D)
     return dq + ds[:, None] * kp[None, :]
 
 

@@ -1,0 +1,166 @@
+"""SparseCTR's three-branch backward from stored score gradients: the dK/dV kernels keep the dS they
+compute, and dQ becomes a banded matmul over it, so no kernel computes a score, its bias or its
+exponent a second time.
+
+The recomputing backward (`evo_branches_triton`, the default) runs the dQ kernel first: it builds
+every (query, key) pair's score, bias and dP, and the dK/dV kernels then build them all again. That
+dQ kernel took 514 of the node's 1,230 µs at n = 8,192 on the H200, and the kernels are bound by the
+instructions they issue per pair (benchmarks/RESULTS.md, sessions 11 and 16). Here:
+
+1. `row_terms`: one pass over the rows writes each branch's row term rowsum(dO·O) (and, gated, the
+   gates' gradient), the profile key's dS per row and its key's and value's gradients: what the dQ
+   kernel used to hand the dK/dV kernels, which now run first.
+2. The keyed and local dK/dV kernels (`STORE_SCORES`) also store their dS tiles in q's dtype (the
+   recomputing dQ kernel rounds dS to it before its matmul too) and sum the temporal scales'
+   gradient, which needs the per-pair terms they now compute.
+3. `query_gradients_from_scores`: per block of `SCORE_BLOCK` history rows, dQ = dS_local ·
+   K[previous and own block] + Σ_lists dS_list · K_list + dS_profile ⊗ k_profile, two dense matmuls.
+   Stored entries no dK/dV program wrote (pairs outside the window, or before a list key's first
+   viewer) are masked by the visibility rules, so the buffers need no zero fill.
+4. The rows past the last whole block (the history's remainder, and the candidates, whose window is
+   not banded) go through the recomputing dQ kernel (`local_query_gradients(first_row=...)`), with
+   scratch buffers for what the passes above already summed.
+
+The stored local dS is `[B·H, rows, 2·SCORE_BLOCK]`: row i's column c is key
+`(i // SCORE_BLOCK - 1)·SCORE_BLOCK + c`, which covers its window (`evo_local_triton.score_block`).
+
+Equal to the recomputing backward (the tests compare every gradient under Triton's interpreter).
+"""
+
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from recsys.ops.evo_keyed_triton import KEY_TILE, KeyList, ScoreStore, first_visible_query
+from recsys.ops.evo_local_triton import score_block
+from recsys.ops.triton_tiles import (INTERPRETED, head_base, head_strides, load_tile, output_backward_rows, profile_score_gradients,
+                                     program_rows, query_backward_rows, store_tile, tile_configs)
+
+# One configuration each (an autotuner of one candidate runs no benchmark; benchmarks/kernel_resources.py
+# reads the tables). The row-term pass is bandwidth-bound: one 64-row tile of each operand per program.
+# The dQ pass runs a 64 x 128 by 128 x 64 dot per program (benchmarks/probe_dq_from_ds.py: 149 us at
+# n = 8,192 on the H200, 2.26 TB/s).
+_ROW_TILES = tile_configs([(64, 64, 4, 1)])
+_DQ_TILES = [triton.Config({}, num_warps=1 if INTERPRETED else 4, num_stages=2)]
+
+
+@triton.autotune(configs=_ROW_TILES, key=["ROWS", "D", "GATED"])
+@triton.jit
+def _row_terms_kernel(Q, KP, VP, DO, O, LSE, DELTA, DO0, O0, LSE0, DELTA0, DO1, O1, LSE1, DELTA1, GATES, DGATES, DKP, DVP, DSP, sm_scale,
+                      ROWS, QB, QH, QT, OB, OH, OT, GB, GH, GT, GB0, GH0, GT0, GB1, GH1, GT1, H: tl.constexpr, D: tl.constexpr,
+                      GATED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Row terms of the local (DO, O, LSE, DELTA), global (..0) and transition (..1) branches, the
+    profile key's dS per row into DSP `[B·H, ROWS]` and its key's and value's gradients. GATED: every
+    dO is the gated sum's gradient, GATES `[3, B·H, ROWS]` (global, transition, local) and DGATES
+    their gradient, written here. (BLOCK_N: unused, the tile tables' second size.)"""
+    b, h, pid_bh, start_m, offs_m, rows = program_rows(BLOCK_M, H, ROWS)
+    offs_d = tl.arange(0, D)
+    row_base = pid_bh.to(tl.int64) * ROWS
+    branch_rows = tl.num_programs(1).to(tl.int64) * ROWS  # one branch's gates
+    out_base = head_base(b, h, OB, OH)
+    output_backward_rows(DO0, head_base(b, h, GB0, GH0), GT0, O0, out_base, OT, LSE0, DELTA0, GATES, DGATES, row_base, offs_m, offs_d, rows,
+                         GATED)
+    output_backward_rows(DO1, head_base(b, h, GB1, GH1), GT1, O1, out_base, OT, LSE1, DELTA1, GATES + branch_rows, DGATES + branch_rows,
+                         row_base, offs_m, offs_d, rows, GATED)
+    q, do, lse, delta = query_backward_rows(Q, head_base(b, h, QB, QH), QT, DO, head_base(b, h, GB, GH), GT, O, out_base, OT, LSE, DELTA,
+                                            GATES + 2 * branch_rows, DGATES + 2 * branch_rows, row_base, offs_m, offs_d, rows, GATED)
+    ds, _ = profile_score_gradients(q, do, lse, delta, KP, VP, DKP, DVP, pid_bh, offs_d, sm_scale, D)
+    tl.store(DSP + row_base + offs_m, ds, mask=rows)
+
+
+@triton.jit
+def _list_share(acc, DSK, K, KEND, KFLAGS, NK, b, pid_bh, offs_m, offs_d, SCORE_ROWS, D: tl.constexpr, KEY_BLOCK: tl.constexpr,
+                PRECISION: tl.constexpr):
+    """acc + dS_list · K_list for one key list; history rows see a key from its chunk's end on."""
+    key_base = pid_bh.to(tl.int64) * NK * D
+    for start_n in range(0, NK, KEY_BLOCK):
+        offs_n = start_n + tl.arange(0, KEY_BLOCK)
+        in_range = offs_n < NK
+        first_query_j, _ = first_visible_query(KEND + b * NK, KFLAGS + b * NK, offs_n, NK)
+        ds = tl.load(DSK + (pid_bh.to(tl.int64) * SCORE_ROWS + offs_m)[:, None] * NK + offs_n[None, :], mask=in_range[None, :], other=0.0)
+        ds = tl.where(first_query_j[None, :] <= offs_m[:, None], ds.to(tl.float32), 0.0)
+        k = load_tile(K, key_base, offs_n, offs_d, D, in_range)
+        acc = tl.dot(ds.to(k.dtype), k, acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.autotune(configs=_DQ_TILES, key=["SCORE_ROWS", "NK0", "NK1", "D", "WINDOW", "SCORE_BLOCK"])
+@triton.jit
+def _dq_from_scores_kernel(DS, DSP, K, KP, DSK0, K0, KEND0, KFLAGS0, DSK1, K1, KEND1, KFLAGS1, DQ, sm_scale, ROWS, SCORE_ROWS, NK0, NK1,
+                           QB, QH, QT, H: tl.constexpr, D: tl.constexpr, WINDOW: tl.constexpr, SCORE_BLOCK: tl.constexpr,
+                           KEY_BLOCK: tl.constexpr, PRECISION: tl.constexpr):
+    """dQ of one SCORE_BLOCK-row block of history rows (all below SCORE_ROWS) from the stored dS; k and
+    dq read and written through the packed projection's strides (QB, QH, QT)."""
+    b, h, pid_bh, start_m, offs_m, _ = program_rows(SCORE_BLOCK, H, SCORE_ROWS)
+    offs_d = tl.arange(0, D)
+    base = head_base(b, h, QB, QH)
+    key_rows = start_m - SCORE_BLOCK + tl.arange(0, 2 * SCORE_BLOCK)  # the previous block's keys, then the block's own
+    ds = tl.load(DS + (pid_bh.to(tl.int64) * SCORE_ROWS + offs_m)[:, None] * (2 * SCORE_BLOCK) + tl.arange(0, 2 * SCORE_BLOCK)[None, :])
+    gap = offs_m[:, None] - key_rows[None, :]
+    # the window (entries outside it, and before the first key, were never written)
+    ds = tl.where((gap >= 0) & (gap < WINDOW) & (key_rows >= 0)[None, :], ds.to(tl.float32), 0.0)
+    k = load_tile(K, base, key_rows, offs_d, QT, key_rows >= 0)
+    acc = tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+    acc = _list_share(acc, DSK0, K0, KEND0, KFLAGS0, NK0, b, pid_bh, offs_m, offs_d, SCORE_ROWS, D, KEY_BLOCK, PRECISION)
+    acc = _list_share(acc, DSK1, K1, KEND1, KFLAGS1, NK1, b, pid_bh, offs_m, offs_d, SCORE_ROWS, D, KEY_BLOCK, PRECISION)
+    ds_profile = tl.load(DSP + pid_bh.to(tl.int64) * ROWS + offs_m)
+    kp = tl.load(KP + pid_bh.to(tl.int64) * D + offs_d).to(tl.float32)
+    acc += ds_profile[:, None] * kp[None, :]
+    store_tile(DQ, base, offs_m, offs_d, QT, offs_m < SCORE_ROWS, acc * sm_scale)
+
+
+def _precision(q: Tensor) -> str:
+    return "ieee" if q.dtype == torch.float32 else "tf32"
+
+
+def score_rows(length: int, window: int) -> int:
+    """The history rows whose dQ comes from stored dS: the whole `score_block(window)`-row blocks."""
+    return length // score_block(window) * score_block(window)
+
+
+def row_terms(q: Tensor, k_profile: Tensor, v_profile: Tensor, grads: Sequence[Tensor], outputs: Sequence[Tensor], lses: Sequence[Tensor],
+              sm_scale: float, dk_profile: Tensor, dv_profile: Tensor, gates: Tensor, d_gates: Tensor) -> Tuple[List[Tensor], Tensor]:
+    """(the local, global and transition row terms `[B, H, T]`, the profile key's dS `[B, H, T]`), all
+    float32; adds the profile key's and value's gradients into `dk_profile`, `dv_profile` (float32)
+    and, with `gates` (float32 `[3, B, H, T]`, or empty), writes their gradient into `d_gates`.
+    `grads`, `outputs` and `lses` in the node's order: global, transition, local."""
+    batch, heads, rows, dim = q.shape
+    deltas = [torch.empty(q.shape[:3], device=q.device, dtype=torch.float32) for _ in range(3)]
+    ds_profile = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
+    gated = gates.numel() > 0
+    branches = [(grads[index], outputs[index], lses[index], deltas[index]) for index in (2, 0, 1)]
+    _row_terms_kernel[lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), batch * heads)](
+        q, k_profile, v_profile, *[x for branch in branches for x in branch], gates if gated else deltas[0], d_gates if gated else deltas[0],
+        dk_profile, dv_profile, ds_profile, sm_scale, rows, *head_strides(q), *head_strides(*outputs), *head_strides(grads[2]),
+        *head_strides(grads[0]), *head_strides(grads[1]), H=heads, D=dim, GATED=gated)
+    return [deltas[2], deltas[0], deltas[1]], ds_profile
+
+
+def score_stores(q: Tensor, key_counts: Sequence[int], length: int, window: int, dscales: Tensor) -> Tuple[ScoreStore, ScoreStore]:
+    """Uninitialised dS buffers for the local dK/dV kernel and the keyed one (one per list), rows
+    `[0, score_rows)`, and the scales' gradient they add into."""
+    batch, heads = q.shape[:2]
+    rows = score_rows(length, window)
+    local = torch.empty(batch * heads, rows, 2 * score_block(window), device=q.device, dtype=q.dtype)
+    keyed = [torch.empty(batch * heads, rows, count, device=q.device, dtype=q.dtype) for count in key_counts]
+    return ScoreStore([local], rows, dscales), ScoreStore(keyed, rows, dscales)
+
+
+def query_gradients_from_scores(q: Tensor, k: Tensor, k_profile: Tensor, dq: Tensor, local: ScoreStore, keyed: ScoreStore,
+                                lists: Sequence[KeyList], ds_profile: Tensor, window: int, sm_scale: float) -> None:
+    """Write dq's rows `[0, local.rows)` from the stored dS (`score_stores`, filled by the dK/dV
+    kernels) and the profile key's dS (`row_terms`); q, k and dq in one layout."""
+    batch, heads, rows, dim = q.shape
+    block = score_block(window)
+    if local.rows == 0:
+        return
+    key_lists = [(store, entry.k.contiguous(), entry.keys.end, entry.keys.flags) for store, entry in zip(keyed.scores, lists)]
+    _dq_from_scores_kernel[(local.rows // block, batch * heads)](
+        local.scores[0], ds_profile, k, k_profile, *[x for key_list in key_lists for x in key_list], dq, sm_scale, rows, local.rows,
+        lists[0].k.shape[2], lists[1].k.shape[2], *head_strides(q, k, dq), H=heads, D=dim, WINDOW=window, SCORE_BLOCK=block,
+        KEY_BLOCK=KEY_TILE, PRECISION=_precision(q))
