@@ -84,7 +84,7 @@ KEYED = {
 # The stored-score backward (`recsys.ops.evo_scores_backward`): the dK/dV kernels as it runs them
 # (they store dS and sum the scales' gradient), its row-term pass and its dQ pass.
 STORED = {
-    "local dkdv stored": (LOCAL["local dkdv"][:3] + ({**LOCAL["local dkdv"][3], "STORE_SCORES": True},)),
+    "local dkdv stored": ((evo_local_triton._local_dkdv_stored_kernel,) + LOCAL["local dkdv"][1:3] + ({**LOCAL["local dkdv"][3], "STORE_SCORES": True},)),
     "keyed dkdv stored": (KEYED["keyed dkdv"][:3] + ({**KEYED["keyed dkdv"][3], "STORE_SCORES": True},)),
     "row terms": (evo_scores_backward._row_terms_kernel,
                   "Q KP VP DO O LSE DELTA DO0 O0 LSE0 DELTA0 DO1 O1 LSE1 DELTA1 GATES DGATES DKP DVP DSP sm_scale ROWS QB QH QT OB OH OT GB GH GT"

@@ -39,7 +39,7 @@ FAMILIES = {
     "sparsectr": ((evo_local_triton, ("_local_forward_kernel", "_local_dq_kernel", "_local_dkdv_kernel")),
                   (evo_keyed_triton, ("_keyed_dkdv_kernel",))),
     # the stored-score backward (`RECSYS_EVO_BACKWARD=stored`, set by this family): the dK/dV kernels store dS
-    "sparsectr_stored": ((evo_local_triton, ("_local_forward_kernel", "_local_dq_kernel", "_local_dkdv_kernel")),
+    "sparsectr_stored": ((evo_local_triton, ("_local_forward_kernel", "_local_dq_kernel", "_local_dkdv_stored_kernel")),
                          (evo_keyed_triton, ("_keyed_dkdv_kernel",)),
                          (evo_scores_backward, ("_row_terms_kernel", "_dq_from_scores_kernel"))),
     "cama": ((cama_triton, ("_cama_forward_kernel", "_cama_dq_kernel", "_cama_dkdv_kernel")),),
@@ -76,8 +76,8 @@ def kernel_times(step, steps: int) -> dict:
         torch.cuda.synchronize()
     totals = defaultdict(float)
     for event in profiler.key_averages():
-        for name in KERNELS:
-            if event.key.startswith(name):
+        for name, kernel in KERNELS.items():  # the profiler names a launch by its jit function (one may back two autotuners)
+            if event.key.startswith(kernel.fn.__name__):
                 totals[name] += event.device_time_total / steps
     return dict(totals)
 

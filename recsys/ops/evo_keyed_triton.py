@@ -174,7 +174,7 @@ def _key_block_gradients(block, split, b, h, pid_bh, Q, K, V, DO, LSE, DELTA, GA
         dk, dv, ds = accumulate_key_gradients(dk, dv, q, do, v, scores, lse, delta_row, gate, PRECISION, GATED)
         if STORE_SCORES:
             d_time, d_hour, d_weekend = add_term_sums(d_time, d_hour, d_weekend, ds, b_time, b_hour, b_weekend)
-            store_scores(DS, (pid_bh.to(tl.int64) * DS_ROWS + offs_m) * NK, offs_n, rows & (offs_m < DS_ROWS), cols, ds)
+            store_scores(DS + pid_bh.to(tl.int64) * DS_ROWS * NK, offs_m * NK, offs_n, rows & (offs_m < DS_ROWS), cols, ds)
     partial_base = (split.to(tl.int64) * tl.num_programs(1) + pid_bh) * NK * D
     store_tile(DK, partial_base, offs_n, offs_d, D, cols, dk * sm_scale)
     store_tile(DV, partial_base, offs_n, offs_d, D, cols, dv)

@@ -120,6 +120,7 @@ def _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, sin_i, cos_i, gamm
 _FORWARD_TILES = tile_configs([(64, 32, 4, 1, 128)])
 _DQ_TILES = tile_configs([(32, 16, 1, 1)])
 _DKDV_TILES = tile_configs([(32, 32, 2, 1, 168)])
+_DKDV_STORED_TILES = tile_configs([(32, 32, 2, 1), (32, 32, 2, 1, 232), (32, 32, 4, 1), (32, 16, 1, 1)])
 
 
 @triton.jit
@@ -183,7 +184,6 @@ def _local_forward_kernel(Q, K, V, KP, VP, T, FLAGS, CLOCK, SCALES, O, LSE, K0, 
             store_tile(FUSED, out_base, offs_m, offs_d, OT, rows, fused)
 
 
-@triton.autotune(configs=_DKDV_TILES, key=["L", "ROWS", "D", "WINDOW", "GATED", "STORE_SCORES"])
 @triton.jit
 def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, GATE, T, FLAGS, CLOCK, SCALES, DK, DV, CHUNK_ID, DKC, DVC, P, TAIL_SLOT, DKT, DVT, NT,
                        DS, DSCALES, DS_ROWS, sm_scale, L, ROWS, QB, QH, QT, GB, GH, GT, H: tl.constexpr, D: tl.constexpr,
@@ -245,6 +245,14 @@ def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, GATE, T, FLAGS, CLOCK, SCALES, D
         add_scale_gradients(DSCALES, h, H, d_time, d_hour, d_weekend)
 
 
+_DKDV_KEY = ["L", "ROWS", "D", "WINDOW", "GATED", "STORE_SCORES"]
+# The same kernel as the stored-score backward runs it, with its own tiles: the per-pair terms it
+# holds for the scales' gradient take ~255 registers per thread, so the recomputing kernel's
+# 168-register cap spills 440 bytes (104 without the terms; sm_90 offline, benchmarks/kernel_resources.py).
+_local_dkdv_stored_kernel = triton.autotune(configs=_DKDV_STORED_TILES, key=_DKDV_KEY)(_local_dkdv_kernel)
+_local_dkdv_kernel = triton.autotune(configs=_DKDV_TILES, key=_DKDV_KEY)(_local_dkdv_kernel)
+
+
 @triton.jit
 def _key_block_update(dk, dv, d_time, d_hour, d_weekend, k, v, t_j, sin_j, cos_j, w_j, reach_j, T_row, FLAGS_row, CLOCK_row, s_time, s_hour, s_weekend, sm_scale,
                       L, ROWS, Q, DO, LSE, DELTA, GATE, DS, DS_ROWS, base, QT, do_base, GT, pid_bh, offs_m, offs_n, offs_d, rows,
@@ -268,8 +276,9 @@ def _key_block_update(dk, dv, d_time, d_hour, d_weekend, k, v, t_j, sin_j, cos_j
     if STORE_SCORES:
         d_time, d_hour, d_weekend = add_term_sums(d_time, d_hour, d_weekend, ds, b_time, b_hour, b_weekend)
         window_start = (offs_m // SCORE_BLOCK - 1) * SCORE_BLOCK  # row i's column 0
-        store_scores(DS, (pid_bh.to(tl.int64) * DS_ROWS + offs_m) * (2 * SCORE_BLOCK) - window_start, offs_n, rows & (offs_m < DS_ROWS),
-                     offs_n < ROWS, ds)
+        # int32 offsets from the (batch, head)'s first row: a 64-bit offset per element cost registers the tile loop spilled
+        store_scores(DS + pid_bh.to(tl.int64) * DS_ROWS * (2 * SCORE_BLOCK), offs_m * (2 * SCORE_BLOCK) - window_start, offs_n,
+                     rows & (offs_m < DS_ROWS), offs_n < ROWS, ds)
     return dk, dv, d_time, d_hour, d_weekend
 
 
@@ -405,7 +414,7 @@ def score_block(window: int) -> int:
     """Rows per block of the stored-score layout (`evo_scores_backward`): a power of two that holds
     the window and that every local tile divides, so a query tile lies in one block and a block's
     keys lie in its own block and the one before."""
-    tiles = [config.kwargs[name] for config in (*_DKDV_TILES, *_DQ_TILES) for name in ("BLOCK_M", "BLOCK_N")]
+    tiles = [config.kwargs[name] for config in (*_DKDV_STORED_TILES, *_DQ_TILES) for name in ("BLOCK_M", "BLOCK_N")]
     return max(triton.next_power_of_2(window), *tiles)
 
 
@@ -422,7 +431,8 @@ def local_key_gradients(q: Tensor, k: Tensor, v: Tensor, grad_out: Tensor, lse: 
     chunk_id, dkc, dvc = (extra.chunk_id, extra.d_chunk_keys, extra.d_chunk_values) if chunk_grads else (times, dk, dv)
     tail_slot, dkt, dvt = (extra.tail_slot, extra.d_tail_keys, extra.d_tail_values) if tail_grads else (times, dk, dv)
     scores, dscales, score_rows = (dk, scales32, 0) if store is None else (store.scores[0], store.dscales, store.rows)
-    _local_dkdv_kernel[lambda meta: (triton.cdiv(rows, meta["BLOCK_N"]), batch * heads)](
+    kernel = _local_dkdv_kernel if store is None else _local_dkdv_stored_kernel
+    kernel[lambda meta: (triton.cdiv(rows, meta["BLOCK_N"]), batch * heads)](
         q, k, v, grad_out, lse, delta, delta if gate is None else gate, times, flags, clock, scales32, dk, dv, chunk_id, dkc, dvc, dkc.shape[2],
         tail_slot, dkt, dvt, dkt.shape[2], scores, dscales, score_rows, sm_scale, length, rows, *head_strides(q, k, v, dk, dv),
         *head_strides(grad_out), CHUNK_GRADS=chunk_grads, TAIL_GRADS=tail_grads, GATED=gate is not None, STORE_SCORES=store is not None,
