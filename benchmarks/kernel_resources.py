@@ -61,10 +61,10 @@ LOCAL = {
                   "*bf16 *bf16 *bf16 *bf16 *bf16 *i32 *i32 *fp32 *fp32 *bf16 *fp32" + _KEY_LIST * 2 + " *fp32 *bf16 fp32 i32 i32 i32 i32"
                   + _STRIDES * 2, {"KEYED": True, "KEY_BLOCK": 16, "GATED": True}),
     "local dkdv": (evo_local_triton._local_dkdv_kernel,
-                   "Q K V DO LSE DELTA GATE T FLAGS CLOCK SCALES DK DV CHUNK_ID DKC DVC P TAIL_SLOT DKT DVT NT DS DS_ROWS sm_scale L ROWS"
+                   "Q K V DO LSE DELTA GATE T FLAGS CLOCK SCALES DK DV CHUNK_ID DKC DVC P TAIL_SLOT DKT DVT NT DS DSCALES DS_ROWS sm_scale L ROWS"
                    " QB QH QT GB GH GT",
-                   "*bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *fp32 *i32 *i32 *fp32 *fp32 *bf16 *bf16 *i32 *fp32 *fp32 i32 *i32 *fp32 *fp32 i32 *bf16 i32"
-                   " fp32 i32 i32" + _STRIDES * 2,
+                   "*bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *fp32 *i32 *i32 *fp32 *fp32 *bf16 *bf16 *i32 *fp32 *fp32 i32 *i32 *fp32 *fp32 i32 *bf16 *fp32"
+                   " i32 fp32 i32 i32" + _STRIDES * 2,
                    {"CHUNK_GRADS": True, "TAIL_GRADS": True, "GATED": True, "STORE_SCORES": False, "SCORE_BLOCK": 64}),
     "local dq": (evo_local_triton._local_dq_kernel,
                  "Q K V KP VP DO O LSE DELTA T FLAGS CLOCK SCALES DQ DKP DVP DSCALES K0 V0 TK0 KEND0 KFLAGS0 KCLOCK0 DO0 O0 LSE0 DELTA0 K1 V1 TK1"
@@ -77,9 +77,9 @@ LOCAL = {
 KEYED = {
     "keyed dkdv": (evo_keyed_triton._keyed_dkdv_kernel,
                    "Q TQ QFLAGS QCLOCK SCALES K0 V0 DO0 LSE0 DELTA0 GATE0 TK0 KEND0 KFLAGS0 KCLOCK0 DK0 DV0 DS0 K1 V1 DO1 LSE1 DELTA1 GATE1 TK1"
-                   " KEND1 KFLAGS1 KCLOCK1 DK1 DV1 DS1 sm_scale T L NK0 NK1 QUERIES DS_ROWS QB QH QT GB0 GH0 GT0 GB1 GH1 GT1",
+                   " KEND1 KFLAGS1 KCLOCK1 DK1 DV1 DS1 DSCALES sm_scale T L NK0 NK1 QUERIES DS_ROWS QB QH QT GB0 GH0 GT0 GB1 GH1 GT1",
                    "*bf16 *i32 *i32 *fp32 *fp32" + " *bf16 *bf16 *bf16 *fp32 *fp32 *fp32 *i32 *i32 *i32 *fp32 *fp32 *fp32 *bf16" * 2
-                   + " fp32 i32 i32 i32 i32 i32 i32" + _STRIDES * 3, {"GATED": True, "STORE_SCORES": False}),
+                   + " *fp32 fp32 i32 i32 i32 i32 i32 i32" + _STRIDES * 3, {"GATED": True, "STORE_SCORES": False}),
 }
 # The stored-score backward (`recsys.ops.evo_scores_backward`): the dK/dV kernels as it runs them
 # (they store dS and sum the scales' gradient), its row-term pass and its dQ pass.
@@ -92,10 +92,9 @@ STORED = {
                   "*bf16 *bf16 *bf16" + " *bf16 *bf16 *fp32 *fp32" * 3 + " *fp32 *fp32 *fp32 *fp32 *fp32 fp32 i32" + _STRIDES * 5,
                   {"GATED": True}),
     "dq from scores": (evo_scores_backward._dq_from_scores_kernel,
-                       "DS DSP K KP T FLAGS CLOCK DSK0 K0 TK0 KEND0 KFLAGS0 KCLOCK0 DSK1 K1 TK1 KEND1 KFLAGS1 KCLOCK1 DQ DSCALES sm_scale ROWS"
-                       " SCORE_ROWS NK0 NK1 QB QH QT",
-                       "*bf16 *fp32 *bf16 *bf16 *i32 *i32 *fp32" + " *bf16 *bf16 *i32 *i32 *i32 *fp32" * 2 + " *bf16 *fp32 fp32 i32 i32 i32 i32"
-                       + _STRIDES, {"SCORE_BLOCK": 64, "KEY_BLOCK": 16}),
+                       "DS DSP K KP DSK0 K0 KEND0 KFLAGS0 DSK1 K1 KEND1 KFLAGS1 DQ sm_scale ROWS SCORE_ROWS NK0 NK1 QB QH QT",
+                       "*bf16 *fp32 *bf16 *bf16" + " *bf16 *bf16 *i32 *i32" * 2 + " *bf16 fp32 i32 i32 i32 i32" + _STRIDES,
+                       {"SCORE_BLOCK": 64, "KEY_BLOCK": 16}),
 }
 SASS_OPS = ("HGMMA", "MUFU.EX2", "MUFU.LG2", "LDL", "STL", "LDS", "BAR", "LDGSTS")
 
@@ -107,7 +106,7 @@ CAMA_CONSTANTS = dict(H=4, D=64, TABLE_STRIDE=1, HEAD_STRIDE=129, NUM_BUCKETS=12
 LOCAL_CONSTANTS = dict(H=4, D=64, WINDOW=64, CANDIDATES=True, WEEKEND_BOTH=False, PRECISION="tf32", FAST_MATH=True)
 KEYED_CONSTANTS = dict(H=4, D=64, WEEKEND_BOTH=False, PRECISION="tf32", FAST_MATH=True)
 STORED_CONSTANTS = {"local dkdv stored": LOCAL_CONSTANTS, "keyed dkdv stored": KEYED_CONSTANTS, "row terms": dict(H=4, D=64),
-                    "dq from scores": dict(H=4, D=64, WINDOW=64, WEEKEND_BOTH=False, PRECISION="tf32", FAST_MATH=True)}
+                    "dq from scores": dict(H=4, D=64, WINDOW=64, PRECISION="tf32")}
 KERNELS = {**{name: (entry, CAMA_CONSTANTS) for name, entry in POINTERS_AND_SCALARS.items()},
            **{name: (entry, LOCAL_CONSTANTS) for name, entry in LOCAL.items()},
            **{name: (entry, KEYED_CONSTANTS) for name, entry in KEYED.items()},

@@ -215,14 +215,12 @@ def _backward(grads: List[Tensor], saved: List[Tensor], times: List[Tensor], win
     local_key_gradients(q, k, v, grads[2], lse[2], local_delta, *query_words, dk, dv, *local_shape, extra=extra, gate=branch_gates[2],
                         store=local_store)
     if stored_scores:
-        dscales += query_gradients_from_scores(q, k, k_profile, dq, local_store, keyed_store, keyed_lists, ds_profile, *keyed, window,
-                                               weekend_rule, sm_scale)
-        if local_store.rows < total:  # the history's remainder and the candidates: recomputed (the profile's gradients into scratch)
-            scratch = [torch.zeros_like(x) for x in (dk_profile, dv_profile)]
-            remainder_dscales = torch.zeros_like(dscales)  # its own: an autotuning launch zeroes it first
-            local_query_gradients(q, k, v, k_profile, v_profile, grads[2], local, lse[2], *query_words, dq, *scratch, remainder_dscales,
-                                  *local_shape, first_row=local_store.rows, **dq_inputs)
-            dscales += remainder_dscales
+        query_gradients_from_scores(q, k, k_profile, dq, local_store, keyed_store, keyed_lists, ds_profile, window, sm_scale)
+        dscales += local_store.dscales + keyed_store.dscales
+        if local_store.rows < total:  # the history's remainder and the candidates: recomputed, what the passes above summed into scratch
+            scratch = [torch.zeros_like(x) for x in (dk_profile, dv_profile, dscales)]
+            local_query_gradients(q, k, v, k_profile, v_profile, grads[2], local, lse[2], *query_words, dq, *scratch, *local_shape,
+                                  first_row=local_store.rows, **dq_inputs)
 
     if shared_summary:
         dk_summary, dv_summary = q.new_empty(0), q.new_empty(0)  # two tensors: a custom op's returns may not alias

@@ -31,7 +31,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from recsys.ops.evo_bias_triton import (accumulate_key_gradients, accumulate_query_gradients, event_clock, load_scales, tile_scores, weekend_coefficients, weekend_value)
+from recsys.ops.evo_bias_triton import (accumulate_key_gradients, accumulate_query_gradients, add_scale_gradients, add_term_sums,
+                                        event_clock, load_scales, tile_scores, weekend_coefficients, weekend_value)
 from recsys.ops.triton_tiles import (INTERPRETED, finish_rows, head_base, head_strides, load_backward_rows, load_tile,
                                      online_softmax_step, output_backward_rows, row_gates, store_scores, store_tile, tile_configs)
 
@@ -39,16 +40,24 @@ _QUERIES_PER_SPLIT = 1024  # dK/dV: queries one program walks for its key block
 
 
 @triton.jit
-def key_block_terms(TK_row, END_row, FLAGS_row, CLOCK_row, offs_n, NK):
+def _key_terms(TK_row, END_row, FLAGS_row, CLOCK_row, offs_n, NK):
     """A key block's int32 times, clock sines and cosines, weekend values and the first query
     position that sees each key: its chunk's end, or past every query where the key is invalid or
     beyond the list, so a pair's visibility is one compare."""
     in_range = offs_n < NK
+    first_query_j, flags_j = first_visible_query(END_row, FLAGS_row, offs_n, NK)
+    sin_j, cos_j = event_clock(CLOCK_row, NK, offs_n, in_range)
+    return tl.load(TK_row + offs_n, mask=in_range, other=0), sin_j, cos_j, weekend_value(flags_j), first_query_j
+
+
+@triton.jit
+def first_visible_query(END_row, FLAGS_row, offs_n, NK):
+    """The first query position that sees each key of a block (its chunk's end; past every query where
+    the key is invalid or beyond the list), and the keys' flag words."""
+    in_range = offs_n < NK
     flags_j = tl.load(FLAGS_row + offs_n, mask=in_range, other=0)
     end_j = tl.load(END_row + offs_n, mask=in_range, other=0)
-    sin_j, cos_j = event_clock(CLOCK_row, NK, offs_n, in_range)
-    first_query_j = tl.where(((flags_j & 1) != 0) & in_range, end_j, 2147483647)
-    return tl.load(TK_row + offs_n, mask=in_range, other=0), sin_j, cos_j, weekend_value(flags_j), first_query_j
+    return tl.where(((flags_j & 1) != 0) & in_range, end_j, 2147483647), flags_j
 
 
 @triton.jit
@@ -70,7 +79,7 @@ def _key_block(start_n, q, K, V, key_base, offs_d, t_i, sin_i, cos_i, gamma_i, d
     offs_n = start_n + tl.arange(0, BLOCK_N)
     k = load_tile(K, key_base, offs_n, offs_d, D, offs_n < NK)
     v = load_tile(V, key_base, offs_n, offs_d, D, offs_n < NK)
-    t_j, sin_j, cos_j, w_j, first_query_j = key_block_terms(TK_row, END_row, FLAGS_row, CLOCK_row, offs_n, NK)
+    t_j, sin_j, cos_j, w_j, first_query_j = _key_terms(TK_row, END_row, FLAGS_row, CLOCK_row, offs_n, NK)
     scores, b_time, b_hour, b_weekend = _keyed_tile(q, k, t_i, sin_i, cos_i, gamma_i, delta_i, position_i, t_j, sin_j, cos_j, w_j,
                                                     first_query_j, s_time, s_hour, s_weekend, qk_scale, TERMS, PRECISION, FAST_MATH)
     return k, v, scores, b_time, b_hour, b_weekend
@@ -121,27 +130,31 @@ def attend_key_list(q, K, V, TK, KEND, KFLAGS, KCLOCK, O, LSE, NK, b, h, pid_bh,
 
 @triton.jit
 def _key_block_gradients(block, split, b, h, pid_bh, Q, K, V, DO, LSE, DELTA, GATE, TQ, QFLAGS, QCLOCK, TK, KEND, KFLAGS, KCLOCK, s_time,
-                         s_hour, s_weekend, DK, DV, DS, sm_scale, T, L, NK, QUERIES, DS_ROWS, QB, QH, QT, GB, GH, GT, D: tl.constexpr,
-                         WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr,
+                         s_hour, s_weekend, DK, DV, DS, DSCALES, sm_scale, T, L, NK, QUERIES, DS_ROWS, QB, QH, QT, GB, GH, GT, H: tl.constexpr,
+                         D: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr,
                          GATED: tl.constexpr, STORE_SCORES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One key block of one list and one slice of `QUERIES` queries: float32 partial dK, dV (summed
     over the slices by the caller). GATED: `DO` is the gated sum's gradient and `GATE` this branch's
     gates (`row_gates`). STORE_SCORES (the stored-score backward, `evo_scores_backward`): also store
     the tile's dS into `DS` `[B·H, DS_ROWS, NK]` (rows past DS_ROWS not stored; rows no key of the
-    block sees are not visited, so the reader masks by visibility)."""
+    block sees are not visited, so the reader masks by visibility) and add the pairs' share of the
+    temporal scales' gradient into `DSCALES`, which the dQ kernel sums otherwise."""
     offs_n = block * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D)
     cols = offs_n < NK
     key_base = pid_bh.to(tl.int64) * NK * D
     k = load_tile(K, key_base, offs_n, offs_d, D, cols)
     v = load_tile(V, key_base, offs_n, offs_d, D, cols)
-    t_j, sin_j, cos_j, w_j, first_query_j = key_block_terms(TK + b * NK, KEND + b * NK, KFLAGS + b * NK, KCLOCK + b * 2 * NK, offs_n, NK)
+    t_j, sin_j, cos_j, w_j, first_query_j = _key_terms(TK + b * NK, KEND + b * NK, KFLAGS + b * NK, KCLOCK + b * 2 * NK, offs_n, NK)
     # no query before the earliest end of a valid key sees this block
     first_query = tl.min(tl.minimum(first_query_j, T), 0)
     lo = tl.maximum(split * QUERIES, first_query // BLOCK_M * BLOCK_M)
     hi = tl.minimum((split + 1) * QUERIES, T)
     dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, D], dtype=tl.float32)
+    d_time = tl.zeros([BLOCK_M], dtype=tl.float32)
+    d_hour = tl.zeros([BLOCK_M], dtype=tl.float32)
+    d_weekend = tl.zeros([BLOCK_M], dtype=tl.float32)
     query_base, do_base = head_base(b, h, QB, QH), head_base(b, h, GB, GH)
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -150,20 +163,29 @@ def _key_block_gradients(block, split, b, h, pid_bh, Q, K, V, DO, LSE, DELTA, GA
                                                    rows)
         gate = row_gates(GATE, pid_bh.to(tl.int64) * T, offs_m, rows, GATED)
         t_i, sin_i, cos_i, gamma_i, delta_i, position_i = _queries(TQ, QFLAGS, QCLOCK, b, offs_m, rows, T, L, WEEKEND_BOTH)
-        scores, _, _, _ = _keyed_tile(q, k, t_i, sin_i, cos_i, gamma_i * s_weekend, delta_i * s_weekend, position_i, t_j, sin_j, cos_j, w_j,
-                                      first_query_j, s_time, s_hour, 1.0, sm_scale * 1.4426950408889634, False, PRECISION, FAST_MATH)
+        if STORE_SCORES:  # the terms themselves, for the scales' gradient
+            scores, b_time, b_hour, b_weekend = _keyed_tile(q, k, t_i, sin_i, cos_i, gamma_i, delta_i, position_i, t_j, sin_j, cos_j, w_j,
+                                                            first_query_j, s_time, s_hour, s_weekend, sm_scale * 1.4426950408889634, True,
+                                                            PRECISION, FAST_MATH)
+        else:
+            scores, b_time, b_hour, b_weekend = _keyed_tile(q, k, t_i, sin_i, cos_i, gamma_i * s_weekend, delta_i * s_weekend, position_i,
+                                                            t_j, sin_j, cos_j, w_j, first_query_j, s_time, s_hour, 1.0,
+                                                            sm_scale * 1.4426950408889634, False, PRECISION, FAST_MATH)
         dk, dv, ds = accumulate_key_gradients(dk, dv, q, do, v, scores, lse, delta_row, gate, PRECISION, GATED)
         if STORE_SCORES:
+            d_time, d_hour, d_weekend = add_term_sums(d_time, d_hour, d_weekend, ds, b_time, b_hour, b_weekend)
             store_scores(DS + pid_bh.to(tl.int64) * DS_ROWS * NK, offs_m * NK, offs_n, rows & (offs_m < DS_ROWS), cols, ds)
     partial_base = (split.to(tl.int64) * tl.num_programs(1) + pid_bh) * NK * D
     store_tile(DK, partial_base, offs_n, offs_d, D, cols, dk * sm_scale)
     store_tile(DV, partial_base, offs_n, offs_d, D, cols, dv)
+    if STORE_SCORES:
+        add_scale_gradients(DSCALES, h, H, d_time, d_hour, d_weekend)
 
 
-@triton.autotune(configs=_DKDV_TILES, key=["T", "NK0", "NK1", "D", "STORE_SCORES"])
+@triton.autotune(configs=_DKDV_TILES, key=["T", "NK0", "NK1", "D", "STORE_SCORES"], reset_to_zero=["DSCALES"])
 @triton.jit
 def _keyed_dkdv_kernel(Q, TQ, QFLAGS, QCLOCK, SCALES, K0, V0, DO0, LSE0, DELTA0, GATE0, TK0, KEND0, KFLAGS0, KCLOCK0, DK0, DV0, DS0, K1, V1,
-                       DO1, LSE1, DELTA1, GATE1, TK1, KEND1, KFLAGS1, KCLOCK1, DK1, DV1, DS1, sm_scale, T, L, NK0, NK1, QUERIES,
+                       DO1, LSE1, DELTA1, GATE1, TK1, KEND1, KFLAGS1, KCLOCK1, DK1, DV1, DS1, DSCALES, sm_scale, T, L, NK0, NK1, QUERIES,
                        DS_ROWS, QB, QH, QT, GB0, GH0, GT0, GB1, GH1, GT1, H: tl.constexpr, D: tl.constexpr, WEEKEND_BOTH: tl.constexpr,
                        PRECISION: tl.constexpr, FAST_MATH: tl.constexpr, GATED: tl.constexpr, STORE_SCORES: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -180,12 +202,12 @@ def _keyed_dkdv_kernel(Q, TQ, QFLAGS, QCLOCK, SCALES, K0, V0, DO0, LSE0, DELTA0,
     block = tl.program_id(0)
     if block < blocks0:
         _key_block_gradients(block, split, b, h, pid_bh, Q, K0, V0, DO0, LSE0, DELTA0, GATE0, TQ, QFLAGS, QCLOCK, TK0, KEND0, KFLAGS0, KCLOCK0,
-                             s_time, s_hour, s_weekend, DK0, DV0, DS0, sm_scale, T, L, NK0, QUERIES, DS_ROWS, QB, QH, QT, GB0, GH0,
-                             GT0, D, WEEKEND_BOTH, PRECISION, FAST_MATH, GATED, STORE_SCORES, BLOCK_M, BLOCK_N)
+                             s_time, s_hour, s_weekend, DK0, DV0, DS0, DSCALES, sm_scale, T, L, NK0, QUERIES, DS_ROWS, QB, QH, QT, GB0, GH0,
+                             GT0, H, D, WEEKEND_BOTH, PRECISION, FAST_MATH, GATED, STORE_SCORES, BLOCK_M, BLOCK_N)
     else:
         _key_block_gradients(block - blocks0, split, b, h, pid_bh, Q, K1, V1, DO1, LSE1, DELTA1, GATE1, TQ, QFLAGS, QCLOCK, TK1, KEND1, KFLAGS1,
-                             KCLOCK1, s_time, s_hour, s_weekend, DK1, DV1, DS1, sm_scale, T, L, NK1, QUERIES, DS_ROWS, QB, QH, QT, GB1,
-                             GH1, GT1, D, WEEKEND_BOTH, PRECISION, FAST_MATH, GATED, STORE_SCORES, BLOCK_M, BLOCK_N)
+                             KCLOCK1, s_time, s_hour, s_weekend, DK1, DV1, DS1, DSCALES, sm_scale, T, L, NK1, QUERIES, DS_ROWS, QB, QH, QT, GB1,
+                             GH1, GT1, H, D, WEEKEND_BOTH, PRECISION, FAST_MATH, GATED, STORE_SCORES, BLOCK_M, BLOCK_N)
 
 
 @triton.jit
@@ -213,12 +235,14 @@ def _launch(q: Tensor, weekend_rule: int) -> dict:
 
 
 class ScoreStore(NamedTuple):
-    """Where the stored-score backward's dK/dV kernels put the dS its dQ kernel reads
-    (`recsys.ops.evo_scores_backward`): one buffer (the local kernel's) or one per key list, in q's
-    dtype, for the query rows `[0, rows)`."""
+    """Where the stored-score backward's dK/dV kernels put what its dQ kernel reads
+    (`recsys.ops.evo_scores_backward`): the dS buffers (the local kernel's one, or one per key list),
+    in q's dtype, for the query rows `[0, rows)`, and the float32 `[3, H]` scales' gradient, which
+    these kernels sum instead of the dQ kernel."""
 
     scores: Sequence[Tensor]
     rows: int
+    dscales: Tensor
 
 
 class KeyTimes(NamedTuple):
@@ -272,7 +296,8 @@ def keyed_key_gradients(q: Tensor, lists: Sequence[KeyListBackward], query_times
                         scales32: Tensor, history_length: int, weekend_rule: int, sm_scale: float,
                         store: Optional[ScoreStore] = None) -> List[Tuple[Tensor, Tensor]]:
     """float32 dK, dV `[B, H, K, D]` of the global and the transition key lists, in one launch. With
-    `store` (one dS buffer `[B·H, store.rows, K]` per list) also each list's dS."""
+    `store` (one dS buffer `[B·H, store.rows, K]` per list) also each list's dS, and the scales'
+    gradient added into `store.dscales`."""
     if len(lists) != 2 or len({item.gate is None for item in lists}) != 1:
         raise ValueError("the keyed dK/dV kernel takes two key lists, both gated or neither")
     batch, heads, total, dim = q.shape
@@ -288,7 +313,7 @@ def keyed_key_gradients(q: Tensor, lists: Sequence[KeyListBackward], query_times
         strides += head_strides(entry.grad_out)
     counts = [item.entry.k.shape[2] for item in lists]
     _keyed_dkdv_kernel[lambda meta: (triton.cdiv(counts[0], meta["BLOCK_N"]) + triton.cdiv(counts[1], meta["BLOCK_N"]), batch * heads, splits)](
-        q, query_times, query_flags, query_clock, scales32, *arguments, sm_scale, total,
+        q, query_times, query_flags, query_clock, scales32, *arguments, parts[0][0] if store is None else store.dscales, sm_scale, total,
         history_length, counts[0], counts[1], _QUERIES_PER_SPLIT, 0 if store is None else store.rows, *head_strides(q), *strides,
         GATED=lists[0].gate is not None, STORE_SCORES=store is not None, **_launch(q, weekend_rule))
     return [(dk_parts[0], dv_parts[0]) if splits == 1 else (dk_parts.sum(0), dv_parts.sum(0)) for dk_parts, dv_parts in parts]

@@ -11,22 +11,25 @@ instructions they issue per pair (benchmarks/RESULTS.md, sessions 11 and 16). He
    gates' gradient), the profile key's dS per row and its key's and value's gradients: what the dQ
    kernel used to hand the dK/dV kernels, which now run first.
 2. The keyed and local dK/dV kernels (`STORE_SCORES`) also store their dS tiles in q's dtype (the
-   recomputing dQ kernel rounds dS to it before its matmul too).
+   recomputing dQ kernel rounds dS to it before its matmul too) and sum the temporal scales'
+   gradient, which needs the per-pair terms they now compute. (Summed in the dQ pass instead, from
+   the stored dS, the terms took that pass from 104 to 272 µs and the node was no faster; H200,
+   session 17, benchmarks/RESULTS.md.)
 3. `query_gradients_from_scores`: per block of `SCORE_BLOCK` history rows, dQ = dS_local ·
-   K[previous and own block] + Σ_lists dS_list · K_list + dS_profile ⊗ k_profile, two dense matmuls,
-   and the temporal scales' gradient Σ dS·term from the per-pair terms (no exponent, no dP). Summed
-   in the dK/dV kernels instead, the terms took their registers to ~255 and the local one ran 447
-   against 278 µs (H200, session 17). Stored entries no dK/dV program wrote (pairs outside the
-   window, or before a list key's first viewer) are masked by the visibility rules, so the buffers
-   need no zero fill.
+   K[previous and own block] + Σ_lists dS_list · K_list + dS_profile ⊗ k_profile, two dense matmuls.
+   Stored entries no dK/dV program wrote (pairs outside the window, or before a list key's first
+   viewer) are masked by the visibility rules, so the buffers need no zero fill.
 4. The rows past the last whole block (the history's remainder, and the candidates, whose window is
    not banded) go through the recomputing dQ kernel (`local_query_gradients(first_row=...)`), with
-   scratch buffers for the profile gradients the row-term pass already summed.
+   scratch buffers for what the passes above already summed.
 
 The stored local dS is `[B·H, rows, 2·SCORE_BLOCK]`: row i's column c is key
 `(i // SCORE_BLOCK - 1)·SCORE_BLOCK + c`, which covers its window (`evo_local_triton.score_block`).
 
-Equal to the recomputing backward (the tests compare every gradient under Triton's interpreter).
+Equal to the recomputing backward (the tests compare every gradient under Triton's interpreter; on
+the H200 `gpu_suite.py --parts correctness` passes with it). At n = 8,192 on the H200 the node takes
+1.15 against 1.23 ms (session 17), so it is opt-in (`RECSYS_EVO_BACKWARD=stored`) until measured
+in training.
 """
 
 from __future__ import annotations
@@ -38,9 +41,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from recsys.ops.evo_bias_triton import add_scale_gradients, add_term_sums, composite_terms, event_clock, weekend_value
-from recsys.ops.evo_keyed_triton import KEY_TILE, KeyList, ScoreStore, key_block_terms
-from recsys.ops.evo_local_triton import query_terms, score_block
+from recsys.ops.evo_keyed_triton import KEY_TILE, KeyList, ScoreStore, first_visible_query
+from recsys.ops.evo_local_triton import score_block
 from recsys.ops.triton_tiles import (INTERPRETED, head_base, head_strides, load_tile, output_backward_rows, profile_score_gradients,
                                      program_rows, query_backward_rows, store_tile, tile_configs)
 
@@ -78,72 +80,44 @@ def _row_terms_kernel(Q, KP, VP, DO, O, LSE, DELTA, DO0, O0, LSE0, DELTA0, DO1, 
 
 
 @triton.jit
-def _list_share(acc, d_time, d_hour, d_weekend, DSK, K, TK, KEND, KFLAGS, KCLOCK, NK, b, pid_bh, offs_m, offs_d, t_i, sin_i, cos_i, gamma_i,
-                delta_i, SCORE_ROWS, D: tl.constexpr, KEY_BLOCK: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr):
-    """acc + dS_list · K_list for one key list (history rows see a key from its chunk's end on), and
-    the list's pairs' scale sums."""
+def _list_share(acc, DSK, K, KEND, KFLAGS, NK, b, pid_bh, offs_m, offs_d, SCORE_ROWS, D: tl.constexpr, KEY_BLOCK: tl.constexpr,
+                PRECISION: tl.constexpr):
+    """acc + dS_list · K_list for one key list; history rows see a key from its chunk's end on."""
     key_base = pid_bh.to(tl.int64) * NK * D
     for start_n in range(0, NK, KEY_BLOCK):
         offs_n = start_n + tl.arange(0, KEY_BLOCK)
         in_range = offs_n < NK
-        t_j, sin_j, cos_j, w_j, first_query_j = key_block_terms(TK + b * NK, KEND + b * NK, KFLAGS + b * NK, KCLOCK + b * 2 * NK, offs_n, NK)
-        ds = tl.load(DSK + pid_bh.to(tl.int64) * SCORE_ROWS * NK + offs_m[:, None] * NK + offs_n[None, :], mask=in_range[None, :], other=0.0)
+        first_query_j, _ = first_visible_query(KEND + b * NK, KFLAGS + b * NK, offs_n, NK)
+        ds = tl.load(DSK + (pid_bh.to(tl.int64) * SCORE_ROWS + offs_m)[:, None] * NK + offs_n[None, :], mask=in_range[None, :], other=0.0)
         ds = tl.where(first_query_j[None, :] <= offs_m[:, None], ds.to(tl.float32), 0.0)
-        b_time, b_hour, b_weekend = composite_terms(t_i, sin_i, cos_i, gamma_i, delta_i, t_j, sin_j, cos_j, w_j, FAST_MATH)
-        d_time, d_hour, d_weekend = add_term_sums(d_time, d_hour, d_weekend, ds, b_time, b_hour, b_weekend)
         k = load_tile(K, key_base, offs_n, offs_d, D, in_range)
         acc = tl.dot(ds.to(k.dtype), k, acc, input_precision=PRECISION)
-    return acc, d_time, d_hour, d_weekend
+    return acc
 
 
+@triton.autotune(configs=_DQ_TILES, key=["SCORE_ROWS", "NK0", "NK1", "D", "WINDOW", "SCORE_BLOCK"])
 @triton.jit
-def _window_terms(T_row, FLAGS_row, CLOCK_row, key_rows, ROWS):
-    """Times, clock sines and cosines and weekend values of a block's window keys (rows before the
-    first position read as zeros)."""
-    valid = key_rows >= 0
-    flags_j = tl.load(FLAGS_row + key_rows, mask=valid, other=0)
-    sin_j, cos_j = event_clock(CLOCK_row, ROWS, key_rows, valid)
-    return tl.load(T_row + key_rows, mask=valid, other=0), sin_j, cos_j, weekend_value(flags_j)
-
-
-@triton.autotune(configs=_DQ_TILES, key=["SCORE_ROWS", "NK0", "NK1", "D", "WINDOW", "SCORE_BLOCK"], reset_to_zero=["DSCALES"])
-@triton.jit
-def _dq_from_scores_kernel(DS, DSP, K, KP, T, FLAGS, CLOCK, DSK0, K0, TK0, KEND0, KFLAGS0, KCLOCK0, DSK1, K1, TK1, KEND1, KFLAGS1, KCLOCK1,
-                           DQ, DSCALES, sm_scale, ROWS, SCORE_ROWS, NK0, NK1, QB, QH, QT, H: tl.constexpr, D: tl.constexpr,
-                           WINDOW: tl.constexpr, SCORE_BLOCK: tl.constexpr, KEY_BLOCK: tl.constexpr, WEEKEND_BOTH: tl.constexpr,
-                           PRECISION: tl.constexpr, FAST_MATH: tl.constexpr):
-    """dQ of one SCORE_BLOCK-row block of history rows (all below SCORE_ROWS) from the stored dS, and
-    their pairs' sums into the temporal scales' gradient (the per-pair terms from the batch's time
-    words, as the dQ kernels compute them; DSCALES its own buffer: an autotuning run zeroes it); k
-    and dq read and written through the packed projection's strides (QB, QH, QT)."""
-    b, h, pid_bh, start_m, offs_m, rows = program_rows(SCORE_BLOCK, H, SCORE_ROWS)
+def _dq_from_scores_kernel(DS, DSP, K, KP, DSK0, K0, KEND0, KFLAGS0, DSK1, K1, KEND1, KFLAGS1, DQ, sm_scale, ROWS, SCORE_ROWS, NK0, NK1,
+                           QB, QH, QT, H: tl.constexpr, D: tl.constexpr, WINDOW: tl.constexpr, SCORE_BLOCK: tl.constexpr,
+                           KEY_BLOCK: tl.constexpr, PRECISION: tl.constexpr):
+    """dQ of one SCORE_BLOCK-row block of history rows (all below SCORE_ROWS) from the stored dS; k and
+    dq read and written through the packed projection's strides (QB, QH, QT)."""
+    b, h, pid_bh, start_m, offs_m, _ = program_rows(SCORE_BLOCK, H, SCORE_ROWS)
     offs_d = tl.arange(0, D)
     base = head_base(b, h, QB, QH)
-    T_row, FLAGS_row, CLOCK_row = T + b * ROWS, FLAGS + b * ROWS, CLOCK + b * 2 * ROWS
-    t_i, sin_i, cos_i, gamma_i, delta_i = query_terms(T_row, FLAGS_row, CLOCK_row, offs_m, rows, ROWS, WEEKEND_BOTH)
     key_rows = start_m - SCORE_BLOCK + tl.arange(0, 2 * SCORE_BLOCK)  # the previous block's keys, then the block's own
-    ds = tl.load(DS + pid_bh.to(tl.int64) * SCORE_ROWS * (2 * SCORE_BLOCK) + offs_m[:, None] * (2 * SCORE_BLOCK)
-                 + tl.arange(0, 2 * SCORE_BLOCK)[None, :])
+    ds = tl.load(DS + (pid_bh.to(tl.int64) * SCORE_ROWS + offs_m)[:, None] * (2 * SCORE_BLOCK) + tl.arange(0, 2 * SCORE_BLOCK)[None, :])
     gap = offs_m[:, None] - key_rows[None, :]
     # the window (entries outside it, and before the first key, were never written)
     ds = tl.where((gap >= 0) & (gap < WINDOW) & (key_rows >= 0)[None, :], ds.to(tl.float32), 0.0)
-    t_j, sin_j, cos_j, w_j = _window_terms(T_row, FLAGS_row, CLOCK_row, key_rows, ROWS)
-    b_time, b_hour, b_weekend = composite_terms(t_i, sin_i, cos_i, gamma_i, delta_i, t_j, sin_j, cos_j, w_j, FAST_MATH)
-    zeros = tl.zeros([SCORE_BLOCK], dtype=tl.float32)
-    d_time, d_hour, d_weekend = add_term_sums(zeros, zeros, zeros, ds, b_time, b_hour, b_weekend)
     k = load_tile(K, base, key_rows, offs_d, QT, key_rows >= 0)
     acc = tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
-    acc, d_time, d_hour, d_weekend = _list_share(acc, d_time, d_hour, d_weekend, DSK0, K0, TK0, KEND0, KFLAGS0, KCLOCK0, NK0, b, pid_bh,
-                                                 offs_m, offs_d, t_i, sin_i, cos_i, gamma_i, delta_i, SCORE_ROWS, D, KEY_BLOCK, PRECISION,
-                                                 FAST_MATH)
-    acc, d_time, d_hour, d_weekend = _list_share(acc, d_time, d_hour, d_weekend, DSK1, K1, TK1, KEND1, KFLAGS1, KCLOCK1, NK1, b, pid_bh,
-                                                 offs_m, offs_d, t_i, sin_i, cos_i, gamma_i, delta_i, SCORE_ROWS, D, KEY_BLOCK, PRECISION,
-                                                 FAST_MATH)
+    acc = _list_share(acc, DSK0, K0, KEND0, KFLAGS0, NK0, b, pid_bh, offs_m, offs_d, SCORE_ROWS, D, KEY_BLOCK, PRECISION)
+    acc = _list_share(acc, DSK1, K1, KEND1, KFLAGS1, NK1, b, pid_bh, offs_m, offs_d, SCORE_ROWS, D, KEY_BLOCK, PRECISION)
     ds_profile = tl.load(DSP + pid_bh.to(tl.int64) * ROWS + offs_m)
     kp = tl.load(KP + pid_bh.to(tl.int64) * D + offs_d).to(tl.float32)
     acc += ds_profile[:, None] * kp[None, :]
-    store_tile(DQ, base, offs_m, offs_d, QT, rows, acc * sm_scale)
-    add_scale_gradients(DSCALES, h, H, d_time, d_hour, d_weekend)
+    store_tile(DQ, base, offs_m, offs_d, QT, offs_m < SCORE_ROWS, acc * sm_scale)
 
 
 def _precision(q: Tensor) -> str:
@@ -175,28 +149,25 @@ def row_terms(q: Tensor, k_profile: Tensor, v_profile: Tensor, grads: Sequence[T
 
 def score_stores(q: Tensor, key_counts: Sequence[int], length: int, window: int) -> Tuple[ScoreStore, ScoreStore]:
     """Uninitialised dS buffers for the local dK/dV kernel and the keyed one (one per list), rows
-    `[0, score_rows)`."""
+    `[0, score_rows)`, each with a zeroed `[3, H]` float32 buffer for its share of the scales'
+    gradient: a buffer of its own, as an autotuning run zeroes (`reset_to_zero`) what it adds into."""
     batch, heads = q.shape[:2]
     rows = score_rows(length, window)
     local = torch.empty(batch * heads, rows, 2 * score_block(window), device=q.device, dtype=q.dtype)
     keyed = [torch.empty(batch * heads, rows, count, device=q.device, dtype=q.dtype) for count in key_counts]
-    return ScoreStore([local], rows), ScoreStore(keyed, rows)
+    return tuple(ScoreStore(scores, rows, torch.zeros(3, heads, device=q.device, dtype=torch.float32)) for scores in ([local], keyed))
 
 
 def query_gradients_from_scores(q: Tensor, k: Tensor, k_profile: Tensor, dq: Tensor, local: ScoreStore, keyed: ScoreStore,
-                                lists: Sequence[KeyList], ds_profile: Tensor, query_times: Tensor, query_flags: Tensor, query_clock: Tensor,
-                                window: int, weekend_rule: int, sm_scale: float) -> Tensor:
+                                lists: Sequence[KeyList], ds_profile: Tensor, window: int, sm_scale: float) -> None:
     """Write dq's rows `[0, local.rows)` from the stored dS (`score_stores`, filled by the dK/dV
-    kernels) and the profile key's dS (`row_terms`); q, k and dq in one layout. Returns those rows'
-    share of the temporal scales' gradient (float32 `[3, H]`)."""
+    kernels) and the profile key's dS (`row_terms`); q, k and dq in one layout."""
     batch, heads, rows, dim = q.shape
     block = score_block(window)
-    dscales = torch.zeros(3, heads, device=q.device, dtype=torch.float32)
     if local.rows == 0:
-        return dscales
-    key_lists = [(store, entry.k.contiguous(), *entry.keys) for store, entry in zip(keyed.scores, lists)]
+        return
+    key_lists = [(store, entry.k.contiguous(), entry.keys.end, entry.keys.flags) for store, entry in zip(keyed.scores, lists)]
     _dq_from_scores_kernel[(local.rows // block, batch * heads)](
-        local.scores[0], ds_profile, k, k_profile, query_times, query_flags, query_clock, *[x for key_list in key_lists for x in key_list], dq,
-        dscales, sm_scale, rows, local.rows, lists[0].k.shape[2], lists[1].k.shape[2], *head_strides(q, k, dq), H=heads, D=dim, WINDOW=window,
-        SCORE_BLOCK=block, KEY_BLOCK=KEY_TILE, WEEKEND_BOTH=weekend_rule == 1, PRECISION=_precision(q), FAST_MATH=not INTERPRETED)
-    return dscales
+        local.scores[0], ds_profile, k, k_profile, *[x for key_list in key_lists for x in key_list], dq, sm_scale, rows, local.rows,
+        lists[0].k.shape[2], lists[1].k.shape[2], *head_strides(q, k, dq), H=heads, D=dim, WINDOW=window, SCORE_BLOCK=block,
+        KEY_BLOCK=KEY_TILE, PRECISION=_precision(q))
