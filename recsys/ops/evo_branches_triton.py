@@ -30,6 +30,9 @@ the layer paid a transposing copy of q, k and v each way, the concatenation of d
 transposed read of the outputs: about 7 of 60 ms of a training step at L = 4,096 on the H100
 (session 10 profile, `triton_poi_fused_cat_clone_transpose` and bf16 copies).
 
+With `RECSYS_EVO_BACKWARD=stored` the backward runs without the dQ kernel: the dK/dV kernels store
+their score gradients and dQ is a banded matmul over them (`recsys.ops.evo_scores_backward`).
+
 Equal to `recsys.ops.evo_attention.evo_attend` (the tests compare outputs and every gradient).
 Runs on CUDA; on CPU under Triton's interpreter (`TRITON_INTERPRET=1`), which the tests use.
 """

@@ -220,20 +220,23 @@ def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, GATE, T, FLAGS, CLOCK, SCALES, D
     # history queries whose window reaches the block
     for start_m in range(start_n // BLOCK_M * BLOCK_M, tl.minimum(start_n + BLOCK_N + WINDOW - 1, L), BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
-        dk, dv, d_time, d_hour, d_weekend = _key_block_update(dk, dv, d_time, d_hour, d_weekend, k, v, t_j, sin_j, cos_j, w_j, reach_j, T_row, FLAGS_row, CLOCK_row, s_time, s_hour,
-                                         s_weekend, sm_scale, L, ROWS, Q, DO, LSE, DELTA, GATE, DS, DS_ROWS, base, QT, do_base, GT, pid_bh,
-                                         offs_m, offs_n, offs_d, offs_m < L, CANDIDATES, WEEKEND_BOTH, PRECISION, FAST_MATH, GATED,
-                                         STORE_SCORES, SCORE_BLOCK)
+        dk, dv, d_time, d_hour, d_weekend = _key_block_update(dk, dv, d_time, d_hour, d_weekend, k, v, t_j, sin_j, cos_j, w_j, reach_j,
+                                                              T_row, FLAGS_row, CLOCK_row, s_time, s_hour, s_weekend, sm_scale, L, ROWS, Q,
+                                                              DO, LSE, DELTA, GATE, DS, DS_ROWS, base, QT, do_base, GT, pid_bh, offs_m,
+                                                              offs_n, offs_d, offs_m < L, CANDIDATES, WEEKEND_BOTH, PRECISION, FAST_MATH,
+                                                              GATED, STORE_SCORES, SCORE_BLOCK)
     if CANDIDATES:  # all candidates see the last WINDOW history keys, each one its own key
         candidates_lo = tl.where(start_n >= L, start_n // BLOCK_M * BLOCK_M,
                                  tl.where(start_n + BLOCK_N > L - WINDOW, L // BLOCK_M * BLOCK_M, ROWS))
         candidates_hi = tl.where(start_n >= L, tl.minimum(start_n + BLOCK_N, ROWS), ROWS)
         for start_m in range(candidates_lo, candidates_hi, BLOCK_M):
             offs_m = start_m + tl.arange(0, BLOCK_M)
-            dk, dv, d_time, d_hour, d_weekend = _key_block_update(dk, dv, d_time, d_hour, d_weekend, k, v, t_j, sin_j, cos_j, w_j, reach_j, T_row, FLAGS_row, CLOCK_row, s_time,
-                                             s_hour, s_weekend, sm_scale, L, ROWS, Q, DO, LSE, DELTA, GATE, DS, DS_ROWS, base, QT, do_base, GT,
-                                             pid_bh, offs_m, offs_n, offs_d, (offs_m >= L) & (offs_m < ROWS), CANDIDATES, WEEKEND_BOTH,
-                                             PRECISION, FAST_MATH, GATED, STORE_SCORES, SCORE_BLOCK)
+            dk, dv, d_time, d_hour, d_weekend = _key_block_update(dk, dv, d_time, d_hour, d_weekend, k, v, t_j, sin_j, cos_j, w_j,
+                                                                  reach_j, T_row, FLAGS_row, CLOCK_row, s_time, s_hour, s_weekend, sm_scale,
+                                                                  L, ROWS, Q, DO, LSE, DELTA, GATE, DS, DS_ROWS, base, QT, do_base, GT,
+                                                                  pid_bh, offs_m, offs_n, offs_d, (offs_m >= L) & (offs_m < ROWS),
+                                                                  CANDIDATES, WEEKEND_BOTH, PRECISION, FAST_MATH, GATED, STORE_SCORES,
+                                                                  SCORE_BLOCK)
     dk = dk * sm_scale
     history = cols & (offs_n < L)
     if CHUNK_GRADS:
@@ -257,8 +260,8 @@ _local_dkdv_kernel = triton.autotune(configs=_DKDV_TILES, key=_DKDV_KEY)(_local_
 
 
 @triton.jit
-def _key_block_update(dk, dv, d_time, d_hour, d_weekend, k, v, t_j, sin_j, cos_j, w_j, reach_j, T_row, FLAGS_row, CLOCK_row, s_time, s_hour, s_weekend, sm_scale,
-                      L, ROWS, Q, DO, LSE, DELTA, GATE, DS, DS_ROWS, base, QT, do_base, GT, pid_bh, offs_m, offs_n, offs_d, rows,
+def _key_block_update(dk, dv, d_time, d_hour, d_weekend, k, v, t_j, sin_j, cos_j, w_j, reach_j, T_row, FLAGS_row, CLOCK_row, s_time,
+                      s_hour, s_weekend, sm_scale, L, ROWS, Q, DO, LSE, DELTA, GATE, DS, DS_ROWS, base, QT, do_base, GT, pid_bh, offs_m, offs_n, offs_d, rows,
                       CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr,
                       GATED: tl.constexpr, STORE_SCORES: tl.constexpr, SCORE_BLOCK: tl.constexpr):
     """One query tile's (`rows` of `offs_m`) contribution to a key block's dK and dV (STORE_SCORES: and
