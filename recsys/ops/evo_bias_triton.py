@@ -132,7 +132,7 @@ def load_scales(SCALES, h, H: tl.constexpr):
 @triton.jit
 def accumulate_key_gradients(dk, dv, q, do, v, scores, lse, delta_row, gate, PRECISION: tl.constexpr, GATED: tl.constexpr):
     """One query tile's contribution to a key block's dK and dV, and the tile's score gradients dS
-(natural units; the stored-score backward keeps them); `scores` and `lse` in log2 units
+    (natural units; the stored-score backward keeps them); `scores` and `lse` in log2 units
     (scores -inf where not visible, lse +inf for rows without keys). GATED: `do` is the gradient of
     the branches' gated sum and `gate` `[BM]` this branch's gates of the tile's rows, so the branch's
     dO is gate·dO: the gates scale P (for dV) and dO·Vᵀ (for dS), `[BM, BN]` tiles already in
