@@ -61,9 +61,9 @@ LOCAL = {
                   "*bf16 *bf16 *bf16 *bf16 *bf16 *i32 *i32 *fp32 *fp32 *bf16 *fp32" + _KEY_LIST * 2 + " *fp32 *bf16 fp32 i32 i32 i32 i32"
                   + _STRIDES * 2, {"KEYED": True, "KEY_BLOCK": 16, "GATED": True}),
     "local dkdv": (evo_local_triton._local_dkdv_kernel,
-                   "Q K V DO LSE DELTA GATE T FLAGS CLOCK SCALES DK DV CHUNK_ID DKC DVC P TAIL_SLOT DKT DVT NT DS DSCALES DS_ROWS sm_scale L ROWS"
+                   "Q K V DO LSE DELTA GATE T FLAGS CLOCK SCALES DK DV CHUNK_ID DKC DVC P TAIL_SLOT DKT DVT NT DS DS_ROWS sm_scale L ROWS"
                    " QB QH QT GB GH GT",
-                   "*bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *fp32 *i32 *i32 *fp32 *fp32 *bf16 *bf16 *i32 *fp32 *fp32 i32 *i32 *fp32 *fp32 i32 *bf16 *fp32"
+                   "*bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *fp32 *i32 *i32 *fp32 *fp32 *bf16 *bf16 *i32 *fp32 *fp32 i32 *i32 *fp32 *fp32 i32 *bf16"
                    " i32 fp32 i32 i32" + _STRIDES * 2,
                    {"CHUNK_GRADS": True, "TAIL_GRADS": True, "GATED": True, "STORE_SCORES": False, "SCORE_BLOCK": 64}),
     "local dq": (evo_local_triton._local_dq_kernel,
@@ -82,7 +82,8 @@ KEYED = {
                    + " *fp32 fp32 i32 i32 i32 i32 i32 i32" + _STRIDES * 3, {"GATED": True, "STORE_SCORES": False}),
 }
 # The stored-score backward (`recsys.ops.evo_scores_backward`): the dK/dV kernels as it runs them
-# (they store dS and sum the scales' gradient), its row-term pass and its dQ pass.
+# (they store dS; the keyed one sums its pairs' share of the scales' gradient), its row-term pass, its dQ
+# pass and the window's scale sums.
 STORED = {
     "local dkdv stored": ((evo_local_triton._local_dkdv_stored_kernel,) + LOCAL["local dkdv"][1:3] + ({**LOCAL["local dkdv"][3], "STORE_SCORES": True},)),
     "keyed dkdv stored": (KEYED["keyed dkdv"][:3] + ({**KEYED["keyed dkdv"][3], "STORE_SCORES": True},)),
@@ -95,6 +96,8 @@ STORED = {
                        "DS DSP K KP DSK0 K0 KEND0 KFLAGS0 DSK1 K1 KEND1 KFLAGS1 DQ sm_scale ROWS SCORE_ROWS NK0 NK1 QB QH QT",
                        "*bf16 *fp32 *bf16 *bf16" + " *bf16 *bf16 *i32 *i32" * 2 + " *bf16 fp32 i32 i32 i32 i32" + _STRIDES,
                        {"SCORE_BLOCK": 64, "KEY_BLOCK": 16}),
+    "window scale sums": (evo_scores_backward._window_scale_sums_kernel, "DS T FLAGS CLOCK PARTIAL ROWS SCORE_ROWS",
+                          "*bf16 *i32 *i32 *fp32 *fp32 i32 i32", {"SCORE_BLOCK": 64, "BAND": 64}),
 }
 SASS_OPS = ("HGMMA", "MUFU.EX2", "MUFU.LG2", "LDL", "STL", "LDS", "BAR", "LDGSTS")
 
@@ -106,7 +109,8 @@ CAMA_CONSTANTS = dict(H=4, D=64, TABLE_STRIDE=1, HEAD_STRIDE=129, NUM_BUCKETS=12
 LOCAL_CONSTANTS = dict(H=4, D=64, WINDOW=64, CANDIDATES=True, WEEKEND_BOTH=False, PRECISION="tf32", FAST_MATH=True)
 KEYED_CONSTANTS = dict(H=4, D=64, WEEKEND_BOTH=False, PRECISION="tf32", FAST_MATH=True)
 STORED_CONSTANTS = {"local dkdv stored": LOCAL_CONSTANTS, "keyed dkdv stored": KEYED_CONSTANTS, "row terms": dict(H=4, D=64),
-                    "dq from scores": dict(H=4, D=64, WINDOW=64, PRECISION="tf32")}
+                    "dq from scores": dict(H=4, D=64, WINDOW=64, PRECISION="tf32"),
+                    "window scale sums": dict(H=4, WINDOW=64, WEEKEND_BOTH=False, FAST_MATH=True)}
 KERNELS = {**{name: (entry, CAMA_CONSTANTS) for name, entry in POINTERS_AND_SCALARS.items()},
            **{name: (entry, LOCAL_CONSTANTS) for name, entry in LOCAL.items()},
            **{name: (entry, KEYED_CONSTANTS) for name, entry in KEYED.items()},
@@ -191,7 +195,8 @@ def main() -> None:
             rows.append({"variant": "composite bias", **compile_report(kernel, config, keyed)})
     for kernel, (autotuned, *_rest) in STORED.items() if "stored".startswith(args.only) or not args.only else ():
         for config in autotuned.configs:
-            rows.append({"variant": "stored scores", **compile_report(kernel, config, dict(STORED_CONSTANTS[kernel], D=args.head_dim))})
+            constants = dict(STORED_CONSTANTS[kernel], **({"D": args.head_dim} if "D" in STORED_CONSTANTS[kernel] else {}))
+            rows.append({"variant": "stored scores", **compile_report(kernel, config, constants)})
     print(f"{'kernel':<10} {'variant':<19} {'BM':>4} {'BN':>4} {'warps':>5} {'regs':>5} {'spill B':>8} {'smem KiB':>9} "
           + " ".join(f"{op:>9}" for op in SASS_OPS))
     for r in rows:

@@ -41,7 +41,7 @@ FAMILIES = {
     # the stored-score backward (`RECSYS_EVO_BACKWARD=stored`, set by this family): the dK/dV kernels store dS
     "sparsectr_stored": ((evo_local_triton, ("_local_forward_kernel", "_local_dq_kernel", "_local_dkdv_stored_kernel")),
                          (evo_keyed_triton, ("_keyed_dkdv_kernel",)),
-                         (evo_scores_backward, ("_row_terms_kernel", "_dq_from_scores_kernel"))),
+                         (evo_scores_backward, ("_row_terms_kernel", "_dq_from_scores_kernel", "_window_scale_sums_kernel"))),
     "cama": ((cama_triton, ("_cama_forward_kernel", "_cama_dq_kernel", "_cama_dkdv_kernel")),),
 }
 KERNELS: dict = {}  # the swept family's autotuned kernels by name, and their tile lists

@@ -165,11 +165,22 @@ def accumulate_query_gradients(dq, d_time, d_hour, d_weekend, do, k, v, scores, 
 
 
 @triton.jit
-def add_term_sums(d_time, d_hour, d_weekend, ds, b_time, b_hour, b_weekend):
+def add_term_sums(d_time, d_hour, d_weekend, ds, b_time, b_hour, b_weekend, summed):
     """A tile's sums of dS times each term, per query row `[BM]` (a row lies in one warp: shuffles,
-    no shared memory), added to per-row-slot accumulators that `add_scale_gradients` sums at the end:
-    where the dK/dV kernels compute the scales' gradient (the stored-score backward)."""
-    return d_time + tl.sum(ds * b_time, 1), d_hour + tl.sum(ds * b_hour, 1), d_weekend + tl.sum(ds * b_weekend, 1)
+    no shared memory), for the rows where `summed` holds, added to per-row-slot accumulators that
+    `add_scale_gradients` sums at the end: where the keyed dK/dV kernel computes its pairs' share of
+    the scales' gradient (the stored-score backward)."""
+    return (d_time + tl.where(summed, tl.sum(ds * b_time, 1), 0.0), d_hour + tl.where(summed, tl.sum(ds * b_hour, 1), 0.0),
+            d_weekend + tl.where(summed, tl.sum(ds * b_weekend, 1), 0.0))
+
+
+@triton.jit
+def banded_terms(t_i, sin_i, cos_i, gamma_i, delta_i, t_j, sin_j, cos_j, w_j, FAST_MATH: tl.constexpr):
+    """`composite_terms` where each pair's key is gathered: query words `[BM]`, key words `[BM, BN]`
+    (the stored-score backward's window band, whose keys shift with the row)."""
+    b_time = -_floor_log2(_abs_int(t_i[:, None] - t_j, FAST_MATH) | 1, FAST_MATH).to(tl.float32)
+    b_hour = -tl.abs(sin_i[:, None] * cos_j - cos_i[:, None] * sin_j)
+    return b_time, b_hour, gamma_i[:, None] * w_j + delta_i[:, None]
 
 
 @triton.jit

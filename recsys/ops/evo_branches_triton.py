@@ -49,7 +49,7 @@ from torch import Tensor
 from recsys.ops.evo_attention import EvoGeometry, FusedTimes, _gather_positions, chunk_membership, chunk_summaries_matmul
 from recsys.ops.evo_keyed_triton import KeyList, KeyListBackward, KeyTimes, keyed_key_gradients
 from recsys.ops.evo_local_triton import KeyGradientsIn, local_forward, local_key_gradients, local_query_gradients, score_block
-from recsys.ops.evo_scores_backward import query_gradients_from_scores, row_terms, score_stores
+from recsys.ops.evo_scores_backward import query_gradients_from_scores, row_terms, score_stores, window_scale_gradients
 from recsys.ops.triton_tiles import INTERPRETED, pad_head_dim, padded_head_dim
 
 
@@ -219,11 +219,14 @@ def _backward(grads: List[Tensor], saved: List[Tensor], times: List[Tensor], win
                         store=local_store)
     if stored_scores:
         query_gradients_from_scores(q, k, k_profile, dq, local_store, keyed_store, keyed_lists, ds_profile, window, sm_scale)
+        window_scale_gradients(local_store, *keyed, heads=q.shape[1], window=window, weekend_rule=weekend_rule)
         dscales += local_store.dscales + keyed_store.dscales
-        if local_store.rows < total:  # the history's remainder and the candidates: recomputed, what the passes above summed into scratch
+        if local_store.rows < total:  # the history's remainder and the candidates, recomputed: their rows' share of the scales'
+            # gradient (the passes above summed the rows before), the profile key's gradients into scratch (row_terms summed them)
             scratch = [torch.zeros_like(x) for x in (dk_profile, dv_profile, dscales)]
             local_query_gradients(q, k, v, k_profile, v_profile, grads[2], local, lse[2], *query_words, dq, *scratch, *local_shape,
                                   first_row=local_store.rows, **dq_inputs)
+            dscales += scratch[2]
 
     if shared_summary:
         dk_summary, dv_summary = q.new_empty(0), q.new_empty(0)  # two tensors: a custom op's returns may not alias

@@ -137,8 +137,8 @@ def _key_block_gradients(block, split, b, h, pid_bh, Q, K, V, DO, LSE, DELTA, GA
     over the slices by the caller). GATED: `DO` is the gated sum's gradient and `GATE` this branch's
     gates (`row_gates`). STORE_SCORES (the stored-score backward, `evo_scores_backward`): also store
     the tile's dS into `DS` `[B·H, DS_ROWS, NK]` (rows past DS_ROWS not stored; rows no key of the
-    block sees are not visited, so the reader masks by visibility) and add the pairs' share of the
-    temporal scales' gradient into `DSCALES`, which the dQ kernel sums otherwise."""
+    block sees are not visited, so the reader masks by visibility) and add those rows' pairs' share of
+    the temporal scales' gradient into `DSCALES`, which the dQ kernel sums otherwise."""
     offs_n = block * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D)
     cols = offs_n < NK
@@ -173,7 +173,8 @@ def _key_block_gradients(block, split, b, h, pid_bh, Q, K, V, DO, LSE, DELTA, GA
                                                             sm_scale * 1.4426950408889634, False, PRECISION, FAST_MATH)
         dk, dv, ds = accumulate_key_gradients(dk, dv, q, do, v, scores, lse, delta_row, gate, PRECISION, GATED)
         if STORE_SCORES:
-            d_time, d_hour, d_weekend = add_term_sums(d_time, d_hour, d_weekend, ds, b_time, b_hour, b_weekend)
+            # rows past DS_ROWS: the recomputing dQ kernel sums their pairs' share, both branches' (`evo_scores_backward`)
+            d_time, d_hour, d_weekend = add_term_sums(d_time, d_hour, d_weekend, ds, b_time, b_hour, b_weekend, offs_m < DS_ROWS)
             store_scores(DS + pid_bh.to(tl.int64) * DS_ROWS * NK, offs_m * NK, offs_n, rows & (offs_m < DS_ROWS), cols, ds)
     partial_base = (split.to(tl.int64) * tl.num_programs(1) + pid_bh) * NK * D
     store_tile(DK, partial_base, offs_n, offs_d, D, cols, dk * sm_scale)
@@ -237,8 +238,9 @@ def _launch(q: Tensor, weekend_rule: int) -> dict:
 class ScoreStore(NamedTuple):
     """Where the stored-score backward's dK/dV kernels put what its dQ kernel reads
     (`recsys.ops.evo_scores_backward`): the dS buffers (the local kernel's one, or one per key list),
-    in q's dtype, for the query rows `[0, rows)`, and the float32 `[3, H]` scales' gradient, which
-    these kernels sum instead of the dQ kernel."""
+    in q's dtype, for the query rows `[0, rows)`, and a float32 `[3, H]` buffer for those rows' share
+    of the scales' gradient (the keyed kernel sums its pairs' as it goes; the local pairs' are summed
+    from the stored dS afterwards), which the recomputing dQ kernel sums otherwise."""
 
     scores: Sequence[Tensor]
     rows: int
@@ -296,8 +298,8 @@ def keyed_key_gradients(q: Tensor, lists: Sequence[KeyListBackward], query_times
                         scales32: Tensor, history_length: int, weekend_rule: int, sm_scale: float,
                         store: Optional[ScoreStore] = None) -> List[Tuple[Tensor, Tensor]]:
     """float32 dK, dV `[B, H, K, D]` of the global and the transition key lists, in one launch. With
-    `store` (one dS buffer `[B·H, store.rows, K]` per list) also each list's dS, and the scales'
-    gradient added into `store.dscales`."""
+    `store` (one dS buffer `[B·H, store.rows, K]` per list) also each list's dS, and those rows'
+    share of the scales' gradient added into `store.dscales`."""
     if len(lists) != 2 or len({item.gate is None for item in lists}) != 1:
         raise ValueError("the keyed dK/dV kernel takes two key lists, both gated or neither")
     batch, heads, total, dim = q.shape

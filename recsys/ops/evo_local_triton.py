@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from recsys.ops.evo_bias_triton import (accumulate_key_gradients, accumulate_query_gradients, add_scale_gradients, add_term_sums,
+from recsys.ops.evo_bias_triton import (accumulate_key_gradients, accumulate_query_gradients, add_scale_gradients,
                                         event_clock, load_scales, tile_scores, weekend_coefficients, weekend_value)
 from recsys.ops.evo_keyed_triton import KEY_TILE, KeyList, KeyTimes, ScoreStore, attend_key_list, key_list_query_gradients, list_arguments
 from recsys.ops.triton_tiles import (INTERPRETED, finish_rows, head_base, head_strides, load_backward_rows, load_tile,
@@ -120,10 +120,9 @@ def _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, sin_i, cos_i, gamm
 _FORWARD_TILES = tile_configs([(64, 32, 4, 1, 128)])
 _DQ_TILES = tile_configs([(32, 16, 1, 1)])
 _DKDV_TILES = tile_configs([(32, 32, 2, 1, 168)])
-# The stored-score backward's dK/dV tile (H200 sweep, session 17: 447 us uncapped against 451 at a
-# 232-register cap, 474 for 32 x 16 on one warp, 663 on four warps). One tile: it adds into the
-# scales' gradient with atomics, which an autotuning pass would repeat.
-_DKDV_STORED_TILES = tile_configs([(32, 32, 2, 1)])
+# The stored-score backward's dK/dV tile: the recomputing kernel's, at its 168-register cap (H200,
+# session 17 call B: 309.5 us with the dS stores, the best of that sweep).
+_DKDV_STORED_TILES = tile_configs([(32, 32, 2, 1, 168)])
 
 
 @triton.jit
@@ -189,7 +188,7 @@ def _local_forward_kernel(Q, K, V, KP, VP, T, FLAGS, CLOCK, SCALES, O, LSE, K0, 
 
 @triton.jit
 def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, GATE, T, FLAGS, CLOCK, SCALES, DK, DV, CHUNK_ID, DKC, DVC, P, TAIL_SLOT, DKT, DVT, NT,
-                       DS, DSCALES, DS_ROWS, sm_scale, L, ROWS, QB, QH, QT, GB, GH, GT, H: tl.constexpr, D: tl.constexpr,
+                       DS, DS_ROWS, sm_scale, L, ROWS, QB, QH, QT, GB, GH, GT, H: tl.constexpr, D: tl.constexpr,
                        WINDOW: tl.constexpr, CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr,
                        FAST_MATH: tl.constexpr, CHUNK_GRADS: tl.constexpr, TAIL_GRADS: tl.constexpr, GATED: tl.constexpr,
                        STORE_SCORES: tl.constexpr, SCORE_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -202,8 +201,8 @@ def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, GATE, T, FLAGS, CLOCK, SCALES, D
     GATED: dO is the gated sum's gradient and GATE the local branch's `[B·H, ROWS]` gates.
     STORE_SCORES (the stored-score backward, `evo_scores_backward`): also store the history rows'
     dS below DS_ROWS into `DS` `[B·H, DS_ROWS, 2·SCORE_BLOCK]` (row i's columns are the keys from the
-    start of the SCORE_BLOCK-row block before its own), and sum the temporal scales' gradient into
-    DSCALES here instead of in the dQ kernel."""
+    start of the SCORE_BLOCK-row block before its own); the temporal scales' gradient is then summed
+    from them (`evo_scores_backward`), not here: its per-pair terms took this kernel from 309 to 447 us."""
     b, h, pid_bh, start_n, offs_n, cols = program_rows(BLOCK_N, H, ROWS)
     offs_d = tl.arange(0, D)
     base, do_base = head_base(b, h, QB, QH), head_base(b, h, GB, GH)
@@ -214,29 +213,22 @@ def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, GATE, T, FLAGS, CLOCK, SCALES, D
     s_time, s_hour, s_weekend = load_scales(SCALES, h, H)
     dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, D], dtype=tl.float32)
-    d_time = tl.zeros([BLOCK_M], dtype=tl.float32)  # the scales' gradient per row slot (STORE_SCORES)
-    d_hour = tl.zeros([BLOCK_M], dtype=tl.float32)
-    d_weekend = tl.zeros([BLOCK_M], dtype=tl.float32)
     # history queries whose window reaches the block
     for start_m in range(start_n // BLOCK_M * BLOCK_M, tl.minimum(start_n + BLOCK_N + WINDOW - 1, L), BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
-        dk, dv, d_time, d_hour, d_weekend = _key_block_update(dk, dv, d_time, d_hour, d_weekend, k, v, t_j, sin_j, cos_j, w_j, reach_j,
-                                                              T_row, FLAGS_row, CLOCK_row, s_time, s_hour, s_weekend, sm_scale, L, ROWS, Q,
-                                                              DO, LSE, DELTA, GATE, DS, DS_ROWS, base, QT, do_base, GT, pid_bh, offs_m,
-                                                              offs_n, offs_d, offs_m < L, CANDIDATES, WEEKEND_BOTH, PRECISION, FAST_MATH,
-                                                              GATED, STORE_SCORES, SCORE_BLOCK)
+        dk, dv = _key_block_update(dk, dv, k, v, t_j, sin_j, cos_j, w_j, reach_j, T_row, FLAGS_row, CLOCK_row, s_time, s_hour, s_weekend,
+                                   sm_scale, L, ROWS, Q, DO, LSE, DELTA, GATE, DS, DS_ROWS, base, QT, do_base, GT, pid_bh, offs_m, offs_n,
+                                   offs_d, offs_m < L, CANDIDATES, WEEKEND_BOTH, PRECISION, FAST_MATH, GATED, STORE_SCORES, SCORE_BLOCK)
     if CANDIDATES:  # all candidates see the last WINDOW history keys, each one its own key
         candidates_lo = tl.where(start_n >= L, start_n // BLOCK_M * BLOCK_M,
                                  tl.where(start_n + BLOCK_N > L - WINDOW, L // BLOCK_M * BLOCK_M, ROWS))
         candidates_hi = tl.where(start_n >= L, tl.minimum(start_n + BLOCK_N, ROWS), ROWS)
         for start_m in range(candidates_lo, candidates_hi, BLOCK_M):
             offs_m = start_m + tl.arange(0, BLOCK_M)
-            dk, dv, d_time, d_hour, d_weekend = _key_block_update(dk, dv, d_time, d_hour, d_weekend, k, v, t_j, sin_j, cos_j, w_j,
-                                                                  reach_j, T_row, FLAGS_row, CLOCK_row, s_time, s_hour, s_weekend, sm_scale,
-                                                                  L, ROWS, Q, DO, LSE, DELTA, GATE, DS, DS_ROWS, base, QT, do_base, GT,
-                                                                  pid_bh, offs_m, offs_n, offs_d, (offs_m >= L) & (offs_m < ROWS),
-                                                                  CANDIDATES, WEEKEND_BOTH, PRECISION, FAST_MATH, GATED, STORE_SCORES,
-                                                                  SCORE_BLOCK)
+            dk, dv = _key_block_update(dk, dv, k, v, t_j, sin_j, cos_j, w_j, reach_j, T_row, FLAGS_row, CLOCK_row, s_time, s_hour,
+                                       s_weekend, sm_scale, L, ROWS, Q, DO, LSE, DELTA, GATE, DS, DS_ROWS, base, QT, do_base, GT, pid_bh,
+                                       offs_m, offs_n, offs_d, (offs_m >= L) & (offs_m < ROWS), CANDIDATES, WEEKEND_BOTH, PRECISION,
+                                       FAST_MATH, GATED, STORE_SCORES, SCORE_BLOCK)
     dk = dk * sm_scale
     history = cols & (offs_n < L)
     if CHUNK_GRADS:
@@ -247,45 +239,34 @@ def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, GATE, T, FLAGS, CLOCK, SCALES, D
         dk, dv = _add_key_rows(dk, dv, DKT, DVT, pid_bh, slot, NT, offs_d, history & (slot >= 0), D)
     store_tile(DK, base, offs_n, offs_d, QT, cols, dk)
     store_tile(DV, base, offs_n, offs_d, QT, cols, dv)
-    if STORE_SCORES:
-        add_scale_gradients(DSCALES, h, H, d_time, d_hour, d_weekend)
 
 
 _DKDV_KEY = ["L", "ROWS", "D", "WINDOW", "GATED", "STORE_SCORES"]
-# The same kernel as the stored-score backward runs it, with its own tiles: the per-pair terms it
-# holds for the scales' gradient take ~255 registers per thread, so the recomputing kernel's
-# 168-register cap spills 440 bytes (104 without the terms; sm_90 offline, benchmarks/kernel_resources.py).
-_local_dkdv_stored_kernel = triton.autotune(configs=_DKDV_STORED_TILES, key=_DKDV_KEY, reset_to_zero=["DSCALES"])(_local_dkdv_kernel)
+# The same kernel as the stored-score backward runs it, behind an autotuner with its own tiles.
+_local_dkdv_stored_kernel = triton.autotune(configs=_DKDV_STORED_TILES, key=_DKDV_KEY)(_local_dkdv_kernel)
 _local_dkdv_kernel = triton.autotune(configs=_DKDV_TILES, key=_DKDV_KEY)(_local_dkdv_kernel)
 
 
 @triton.jit
-def _key_block_update(dk, dv, d_time, d_hour, d_weekend, k, v, t_j, sin_j, cos_j, w_j, reach_j, T_row, FLAGS_row, CLOCK_row, s_time,
-                      s_hour, s_weekend, sm_scale, L, ROWS, Q, DO, LSE, DELTA, GATE, DS, DS_ROWS, base, QT, do_base, GT, pid_bh, offs_m, offs_n, offs_d, rows,
+def _key_block_update(dk, dv, k, v, t_j, sin_j, cos_j, w_j, reach_j, T_row, FLAGS_row, CLOCK_row, s_time, s_hour, s_weekend, sm_scale, L,
+                      ROWS, Q, DO, LSE, DELTA, GATE, DS, DS_ROWS, base, QT, do_base, GT, pid_bh, offs_m, offs_n, offs_d, rows,
                       CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr,
                       GATED: tl.constexpr, STORE_SCORES: tl.constexpr, SCORE_BLOCK: tl.constexpr):
-    """One query tile's (`rows` of `offs_m`) contribution to a key block's dK and dV (STORE_SCORES: and
-    to the per-row scale sums, its dS stored); t_j .. reach_j the block's `_key_terms`."""
+    """One query tile's (`rows` of `offs_m`) contribution to a key block's dK and dV (STORE_SCORES: its
+    dS stored); t_j .. reach_j the block's `_key_terms`."""
     q, do, lse, delta_row = load_backward_rows(Q, base, QT, DO, do_base, GT, LSE, DELTA, pid_bh.to(tl.int64) * ROWS, offs_m, offs_d, rows)
     gate = row_gates(GATE, pid_bh.to(tl.int64) * ROWS, offs_m, rows, GATED)
     t_i, sin_i, cos_i, gamma_i, delta_i = _query_terms(T_row, FLAGS_row, CLOCK_row, offs_m, rows, ROWS, WEEKEND_BOTH)
     qk_scale = sm_scale * 1.4426950408889634
-    if STORE_SCORES:  # the terms themselves, for the scales' gradient
-        scores, b_time, b_hour, b_weekend = _local_tile(q, k, offs_m, offs_n, t_i, sin_i, cos_i, gamma_i, delta_i, t_j, sin_j, cos_j, w_j,
-                                                        reach_j, s_time, s_hour, s_weekend, qk_scale, L, CANDIDATES, True, PRECISION,
-                                                        FAST_MATH)
-    else:
-        scores, b_time, b_hour, b_weekend = _local_tile(q, k, offs_m, offs_n, t_i, sin_i, cos_i, gamma_i * s_weekend, delta_i * s_weekend,
-                                                        t_j, sin_j, cos_j, w_j, reach_j, s_time, s_hour, 1.0, qk_scale, L, CANDIDATES, False,
-                                                        PRECISION, FAST_MATH)
+    scores, _, _, _ = _local_tile(q, k, offs_m, offs_n, t_i, sin_i, cos_i, gamma_i * s_weekend, delta_i * s_weekend, t_j, sin_j, cos_j,
+                                  w_j, reach_j, s_time, s_hour, 1.0, qk_scale, L, CANDIDATES, False, PRECISION, FAST_MATH)
     dk, dv, ds = accumulate_key_gradients(dk, dv, q, do, v, scores, lse, delta_row, gate, PRECISION, GATED)
     if STORE_SCORES:
-        d_time, d_hour, d_weekend = add_term_sums(d_time, d_hour, d_weekend, ds, b_time, b_hour, b_weekend)
         window_start = (offs_m // SCORE_BLOCK - 1) * SCORE_BLOCK  # row i's column 0
         # int32 offsets from the (batch, head)'s first row: a 64-bit offset per element cost registers the tile loop spilled
         store_scores(DS + pid_bh.to(tl.int64) * DS_ROWS * (2 * SCORE_BLOCK), offs_m * (2 * SCORE_BLOCK) - window_start, offs_n,
                      rows & (offs_m < DS_ROWS), offs_n < ROWS, ds)
-    return dk, dv, d_time, d_hour, d_weekend
+    return dk, dv
 
 
 @triton.jit
@@ -431,16 +412,16 @@ def local_key_gradients(q: Tensor, k: Tensor, v: Tensor, grad_out: Tensor, lse: 
     """Write dk, dv (plus `extra` on the history keys); q, k, v, dk and dv in one layout. With `gate`
     (the local branch's float32 gates `[B, H, T]`), `grad_out` is the gradient of the gated sum.
     With `store` (one dS buffer `[B·H, store.rows, 2·score_block(window)]`) also the history rows'
-    dS, and the scales' gradient added into `store.dscales`."""
+    dS (`evo_scores_backward.window_scale_gradients` sums the scales' gradient from them)."""
     batch, heads, rows, _ = q.shape
     chunk_grads, tail_grads = extra.d_chunk_keys is not None, extra.d_tail_keys is not None
     chunk_id, dkc, dvc = (extra.chunk_id, extra.d_chunk_keys, extra.d_chunk_values) if chunk_grads else (times, dk, dv)
     tail_slot, dkt, dvt = (extra.tail_slot, extra.d_tail_keys, extra.d_tail_values) if tail_grads else (times, dk, dv)
-    scores, dscales, score_rows = (dk, dk, 0) if store is None else (store.scores[0], store.dscales, store.rows)  # dk: unread there
+    scores, score_rows = (dk, 0) if store is None else (store.scores[0], store.rows)  # dk: unread there
     kernel = _local_dkdv_kernel if store is None else _local_dkdv_stored_kernel
     kernel[lambda meta: (triton.cdiv(rows, meta["BLOCK_N"]), batch * heads)](
         q, k, v, grad_out, lse, delta, delta if gate is None else gate, times, flags, clock, scales32, dk, dv, chunk_id, dkc, dvc, dkc.shape[2],
-        tail_slot, dkt, dvt, dkt.shape[2], scores, dscales, score_rows, sm_scale, length, rows, *head_strides(q, k, v, dk, dv),
+        tail_slot, dkt, dvt, dkt.shape[2], scores, score_rows, sm_scale, length, rows, *head_strides(q, k, v, dk, dv),
         *head_strides(grad_out), CHUNK_GRADS=chunk_grads, TAIL_GRADS=tail_grads, GATED=gate is not None, STORE_SCORES=store is not None,
         SCORE_BLOCK=score_block(window), **_launch(q, length, window, weekend_rule))
 

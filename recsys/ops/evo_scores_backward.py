@@ -11,17 +11,22 @@ instructions they issue per pair (benchmarks/RESULTS.md, sessions 11 and 16). He
    gates' gradient), the profile key's dS per row and its key's and value's gradients: what the dQ
    kernel used to hand the dK/dV kernels, which now run first.
 2. The keyed and local dK/dV kernels (`STORE_SCORES`) also store their dS tiles in q's dtype (the
-   recomputing dQ kernel rounds dS to it before its matmul too) and sum the temporal scales'
-   gradient, which needs the per-pair terms they now compute. (Summed in the dQ pass instead, from
-   the stored dS, the terms took that pass from 104 to 272 µs and the node was no faster; H200,
-   session 17, benchmarks/RESULTS.md.)
-3. `query_gradients_from_scores`: per block of `SCORE_BLOCK` history rows, dQ = dS_local ·
+   recomputing dQ kernel rounds dS to it before its matmul too). The keyed kernel also sums its
+   pairs' share of the temporal scales' gradient.
+3. `window_scale_gradients`: the local pairs' share, from the stored dS. The terms depend on the
+   times only, so one program builds them for a row block's window band once and sums every head's
+   dS against them, reading only the band (half the stored bytes). Summed in the local dK/dV kernel
+   instead, the per-pair terms took it from 309 to 447 µs (its registers, not its instructions: 4
+   programs per SM instead of 6); in the dQ pass, per head over both blocks' keys, from 104 to 272
+   (H200, session 17, benchmarks/RESULTS.md).
+4. `query_gradients_from_scores`: per block of `SCORE_BLOCK` history rows, dQ = dS_local ·
    K[previous and own block] + Σ_lists dS_list · K_list + dS_profile ⊗ k_profile, two dense matmuls.
    Stored entries no dK/dV program wrote (pairs outside the window, or before a list key's first
    viewer) are masked by the visibility rules, so the buffers need no zero fill.
-4. The rows past the last whole block (the history's remainder, and the candidates, whose window is
-   not banded) go through the recomputing dQ kernel (`local_query_gradients(first_row=...)`), with
-   scratch buffers for what the passes above already summed.
+5. The rows past the last whole block (the history's remainder, and the candidates, whose window is
+   not banded) go through the recomputing dQ kernel (`local_query_gradients(first_row=...)`): it
+   sums those rows' share of the scales' gradient, both branches', and writes the profile key's
+   gradients into scratch (the row-term pass summed them for every row).
 
 The stored local dS is `[B·H, rows, 2·SCORE_BLOCK]`: row i's column c is key
 `(i // SCORE_BLOCK - 1)·SCORE_BLOCK + c`, which covers its window (`evo_local_triton.score_block`).
@@ -41,6 +46,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from recsys.ops.evo_bias_triton import banded_terms, weekend_coefficients, weekend_value
 from recsys.ops.evo_keyed_triton import KEY_TILE, KeyList, ScoreStore, first_visible_query
 from recsys.ops.evo_local_triton import score_block
 from recsys.ops.triton_tiles import (INTERPRETED, head_base, head_strides, load_tile, output_backward_rows, profile_score_gradients,
@@ -53,6 +59,9 @@ from recsys.ops.triton_tiles import (INTERPRETED, head_base, head_strides, load_
 # n = 8,192 on the H200, 2.26 TB/s).
 _ROW_TILES = tile_configs([(64, 64, 2, 1)])
 _DQ_TILES = [triton.Config({}, num_warps=1 if INTERPRETED else 4, num_stages=2)]
+# The window scale sums: 32 rows of every head's band per program on four warps, 168 registers and no
+# spill offline (sm_90; 64 rows spill on four warps); not yet swept on the GPU.
+_SCALE_SUM_TILES = tile_configs([(32, 64, 4, 1)])
 
 
 @triton.autotune(configs=_ROW_TILES, key=["ROWS", "D", "GATED"], reset_to_zero=["DKP", "DVP"])
@@ -77,6 +86,40 @@ def _row_terms_kernel(Q, KP, VP, DO, O, LSE, DELTA, DO0, O0, LSE0, DELTA0, DO1, 
                                             GATES + 2 * branch_rows, DGATES + 2 * branch_rows, row_base, offs_m, offs_d, rows, GATED)
     ds, _ = profile_score_gradients(q, do, lse, delta, KP, VP, DKP, DVP, pid_bh, offs_d, sm_scale, D)
     tl.store(DSP + row_base + offs_m, ds, mask=rows)
+
+
+@triton.autotune(configs=_SCALE_SUM_TILES, key=["SCORE_ROWS", "H", "WINDOW", "SCORE_BLOCK"])
+@triton.jit
+def _window_scale_sums_kernel(DS, T, FLAGS, CLOCK, PARTIAL, ROWS, SCORE_ROWS, H: tl.constexpr, WINDOW: tl.constexpr,
+                              WEEKEND_BOTH: tl.constexpr, SCORE_BLOCK: tl.constexpr, BAND: tl.constexpr, FAST_MATH: tl.constexpr,
+                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One block of BLOCK_M stored history rows of one batch row, every head: the sums of the stored
+    local dS times each temporal term over the window band (row i's keys i - WINDOW + 1 .. i, BAND
+    columns, the real ones), into PARTIAL `[programs, 3, H]`. (BLOCK_N: unused, the tile tables'
+    second size.)"""
+    pid_m, b = tl.program_id(0), tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    band = tl.arange(0, BAND)
+    keys = offs_m[:, None] - (WINDOW - 1) + band[None, :]
+    T_row, FLAGS_row, CLOCK_row = T + b * ROWS, FLAGS + b * ROWS, CLOCK + b * 2 * ROWS
+    inside = (offs_m < SCORE_ROWS)[:, None] & (band < WINDOW)[None, :] & (keys >= 0)
+    flags_j = tl.load(FLAGS_row + keys, mask=inside, other=0)
+    visible = inside & ((flags_j & 1) != 0)  # real keys; every key of a stored row's window is a history key
+    rows = offs_m < SCORE_ROWS
+    flags_i = tl.load(FLAGS_row + offs_m, mask=rows, other=0)
+    gamma_i, delta_i = weekend_coefficients(flags_i, WEEKEND_BOTH)
+    b_time, b_hour, b_weekend = banded_terms(tl.load(T_row + offs_m, mask=rows, other=0), tl.load(CLOCK_row + offs_m, mask=rows, other=0.0),
+                                             tl.load(CLOCK_row + ROWS + offs_m, mask=rows, other=1.0), gamma_i, delta_i,
+                                             tl.load(T_row + keys, mask=visible, other=0), tl.load(CLOCK_row + keys, mask=visible, other=0.0),
+                                             tl.load(CLOCK_row + ROWS + keys, mask=visible, other=1.0), weekend_value(flags_j), FAST_MATH)
+    # int32 offsets within a (batch, head)'s rows: row i's column 0 is key (i // SCORE_BLOCK - 1)·SCORE_BLOCK
+    offsets = offs_m[:, None] * (2 * SCORE_BLOCK) + keys - (offs_m // SCORE_BLOCK - 1)[:, None] * SCORE_BLOCK
+    partial = PARTIAL + (b * tl.num_programs(0) + pid_m) * 3 * H
+    for h in range(H):
+        ds = tl.load(DS + (b * H + h).to(tl.int64) * SCORE_ROWS * (2 * SCORE_BLOCK) + offsets, mask=visible, other=0.0).to(tl.float32)
+        tl.store(partial + h, tl.sum(tl.sum(ds * b_time, 1), 0))
+        tl.store(partial + H + h, tl.sum(tl.sum(ds * b_hour, 1), 0))
+        tl.store(partial + 2 * H + h, tl.sum(tl.sum(ds * b_weekend, 1), 0))
 
 
 @triton.jit
@@ -145,6 +188,23 @@ def row_terms(q: Tensor, k_profile: Tensor, v_profile: Tensor, grads: Sequence[T
         dk_profile, dv_profile, ds_profile, sm_scale, rows, *head_strides(q), *head_strides(*outputs), *head_strides(grads[2]),
         *head_strides(grads[0]), *head_strides(grads[1]), H=heads, D=dim, GATED=gated)
     return [deltas[2], deltas[0], deltas[1]], ds_profile
+
+
+def window_scale_gradients(local: ScoreStore, times: Tensor, flags: Tensor, clock: Tensor, heads: int, window: int,
+                           weekend_rule: int) -> None:
+    """Add the local pairs' share of the scales' gradient, rows `[0, local.rows)`, into
+    `local.dscales`, from the dS the local dK/dV kernel stored; `times`, `flags`, `clock` the rows'
+    words (`FusedTimes.query_*`). Deterministic: one partial sum per program and head, added here."""
+    if local.rows == 0:
+        return
+    batch, rows = times.shape
+    # sized for the smallest candidate tile; a larger one leaves the rest zero
+    programs = triton.cdiv(local.rows, min(config.kwargs["BLOCK_M"] for config in _window_scale_sums_kernel.configs))
+    partial = torch.zeros(batch * programs, 3, heads, device=times.device, dtype=torch.float32)
+    _window_scale_sums_kernel[lambda meta: (triton.cdiv(local.rows, meta["BLOCK_M"]), batch)](
+        local.scores[0], times, flags, clock, partial, rows, local.rows, H=heads, WINDOW=window, WEEKEND_BOTH=weekend_rule == 1,
+        SCORE_BLOCK=score_block(window), BAND=triton.next_power_of_2(window), FAST_MATH=not INTERPRETED)
+    local.dscales.add_(partial.sum(0))
 
 
 def score_stores(q: Tensor, key_counts: Sequence[int], length: int, window: int) -> Tuple[ScoreStore, ScoreStore]:
