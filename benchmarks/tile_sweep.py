@@ -44,6 +44,9 @@ FAMILIES = {
                          (evo_scores_backward, ("_row_terms_kernel", "_dq_from_scores_kernel", "_window_scale_sums_kernel"))),
     "cama": ((cama_triton, ("_cama_forward_kernel", "_cama_dq_kernel", "_cama_dkdv_kernel")),),
 }
+# Tiles beyond a kernel's own list that --variants also times (kernels not yet swept on the GPU).
+EXTRA_TILES = {"_window_scale_sums_kernel": [triton.Config({"BLOCK_M": m, "BLOCK_N": 64}, num_warps=w, num_stages=1)
+                                             for m, w in ((32, 4), (32, 8), (8, 1), (64, 8))]}
 KERNELS: dict = {}  # the swept family's autotuned kernels by name, and their tile lists
 ALL_CONFIGS: dict = {}
 
@@ -97,7 +100,7 @@ def main() -> None:
     if args.family == "sparsectr_stored":
         os.environ[BACKWARD_ENV] = "stored"
     if args.variants:
-        ALL_CONFIGS.update({name: with_variants(configs) for name, configs in ALL_CONFIGS.items()})
+        ALL_CONFIGS.update({name: with_variants(configs) + EXTRA_TILES.get(name, []) for name, configs in ALL_CONFIGS.items()})
     for case in args.cases.split(","):
         step = attention_steps([case])[0]
         rows = defaultdict(dict)

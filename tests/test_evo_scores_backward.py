@@ -48,11 +48,12 @@ def _gradients(backward: str, monkeypatch, inputs, gated: bool):
     return torch.autograd.grad(loss, leaves)
 
 
-@pytest.mark.parametrize("length,candidates,gated,shared_summary", [(37, 3, True, True), (32, 0, False, True), (45, 2, True, False),
-                                                                    (40, 21, False, True)])
-def test_stored_score_backward_equals_the_recomputing_one(monkeypatch, length, candidates, gated, shared_summary):
+# three heads: the window scale sums' head tile is padded to a power of two
+@pytest.mark.parametrize("length,candidates,gated,shared_summary,heads", [(37, 3, True, True, 2), (32, 0, False, True, 2),
+                                                                          (45, 2, True, False, 3), (40, 21, False, True, 2)])
+def test_stored_score_backward_equals_the_recomputing_one(monkeypatch, length, candidates, gated, shared_summary, heads):
     generator = torch.Generator().manual_seed(torch.seed() % 2**31)
-    batch, heads, dim, chunks, window, tail = 3, 2, 16, 4, 8, 2
+    batch, dim, chunks, window, tail = 3, 16, 4, 8, 2
     times, layout = _histories(generator, batch, length, candidates, chunks)
     total = length + candidates
     geometry = evo_geometry(times, *layout, candidates, tail, window, 0, 0, fused=True)
