@@ -110,7 +110,7 @@ LOCAL_CONSTANTS = dict(H=4, D=64, WINDOW=64, CANDIDATES=True, WEEKEND_BOTH=False
 KEYED_CONSTANTS = dict(H=4, D=64, WEEKEND_BOTH=False, PRECISION="tf32", FAST_MATH=True)
 STORED_CONSTANTS = {"local dkdv stored": LOCAL_CONSTANTS, "keyed dkdv stored": KEYED_CONSTANTS, "row terms": dict(H=4, D=64),
                     "dq from scores": dict(H=4, D=64, WINDOW=64, PRECISION="tf32"),
-                    "window scale sums": dict(H=4, HEADS_P2=4, WINDOW=64, WEEKEND_BOTH=False, FAST_MATH=True)}
+                    "window scale sums": dict(H=4, WINDOW=64, WEEKEND_BOTH=False, FAST_MATH=True)}
 KERNELS = {**{name: (entry, CAMA_CONSTANTS) for name, entry in POINTERS_AND_SCALARS.items()},
            **{name: (entry, LOCAL_CONSTANTS) for name, entry in LOCAL.items()},
            **{name: (entry, KEYED_CONSTANTS) for name, entry in KEYED.items()},

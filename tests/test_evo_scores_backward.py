@@ -48,7 +48,7 @@ def _gradients(backward: str, monkeypatch, inputs, gated: bool):
     return torch.autograd.grad(loss, leaves)
 
 
-# three heads: the window scale sums' head tile is padded to a power of two
+# one case with three heads: the window scale sums unroll their head loop
 @pytest.mark.parametrize("length,candidates,gated,shared_summary,heads", [(37, 3, True, True, 2), (32, 0, False, True, 2),
                                                                           (45, 2, True, False, 3), (40, 21, False, True, 2)])
 def test_stored_score_backward_equals_the_recomputing_one(monkeypatch, length, candidates, gated, shared_summary, heads):

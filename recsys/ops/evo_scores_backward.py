@@ -59,9 +59,9 @@ from recsys.ops.triton_tiles import (INTERPRETED, head_base, head_strides, load_
 # n = 8,192 on the H200, 2.26 TB/s).
 _ROW_TILES = tile_configs([(64, 64, 2, 1)])
 _DQ_TILES = [triton.Config({}, num_warps=1 if INTERPRETED else 4, num_stages=2)]
-# The window scale sums: 16 rows of every head's band per program on four warps (8 heads: 96 registers,
-# no spill; sm_90 offline), so five programs fit per SM, each with its eight band loads in flight.
-_SCALE_SUM_TILES = tile_configs([(16, 64, 4, 1)])
+# The window scale sums: 8 rows of every head's band per program on one warp, so no sum crosses warps
+# (H200 sweep, session 18: 71 us against 140-206 for 16-64 rows on 2-8 warps).
+_SCALE_SUM_TILES = tile_configs([(8, 64, 1, 1)])
 
 
 @triton.autotune(configs=_ROW_TILES, key=["ROWS", "D", "GATED"], reset_to_zero=["DKP", "DVP"])
@@ -90,15 +90,14 @@ def _row_terms_kernel(Q, KP, VP, DO, O, LSE, DELTA, DO0, O0, LSE0, DELTA0, DO1, 
 
 @triton.autotune(configs=_SCALE_SUM_TILES, key=["SCORE_ROWS", "H", "WINDOW", "SCORE_BLOCK"])
 @triton.jit
-def _window_scale_sums_kernel(DS, T, FLAGS, CLOCK, PARTIAL, ROWS, SCORE_ROWS, H: tl.constexpr, HEADS_P2: tl.constexpr,
-                              WINDOW: tl.constexpr, WEEKEND_BOTH: tl.constexpr, SCORE_BLOCK: tl.constexpr, BAND: tl.constexpr,
-                              FAST_MATH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _window_scale_sums_kernel(DS, T, FLAGS, CLOCK, PARTIAL, ROWS, SCORE_ROWS, H: tl.constexpr, WINDOW: tl.constexpr,
+                              WEEKEND_BOTH: tl.constexpr, SCORE_BLOCK: tl.constexpr, BAND: tl.constexpr, FAST_MATH: tl.constexpr,
+                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One block of BLOCK_M stored history rows of one batch row, every head: the sums of the stored
     local dS times each temporal term over the window band (row i's keys i - WINDOW + 1 .. i, BAND
     columns, the real ones), into PARTIAL `[programs, 3, H]`. The head loop is unrolled so that every
-    head's band load is in flight at once (a rolled loop waits for each: 162 us at n = 8,192 on the
-    H200); row sums go into a `[BLOCK_M, heads]` tile, reduced across warps once per term.
-    (BLOCK_N: unused, the tile tables' second size.)"""
+    head's band load can be in flight at once (rolled, on four warps: 162 us at n = 8,192 on the
+    H200). (BLOCK_N: unused, the tile tables' second size.)"""
     pid_m, b = tl.program_id(0), tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     band = tl.arange(0, BAND)
@@ -115,20 +114,12 @@ def _window_scale_sums_kernel(DS, T, FLAGS, CLOCK, PARTIAL, ROWS, SCORE_ROWS, H:
                                              tl.load(CLOCK_row + ROWS + keys, mask=visible, other=1.0), weekend_value(flags_j), FAST_MATH)
     # int32 offsets within a (batch, head)'s rows: row i's column 0 is key (i // SCORE_BLOCK - 1)·SCORE_BLOCK
     offsets = offs_m[:, None] * (2 * SCORE_BLOCK) + keys - (offs_m // SCORE_BLOCK - 1)[:, None] * SCORE_BLOCK
-    heads = tl.arange(0, HEADS_P2)
-    d_time = tl.zeros([BLOCK_M, HEADS_P2], dtype=tl.float32)
-    d_hour = tl.zeros([BLOCK_M, HEADS_P2], dtype=tl.float32)
-    d_weekend = tl.zeros([BLOCK_M, HEADS_P2], dtype=tl.float32)
+    partial = PARTIAL + (b * tl.num_programs(0) + pid_m) * 3 * H
     for h in tl.static_range(H):
         ds = tl.load(DS + (b * H + h).to(tl.int64) * SCORE_ROWS * (2 * SCORE_BLOCK) + offsets, mask=visible, other=0.0).to(tl.float32)
-        head = (heads == h)[None, :]
-        d_time = tl.where(head, tl.sum(ds * b_time, 1)[:, None], d_time)
-        d_hour = tl.where(head, tl.sum(ds * b_hour, 1)[:, None], d_hour)
-        d_weekend = tl.where(head, tl.sum(ds * b_weekend, 1)[:, None], d_weekend)
-    partial = PARTIAL + (b * tl.num_programs(0) + pid_m) * 3 * H + heads
-    tl.store(partial, tl.sum(d_time, 0), mask=heads < H)
-    tl.store(partial + H, tl.sum(d_hour, 0), mask=heads < H)
-    tl.store(partial + 2 * H, tl.sum(d_weekend, 0), mask=heads < H)
+        tl.store(partial + h, tl.sum(tl.sum(ds * b_time, 1), 0))
+        tl.store(partial + H + h, tl.sum(tl.sum(ds * b_hour, 1), 0))
+        tl.store(partial + 2 * H + h, tl.sum(tl.sum(ds * b_weekend, 1), 0))
 
 
 @triton.jit
@@ -212,7 +203,7 @@ def window_scale_gradients(local: ScoreStore, times: Tensor, flags: Tensor, cloc
     partial = torch.zeros(batch * programs, 3, heads, device=times.device, dtype=torch.float32)
     _window_scale_sums_kernel[lambda meta: (triton.cdiv(local.rows, meta["BLOCK_M"]), batch)](
         local.scores[0], times, flags, clock, partial, rows, local.rows, H=heads, WINDOW=window, WEEKEND_BOTH=weekend_rule == 1,
-        HEADS_P2=triton.next_power_of_2(heads), SCORE_BLOCK=score_block(window), BAND=triton.next_power_of_2(window), FAST_MATH=not INTERPRETED)
+        SCORE_BLOCK=score_block(window), BAND=triton.next_power_of_2(window), FAST_MATH=not INTERPRETED)
     local.dscales.add_(partial.sum(0))
 
 
