@@ -11,7 +11,8 @@ tiles the kernels keep can be chosen from medians rather than from one autotunin
 
     python3 benchmarks/tile_sweep.py [--family cama] [--cases sparsectr:8192] [--steps 20] [--variants]   # on the GPU machine
 
-`--family sparsectr_stored` sweeps the kernels of the stored-score backward (`RECSYS_EVO_BACKWARD=stored`).
+`--family sparsectr_stored` sweeps the kernels of the stored-score backward (the default), `--family
+sparsectr` those of the recomputing one (`RECSYS_EVO_BACKWARD=recompute`, set by the sweep).
 Cases: `sparsectr:N` (the node's three outputs summed), `sparsectr_gated:N` (the gated sum inside the
 kernels, as the model runs them), `cama:N`.
 """
@@ -38,7 +39,7 @@ from recsys.ops.evo_branches_triton import BACKWARD_ENV  # noqa: E402
 FAMILIES = {
     "sparsectr": ((evo_local_triton, ("_local_forward_kernel", "_local_dq_kernel", "_local_dkdv_kernel")),
                   (evo_keyed_triton, ("_keyed_dkdv_kernel",))),
-    # the stored-score backward (`RECSYS_EVO_BACKWARD=stored`, set by this family): the dK/dV kernels store dS
+    # the stored-score backward (the node's default; set by this family): the dK/dV kernels store dS
     "sparsectr_stored": ((evo_local_triton, ("_local_forward_kernel", "_local_dq_kernel", "_local_dkdv_stored_kernel")),
                          (evo_keyed_triton, ("_keyed_dkdv_kernel",)),
                          (evo_scores_backward, ("_row_terms_kernel", "_dq_from_scores_kernel", "_window_scale_sums_kernel"))),
@@ -97,8 +98,8 @@ def main() -> None:
     KERNELS.update({name: getattr(module, name) for module, names in FAMILIES[args.family] for name in names})
     ALL_CONFIGS.update({name: list(kernel.configs) for name, kernel in KERNELS.items()})
     args.cases = args.cases or {"sparsectr": "sparsectr:8192", "sparsectr_stored": "sparsectr_gated:8192", "cama": "cama:4096"}[args.family]
-    if args.family == "sparsectr_stored":
-        os.environ[BACKWARD_ENV] = "stored"
+    if args.family.startswith("sparsectr"):  # the recomputing family's dQ kernel runs only with the recomputing backward
+        os.environ[BACKWARD_ENV] = "stored" if args.family == "sparsectr_stored" else "recompute"
     if args.variants:
         ALL_CONFIGS.update({name: with_variants(configs) + EXTRA_TILES.get(name, []) for name, configs in ALL_CONFIGS.items()})
     for case in args.cases.split(","):

@@ -80,6 +80,8 @@ def test_stored_score_backward_equals_the_recomputing_one(monkeypatch, length, c
 
 
 def test_the_backward_switch_names_its_choices(monkeypatch):
+    monkeypatch.delenv(BACKWARD_ENV, raising=False)
+    assert stored_score_backward(64)  # the default
     monkeypatch.setenv(BACKWARD_ENV, "stored")
     assert stored_score_backward(64) and not stored_score_backward(256)  # a window past one dQ tile falls back
     monkeypatch.setenv(BACKWARD_ENV, "recompute")

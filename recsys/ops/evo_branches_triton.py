@@ -30,8 +30,9 @@ the layer paid a transposing copy of q, k and v each way, the concatenation of d
 transposed read of the outputs: about 7 of 60 ms of a training step at L = 4,096 on the H100
 (session 10 profile, `triton_poi_fused_cat_clone_transpose` and bf16 copies).
 
-With `RECSYS_EVO_BACKWARD=stored` the backward runs without the dQ kernel: the dK/dV kernels store
-their score gradients and dQ is a banded matmul over them (`recsys.ops.evo_scores_backward`).
+By default the backward runs without the dQ kernel: the dK/dV kernels store their score gradients
+and dQ is a banded matmul over them (`recsys.ops.evo_scores_backward`; 1.15 against 1.26 ms at
+n = 8,192 on the H200). `RECSYS_EVO_BACKWARD=recompute` runs the dQ kernel that recomputes them.
 
 Equal to `recsys.ops.evo_attention.evo_attend` (the tests compare outputs and every gradient).
 Runs on CUDA; on CPU under Triton's interpreter (`TRITON_INTERPRET=1`), which the tests use.
@@ -83,8 +84,8 @@ def _branch_output(qkv: Tensor) -> Tensor:
     return torch.empty_strided((batch, heads, total, dim), (total * heads * dim, dim, heads * dim, 1), device=qkv.device, dtype=qkv.dtype)
 
 
-# Which backward the node runs: "recompute" (a dQ kernel that recomputes every score; the default)
-# or "stored" (`evo_scores_backward`: dQ from the dS the dK/dV kernels store). Read per backward
+# Which backward the node runs: "stored" (`evo_scores_backward`: dQ from the dS the dK/dV kernels
+# store; the default) or "recompute" (a dQ kernel that recomputes every score). Read per backward
 # call, so a benchmark or test can switch it; the stored path needs the window's block to fit one
 # dQ tile (`STORED_SCORE_MAX_BLOCK`), and falls back to recomputing otherwise.
 BACKWARD_ENV = "RECSYS_EVO_BACKWARD"
@@ -92,7 +93,7 @@ STORED_SCORE_MAX_BLOCK = 64
 
 
 def stored_score_backward(window: int) -> bool:
-    choice = os.environ.get(BACKWARD_ENV, "recompute")
+    choice = os.environ.get(BACKWARD_ENV, "stored")
     if choice not in ("recompute", "stored"):
         raise ValueError(f"{BACKWARD_ENV} must be 'recompute' or 'stored', got {choice!r}")
     return choice == "stored" and score_block(window) <= STORED_SCORE_MAX_BLOCK

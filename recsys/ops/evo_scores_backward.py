@@ -33,8 +33,8 @@ The stored local dS is `[B·H, rows, 2·SCORE_BLOCK]`: row i's column c is key
 
 Equal to the recomputing backward (the tests compare every gradient under Triton's interpreter; on
 the H200 `gpu_suite.py --parts correctness` passes with it). At n = 8,192 on the H200 the node takes
-1.17 against 1.29 ms recomputing in the same run (session 17). It is opt-in
-(`RECSYS_EVO_BACKWARD=stored`) until it is measured in training.
+1.15 against 1.26 ms recomputing (session 18), and a training step at L = 4,096 runs as fast as
+with the recomputing backward. It is the default; `RECSYS_EVO_BACKWARD=recompute` switches back.
 """
 
 from __future__ import annotations
@@ -55,13 +55,13 @@ from recsys.ops.triton_tiles import (INTERPRETED, head_base, head_strides, load_
 # One configuration each (an autotuner of one candidate runs no benchmark; benchmarks/kernel_resources.py
 # reads the tables). The row-term pass is bandwidth-bound: one 64-row tile of each operand per program,
 # two warps (H200 tile sweep, session 17: 124 us against 140 on four warps and 168 on eight).
-# The dQ pass runs a 64 x 128 by 128 x 64 dot per program (benchmarks/probe_dq_from_ds.py: 149 us at
-# n = 8,192 on the H200, 2.26 TB/s).
+# The dQ pass runs a 64 x 128 by 128 x 64 dot per program on four warps, one stage (H200 sweeps,
+# sessions 17-18: 103.7-104.5 us against 108.5-109.6 at two stages).
 _ROW_TILES = tile_configs([(64, 64, 2, 1)])
-_DQ_TILES = [triton.Config({}, num_warps=1 if INTERPRETED else 4, num_stages=2)]
-# The window scale sums: 8 rows of every head's band per program on one warp, so no sum crosses warps
-# (H200 sweep, session 18: 71 us against 140-206 for 16-64 rows on 2-8 warps).
-_SCALE_SUM_TILES = tile_configs([(8, 64, 1, 1)])
+_DQ_TILES = [triton.Config({}, num_warps=1 if INTERPRETED else 4, num_stages=1)]
+# The window scale sums: 4 rows of every head's band per program on one warp, so no sum crosses warps
+# (H200 sweeps, session 18: 51.7 us, 57.5 for 8 rows, 90 for 16, 132-241 on 2-8 warps).
+_SCALE_SUM_TILES = tile_configs([(4, 64, 1, 1)])
 
 
 @triton.autotune(configs=_ROW_TILES, key=["ROWS", "D", "GATED"], reset_to_zero=["DKP", "DVP"])
