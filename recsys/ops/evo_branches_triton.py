@@ -50,7 +50,7 @@ from torch import Tensor
 from recsys.ops.evo_attention import EvoGeometry, FusedTimes, _gather_positions, chunk_membership, chunk_summaries_matmul
 from recsys.ops.evo_keyed_triton import KeyList, KeyListBackward, KeyTimes, keyed_key_gradients
 from recsys.ops.evo_local_triton import KeyGradientsIn, local_forward, local_key_gradients, local_query_gradients, score_block
-from recsys.ops.evo_scores_backward import query_gradients_from_scores, row_terms, score_stores, window_scale_gradients
+from recsys.ops.evo_scores_backward import SideStream, query_gradients_from_scores, row_terms, score_stores, window_scale_gradients
 from recsys.ops.triton_tiles import INTERPRETED, pad_head_dim, padded_head_dim
 
 
@@ -89,6 +89,9 @@ def _branch_output(qkv: Tensor) -> Tensor:
 # call, so a benchmark or test can switch it; the stored path needs the window's block to fit one
 # dQ tile (`STORED_SCORE_MAX_BLOCK`), and falls back to recomputing otherwise.
 BACKWARD_ENV = "RECSYS_EVO_BACKWARD"
+# "0" runs the stored-score backward's window scale sums in order with its dQ pass instead of beside
+# it (`SideStream`): the benchmarks' same-run reference for the overlap.
+OVERLAP_ENV = "RECSYS_EVO_OVERLAP"
 STORED_SCORE_MAX_BLOCK = 64
 
 
@@ -219,8 +222,11 @@ def _backward(grads: List[Tensor], saved: List[Tensor], times: List[Tensor], win
     local_key_gradients(q, k, v, grads[2], lse[2], local_delta, *query_words, dk, dv, *local_shape, extra=extra, gate=branch_gates[2],
                         store=local_store)
     if stored_scores:
+        side = SideStream(q.device if os.environ.get(OVERLAP_ENV, "1") == "1" else torch.device("cpu"))
+        with side:  # beside the dQ pass: both only read the stored dS, and neither fills the chip (benchmarks/RESULTS.md, session 18)
+            window_scale_gradients(local_store, *keyed, heads=q.shape[1], window=window, weekend_rule=weekend_rule)
         query_gradients_from_scores(q, k, k_profile, dq, local_store, keyed_store, keyed_lists, ds_profile, window, sm_scale)
-        window_scale_gradients(local_store, *keyed, heads=q.shape[1], window=window, weekend_rule=weekend_rule)
+        side.join()
         dscales += local_store.dscales + keyed_store.dscales
         if local_store.rows < total:  # the history's remainder and the candidates, recomputed: their rows' share of the scales'
             # gradient (the passes above summed the rows before), the profile key's gradients into scratch (row_terms summed them)

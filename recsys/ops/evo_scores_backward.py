@@ -39,7 +39,7 @@ with the recomputing backward. It is the default; `RECSYS_EVO_BACKWARD=recompute
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import triton
@@ -205,6 +205,41 @@ def window_scale_gradients(local: ScoreStore, times: Tensor, flags: Tensor, cloc
         local.scores[0], times, flags, clock, partial, rows, local.rows, H=heads, WINDOW=window, WEEKEND_BOTH=weekend_rule == 1,
         SCORE_BLOCK=score_block(window), BAND=triton.next_power_of_2(window), FAST_MATH=not INTERPRETED)
     local.dscales.add_(partial.sum(0))
+
+
+_SIDE_STREAMS: Dict[int, torch.cuda.Stream] = {}
+
+
+class SideStream:
+    """Kernels queued inside `with side:` start after the work queued so far on the caller's stream
+    and run beside what it queues next, until `join()` makes it wait for them. Under CUDA graph
+    capture that is a fork and a join in the graph (allocations on the side stream come from the
+    graph's pool: it joined the capture). Off CUDA (Triton's interpreter) everything runs in order."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.stream: Optional[torch.cuda.Stream] = None
+        if device.type == "cuda":
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            if index not in _SIDE_STREAMS:
+                _SIDE_STREAMS[index] = torch.cuda.Stream(index)
+            self.stream = _SIDE_STREAMS[index]
+        self._context = None
+
+    def __enter__(self) -> "SideStream":
+        if self.stream is not None:
+            self.stream.wait_stream(torch.cuda.current_stream(self.stream.device))
+            self._context = torch.cuda.stream(self.stream)
+            self._context.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._context is not None:
+            self._context.__exit__(*exc)
+            self._context = None
+
+    def join(self) -> None:
+        if self.stream is not None:
+            torch.cuda.current_stream(self.stream.device).wait_stream(self.stream)
 
 
 def score_stores(q: Tensor, key_counts: Sequence[int], length: int, window: int) -> Tuple[ScoreStore, ScoreStore]:
