@@ -31,7 +31,7 @@ transposed read of the outputs: about 7 of 60 ms of a training step at L = 4,096
 (session 10 profile, `triton_poi_fused_cat_clone_transpose` and bf16 copies).
 
 By default the backward runs without the dQ kernel: the dK/dV kernels store their score gradients
-and dQ is a banded matmul over them (`recsys.ops.evo_scores_backward`; 1.15 against 1.26 ms at
+and dQ is a banded matmul over them (`recsys.ops.evo_scores_backward`; 1.09 against 1.24 ms at
 n = 8,192 on the H200). `RECSYS_EVO_BACKWARD=recompute` runs the dQ kernel that recomputes them.
 
 Equal to `recsys.ops.evo_attention.evo_attend` (the tests compare outputs and every gradient).

@@ -18,7 +18,8 @@ instructions they issue per pair (benchmarks/RESULTS.md, sessions 11 and 16). He
    dS against them, reading only the band (half the stored bytes). Summed in the local dK/dV kernel
    instead, the per-pair terms took it from 309 to 447 µs (its registers, not its instructions: 4
    programs per SM instead of 6); in the dQ pass, per head over both blocks' keys, from 104 to 272
-   (H200, session 17, benchmarks/RESULTS.md).
+   (H200, session 17, benchmarks/RESULTS.md). Here it takes 52 µs at n = 8,192, on a side stream
+   (`SideStream`) beside the dQ pass, which hides 13 of them (session 18).
 4. `query_gradients_from_scores`: per block of `SCORE_BLOCK` history rows, dQ = dS_local ·
    K[previous and own block] + Σ_lists dS_list · K_list + dS_profile ⊗ k_profile, two dense matmuls.
    Stored entries no dK/dV program wrote (pairs outside the window, or before a list key's first
@@ -33,8 +34,8 @@ The stored local dS is `[B·H, rows, 2·SCORE_BLOCK]`: row i's column c is key
 
 Equal to the recomputing backward (the tests compare every gradient under Triton's interpreter; on
 the H200 `gpu_suite.py --parts correctness` passes with it). At n = 8,192 on the H200 the node takes
-1.15 against 1.26 ms recomputing (session 18), and a training step at L = 4,096 runs as fast as
-with the recomputing backward. It is the default; `RECSYS_EVO_BACKWARD=recompute` switches back.
+1.09 against 1.24 ms recomputing in the same run (session 18), and a training step at L = 4,096 runs
+as fast as with the recomputing backward. It is the default; `RECSYS_EVO_BACKWARD=recompute` switches back.
 """
 
 from __future__ import annotations
