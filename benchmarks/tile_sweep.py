@@ -47,12 +47,7 @@ FAMILIES = {
 }
 # Tiles beyond a kernel's own list that --variants also times (kernels not yet swept on the GPU).
 EXTRA_TILES = {"_window_scale_sums_kernel": [triton.Config({"BLOCK_M": m, "BLOCK_N": 64}, num_warps=w, num_stages=1)
-                                             for m, w in ((4, 1), (16, 1), (32, 1), (16, 2))],
-               # key-major dK/dV tiles (`evo_local_triton._key_major_gradients`): 64-key blocks on four warps (warpgroup MMAs)
-               "_local_dkdv_stored_kernel": [triton.Config({"BLOCK_M": m, "BLOCK_N": 64, "KEY_MAJOR": True}, num_warps=4, num_stages=1,
-                                                           maxnreg=cap) for m, cap in ((32, None), (16, None), (32, 168), (16, 168), (64, None))],
-               "_row_terms_kernel": [triton.Config({"BLOCK_M": m, "BLOCK_N": 64}, num_warps=w, num_stages=1)
-                                     for m, w in ((32, 1), (16, 1), (64, 1), (32, 2), (128, 4))]}
+                                             for m, w in ((4, 1), (16, 1), (32, 1), (16, 2))]}
 KERNELS: dict = {}  # the swept family's autotuned kernels by name, and their tile lists
 ALL_CONFIGS: dict = {}
 
@@ -71,7 +66,6 @@ def with_variants(configs: list) -> list:
 def describe(config) -> str:
     cap = f"r{config.maxnreg}" if config.maxnreg else ""
     tile = f"{config.kwargs['BLOCK_M']}x{config.kwargs['BLOCK_N']}" if "BLOCK_M" in config.kwargs else "-"
-    tile += "k" if config.kwargs.get("KEY_MAJOR") else ""  # key-major dK/dV tiles
     return f"{tile}w{config.num_warps}s{config.num_stages}{cap}"
 
 

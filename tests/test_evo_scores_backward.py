@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-import triton
 
 import recsys.ops.evo_branches_triton as branches_module
-from recsys.ops import evo_local_triton
 from recsys.ops.evo_attention import evo_attend_packed, evo_attend_packed_gated, evo_geometry
 from recsys.ops.evo_branches_triton import BACKWARD_ENV, stored_score_backward
 from recsys.ops.evo_scores_backward import score_rows
@@ -50,7 +48,10 @@ def _gradients(backward: str, monkeypatch, inputs, gated: bool):
     return torch.autograd.grad(loss, leaves)
 
 
-def _stored_against_recomputing(monkeypatch, length, candidates, gated, shared_summary, heads):
+# one case with three heads: the window scale sums unroll their head loop
+@pytest.mark.parametrize("length,candidates,gated,shared_summary,heads", [(37, 3, True, True, 2), (32, 0, False, True, 2),
+                                                                          (45, 2, True, False, 3), (40, 21, False, True, 2)])
+def test_stored_score_backward_equals_the_recomputing_one(monkeypatch, length, candidates, gated, shared_summary, heads):
     generator = torch.Generator().manual_seed(torch.seed() % 2**31)
     batch, dim, chunks, window, tail = 3, 16, 4, 8, 2
     times, layout = _histories(generator, batch, length, candidates, chunks)
@@ -76,27 +77,6 @@ def _stored_against_recomputing(monkeypatch, length, candidates, gated, shared_s
         # a scale's gradient is one float32 sum over every pair, summed here by other kernels in another order
         tolerance = 1e-4 if name == "scales" else 1e-5
         torch.testing.assert_close(g, e, rtol=tolerance, atol=tolerance, msg=lambda m, name=name: f"grad of {name}: {m}")
-
-
-# one case with three heads: the window scale sums unroll their head loop
-@pytest.mark.parametrize("length,candidates,gated,shared_summary,heads", [(37, 3, True, True, 2), (32, 0, False, True, 2),
-                                                                          (45, 2, True, False, 3), (40, 21, False, True, 2)])
-def test_stored_score_backward_equals_the_recomputing_one(monkeypatch, length, candidates, gated, shared_summary, heads):
-    _stored_against_recomputing(monkeypatch, length, candidates, gated, shared_summary, heads)
-
-
-@pytest.mark.parametrize("length,candidates,gated", [(37, 3, True), (40, 21, False)])
-def test_key_major_dkdv_tiles_give_the_query_major_gradients(monkeypatch, length, candidates, gated):
-    """The stored backward's local dK/dV kernel with its tiles built transposed (`KEY_MAJOR`, the
-    layout a 64-key block on four warps needs for warpgroup MMAs) against the recomputing backward's
-    query-major kernel."""
-    kernel = evo_local_triton._local_dkdv_stored_kernel
-    key_major = [triton.Config({**config.kwargs, "KEY_MAJOR": True}, num_warps=config.num_warps) for config in kernel.configs]
-    monkeypatch.setattr(kernel, "configs", key_major)
-    monkeypatch.setattr(kernel, "cache", {})
-    _stored_against_recomputing(monkeypatch, length, candidates, gated, True, 2)
-    assert all(config.kwargs["KEY_MAJOR"] for config in kernel.configs)
-    assert not any(config.kwargs["KEY_MAJOR"] for config in evo_local_triton._local_dkdv_kernel.configs)
 
 
 def test_the_backward_switch_names_its_choices(monkeypatch):

@@ -30,8 +30,7 @@ import triton.language as tl
 from torch import Tensor
 
 from recsys.ops.evo_bias_triton import (accumulate_key_gradients, accumulate_query_gradients, add_scale_gradients,
-                                        event_clock, hour_sine, load_scales, tile_scores, time_octaves, weekend_coefficients,
-                                        weekend_value)
+                                        event_clock, load_scales, tile_scores, weekend_coefficients, weekend_value)
 from recsys.ops.evo_keyed_triton import KEY_TILE, KeyList, KeyTimes, ScoreStore, attend_key_list, key_list_query_gradients, list_arguments
 from recsys.ops.triton_tiles import (INTERPRETED, finish_rows, head_base, head_strides, load_backward_rows, load_tile,
                                      online_softmax_step, pad_head_dim, padded_head_dim, profile_key_gradients, profile_key_start,
@@ -120,19 +119,10 @@ def _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, sin_i, cos_i, gamm
 # bytes, 18 % slower).
 _FORWARD_TILES = tile_configs([(64, 32, 4, 1, 128)])
 _DQ_TILES = tile_configs([(32, 16, 1, 1)])
-
-
-def _with_layout(configs: List[triton.Config], key_major: bool = False) -> List[triton.Config]:
-    """dK/dV tiles with their layout (`_key_major_gradients`) named in the configuration."""
-    for config in configs:
-        config.kwargs["KEY_MAJOR"] = key_major
-    return configs
-
-
-_DKDV_TILES = _with_layout(tile_configs([(32, 32, 2, 1, 168)]))
+_DKDV_TILES = tile_configs([(32, 32, 2, 1, 168)])
 # The stored-score backward's dK/dV tile: the recomputing kernel's, at its 168-register cap (H200,
 # session 17 call B: 309.5 us with the dS stores, the best of that sweep).
-_DKDV_STORED_TILES = _with_layout(tile_configs([(32, 32, 2, 1, 168)]))
+_DKDV_STORED_TILES = tile_configs([(32, 32, 2, 1, 168)])
 
 
 @triton.jit
@@ -201,8 +191,7 @@ def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, GATE, T, FLAGS, CLOCK, SCALES, D
                        DS, DS_ROWS, sm_scale, L, ROWS, QB, QH, QT, GB, GH, GT, H: tl.constexpr, D: tl.constexpr,
                        WINDOW: tl.constexpr, CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr,
                        FAST_MATH: tl.constexpr, CHUNK_GRADS: tl.constexpr, TAIL_GRADS: tl.constexpr, GATED: tl.constexpr,
-                       STORE_SCORES: tl.constexpr, SCORE_BLOCK: tl.constexpr, KEY_MAJOR: tl.constexpr, BLOCK_M: tl.constexpr,
-                       BLOCK_N: tl.constexpr):
+                       STORE_SCORES: tl.constexpr, SCORE_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One key block per program: the query tiles whose window reaches it; dK and dV (the dQ kernel
     sums the temporal scales' gradient).
     CHUNK_GRADS / TAIL_GRADS: the block also adds what the global and transition branches give its
@@ -229,8 +218,7 @@ def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, GATE, T, FLAGS, CLOCK, SCALES, D
         offs_m = start_m + tl.arange(0, BLOCK_M)
         dk, dv = _key_block_update(dk, dv, k, v, t_j, sin_j, cos_j, w_j, reach_j, T_row, FLAGS_row, CLOCK_row, s_time, s_hour, s_weekend,
                                    sm_scale, L, ROWS, Q, DO, LSE, DELTA, GATE, DS, DS_ROWS, base, QT, do_base, GT, pid_bh, offs_m, offs_n,
-                                   offs_d, offs_m < L, CANDIDATES, WEEKEND_BOTH, PRECISION, FAST_MATH, GATED, STORE_SCORES, SCORE_BLOCK,
-                                   KEY_MAJOR)
+                                   offs_d, offs_m < L, CANDIDATES, WEEKEND_BOTH, PRECISION, FAST_MATH, GATED, STORE_SCORES, SCORE_BLOCK)
     if CANDIDATES:  # all candidates see the last WINDOW history keys, each one its own key
         candidates_lo = tl.where(start_n >= L, start_n // BLOCK_M * BLOCK_M,
                                  tl.where(start_n + BLOCK_N > L - WINDOW, L // BLOCK_M * BLOCK_M, ROWS))
@@ -240,7 +228,7 @@ def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, GATE, T, FLAGS, CLOCK, SCALES, D
             dk, dv = _key_block_update(dk, dv, k, v, t_j, sin_j, cos_j, w_j, reach_j, T_row, FLAGS_row, CLOCK_row, s_time, s_hour,
                                        s_weekend, sm_scale, L, ROWS, Q, DO, LSE, DELTA, GATE, DS, DS_ROWS, base, QT, do_base, GT, pid_bh,
                                        offs_m, offs_n, offs_d, (offs_m >= L) & (offs_m < ROWS), CANDIDATES, WEEKEND_BOTH, PRECISION,
-                                       FAST_MATH, GATED, STORE_SCORES, SCORE_BLOCK, KEY_MAJOR)
+                                       FAST_MATH, GATED, STORE_SCORES, SCORE_BLOCK)
     dk = dk * sm_scale
     history = cols & (offs_n < L)
     if CHUNK_GRADS:
@@ -263,63 +251,22 @@ _local_dkdv_kernel = triton.autotune(configs=_DKDV_TILES, key=_DKDV_KEY)(_local_
 def _key_block_update(dk, dv, k, v, t_j, sin_j, cos_j, w_j, reach_j, T_row, FLAGS_row, CLOCK_row, s_time, s_hour, s_weekend, sm_scale, L,
                       ROWS, Q, DO, LSE, DELTA, GATE, DS, DS_ROWS, base, QT, do_base, GT, pid_bh, offs_m, offs_n, offs_d, rows,
                       CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr,
-                      GATED: tl.constexpr, STORE_SCORES: tl.constexpr, SCORE_BLOCK: tl.constexpr, KEY_MAJOR: tl.constexpr):
+                      GATED: tl.constexpr, STORE_SCORES: tl.constexpr, SCORE_BLOCK: tl.constexpr):
     """One query tile's (`rows` of `offs_m`) contribution to a key block's dK and dV (STORE_SCORES: its
-    dS stored); t_j .. reach_j the block's `_key_terms`. KEY_MAJOR: the tiles are built transposed
-    (`_key_major_gradients`)."""
+    dS stored); t_j .. reach_j the block's `_key_terms`."""
     q, do, lse, delta_row = load_backward_rows(Q, base, QT, DO, do_base, GT, LSE, DELTA, pid_bh.to(tl.int64) * ROWS, offs_m, offs_d, rows)
     gate = row_gates(GATE, pid_bh.to(tl.int64) * ROWS, offs_m, rows, GATED)
     t_i, sin_i, cos_i, gamma_i, delta_i = _query_terms(T_row, FLAGS_row, CLOCK_row, offs_m, rows, ROWS, WEEKEND_BOTH)
     qk_scale = sm_scale * 1.4426950408889634
-    window_start = (offs_m // SCORE_BLOCK - 1) * SCORE_BLOCK  # row i's column 0 in the stored dS
-    # int32 offsets from the (batch, head)'s first row: a 64-bit offset per element cost registers the tile loop spilled
-    score_base = DS + pid_bh.to(tl.int64) * DS_ROWS * (2 * SCORE_BLOCK)
-    stored_rows = rows & (offs_m < DS_ROWS)
-    if KEY_MAJOR:
-        dk, dv = _key_major_gradients(dk, dv, k, v, q, do, lse, delta_row, gate, offs_m, offs_n, t_i, sin_i, cos_i, gamma_i * s_weekend,
-                                      delta_i * s_weekend, t_j, sin_j, cos_j, w_j, reach_j, s_time, s_hour, qk_scale, L, ROWS, score_base,
-                                      offs_m * (2 * SCORE_BLOCK) - window_start, stored_rows, CANDIDATES, PRECISION, FAST_MATH, GATED,
-                                      STORE_SCORES)
-    else:
-        scores, _, _, _ = _local_tile(q, k, offs_m, offs_n, t_i, sin_i, cos_i, gamma_i * s_weekend, delta_i * s_weekend, t_j, sin_j, cos_j,
-                                      w_j, reach_j, s_time, s_hour, 1.0, qk_scale, L, CANDIDATES, False, PRECISION, FAST_MATH)
-        dk, dv, ds = accumulate_key_gradients(dk, dv, q, do, v, scores, lse, delta_row, gate, PRECISION, GATED)
-        if STORE_SCORES:
-            store_scores(score_base, offs_m * (2 * SCORE_BLOCK) - window_start, offs_n, stored_rows, offs_n < ROWS, ds)
-    return dk, dv
-
-
-@triton.jit
-def _key_major_gradients(dk, dv, k, v, q, do, lse, delta_row, gate, offs_m, offs_n, t_i, sin_i, cos_i, gamma_i, delta_i, t_j, sin_j, cos_j,
-                         w_j, reach_j, s_time, s_hour, qk_scale, L, ROWS, score_base, score_rows, stored_rows, CANDIDATES: tl.constexpr,
-                         PRECISION: tl.constexpr, FAST_MATH: tl.constexpr, GATED: tl.constexpr, STORE_SCORES: tl.constexpr):
-    """`_local_tile` and `accumulate_key_gradients` with every `[keys, queries]` tile built transposed,
-    so the key block is the matmuls' M side: a 64-key block on four warps runs them as warpgroup MMAs
-    (wgmma needs 64 rows per warpgroup), where the query-major tiles of two warps run mma.sync.
-    gamma_i and delta_i come multiplied by the weekend scale; the bias terms are symmetric in the
-    pair (|t_i - t_j|, |sin(a_i - a_j)|), so the same formulas serve with the roles swapped."""
-    scores = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale + delta_i[None, :]
-    scores = scores - s_time * time_octaves(t_j, t_i, FAST_MATH)
-    scores = scores - s_hour * tl.abs(hour_sine(sin_j, cos_j, sin_i, cos_i))
-    scores = scores + w_j[:, None] * gamma_i[None, :]
-    if CANDIDATES:
-        anchor = tl.minimum(offs_m, L - 1)
-        own_key = tl.where(offs_m >= L, offs_m, -1)
-        visible = ((anchor[None, :] - offs_n[:, None]).to(tl.uint32) < reach_j[:, None]) | (offs_n[:, None] == own_key[None, :])
-    else:
-        visible = (offs_m[None, :] - offs_n[:, None]).to(tl.uint32) < reach_j[:, None]
-    p = tl.exp2(tl.where(visible, scores, float("-inf")) - lse[None, :])
-    if GATED:
-        dv += tl.dot((p * gate[None, :]).to(do.dtype), do, input_precision=PRECISION)
-        dp = tl.dot(v, tl.trans(do), input_precision=PRECISION) * gate[None, :]
-    else:
-        dv += tl.dot(p.to(do.dtype), do, input_precision=PRECISION)
-        dp = tl.dot(v, tl.trans(do), input_precision=PRECISION)
-    ds = p * (dp - delta_row[None, :])
+    scores, _, _, _ = _local_tile(q, k, offs_m, offs_n, t_i, sin_i, cos_i, gamma_i * s_weekend, delta_i * s_weekend, t_j, sin_j, cos_j,
+                                  w_j, reach_j, s_time, s_hour, 1.0, qk_scale, L, CANDIDATES, False, PRECISION, FAST_MATH)
+    dk, dv, ds = accumulate_key_gradients(dk, dv, q, do, v, scores, lse, delta_row, gate, PRECISION, GATED)
     if STORE_SCORES:
-        tl.store(score_base + score_rows[None, :] + offs_n[:, None], ds.to(score_base.dtype.element_ty),
-                 mask=stored_rows[None, :] & (offs_n < ROWS)[:, None])
-    return dk + tl.dot(ds.to(q.dtype), q, input_precision=PRECISION), dv
+        window_start = (offs_m // SCORE_BLOCK - 1) * SCORE_BLOCK  # row i's column 0
+        # int32 offsets from the (batch, head)'s first row: a 64-bit offset per element cost registers the tile loop spilled
+        store_scores(DS + pid_bh.to(tl.int64) * DS_ROWS * (2 * SCORE_BLOCK), offs_m * (2 * SCORE_BLOCK) - window_start, offs_n,
+                     rows & (offs_m < DS_ROWS), offs_n < ROWS, ds)
+    return dk, dv
 
 
 @triton.jit
