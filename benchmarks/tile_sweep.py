@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ncu_kernels import attention_steps  # noqa: E402
 
-from recsys.ops import cama_triton, evo_chunks_triton, evo_keyed_triton, evo_local_triton, evo_scores_backward  # noqa: E402
+from recsys.ops import cama_triton, evo_keyed_triton, evo_local_triton, evo_scores_backward  # noqa: E402
 from recsys.ops.evo_branches_triton import BACKWARD_ENV  # noqa: E402
 
 FAMILIES = {
@@ -42,15 +42,12 @@ FAMILIES = {
     # the stored-score backward (the node's default; set by this family): the dK/dV kernels store dS
     "sparsectr_stored": ((evo_local_triton, ("_local_forward_kernel", "_local_dq_kernel", "_local_dkdv_stored_kernel")),
                          (evo_keyed_triton, ("_keyed_dkdv_kernel",)),
-                         (evo_scores_backward, ("_row_terms_kernel", "_dq_from_scores_kernel", "_window_scale_sums_kernel")),
-                         (evo_chunks_triton, ("_chunk_keys_kernel",))),
+                         (evo_scores_backward, ("_row_terms_kernel", "_dq_from_scores_kernel", "_window_scale_sums_kernel"))),
     "cama": ((cama_triton, ("_cama_forward_kernel", "_cama_dq_kernel", "_cama_dkdv_kernel")),),
 }
 # Tiles beyond a kernel's own list that --variants also times (kernels not yet swept on the GPU).
 EXTRA_TILES = {"_window_scale_sums_kernel": [triton.Config({"BLOCK_M": m, "BLOCK_N": 64}, num_warps=w, num_stages=1)
-                                             for m, w in ((4, 1), (16, 1), (32, 1), (16, 2))],
-               "_chunk_keys_kernel": [triton.Config({"BLOCK_M": m}, num_warps=w, num_stages=st)
-                                      for m, w, st in ((64, 4, 1), (128, 4, 1), (512, 8, 1), (128, 2, 1), (256, 8, 3))]}
+                                             for m, w in ((4, 1), (16, 1), (32, 1), (16, 2))]}
 KERNELS: dict = {}  # the swept family's autotuned kernels by name, and their tile lists
 ALL_CONFIGS: dict = {}
 

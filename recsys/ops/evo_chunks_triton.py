@@ -25,9 +25,11 @@ from torch import Tensor
 
 from recsys.ops.triton_tiles import INTERPRETED, head_base, head_strides, load_tile, store_tile
 
+# Rows per step of a chunk's walk. The pass reads k and v once and is bound by memory; a chunk is a
+# few hundred rows, so one program per (chunk, head, k or v) keeps thousands of programs in flight.
 # One configuration (an autotuner of one candidate runs no benchmark; benchmarks/kernel_resources.py
-# reads it): 256 rows of one head per step, so each program keeps 32 KiB of loads in flight.
-_TILES = [triton.Config({"BLOCK_M": 16 if INTERPRETED else 256}, num_warps=1 if INTERPRETED else 8)]
+# reads it). Not yet swept on the GPU.
+_TILES = [triton.Config({"BLOCK_M": 16 if INTERPRETED else 64}, num_warps=1 if INTERPRETED else 4)]
 
 
 class ChunkKeys(NamedTuple):
@@ -42,21 +44,16 @@ class ChunkKeys(NamedTuple):
 
 
 @triton.jit
-def _rows_sum(SRC, base, STRIDE, CHUNK_ROW, chunk, lo, hi, offs_d, BY_ID: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr):
-    """The float32 sum `[D]` of one head's rows `[lo, hi)` and their count; BY_ID: only the rows whose
-    chunk id is `chunk` (the first chunk's walk starts at row 0, inside the padding). Only that walk
-    reads the ids: a tile load that waits for an id load halves the bytes in flight (the first
-    version, which read them for every chunk, took 102 us at n = 8,192 against the matmul path's ~65)."""
-    total = tl.zeros([D], dtype=tl.float32)
-    count = 0
+def _chunk_mean(SRC, base, STRIDE, CHUNK_ROW, chunk, lo, hi, offs_d, D: tl.constexpr, BLOCK_M: tl.constexpr):
+    """The sum of one head's rows `[lo, hi)` whose chunk id is `chunk`, and how many there are."""
+    acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    count = tl.zeros([BLOCK_M], dtype=tl.int32)
     for start in range(lo, hi, BLOCK_M):
         offs = start + tl.arange(0, BLOCK_M)
-        member = offs < hi
-        if BY_ID:
-            member = member & (tl.load(CHUNK_ROW + offs, mask=member, other=0) == chunk)
-        total += tl.sum(load_tile(SRC, base, offs, offs_d, STRIDE, member).to(tl.float32), 0)
-        count += tl.sum(member.to(tl.int32), 0)
-    return total, count
+        member = (offs < hi) & (tl.load(CHUNK_ROW + offs, mask=offs < hi, other=0) == chunk)
+        acc += load_tile(SRC, base, offs, offs_d, STRIDE, member).to(tl.float32)
+        count += member.to(tl.int32)
+    return tl.sum(acc, 0), tl.sum(count, 0)
 
 
 @triton.jit
@@ -67,10 +64,7 @@ def _list_rows(MEAN_SRC, TAIL_SRC, MEANS, TAILS, CHUNK_ID, CHUNK_END, TAIL_POS, 
     offs_d = tl.arange(0, D)
     lo = tl.where(p > 0, tl.load(CHUNK_END + b * P + p - 1, mask=p > 0, other=0), 0)
     hi = tl.load(CHUNK_END + b * P + p)
-    if p == 0:
-        total, count = _rows_sum(MEAN_SRC, mean_base, MT, CHUNK_ID + b.to(tl.int64) * L, p + 1, lo, hi, offs_d, True, D, BLOCK_M)
-    else:
-        total, count = _rows_sum(MEAN_SRC, mean_base, MT, CHUNK_ID + b.to(tl.int64) * L, p + 1, lo, hi, offs_d, False, D, BLOCK_M)
+    total, count = _chunk_mean(MEAN_SRC, mean_base, MT, CHUNK_ID + b.to(tl.int64) * L, p + 1, lo, hi, offs_d, D, BLOCK_M)
     size = tl.maximum(count, 1).to(tl.float32)
     out_row = (b * H + h).to(tl.int64) * P + p
     tl.store(MEANS + out_row * D + offs_d, (total / size).to(MEANS.dtype.element_ty))
