@@ -30,7 +30,7 @@ from triton.compiler import ASTSource  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from recsys.ops import cama_triton, evo_chunks_triton, evo_keyed_triton, evo_local_triton, evo_scores_backward  # noqa: E402
+from recsys.ops import cama_triton, evo_keyed_triton, evo_local_triton, evo_scores_backward  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
@@ -99,12 +99,6 @@ STORED = {
     "window scale sums": (evo_scores_backward._window_scale_sums_kernel, "DS T FLAGS CLOCK PARTIAL ROWS SCORE_ROWS",
                           "*bf16 *i32 *i32 *fp32 *fp32 i32 i32", {"SCORE_BLOCK": 64, "BAND": 64}),
 }
-# The node's key lists (`recsys.ops.evo_chunks_triton`): chunk means and tails from the packed projection.
-LISTS = {
-    "chunk keys": (evo_chunks_triton._chunk_keys_kernel,
-                   "MK MV K V K_MEANS V_MEANS K_TAILS V_TAILS SIZES CHUNK_ID CHUNK_END TAIL_POS L P MB MH MT QB QH QT",
-                   "*bf16 *bf16 *bf16 *bf16 *bf16 *bf16 *bf16 *bf16 *fp32 *i32 *i32 *i64 i32 i32" + _STRIDES * 2, {}),
-}
 SASS_OPS = ("HGMMA", "MUFU.EX2", "MUFU.LG2", "LDL", "STL", "LDS", "BAR", "LDGSTS")
 
 
@@ -117,12 +111,10 @@ KEYED_CONSTANTS = dict(H=4, D=64, WEEKEND_BOTH=False, PRECISION="tf32", FAST_MAT
 STORED_CONSTANTS = {"local dkdv stored": LOCAL_CONSTANTS, "keyed dkdv stored": KEYED_CONSTANTS, "row terms": dict(H=4, D=64),
                     "dq from scores": dict(H=4, D=64, WINDOW=64, PRECISION="tf32"),
                     "window scale sums": dict(H=4, WINDOW=64, WEEKEND_BOTH=False, FAST_MATH=True)}
-LISTS_CONSTANTS = dict(H=4, D=64, TAIL=2, TAIL_PAD=2)
 KERNELS = {**{name: (entry, CAMA_CONSTANTS) for name, entry in POINTERS_AND_SCALARS.items()},
            **{name: (entry, LOCAL_CONSTANTS) for name, entry in LOCAL.items()},
            **{name: (entry, KEYED_CONSTANTS) for name, entry in KEYED.items()},
-           **{name: (entry, STORED_CONSTANTS[name]) for name, entry in STORED.items()},
-           **{name: (entry, LISTS_CONSTANTS) for name, entry in LISTS.items()}}
+           **{name: (entry, STORED_CONSTANTS[name]) for name, entry in STORED.items()}}
 
 
 # Lengths and strides the launch specialises as multiples of 16 (see `kernel_source`).
@@ -205,9 +197,6 @@ def main() -> None:
         for config in autotuned.configs:
             constants = dict(STORED_CONSTANTS[kernel], **({"D": args.head_dim} if "D" in STORED_CONSTANTS[kernel] else {}))
             rows.append({"variant": "stored scores", **compile_report(kernel, config, constants)})
-    for kernel, (autotuned, *_rest) in LISTS.items() if "chunk".startswith(args.only) or not args.only else ():
-        for config in autotuned.configs:
-            rows.append({"variant": "key lists", **compile_report(kernel, config, dict(LISTS_CONSTANTS, D=args.head_dim))})
     print(f"{'kernel':<10} {'variant':<19} {'BM':>4} {'BN':>4} {'warps':>5} {'regs':>5} {'spill B':>8} {'smem KiB':>9} "
           + " ".join(f"{op:>9}" for op in SASS_OPS))
     for r in rows:

@@ -47,8 +47,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from recsys.ops.evo_attention import EvoGeometry, FusedTimes
-from recsys.ops.evo_chunks_triton import chunk_keys
+from recsys.ops.evo_attention import EvoGeometry, FusedTimes, _gather_positions, chunk_membership, chunk_summaries_matmul
 from recsys.ops.evo_keyed_triton import KeyList, KeyListBackward, KeyTimes, keyed_key_gradients
 from recsys.ops.evo_local_triton import KeyGradientsIn, local_forward, local_key_gradients, local_query_gradients, score_block
 from recsys.ops.evo_scores_backward import SideStream, query_gradients_from_scores, row_terms, score_stores, window_scale_gradients
@@ -107,6 +106,18 @@ def _unit_inner(x: Tensor) -> Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
+def packed_chunk_summaries(qkv: Tensor, membership: Tensor, chunk_sizes: Tensor) -> Tuple[Tensor, Tensor]:
+    """The k and v chunk means `[B, H, P, D]` of a packed projection, as `chunk_summaries_matmul` gives
+    them, in one batched matmul over its k and v rows (a position's k and v are adjacent, so they
+    read as one `[B, L, 2·H·D]` operand without a copy); `chunk_sizes` `[B, P]` at least 1."""
+    batch, _, _, heads, dim = qkv.shape
+    length, num_chunks = membership.shape[2], membership.shape[1]
+    rows = qkv[:, :length, 1:].reshape(batch, length, 2 * heads * dim)
+    sums = torch.bmm(membership.to(qkv.dtype), rows)
+    means = (sums / chunk_sizes.to(qkv.dtype).unsqueeze(-1)).view(batch, num_chunks, 2, heads, dim)
+    return means[:, :, 0].transpose(1, 2).contiguous(), means[:, :, 1].transpose(1, 2).contiguous()
+
+
 @torch.library.custom_op("recsys::evo_branches_forward", mutates_args=())
 def _forward(qkv: Tensor, k_profile: Tensor, v_profile: Tensor, k_summary: Tensor, v_summary: Tensor, scales32: Tensor, gates: Tensor,
              times: List[Tensor], chunk_id: Tensor, tail_positions: Tensor, window: int, weekend_rule: int, sm_scale: float,
@@ -120,18 +131,24 @@ def _forward(qkv: Tensor, k_profile: Tensor, v_profile: Tensor, k_summary: Tenso
     qkv, k_profile, v_profile = qkv.contiguous(), k_profile.contiguous(), v_profile.contiguous()
     q, k, v = split_heads(qkv)
     timing = FusedTimes(*times)
-    length = chunk_id.shape[1]
+    length, num_chunks = chunk_id.shape[1], timing.chunk_end.shape[1]
     global_out, transition_out, local = (_branch_output(qkv) for _ in range(3))
-    sources = (k, v) if shared_summary else (k_summary, v_summary)
-    k_chunks, v_chunks, k_tails, v_tails, chunk_sizes = chunk_keys(*sources, k, v, timing.history_chunk, timing.chunk_end, tail_positions)
-    chunk_times = KeyTimes(timing.chunk_times, timing.chunk_end, timing.chunk_flags, timing.chunk_clock)
+    membership = chunk_membership(chunk_id, num_chunks)
+    chunk_sizes = membership.sum(-1).clamp_min(1).float()
+    if shared_summary:
+        k_chunks, v_chunks = packed_chunk_summaries(qkv, membership, chunk_sizes)
+    else:
+        k_chunks = chunk_summaries_matmul(k_summary[:, :, :length], membership).contiguous()
+        v_chunks = chunk_summaries_matmul(v_summary[:, :, :length], membership).contiguous()
+    chunk_keys = KeyTimes(timing.chunk_times, timing.chunk_end, timing.chunk_flags, timing.chunk_clock)
+    k_tails, v_tails = _gather_positions(k, tail_positions).contiguous(), _gather_positions(v, tail_positions).contiguous()
     tail_keys = KeyTimes(timing.tail_times, timing.tail_end, timing.tail_flags, timing.tail_clock)
     local_lse = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
     gated = gates.numel() > 0
     fused = _branch_output(qkv) if gated else qkv.new_empty(0)
     global_lse, transition_lse = local_forward(q, k, v, k_profile, v_profile, timing.query_times, timing.query_flags, timing.query_clock,
                                                scales32, local, local_lse, length, window, weekend_rule, sm_scale,
-                                               keyed=[KeyList(k_chunks, v_chunks, chunk_times, global_out),
+                                               keyed=[KeyList(k_chunks, v_chunks, chunk_keys, global_out),
                                                       KeyList(k_tails, v_tails, tail_keys, transition_out)],
                                                gates=gates.contiguous() if gated else None, fused=fused if gated else None)
     return (global_out, transition_out, local, fused, global_lse, transition_lse, local_lse, k_chunks, v_chunks, k_tails, v_tails,
