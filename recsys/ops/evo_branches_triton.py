@@ -214,9 +214,7 @@ def _backward(grads: List[Tensor], saved: List[Tensor], times: List[Tensor], win
 
     (dk_chunks, dv_chunks), (dk_tails, dv_tails) = keyed_key_gradients(
         q, [KeyListBackward(keyed_lists[0], global_delta, branch_gates[0]), KeyListBackward(keyed_lists[1], tail_delta, branch_gates[1])],
-        *keyed, scales32, *shape, store=keyed_store)
-    sizes = chunk_sizes.view(chunk_sizes.shape[0], 1, -1, 1)
-    dk_chunks, dv_chunks = dk_chunks / sizes, dv_chunks / sizes
+        *keyed, scales32, *shape, store=keyed_store, chunk_sizes=chunk_sizes)
     tail_in = KeyGradientsIn(tail_slot=timing.tail_slot, d_tail_keys=dk_tails, d_tail_values=dv_tails)
     extra = tail_in._replace(chunk_id=timing.history_chunk, d_chunk_keys=dk_chunks, d_chunk_values=dv_chunks) if shared_summary else tail_in
     local_key_gradients(q, k, v, grads[2], lse[2], local_delta, *query_words, dk, dv, *local_shape, extra=extra, gate=branch_gates[2],

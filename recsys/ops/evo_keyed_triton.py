@@ -130,9 +130,10 @@ def attend_key_list(q, K, V, TK, KEND, KFLAGS, KCLOCK, O, LSE, NK, b, h, pid_bh,
 
 @triton.jit
 def _key_block_gradients(block, split, b, h, pid_bh, Q, K, V, DO, LSE, DELTA, GATE, TQ, QFLAGS, QCLOCK, TK, KEND, KFLAGS, KCLOCK, s_time,
-                         s_hour, s_weekend, DK, DV, DS, DSCALES, sm_scale, T, L, NK, QUERIES, DS_ROWS, QB, QH, QT, GB, GH, GT, H: tl.constexpr,
-                         D: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr,
-                         GATED: tl.constexpr, STORE_SCORES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                         s_hour, s_weekend, DK, DV, DS, DSCALES, SIZES, sm_scale, T, L, NK, QUERIES, DS_ROWS, SPLIT_STRIDE, QB, QH, QT, GB,
+                         GH, GT, H: tl.constexpr, D: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr,
+                         FAST_MATH: tl.constexpr, GATED: tl.constexpr, STORE_SCORES: tl.constexpr, MEANS: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One key block of one list and one slice of `QUERIES` queries: float32 partial dK, dV (summed
     over the slices by the caller). GATED: `DO` is the gated sum's gradient and `GATE` this branch's
     gates (`row_gates`). STORE_SCORES (the stored-score backward, `evo_scores_backward`): also store
@@ -176,26 +177,31 @@ def _key_block_gradients(block, split, b, h, pid_bh, Q, K, V, DO, LSE, DELTA, GA
             # rows past DS_ROWS: the recomputing dQ kernel sums their pairs' share, both branches' (`evo_scores_backward`)
             d_time, d_hour, d_weekend = add_term_sums(d_time, d_hour, d_weekend, ds, b_time, b_hour, b_weekend, offs_m < DS_ROWS)
             store_scores(DS + pid_bh.to(tl.int64) * DS_ROWS * NK, offs_m * NK, offs_n, rows & (offs_m < DS_ROWS), cols, ds)
-    partial_base = (split.to(tl.int64) * tl.num_programs(1) + pid_bh) * NK * D
+    if MEANS:  # the keys are chunk means: each row's gradient reaches its chunk's events divided by the chunk's size
+        inverse = 1.0 / tl.load(SIZES + b * NK + offs_n, mask=cols, other=1.0)
+        dk, dv = dk * inverse[:, None], dv * inverse[:, None]
+    partial_base = split.to(tl.int64) * SPLIT_STRIDE + pid_bh.to(tl.int64) * NK * D
     store_tile(DK, partial_base, offs_n, offs_d, D, cols, dk * sm_scale)
     store_tile(DV, partial_base, offs_n, offs_d, D, cols, dv)
     if STORE_SCORES:
         add_scale_gradients(DSCALES, h, H, d_time, d_hour, d_weekend)
 
 
-@triton.autotune(configs=_DKDV_TILES, key=["T", "NK0", "NK1", "D", "STORE_SCORES"], reset_to_zero=["DSCALES"])
+@triton.autotune(configs=_DKDV_TILES, key=["T", "NK0", "NK1", "D", "STORE_SCORES", "MEANS0"], reset_to_zero=["DSCALES"])
 @triton.jit
 def _keyed_dkdv_kernel(Q, TQ, QFLAGS, QCLOCK, SCALES, K0, V0, DO0, LSE0, DELTA0, GATE0, TK0, KEND0, KFLAGS0, KCLOCK0, DK0, DV0, DS0, K1, V1,
-                       DO1, LSE1, DELTA1, GATE1, TK1, KEND1, KFLAGS1, KCLOCK1, DK1, DV1, DS1, DSCALES, sm_scale, T, L, NK0, NK1, QUERIES,
-                       DS_ROWS, QB, QH, QT, GB0, GH0, GT0, GB1, GH1, GT1, H: tl.constexpr, D: tl.constexpr, WEEKEND_BOTH: tl.constexpr,
-                       PRECISION: tl.constexpr, FAST_MATH: tl.constexpr, GATED: tl.constexpr, STORE_SCORES: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                       DO1, LSE1, DELTA1, GATE1, TK1, KEND1, KFLAGS1, KCLOCK1, DK1, DV1, DS1, DSCALES, SIZES0, sm_scale, T, L, NK0, NK1,
+                       QUERIES, DS_ROWS, SPLIT_STRIDE, QB, QH, QT, GB0, GH0, GT0, GB1, GH1, GT1, H: tl.constexpr, D: tl.constexpr,
+                       WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr, GATED: tl.constexpr,
+                       STORE_SCORES: tl.constexpr, MEANS0: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """dK/dV of both key lists in one launch: the first `cdiv(NK0, BLOCK_N)` programs along axis 0
     take list 0's key blocks, the rest list 1's. The programs of both lists for one (batch, head,
     query slice) run side by side and read the same q and dO tiles, so the second read comes from
     L2, where two launches each read q and dO from memory (they were bandwidth-bound, 67-76 % of
     DRAM peak under Nsight Compute: 118 against 90 us at n = 8,192; benchmarks/RESULTS.md, session 14).
-    STORE_SCORES: see `_key_block_gradients`."""
+    STORE_SCORES: see `_key_block_gradients`. The four partial gradients lie in one float32 buffer,
+    SPLIT_STRIDE elements per query slice, so one sum over the slices finishes them all. MEANS0: list
+    0's keys are chunk means, its gradients divided by the chunks' sizes SIZES0 `[B, NK0]` here."""
     pid_bh = tl.program_id(1)
     b, h, split = pid_bh // H, pid_bh % H, tl.program_id(2)
     s_time, s_hour, s_weekend = load_scales(SCALES, h, H)
@@ -203,12 +209,13 @@ def _keyed_dkdv_kernel(Q, TQ, QFLAGS, QCLOCK, SCALES, K0, V0, DO0, LSE0, DELTA0,
     block = tl.program_id(0)
     if block < blocks0:
         _key_block_gradients(block, split, b, h, pid_bh, Q, K0, V0, DO0, LSE0, DELTA0, GATE0, TQ, QFLAGS, QCLOCK, TK0, KEND0, KFLAGS0, KCLOCK0,
-                             s_time, s_hour, s_weekend, DK0, DV0, DS0, DSCALES, sm_scale, T, L, NK0, QUERIES, DS_ROWS, QB, QH, QT, GB0, GH0,
-                             GT0, H, D, WEEKEND_BOTH, PRECISION, FAST_MATH, GATED, STORE_SCORES, BLOCK_M, BLOCK_N)
+                             s_time, s_hour, s_weekend, DK0, DV0, DS0, DSCALES, SIZES0, sm_scale, T, L, NK0, QUERIES, DS_ROWS, SPLIT_STRIDE, QB,
+                             QH, QT, GB0, GH0, GT0, H, D, WEEKEND_BOTH, PRECISION, FAST_MATH, GATED, STORE_SCORES, MEANS0, BLOCK_M, BLOCK_N)
     else:
         _key_block_gradients(block - blocks0, split, b, h, pid_bh, Q, K1, V1, DO1, LSE1, DELTA1, GATE1, TQ, QFLAGS, QCLOCK, TK1, KEND1, KFLAGS1,
-                             KCLOCK1, s_time, s_hour, s_weekend, DK1, DV1, DS1, DSCALES, sm_scale, T, L, NK1, QUERIES, DS_ROWS, QB, QH, QT, GB1,
-                             GH1, GT1, H, D, WEEKEND_BOTH, PRECISION, FAST_MATH, GATED, STORE_SCORES, BLOCK_M, BLOCK_N)
+                             KCLOCK1, s_time, s_hour, s_weekend, DK1, DV1, DS1, DSCALES, SIZES0, sm_scale, T, L, NK1, QUERIES, DS_ROWS,
+                             SPLIT_STRIDE, QB, QH, QT, GB1, GH1, GT1, H, D, WEEKEND_BOTH, PRECISION, FAST_MATH, GATED, STORE_SCORES, False,
+                             BLOCK_M, BLOCK_N)
 
 
 @triton.jit
@@ -296,26 +303,34 @@ class KeyListBackward(NamedTuple):
 
 def keyed_key_gradients(q: Tensor, lists: Sequence[KeyListBackward], query_times: Tensor, query_flags: Tensor, query_clock: Tensor,
                         scales32: Tensor, history_length: int, weekend_rule: int, sm_scale: float,
-                        store: Optional[ScoreStore] = None) -> List[Tuple[Tensor, Tensor]]:
+                        store: Optional[ScoreStore] = None, chunk_sizes: Optional[Tensor] = None) -> List[Tuple[Tensor, Tensor]]:
     """float32 dK, dV `[B, H, K, D]` of the global and the transition key lists, in one launch. With
     `store` (one dS buffer `[B·H, store.rows, K]` per list) also each list's dS, and those rows'
-    share of the scales' gradient added into `store.dscales`."""
+    share of the scales' gradient added into `store.dscales`. With `chunk_sizes` (float32 `[B, K0]`,
+    the global list's keys being chunk means) the global list's gradients come divided by them: what
+    each of a chunk's events receives."""
     if len(lists) != 2 or len({item.gate is None for item in lists}) != 1:
         raise ValueError("the keyed dK/dV kernel takes two key lists, both gated or neither")
     batch, heads, total, dim = q.shape
     splits = triton.cdiv(total, _QUERIES_PER_SPLIT)
-    parts = [(torch.empty(splits, batch, heads, item.entry.k.shape[2], dim, device=q.device, dtype=torch.float32),
-              torch.empty(splits, batch, heads, item.entry.k.shape[2], dim, device=q.device, dtype=torch.float32)) for item in lists]
+    counts = [item.entry.k.shape[2] for item in lists]
+    # the four partial gradients (dK, dV of each list) in one buffer, so that one sum over the query
+    # slices finishes them: four sums were four launches of about 5 us each (session 19 profile)
+    sizes = [batch * heads * count * dim for count in counts]
+    parts = torch.empty(splits, 2 * sum(sizes), device=q.device, dtype=torch.float32)
+    pieces = parts.split([sizes[0], sizes[0], sizes[1], sizes[1]], dim=1)
     arguments, strides = [], []
-    for index, (item, (dk_parts, dv_parts)) in enumerate(zip(lists, parts)):
+    for index, item in enumerate(lists):
         entry = item.entry
         arguments += [entry.k.contiguous(), entry.v.contiguous(), entry.grad_out, entry.lse, item.delta,
-                      item.delta if item.gate is None else item.gate, *entry.keys, dk_parts, dv_parts,
-                      dk_parts if store is None else store.scores[index]]
+                      item.delta if item.gate is None else item.gate, *entry.keys, pieces[2 * index], pieces[2 * index + 1],
+                      parts if store is None else store.scores[index]]
         strides += head_strides(entry.grad_out)
-    counts = [item.entry.k.shape[2] for item in lists]
     _keyed_dkdv_kernel[lambda meta: (triton.cdiv(counts[0], meta["BLOCK_N"]) + triton.cdiv(counts[1], meta["BLOCK_N"]), batch * heads, splits)](
-        q, query_times, query_flags, query_clock, scales32, *arguments, parts[0][0] if store is None else store.dscales, sm_scale, total,
-        history_length, counts[0], counts[1], _QUERIES_PER_SPLIT, 0 if store is None else store.rows, *head_strides(q), *strides,
-        GATED=lists[0].gate is not None, STORE_SCORES=store is not None, **_launch(q, weekend_rule))
-    return [(dk_parts[0], dv_parts[0]) if splits == 1 else (dk_parts.sum(0), dv_parts.sum(0)) for dk_parts, dv_parts in parts]
+        q, query_times, query_flags, query_clock, scales32, *arguments, parts if store is None else store.dscales,
+        parts if chunk_sizes is None else chunk_sizes.contiguous(), sm_scale, total, history_length, counts[0], counts[1], _QUERIES_PER_SPLIT,
+        0 if store is None else store.rows, parts.stride(0), *head_strides(q), *strides, GATED=lists[0].gate is not None,
+        STORE_SCORES=store is not None, MEANS0=chunk_sizes is not None, **_launch(q, weekend_rule))
+    summed = (parts[0] if splits == 1 else parts.sum(0)).split([sizes[0], sizes[0], sizes[1], sizes[1]])
+    shapes = [(batch, heads, count, dim) for count in counts]
+    return [(summed[0].view(shapes[0]), summed[1].view(shapes[0])), (summed[2].view(shapes[1]), summed[3].view(shapes[1]))]
