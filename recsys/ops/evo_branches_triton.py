@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -104,6 +104,13 @@ def stored_score_backward(window: int) -> bool:
 
 def _unit_inner(x: Tensor) -> Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _zeroed_float32(device: torch.device, *shapes: Sequence[int]) -> List[Tensor]:
+    """Zeroed float32 tensors of `shapes`, views of one buffer cleared by one launch."""
+    sizes = [math.prod(shape) for shape in shapes]
+    buffer = torch.zeros(sum(sizes), device=device, dtype=torch.float32)
+    return [piece.view(shape) for piece, shape in zip(buffer.split(sizes), shapes)]
 
 
 def packed_chunk_summaries(qkv: Tensor, membership: Tensor, chunk_sizes: Tensor) -> Tuple[Tensor, Tensor]:
@@ -184,7 +191,6 @@ def _backward(grads: List[Tensor], saved: List[Tensor], times: List[Tensor], win
     timing = FusedTimes(*times)
     length, total = timing.history_chunk.shape[1], q.shape[2]
     grads = [_unit_inner(g) for g in grads]
-    dscales = torch.zeros(scales32.shape, device=q.device, dtype=torch.float32)
     keyed = (timing.query_times, timing.query_flags, timing.query_clock)
     chunk_keys = KeyTimes(timing.chunk_times, timing.chunk_end, timing.chunk_flags, timing.chunk_clock)
     tail_keys = KeyTimes(timing.tail_times, timing.tail_end, timing.tail_flags, timing.tail_clock)
@@ -194,8 +200,10 @@ def _backward(grads: List[Tensor], saved: List[Tensor], times: List[Tensor], win
     d_qkv = torch.empty_like(qkv)
     dq, dk, dv = split_heads(d_qkv)
 
-    dk_profile = torch.zeros(k_profile.shape, device=q.device, dtype=torch.float32)
-    dv_profile = torch.zeros_like(dk_profile)
+    # what the kernels add into (the profile key's and value's gradients, the scales', and the
+    # recomputed rows' scratch) in one zeroed buffer: one launch where there were up to nine
+    dk_profile, dv_profile, dscales, *scratch = _zeroed_float32(q.device, k_profile.shape, k_profile.shape, scales32.shape,
+                                                                *([k_profile.shape] * 2 + [scales32.shape] if stored_scores else []))
     keyed_lists = [KeyList(k_chunks, v_chunks, chunk_keys, global_out, grads[0], lse[0]),
                    KeyList(k_tails, v_tails, tail_keys, transition_out, grads[1], lse[1])]
     gated = gates.numel() > 0
@@ -206,7 +214,7 @@ def _backward(grads: List[Tensor], saved: List[Tensor], times: List[Tensor], win
     if stored_scores:  # the row terms first; dQ after the dK/dV kernels, from the dS they store (`evo_scores_backward`)
         (local_delta, global_delta, tail_delta), ds_profile = row_terms(q, k_profile, v_profile, grads, [global_out, transition_out, local],
                                                                         lse, sm_scale, dk_profile, dv_profile, gates, d_gates)
-        local_store, keyed_store = score_stores(q, [k_chunks.shape[2], k_tails.shape[2]], length, window)
+        local_store, keyed_store = score_stores(q, [k_chunks.shape[2], k_tails.shape[2]], length, window, dscales)
     else:  # dQ first, one kernel for the three branches: it also stores each branch's row term rowsum(dO·O) for the dK/dV kernels.
         local_delta, global_delta, tail_delta = local_query_gradients(q, k, v, k_profile, v_profile, grads[2], local, lse[2], *query_words, dq,
                                                                       dk_profile, dv_profile, dscales, *local_shape, **dq_inputs)
@@ -225,10 +233,9 @@ def _backward(grads: List[Tensor], saved: List[Tensor], times: List[Tensor], win
             window_scale_gradients(local_store, *keyed, heads=q.shape[1], window=window, weekend_rule=weekend_rule)
         query_gradients_from_scores(q, k, k_profile, dq, local_store, keyed_store, keyed_lists, ds_profile, window, sm_scale)
         side.join()
-        dscales += local_store.dscales + keyed_store.dscales
         if local_store.rows < total:  # the history's remainder and the candidates, recomputed: their rows' share of the scales'
-            # gradient (the passes above summed the rows before), the profile key's gradients into scratch (row_terms summed them)
-            scratch = [torch.zeros_like(x) for x in (dk_profile, dv_profile, dscales)]
+            # gradient (the passes above summed the rows before; a buffer of its own, as this kernel's autotuning run zeroes
+            # what it adds into), the profile key's gradients into scratch (row_terms summed them)
             local_query_gradients(q, k, v, k_profile, v_profile, grads[2], local, lse[2], *query_words, dq, *scratch, *local_shape,
                                   first_row=local_store.rows, **dq_inputs)
             dscales += scratch[2]
@@ -238,7 +245,9 @@ def _backward(grads: List[Tensor], saved: List[Tensor], times: List[Tensor], win
     else:
         dk_summary = chunk_summary_gradient(dk_chunks, timing.history_chunk, total).to(k.dtype)
         dv_summary = chunk_summary_gradient(dv_chunks, timing.history_chunk, total).to(v.dtype)
-    return d_qkv, dk_profile.to(k_profile.dtype), dv_profile.to(v_profile.dtype), dk_summary, dv_summary, dscales, d_gates
+    # copies: the profile gradients and dscales are views of one buffer, and a custom op's returns may not alias
+    return (d_qkv, dk_profile.to(k_profile.dtype, copy=True), dv_profile.to(v_profile.dtype, copy=True), dk_summary, dv_summary,
+            dscales, d_gates)
 
 
 @_backward.register_fake

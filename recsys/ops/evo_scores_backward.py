@@ -243,15 +243,16 @@ class SideStream:
             torch.cuda.current_stream(self.stream.device).wait_stream(self.stream)
 
 
-def score_stores(q: Tensor, key_counts: Sequence[int], length: int, window: int) -> Tuple[ScoreStore, ScoreStore]:
+def score_stores(q: Tensor, key_counts: Sequence[int], length: int, window: int, dscales: Tensor) -> Tuple[ScoreStore, ScoreStore]:
     """Uninitialised dS buffers for the local dK/dV kernel and the keyed one (one per list), rows
-    `[0, score_rows)`, each with a zeroed `[3, H]` float32 buffer for its share of the scales'
-    gradient: a buffer of its own, as an autotuning run zeroes (`reset_to_zero`) what it adds into."""
+    `[0, score_rows)`, both adding their share of the scales' gradient into the zeroed float32 `[3, H]`
+    `dscales`. One buffer is safe only in this order: the keyed kernel adds first, as its autotuning
+    run zeroes (`reset_to_zero`) what it adds into, and `window_scale_gradients` adds after it."""
     batch, heads = q.shape[:2]
     rows = score_rows(length, window)
     local = torch.empty(batch * heads, rows, 2 * score_block(window), device=q.device, dtype=q.dtype)
     keyed = [torch.empty(batch * heads, rows, count, device=q.device, dtype=q.dtype) for count in key_counts]
-    return tuple(ScoreStore(scores, rows, torch.zeros(3, heads, device=q.device, dtype=torch.float32)) for scores in ([local], keyed))
+    return ScoreStore([local], rows, dscales), ScoreStore(keyed, rows, dscales)
 
 
 def query_gradients_from_scores(q: Tensor, k: Tensor, k_profile: Tensor, dq: Tensor, local: ScoreStore, keyed: ScoreStore,
