@@ -50,8 +50,8 @@ from torch import Tensor
 from recsys.ops.evo_bias_triton import banded_terms, weekend_coefficients, weekend_value
 from recsys.ops.evo_keyed_triton import KEY_TILE, KeyList, ScoreStore, first_visible_query
 from recsys.ops.evo_local_triton import score_block
-from recsys.ops.triton_tiles import (INTERPRETED, backward_row_stats, head_base, head_strides, load_tile, output_row_terms,
-                                     profile_score_gradients, program_rows, row_gates, store_tile, tile_configs)
+from recsys.ops.triton_tiles import (INTERPRETED, head_base, head_strides, load_tile, output_backward_rows, profile_score_gradients,
+                                     program_rows, query_backward_rows, store_tile, tile_configs)
 
 # One configuration each (an autotuner of one candidate runs no benchmark; benchmarks/kernel_resources.py
 # reads the tables). The row-term pass is bandwidth-bound: one 64-row tile of each operand per program,
@@ -79,22 +79,12 @@ def _row_terms_kernel(Q, KP, VP, DO, O, LSE, DELTA, DO0, O0, LSE0, DELTA0, DO1, 
     row_base = pid_bh.to(tl.int64) * ROWS
     branch_rows = tl.num_programs(1).to(tl.int64) * ROWS  # one branch's gates
     out_base = head_base(b, h, OB, OH)
-    # every load before the first store: one memory round trip per program where there were three
-    # (a store may alias a later load, so the compiler keeps them in program order)
-    do0 = load_tile(DO0, head_base(b, h, GB0, GH0), offs_m, offs_d, GT0, rows)
-    o0 = load_tile(O0, out_base, offs_m, offs_d, OT, rows)
-    do1 = load_tile(DO1, head_base(b, h, GB1, GH1), offs_m, offs_d, GT1, rows)
-    o1 = load_tile(O1, out_base, offs_m, offs_d, OT, rows)
-    q = load_tile(Q, head_base(b, h, QB, QH), offs_m, offs_d, QT, rows)
-    do = load_tile(DO, head_base(b, h, GB, GH), offs_m, offs_d, GT, rows)
-    o = load_tile(O, out_base, offs_m, offs_d, OT, rows)
-    gate0 = row_gates(GATES, row_base, offs_m, rows, GATED)
-    gate1 = row_gates(GATES + branch_rows, row_base, offs_m, rows, GATED)
-    gate = row_gates(GATES + 2 * branch_rows, row_base, offs_m, rows, GATED)
-    lse = backward_row_stats(LSE, row_base, offs_m, rows)
-    output_row_terms(do0, o0, gate0, DELTA0, DGATES, row_base, offs_m, rows, GATED)
-    output_row_terms(do1, o1, gate1, DELTA1, DGATES + branch_rows, row_base, offs_m, rows, GATED)
-    do, delta = output_row_terms(do, o, gate, DELTA, DGATES + 2 * branch_rows, row_base, offs_m, rows, GATED)
+    output_backward_rows(DO0, head_base(b, h, GB0, GH0), GT0, O0, out_base, OT, LSE0, DELTA0, GATES, DGATES, row_base, offs_m, offs_d, rows,
+                         GATED)
+    output_backward_rows(DO1, head_base(b, h, GB1, GH1), GT1, O1, out_base, OT, LSE1, DELTA1, GATES + branch_rows, DGATES + branch_rows,
+                         row_base, offs_m, offs_d, rows, GATED)
+    q, do, lse, delta = query_backward_rows(Q, head_base(b, h, QB, QH), QT, DO, head_base(b, h, GB, GH), GT, O, out_base, OT, LSE, DELTA,
+                                            GATES + 2 * branch_rows, DGATES + 2 * branch_rows, row_base, offs_m, offs_d, rows, GATED)
     ds, _ = profile_score_gradients(q, do, lse, delta, KP, VP, DKP, DVP, pid_bh, offs_d, sm_scale, D)
     tl.store(DSP + row_base + offs_m, ds, mask=rows)
 

@@ -93,9 +93,7 @@ def finish_rows(acc, l_i, m_i):
 
 
 @triton.jit
-def backward_row_stats(LSE, row_base, offs_m, rows):
-    """A query tile's log-sum-exps in log2 units, +inf for rows without keys or past the end (so
-    their probabilities are 0)."""
+def _backward_row_stats(LSE, row_base, offs_m, rows):
     lse = tl.load(LSE + row_base + offs_m, mask=rows, other=float("inf"))
     return tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
 
@@ -108,7 +106,7 @@ def load_backward_rows(Q, q_base, q_stride, DO, do_base, do_stride, LSE, DELTA, 
     q = load_tile(Q, q_base, offs_m, offs_d, q_stride, rows)
     do = load_tile(DO, do_base, offs_m, offs_d, do_stride, rows)
     delta = tl.load(DELTA + row_base + offs_m, mask=rows, other=0.0)
-    return q, do, backward_row_stats(LSE, row_base, offs_m, rows), delta
+    return q, do, _backward_row_stats(LSE, row_base, offs_m, rows), delta
 
 
 @triton.jit
@@ -132,24 +130,15 @@ def output_backward_rows(DO, do_base, do_stride, O, o_base, o_stride, LSE, DELTA
     and rowsum(dO·O) is the gate's gradient, stored into `DGATE`."""
     do = load_tile(DO, do_base, offs_m, offs_d, do_stride, rows)
     out = load_tile(O, o_base, offs_m, offs_d, o_stride, rows)
-    gate = row_gates(GATE, row_base, offs_m, rows, GATED)
-    do, delta = output_row_terms(do, out, gate, DELTA, DGATE, row_base, offs_m, rows, GATED)
-    return do, backward_row_stats(LSE, row_base, offs_m, rows), delta
-
-
-@triton.jit
-def output_row_terms(do, out, gate, DELTA, DGATE, row_base, offs_m, rows, GATED: tl.constexpr):
-    """`output_backward_rows` on loaded dO and O tiles and gates (`row_gates`): a kernel that loads
-    every branch's tiles before it stores the first row term keeps all its loads in flight at once
-    (a store may alias a later load, so the compiler cannot move that load above it)."""
     delta = tl.sum(do.to(tl.float32) * out.to(tl.float32), 1)
     if GATED:
+        gate = tl.load(GATE + row_base + offs_m, mask=rows, other=0.0)
         tl.store(DGATE + row_base + offs_m, delta, mask=rows)
         delta = delta * gate
         # once per program here; the dK/dV kernels, which load dO per query tile, scale P and dP instead
         do = (do.to(tl.float32) * gate[:, None]).to(do.dtype)
     tl.store(DELTA + row_base + offs_m, delta, mask=rows)
-    return do, delta
+    return do, _backward_row_stats(LSE, row_base, offs_m, rows), delta
 
 
 @triton.jit
