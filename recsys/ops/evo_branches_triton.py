@@ -201,7 +201,7 @@ def _backward(grads: List[Tensor], saved: List[Tensor], times: List[Tensor], win
     dq, dk, dv = split_heads(d_qkv)
 
     # what the kernels add into (the profile key's and value's gradients, the scales', and the
-    # recomputed rows' scratch) in one zeroed buffer: one launch where there were up to nine
+    # recomputed rows' scratch) in one zeroed buffer: one launch where there were up to eight
     dk_profile, dv_profile, dscales, *scratch = _zeroed_float32(q.device, k_profile.shape, k_profile.shape, scales32.shape,
                                                                 *([k_profile.shape] * 2 + [scales32.shape] if stored_scores else []))
     keyed_lists = [KeyList(k_chunks, v_chunks, chunk_keys, global_out, grads[0], lse[0]),
