@@ -44,14 +44,18 @@ def _gradients(backward: str, monkeypatch, inputs, gated: bool):
         loss = (out * upstream[0]).sum()
     else:
         outs = evo_attend_packed(qkv, kp, vp, *summaries, geometry, window, scales, 0)
+        if upstream[0] is upstream[1]:  # one tensor handed to the three outputs, as a layer summing them gives it (one dO load)
+            return torch.autograd.grad(outs, leaves, list(upstream))
         loss = sum((o * u).sum() for o, u in zip(outs, upstream))
     return torch.autograd.grad(loss, leaves)
 
 
 # one case with three heads: the window scale sums unroll their head loop
-@pytest.mark.parametrize("length,candidates,gated,shared_summary,heads", [(37, 3, True, True, 2), (32, 0, False, True, 2),
-                                                                          (45, 2, True, False, 3), (40, 21, False, True, 2)])
-def test_stored_score_backward_equals_the_recomputing_one(monkeypatch, length, candidates, gated, shared_summary, heads):
+# one_upstream (ungated): the three outputs take one dO tensor, which the row-term pass loads once
+@pytest.mark.parametrize("length,candidates,gated,shared_summary,heads,one_upstream",
+                         [(37, 3, True, True, 2, False), (32, 0, False, True, 2, False), (45, 2, True, False, 3, False),
+                          (40, 21, False, True, 2, False), (35, 2, False, True, 2, True)])
+def test_stored_score_backward_equals_the_recomputing_one(monkeypatch, length, candidates, gated, shared_summary, heads, one_upstream):
     generator = torch.Generator().manual_seed(torch.seed() % 2**31)
     batch, dim, chunks, window, tail = 3, 16, 4, 8, 2
     times, layout = _histories(generator, batch, length, candidates, chunks)
@@ -64,6 +68,7 @@ def test_stored_score_backward_equals_the_recomputing_one(monkeypatch, length, c
     scales = (alibi_scales(heads) + 0.3 * torch.randn(3, heads, generator=generator)).requires_grad_()
     gates = torch.rand(3, batch, heads, total, generator=generator).requires_grad_()
     upstream = [torch.randn(batch, heads, total, dim, generator=generator) for _ in range(3)]
+    upstream = [upstream[0]] * 3 if one_upstream else upstream
     inputs = (qkv, kp, vp, summaries, geometry, window, scales, gates, upstream)
 
     expected = _gradients("recompute", monkeypatch, inputs, gated)

@@ -50,8 +50,8 @@ from torch import Tensor
 from recsys.ops.evo_bias_triton import banded_terms, weekend_coefficients, weekend_value
 from recsys.ops.evo_keyed_triton import KEY_TILE, KeyList, ScoreStore, first_visible_query
 from recsys.ops.evo_local_triton import score_block
-from recsys.ops.triton_tiles import (INTERPRETED, head_base, head_strides, load_tile, output_backward_rows, profile_score_gradients,
-                                     program_rows, query_backward_rows, store_tile, tile_configs)
+from recsys.ops.triton_tiles import (INTERPRETED, head_base, head_strides, load_tile, output_backward_rows, output_row_terms,
+                                     profile_score_gradients, program_rows, query_backward_rows, store_tile, tile_configs)
 
 # One configuration each (an autotuner of one candidate runs no benchmark; benchmarks/kernel_resources.py
 # reads the tables). The row-term pass is bandwidth-bound: one 64-row tile of each operand per program,
@@ -65,26 +65,38 @@ _DQ_TILES = [triton.Config({}, num_warps=1 if INTERPRETED else 4, num_stages=1)]
 _SCALE_SUM_TILES = tile_configs([(4, 64, 1, 1)])
 
 
-@triton.autotune(configs=_ROW_TILES, key=["ROWS", "D", "GATED"], reset_to_zero=["DKP", "DVP"])
+@triton.autotune(configs=_ROW_TILES, key=["ROWS", "D", "GATED", "SHARED_DO"], reset_to_zero=["DKP", "DVP"])
 @triton.jit
 def _row_terms_kernel(Q, KP, VP, DO, O, LSE, DELTA, DO0, O0, LSE0, DELTA0, DO1, O1, LSE1, DELTA1, GATES, DGATES, DKP, DVP, DSP, sm_scale,
                       ROWS, QB, QH, QT, OB, OH, OT, GB, GH, GT, GB0, GH0, GT0, GB1, GH1, GT1, H: tl.constexpr, D: tl.constexpr,
-                      GATED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                      GATED: tl.constexpr, SHARED_DO: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Row terms of the local (DO, O, LSE, DELTA), global (..0) and transition (..1) branches, the
     profile key's dS per row into DSP `[B·H, ROWS]` and its key's and value's gradients. GATED: every
     dO is the gated sum's gradient, GATES `[3, B·H, ROWS]` (global, transition, local) and DGATES
-    their gradient, written here. (BLOCK_N: unused, the tile tables' second size.)"""
+    their gradient, written here. SHARED_DO: the three dO are one tensor (the gated sum's gradient, or
+    one given to the three outputs), loaded once: 5 tiles per program instead of 7. (BLOCK_N: unused,
+    the tile tables' second size.)"""
     b, h, pid_bh, start_m, offs_m, rows = program_rows(BLOCK_M, H, ROWS)
     offs_d = tl.arange(0, D)
     row_base = pid_bh.to(tl.int64) * ROWS
     branch_rows = tl.num_programs(1).to(tl.int64) * ROWS  # one branch's gates
     out_base = head_base(b, h, OB, OH)
-    output_backward_rows(DO0, head_base(b, h, GB0, GH0), GT0, O0, out_base, OT, LSE0, DELTA0, GATES, DGATES, row_base, offs_m, offs_d, rows,
-                         GATED)
-    output_backward_rows(DO1, head_base(b, h, GB1, GH1), GT1, O1, out_base, OT, LSE1, DELTA1, GATES + branch_rows, DGATES + branch_rows,
-                         row_base, offs_m, offs_d, rows, GATED)
-    q, do, lse, delta = query_backward_rows(Q, head_base(b, h, QB, QH), QT, DO, head_base(b, h, GB, GH), GT, O, out_base, OT, LSE, DELTA,
-                                            GATES + 2 * branch_rows, DGATES + 2 * branch_rows, row_base, offs_m, offs_d, rows, GATED)
+    if SHARED_DO:  # one dO for the three branches: loaded once (DO0 and DO1 are DO)
+        do_shared = load_tile(DO, head_base(b, h, GB, GH), offs_m, offs_d, GT, rows)
+        output_row_terms(do_shared, O0, out_base, OT, LSE0, DELTA0, GATES, DGATES, row_base, offs_m, offs_d, rows, GATED)
+        output_row_terms(do_shared, O1, out_base, OT, LSE1, DELTA1, GATES + branch_rows, DGATES + branch_rows, row_base, offs_m, offs_d,
+                         rows, GATED)
+        q = load_tile(Q, head_base(b, h, QB, QH), offs_m, offs_d, QT, rows)
+        do, lse, delta = output_row_terms(do_shared, O, out_base, OT, LSE, DELTA, GATES + 2 * branch_rows, DGATES + 2 * branch_rows,
+                                          row_base, offs_m, offs_d, rows, GATED)
+    else:
+        output_backward_rows(DO0, head_base(b, h, GB0, GH0), GT0, O0, out_base, OT, LSE0, DELTA0, GATES, DGATES, row_base, offs_m, offs_d,
+                             rows, GATED)
+        output_backward_rows(DO1, head_base(b, h, GB1, GH1), GT1, O1, out_base, OT, LSE1, DELTA1, GATES + branch_rows,
+                             DGATES + branch_rows, row_base, offs_m, offs_d, rows, GATED)
+        q, do, lse, delta = query_backward_rows(Q, head_base(b, h, QB, QH), QT, DO, head_base(b, h, GB, GH), GT, O, out_base, OT, LSE,
+                                                DELTA, GATES + 2 * branch_rows, DGATES + 2 * branch_rows, row_base, offs_m, offs_d, rows,
+                                                GATED)
     ds, _ = profile_score_gradients(q, do, lse, delta, KP, VP, DKP, DVP, pid_bh, offs_d, sm_scale, D)
     tl.store(DSP + row_base + offs_m, ds, mask=rows)
 
@@ -173,6 +185,13 @@ def score_rows(length: int, window: int) -> int:
     return length // score_block(window) * score_block(window)
 
 
+def _one_tensor(grads: Sequence[Tensor]) -> bool:
+    """Whether the gradients are views of the same memory with the same strides (the gated sum's one
+    gradient, or one tensor given to the three outputs), so one load serves the three branches."""
+    first = grads[0]
+    return all(g.data_ptr() == first.data_ptr() and g.stride() == first.stride() and g.shape == first.shape for g in grads[1:])
+
+
 def row_terms(q: Tensor, k_profile: Tensor, v_profile: Tensor, grads: Sequence[Tensor], outputs: Sequence[Tensor], lses: Sequence[Tensor],
               sm_scale: float, dk_profile: Tensor, dv_profile: Tensor, gates: Tensor, d_gates: Tensor) -> Tuple[List[Tensor], Tensor]:
     """(the local, global and transition row terms `[B, H, T]`, the profile key's dS `[B, H, T]`), all
@@ -187,7 +206,7 @@ def row_terms(q: Tensor, k_profile: Tensor, v_profile: Tensor, grads: Sequence[T
     _row_terms_kernel[lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), batch * heads)](
         q, k_profile, v_profile, *[x for branch in branches for x in branch], gates if gated else deltas[0], d_gates if gated else deltas[0],
         dk_profile, dv_profile, ds_profile, sm_scale, rows, *head_strides(q), *head_strides(*outputs), *head_strides(grads[2]),
-        *head_strides(grads[0]), *head_strides(grads[1]), H=heads, D=dim, GATED=gated)
+        *head_strides(grads[0]), *head_strides(grads[1]), H=heads, D=dim, GATED=gated, SHARED_DO=_one_tensor(grads))
     return [deltas[2], deltas[0], deltas[1]], ds_profile
 
 

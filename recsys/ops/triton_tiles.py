@@ -129,6 +129,13 @@ def output_backward_rows(DO, do_base, do_stride, O, o_base, o_stride, LSE, DELTA
     gated sum, so the branch's dO is g·dO, its row term g·rowsum(dO·O),
     and rowsum(dO·O) is the gate's gradient, stored into `DGATE`."""
     do = load_tile(DO, do_base, offs_m, offs_d, do_stride, rows)
+    return output_row_terms(do, O, o_base, o_stride, LSE, DELTA, GATE, DGATE, row_base, offs_m, offs_d, rows, GATED)
+
+
+@triton.jit
+def output_row_terms(do, O, o_base, o_stride, LSE, DELTA, GATE, DGATE, row_base, offs_m, offs_d, rows, GATED: tl.constexpr):
+    """`output_backward_rows` for a dO tile already loaded: where the branches share one dO (the
+    gated sum's gradient, or one tensor given to all three outputs) the row-term pass loads it once."""
     out = load_tile(O, o_base, offs_m, offs_d, o_stride, rows)
     delta = tl.sum(do.to(tl.float32) * out.to(tl.float32), 1)
     if GATED:
