@@ -59,13 +59,13 @@ LOCAL = {
                   "Q K V KP VP T FLAGS CLOCK SCALES O LSE K0 V0 TK0 KEND0 KFLAGS0 KCLOCK0 O0 LSE0 K1 V1 TK1 KEND1 KFLAGS1 KCLOCK1 O1 LSE1"
                   " GATES FUSED sm_scale L ROWS NK0 NK1 QB QH QT OB OH OT",
                   "*bf16 *bf16 *bf16 *bf16 *bf16 *i32 *i32 *fp32 *fp32 *bf16 *fp32" + _KEY_LIST * 2 + " *fp32 *bf16 fp32 i32 i32 i32 i32"
-                  + _STRIDES * 2, {"KEYED": True, "KEY_BLOCK": 16, "GATED": True, "TMA": True}),
+                  + _STRIDES * 2, {"KEYED": True, "KEY_BLOCK": 16, "GATED": True}),
     "local dkdv": (evo_local_triton._local_dkdv_kernel,
                    "Q K V DO LSE DELTA GATE T FLAGS CLOCK SCALES DK DV CHUNK_ID DKC DVC P TAIL_SLOT DKT DVT NT DS DS_ROWS sm_scale L ROWS"
                    " QB QH QT GB GH GT",
                    "*bf16 *bf16 *bf16 *bf16 *fp32 *fp32 *fp32 *i32 *i32 *fp32 *fp32 *bf16 *bf16 *i32 *fp32 *fp32 i32 *i32 *fp32 *fp32 i32 *bf16"
                    " i32 fp32 i32 i32" + _STRIDES * 2,
-                   {"CHUNK_GRADS": True, "TAIL_GRADS": True, "GATED": True, "STORE_SCORES": False, "SCORE_BLOCK": 64, "TMA": True}),
+                   {"CHUNK_GRADS": True, "TAIL_GRADS": True, "GATED": True, "STORE_SCORES": False, "SCORE_BLOCK": 64}),
     "local dq": (evo_local_triton._local_dq_kernel,
                  "Q K V KP VP DO O LSE DELTA T FLAGS CLOCK SCALES DQ DKP DVP DSCALES K0 V0 TK0 KEND0 KFLAGS0 KCLOCK0 DO0 O0 LSE0 DELTA0 K1 V1 TK1"
                  " KEND1 KFLAGS1 KCLOCK1 DO1 O1 LSE1 DELTA1 GATES DGATES sm_scale L ROWS NK0 NK1 FIRST_ROW QB QH QT OB OH OT GB GH GT GB0 GH0 GT0"

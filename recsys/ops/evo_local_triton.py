@@ -22,7 +22,6 @@ Runs on CUDA; on CPU under Triton's interpreter (`TRITON_INTERPRET=1`), which th
 from __future__ import annotations
 
 import math
-import os
 from typing import List, NamedTuple, Optional, Sequence
 
 import torch
@@ -33,12 +32,9 @@ from torch import Tensor
 from recsys.ops.evo_bias_triton import (accumulate_key_gradients, accumulate_query_gradients, add_scale_gradients,
                                         event_clock, load_scales, tile_scores, weekend_coefficients, weekend_value)
 from recsys.ops.evo_keyed_triton import KEY_TILE, KeyList, KeyTimes, ScoreStore, attend_key_list, key_list_query_gradients, list_arguments
-from recsys.ops.triton_tiles import (INTERPRETED, backward_row_stats, finish_rows, head_base, head_descriptor, head_strides,
-                                     load_backward_rows, load_tile, online_softmax_step, pad_head_dim, padded_head_dim,
-                                     profile_key_gradients, profile_key_start, program_rows, query_backward_rows, row_gates,
-                                     store_scores, store_tile, tile_configs, tma_tiles)
-
-TMA_ENV = "RECSYS_LOCAL_TMA"
+from recsys.ops.triton_tiles import (INTERPRETED, finish_rows, head_base, head_strides, load_backward_rows, load_tile,
+                                     online_softmax_step, pad_head_dim, padded_head_dim, profile_key_gradients, profile_key_start,
+                                     program_rows, query_backward_rows, row_gates, store_scores, store_tile, tile_configs)
 
 
 
@@ -94,17 +90,13 @@ def _window_key_ranges(start_m, L, ROWS, WINDOW: tl.constexpr, BLOCK_M: tl.const
 @triton.jit
 def _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, sin_i, cos_i, gamma_i, delta_i, T_row, FLAGS_row, CLOCK_row, s_time, s_hour,
                  s_weekend, qk_scale, L, ROWS, KT, BLOCK_N: tl.constexpr, WINDOW: tl.constexpr, CANDIDATES: tl.constexpr,
-                 TERMS: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr, TMA: tl.constexpr = False):
+                 TERMS: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr):
     """The key tile at `start_n`, its log2-unit scores against the query block and (TERMS) the three
-    bias terms (forward and dQ). TMA: K and V are the head's descriptors (`head_descriptor`)."""
+    bias terms (forward and dQ)."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     cols = offs_n < ROWS
-    if TMA:
-        k = K.load([start_n, 0])
-        v = V.load([start_n, 0])
-    else:
-        k = load_tile(K, base, offs_n, offs_d, KT, cols)
-        v = load_tile(V, base, offs_n, offs_d, KT, cols)
+    k = load_tile(K, base, offs_n, offs_d, KT, cols)
+    v = load_tile(V, base, offs_n, offs_d, KT, cols)
     t_j, sin_j, cos_j, w_j, reach_j = _key_terms(T_row, FLAGS_row, CLOCK_row, offs_n, L, ROWS, WINDOW)
     scores, b_time, b_hour, b_weekend = _local_tile(q, k, offs_m, offs_n, t_i, sin_i, cos_i, gamma_i, delta_i, t_j, sin_j, cos_j, w_j,
                                                     reach_j, s_time, s_hour, s_weekend, qk_scale, L, CANDIDATES, TERMS, PRECISION, FAST_MATH)
@@ -140,27 +132,22 @@ def _branch_gates(GATES, branch, pid_bh, offs_m, rows, ROWS):
     return tl.load(GATES + (branch * tl.num_programs(1) + pid_bh).to(tl.int64) * ROWS + offs_m, mask=rows, other=0.0)
 
 
-@triton.autotune(configs=_FORWARD_TILES, key=["L", "ROWS", "D", "WINDOW", "KEYED", "NK0", "NK1", "GATED", "TMA"])
+@triton.autotune(configs=_FORWARD_TILES, key=["L", "ROWS", "D", "WINDOW", "KEYED", "NK0", "NK1", "GATED"])
 @triton.jit
 def _local_forward_kernel(Q, K, V, KP, VP, T, FLAGS, CLOCK, SCALES, O, LSE, K0, V0, TK0, KEND0, KFLAGS0, KCLOCK0, O0, LSE0, K1, V1, TK1,
                           KEND1, KFLAGS1, KCLOCK1, O1, LSE1, GATES, FUSED, sm_scale, L, ROWS, NK0, NK1, QB, QH, QT, OB, OH, OT,
                           H: tl.constexpr, D: tl.constexpr, WINDOW: tl.constexpr, CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr,
                           PRECISION: tl.constexpr, FAST_MATH: tl.constexpr, KEYED: tl.constexpr, GATED: tl.constexpr,
-                          KEY_BLOCK: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                          KEY_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """ROWS positions per (batch, head) row: the history `[0, L)`, then candidates. q, k and v share
     the (batch, head, row) strides QB, QH, QT; the outputs (OB, OH, OT). KEYED: the global and
     transition branches too (`evo_keyed_triton.attend_key_list`, KEY_BLOCK keys per tile), so the
     query tile and its terms are loaded once for the three branches, as in the dQ kernel. GATED
     (with KEYED): also the branches' sum weighted by per-row gates (`_branch_gates`) into FUSED,
-    which SparseCTR's layer reads instead of combining the three outputs in another pass. TMA: the
-    window's key and value tiles come through TMA descriptors (`head_descriptor`)."""
+    which SparseCTR's layer reads instead of combining the three outputs in another pass."""
     b, h, pid_bh, start_m, offs_m, rows = program_rows(BLOCK_M, H, ROWS)
     offs_d = tl.arange(0, D)
     base = head_base(b, h, QB, QH)
-    if TMA:
-        k_tiles, v_tiles = head_descriptor(K, base, ROWS, QT, BLOCK_N, D), head_descriptor(V, base, ROWS, QT, BLOCK_N, D)
-    else:
-        k_tiles, v_tiles = K, V
     q = load_tile(Q, base, offs_m, offs_d, QT, rows)
     T_row, FLAGS_row, CLOCK_row = T + b * ROWS, FLAGS + b * ROWS, CLOCK + b * 2 * ROWS
     t_i, sin_i, cos_i, gamma_i, delta_i = _query_terms(T_row, FLAGS_row, CLOCK_row, offs_m, rows, ROWS, WEEKEND_BOTH)
@@ -170,15 +157,15 @@ def _local_forward_kernel(Q, K, V, KP, VP, T, FLAGS, CLOCK, SCALES, O, LSE, K0, 
     acc, l_i, m_i = profile_key_start(q, KP, VP, pid_bh, offs_d, sm_scale, BLOCK_M, D)
     lo, hi, candidates_lo, candidates_hi = _window_key_ranges(start_m, L, ROWS, WINDOW, BLOCK_M, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
-        k, v, scores, _, _, _ = _window_tile(start_n, q, k_tiles, v_tiles, base, offs_m, offs_d, t_i, sin_i, cos_i, gamma_i, delta_i, T_row,
-                                             FLAGS_row, CLOCK_row, s_time, s_hour, 1.0, qk_scale, L, ROWS, QT, BLOCK_N, WINDOW, CANDIDATES,
-                                             False, PRECISION, FAST_MATH, TMA)
+        k, v, scores, _, _, _ = _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, sin_i, cos_i, gamma_i, delta_i, T_row, FLAGS_row,
+                                             CLOCK_row, s_time, s_hour, 1.0, qk_scale, L, ROWS, QT, BLOCK_N, WINDOW, CANDIDATES, False,
+                                             PRECISION, FAST_MATH)
         acc, l_i, m_i = online_softmax_step(acc, l_i, m_i, scores, v, PRECISION)
     if CANDIDATES:
         for start_n in range(candidates_lo, candidates_hi, BLOCK_N):
-            k, v, scores, _, _, _ = _window_tile(start_n, q, k_tiles, v_tiles, base, offs_m, offs_d, t_i, sin_i, cos_i, gamma_i, delta_i,
-                                                 T_row, FLAGS_row, CLOCK_row, s_time, s_hour, 1.0, qk_scale, L, ROWS, QT, BLOCK_N, WINDOW,
-                                                 CANDIDATES, False, PRECISION, FAST_MATH, TMA)
+            k, v, scores, _, _, _ = _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, sin_i, cos_i, gamma_i, delta_i, T_row,
+                                                 FLAGS_row, CLOCK_row, s_time, s_hour, 1.0, qk_scale, L, ROWS, QT, BLOCK_N, WINDOW, CANDIDATES,
+                                                 False, PRECISION, FAST_MATH)
             acc, l_i, m_i = online_softmax_step(acc, l_i, m_i, scores, v, PRECISION)
     out, lse = finish_rows(acc, l_i, m_i)
     store_tile(O, head_base(b, h, OB, OH), offs_m, offs_d, OT, rows, out)
@@ -204,8 +191,7 @@ def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, GATE, T, FLAGS, CLOCK, SCALES, D
                        DS, DS_ROWS, sm_scale, L, ROWS, QB, QH, QT, GB, GH, GT, H: tl.constexpr, D: tl.constexpr,
                        WINDOW: tl.constexpr, CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr,
                        FAST_MATH: tl.constexpr, CHUNK_GRADS: tl.constexpr, TAIL_GRADS: tl.constexpr, GATED: tl.constexpr,
-                       STORE_SCORES: tl.constexpr, SCORE_BLOCK: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr,
-                       BLOCK_N: tl.constexpr):
+                       STORE_SCORES: tl.constexpr, SCORE_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One key block per program: the query tiles whose window reaches it; dK and dV (the dQ kernel
     sums the temporal scales' gradient).
     CHUNK_GRADS / TAIL_GRADS: the block also adds what the global and transition branches give its
@@ -216,15 +202,10 @@ def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, GATE, T, FLAGS, CLOCK, SCALES, D
     STORE_SCORES (the stored-score backward, `evo_scores_backward`): also store the history rows'
     dS below DS_ROWS into `DS` `[B·H, DS_ROWS, 2·SCORE_BLOCK]` (row i's columns are the keys from the
     start of the SCORE_BLOCK-row block before its own); the temporal scales' gradient is then summed
-    from them (`evo_scores_backward`), not here: its per-pair terms took this kernel from 309 to 447 us.
-    TMA: the query tiles' q and dO come through TMA descriptors (`head_descriptor`)."""
+    from them (`evo_scores_backward`), not here: its per-pair terms took this kernel from 309 to 447 us."""
     b, h, pid_bh, start_n, offs_n, cols = program_rows(BLOCK_N, H, ROWS)
     offs_d = tl.arange(0, D)
     base, do_base = head_base(b, h, QB, QH), head_base(b, h, GB, GH)
-    if TMA:
-        q_tiles, do_tiles = head_descriptor(Q, base, ROWS, QT, BLOCK_M, D), head_descriptor(DO, do_base, ROWS, GT, BLOCK_M, D)
-    else:
-        q_tiles, do_tiles = Q, DO
     k = load_tile(K, base, offs_n, offs_d, QT, cols)
     v = load_tile(V, base, offs_n, offs_d, QT, cols)
     T_row, FLAGS_row, CLOCK_row = T + b * ROWS, FLAGS + b * ROWS, CLOCK + b * 2 * ROWS
@@ -236,9 +217,8 @@ def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, GATE, T, FLAGS, CLOCK, SCALES, D
     for start_m in range(start_n // BLOCK_M * BLOCK_M, tl.minimum(start_n + BLOCK_N + WINDOW - 1, L), BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         dk, dv = _key_block_update(dk, dv, k, v, t_j, sin_j, cos_j, w_j, reach_j, T_row, FLAGS_row, CLOCK_row, s_time, s_hour, s_weekend,
-                                   sm_scale, L, ROWS, q_tiles, do_tiles, LSE, DELTA, GATE, DS, DS_ROWS, base, QT, do_base, GT, pid_bh, start_m,
-                                   offs_m, offs_n, offs_d, offs_m < L, CANDIDATES, WEEKEND_BOTH, PRECISION, FAST_MATH, GATED, STORE_SCORES,
-                                   SCORE_BLOCK, TMA)
+                                   sm_scale, L, ROWS, Q, DO, LSE, DELTA, GATE, DS, DS_ROWS, base, QT, do_base, GT, pid_bh, offs_m, offs_n,
+                                   offs_d, offs_m < L, CANDIDATES, WEEKEND_BOTH, PRECISION, FAST_MATH, GATED, STORE_SCORES, SCORE_BLOCK)
     if CANDIDATES:  # all candidates see the last WINDOW history keys, each one its own key
         candidates_lo = tl.where(start_n >= L, start_n // BLOCK_M * BLOCK_M,
                                  tl.where(start_n + BLOCK_N > L - WINDOW, L // BLOCK_M * BLOCK_M, ROWS))
@@ -246,9 +226,9 @@ def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, GATE, T, FLAGS, CLOCK, SCALES, D
         for start_m in range(candidates_lo, candidates_hi, BLOCK_M):
             offs_m = start_m + tl.arange(0, BLOCK_M)
             dk, dv = _key_block_update(dk, dv, k, v, t_j, sin_j, cos_j, w_j, reach_j, T_row, FLAGS_row, CLOCK_row, s_time, s_hour,
-                                       s_weekend, sm_scale, L, ROWS, q_tiles, do_tiles, LSE, DELTA, GATE, DS, DS_ROWS, base, QT, do_base,
-                                       GT, pid_bh, start_m, offs_m, offs_n, offs_d, (offs_m >= L) & (offs_m < ROWS), CANDIDATES,
-                                       WEEKEND_BOTH, PRECISION, FAST_MATH, GATED, STORE_SCORES, SCORE_BLOCK, TMA)
+                                       s_weekend, sm_scale, L, ROWS, Q, DO, LSE, DELTA, GATE, DS, DS_ROWS, base, QT, do_base, GT, pid_bh,
+                                       offs_m, offs_n, offs_d, (offs_m >= L) & (offs_m < ROWS), CANDIDATES, WEEKEND_BOTH, PRECISION,
+                                       FAST_MATH, GATED, STORE_SCORES, SCORE_BLOCK)
     dk = dk * sm_scale
     history = cols & (offs_n < L)
     if CHUNK_GRADS:
@@ -261,7 +241,7 @@ def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, GATE, T, FLAGS, CLOCK, SCALES, D
     store_tile(DV, base, offs_n, offs_d, QT, cols, dv)
 
 
-_DKDV_KEY = ["L", "ROWS", "D", "WINDOW", "GATED", "STORE_SCORES", "TMA"]
+_DKDV_KEY = ["L", "ROWS", "D", "WINDOW", "GATED", "STORE_SCORES"]
 # The same kernel as the stored-score backward runs it, behind an autotuner with its own tiles.
 _local_dkdv_stored_kernel = triton.autotune(configs=_DKDV_STORED_TILES, key=_DKDV_KEY)(_local_dkdv_kernel)
 _local_dkdv_kernel = triton.autotune(configs=_DKDV_TILES, key=_DKDV_KEY)(_local_dkdv_kernel)
@@ -269,19 +249,12 @@ _local_dkdv_kernel = triton.autotune(configs=_DKDV_TILES, key=_DKDV_KEY)(_local_
 
 @triton.jit
 def _key_block_update(dk, dv, k, v, t_j, sin_j, cos_j, w_j, reach_j, T_row, FLAGS_row, CLOCK_row, s_time, s_hour, s_weekend, sm_scale, L,
-                      ROWS, Q, DO, LSE, DELTA, GATE, DS, DS_ROWS, base, QT, do_base, GT, pid_bh, start_m, offs_m, offs_n, offs_d, rows,
+                      ROWS, Q, DO, LSE, DELTA, GATE, DS, DS_ROWS, base, QT, do_base, GT, pid_bh, offs_m, offs_n, offs_d, rows,
                       CANDIDATES: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr,
-                      GATED: tl.constexpr, STORE_SCORES: tl.constexpr, SCORE_BLOCK: tl.constexpr, TMA: tl.constexpr):
-    """One query tile's (`rows` of `offs_m`, from `start_m`) contribution to a key block's dK and dV
-    (STORE_SCORES: its dS stored); t_j .. reach_j the block's `_key_terms`. TMA: Q and DO are the
-    head's descriptors; rows outside `rows` then hold real q and dO, which their +inf log-sum-exp
-    (no probability) keeps out of every sum."""
-    if TMA:
-        q, do = Q.load([start_m, 0]), DO.load([start_m, 0])
-        lse, delta_row = backward_row_stats(LSE, DELTA, pid_bh.to(tl.int64) * ROWS, offs_m, rows)
-    else:
-        q, do, lse, delta_row = load_backward_rows(Q, base, QT, DO, do_base, GT, LSE, DELTA, pid_bh.to(tl.int64) * ROWS, offs_m, offs_d,
-                                                   rows)
+                      GATED: tl.constexpr, STORE_SCORES: tl.constexpr, SCORE_BLOCK: tl.constexpr):
+    """One query tile's (`rows` of `offs_m`) contribution to a key block's dK and dV (STORE_SCORES: its
+    dS stored); t_j .. reach_j the block's `_key_terms`."""
+    q, do, lse, delta_row = load_backward_rows(Q, base, QT, DO, do_base, GT, LSE, DELTA, pid_bh.to(tl.int64) * ROWS, offs_m, offs_d, rows)
     gate = row_gates(GATE, pid_bh.to(tl.int64) * ROWS, offs_m, rows, GATED)
     t_i, sin_i, cos_i, gamma_i, delta_i = _query_terms(T_row, FLAGS_row, CLOCK_row, offs_m, rows, ROWS, WEEKEND_BOTH)
     qk_scale = sm_scale * 1.4426950408889634
@@ -420,16 +393,8 @@ def local_forward(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile:
         q, k, v, k_profile, v_profile, times, flags, clock, scales32, out, lse, *arguments[:7], list_lses[0], *arguments[7:], list_lses[-1],
         lse if gates is None else gates, out if fused is None else fused, sm_scale, length, rows, lists[0].k.shape[2], lists[-1].k.shape[2],
         *head_strides(q, k, v), *head_strides(out, *(entry.out for entry in keyed), *([] if fused is None else [fused])), KEYED=bool(keyed),
-        GATED=gates is not None, KEY_BLOCK=KEY_TILE, TMA=_local_tma("forward", k, v), **_launch(q, length, window, weekend_rule))
+        GATED=gates is not None, KEY_BLOCK=KEY_TILE, **_launch(q, length, window, weekend_rule))
     return lses
-
-
-def _local_tma(kernel: str, *views: Tensor) -> bool:
-    """Whether a local kernel ("forward": the window's keys and values; "dkdv": the query tiles' q
-    and dO) reads its loop's tiles through TMA descriptors: where it can (`tma_tiles`), unless
-    RECSYS_LOCAL_TMA names neither it nor "1" (e.g. 0)."""
-    chosen = os.environ.get(TMA_ENV, "1").split(",")
-    return ("1" in chosen or kernel in chosen) and tma_tiles(*views)
 
 
 def score_block(window: int) -> int:
@@ -458,7 +423,7 @@ def local_key_gradients(q: Tensor, k: Tensor, v: Tensor, grad_out: Tensor, lse: 
         q, k, v, grad_out, lse, delta, delta if gate is None else gate, times, flags, clock, scales32, dk, dv, chunk_id, dkc, dvc, dkc.shape[2],
         tail_slot, dkt, dvt, dkt.shape[2], scores, score_rows, sm_scale, length, rows, *head_strides(q, k, v, dk, dv),
         *head_strides(grad_out), CHUNK_GRADS=chunk_grads, TAIL_GRADS=tail_grads, GATED=gate is not None, STORE_SCORES=store is not None,
-        SCORE_BLOCK=score_block(window), TMA=_local_tma("dkdv", q, grad_out), **_launch(q, length, window, weekend_rule))
+        SCORE_BLOCK=score_block(window), **_launch(q, length, window, weekend_rule))
 
 
 def local_query_gradients(q: Tensor, k: Tensor, v: Tensor, k_profile: Tensor, v_profile: Tensor, grad_out: Tensor, out: Tensor,

@@ -60,32 +60,6 @@ def load_tile(PTR, base, offs, offs_d, STRIDE, valid):
 
 
 @triton.jit
-def head_descriptor(PTR, base, ROWS, STRIDE, BLOCK: tl.constexpr, D: tl.constexpr):
-    """A TMA descriptor of one (batch, head)'s `[ROWS, D]` rows (STRIDE elements apart) at `base`:
-    tiles of BLOCK rows land in shared memory without a round trip through registers, and rows past
-    ROWS read as zeros (`tma_tiles`)."""
-    return tl.make_tensor_descriptor(PTR + base, shape=[ROWS, D], strides=[STRIDE, 1], block_shape=[BLOCK, D])
-
-
-def _scratch(size: int, alignment: int, stream) -> Tensor:
-    return torch.empty(size, dtype=torch.int8, device="cuda")
-
-
-def tma_tiles(*views: Tensor) -> bool:
-    """Whether the kernels may read these `[B, H, N, D]` views through TMA descriptors built in the
-    kernel (`head_descriptor`): on a Hopper GPU (or interpreted), with 16-byte aligned rows and
-    strides; also installs the workspace allocator the descriptors are written to. A launch asks
-    every time: the allocator is per thread context, and autograd runs the backward on its own thread."""
-    if not INTERPRETED and not (views[0].is_cuda and torch.cuda.get_device_capability(views[0].device)[0] >= 9):
-        return False
-    aligned = all(v.data_ptr() % 16 == 0 and v.stride(-1) == 1 and all(s * v.element_size() % 16 == 0 for s in v.stride()[:-1])
-                  for v in views)
-    if aligned:
-        triton.set_allocator(_scratch)
-    return aligned
-
-
-@triton.jit
 def store_tile(PTR, base, offs, offs_d, STRIDE, valid, value):
     tl.store(PTR + base + offs[:, None] * STRIDE + offs_d[None, :], value.to(PTR.dtype.element_ty), mask=valid[:, None])
 
@@ -122,12 +96,6 @@ def finish_rows(acc, l_i, m_i):
 def _backward_row_stats(LSE, row_base, offs_m, rows):
     lse = tl.load(LSE + row_base + offs_m, mask=rows, other=float("inf"))
     return tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
-
-
-@triton.jit
-def backward_row_stats(LSE, DELTA, row_base, offs_m, rows):
-    """`load_backward_rows`' log-sum-exp (log2 units) and row term, for a kernel that loads q and dO itself."""
-    return _backward_row_stats(LSE, row_base, offs_m, rows), tl.load(DELTA + row_base + offs_m, mask=rows, other=0.0)
 
 
 @triton.jit
