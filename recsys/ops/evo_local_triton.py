@@ -32,7 +32,7 @@ from torch import Tensor
 from recsys.ops.evo_bias_triton import (accumulate_key_gradients, accumulate_query_gradients, add_scale_gradients,
                                         event_clock, load_scales, tile_scores, weekend_coefficients, weekend_value)
 from recsys.ops.evo_keyed_triton import KEY_TILE, KeyList, KeyTimes, ScoreStore, attend_key_list, key_list_query_gradients, list_arguments
-from recsys.ops.triton_tiles import (INTERPRETED, backward_row_stats, finish_rows, head_base, head_strides, load_backward_rows, load_tile,
+from recsys.ops.triton_tiles import (INTERPRETED, finish_rows, head_base, head_strides, load_backward_rows, load_tile,
                                      online_softmax_step, pad_head_dim, padded_head_dim, profile_key_gradients, profile_key_start,
                                      program_rows, query_backward_rows, row_gates, store_scores, store_tile, tile_configs)
 
@@ -103,18 +103,6 @@ def _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, sin_i, cos_i, gamm
     return k, v, scores, b_time, b_hour, b_weekend
 
 
-@triton.jit
-def _window_scores(start_n, q, k, offs_m, t_i, sin_i, cos_i, gamma_i, delta_i, T_row, FLAGS_row, CLOCK_row, s_time, s_hour, qk_scale, L,
-                   ROWS, BLOCK_N: tl.constexpr, WINDOW: tl.constexpr, CANDIDATES: tl.constexpr, PRECISION: tl.constexpr,
-                   FAST_MATH: tl.constexpr):
-    """`_window_tile`'s log2-unit scores (no terms) for a key tile `k` already loaded."""
-    offs_n = start_n + tl.arange(0, BLOCK_N)
-    t_j, sin_j, cos_j, w_j, reach_j = _key_terms(T_row, FLAGS_row, CLOCK_row, offs_n, L, ROWS, WINDOW)
-    scores, _, _, _ = _local_tile(q, k, offs_m, offs_n, t_i, sin_i, cos_i, gamma_i, delta_i, t_j, sin_j, cos_j, w_j, reach_j, s_time,
-                                  s_hour, 1.0, qk_scale, L, CANDIDATES, False, PRECISION, FAST_MATH)
-    return scores
-
-
 # Tiles from the H100 sweep (`benchmarks/tile_sweep.py`, session 11 calls 4-10; benchmarks/RESULTS.md),
 # head dim 64: the configurations within 10 % of the best. Triton's one autotuning pass is no judge
 # of these: in one process it picked the spilling 128x64 dQ (25 % slower). The loops are 2-4 tiles
@@ -134,7 +122,7 @@ _DQ_TILES = tile_configs([(32, 16, 1, 1)])
 _DKDV_TILES = tile_configs([(32, 32, 2, 1, 168)])
 # The stored-score backward's dK/dV tile: the recomputing kernel's, at its 168-register cap (H200,
 # session 17 call B: 309.5 us with the dS stores, the best of that sweep).
-_DKDV_STORED_TILES = tile_configs([(32, 32, 2, 1)])
+_DKDV_STORED_TILES = tile_configs([(32, 32, 2, 1, 168)])
 
 
 @triton.jit
@@ -168,19 +156,10 @@ def _local_forward_kernel(Q, K, V, KP, VP, T, FLAGS, CLOCK, SCALES, O, LSE, K0, 
     qk_scale = sm_scale * 1.4426950408889634
     acc, l_i, m_i = profile_key_start(q, KP, VP, pid_bh, offs_d, sm_scale, BLOCK_M, D)
     lo, hi, candidates_lo, candidates_hi = _window_key_ranges(start_m, L, ROWS, WINDOW, BLOCK_M, BLOCK_N)
-    # the next key tile's k and v are loaded while this one's scores are built: the loads' latency,
-    # not the arithmetic, stalled the loop (Nsight Compute, session 20 call 1)
-    # (a tile's keys up to ROWS: its last may hold candidates' own keys, `_window_key_ranges`)
-    k_next = load_tile(K, base, lo + tl.arange(0, BLOCK_N), offs_d, QT, lo + tl.arange(0, BLOCK_N) < tl.where(lo < hi, ROWS, 0))
-    v_next = load_tile(V, base, lo + tl.arange(0, BLOCK_N), offs_d, QT, lo + tl.arange(0, BLOCK_N) < tl.where(lo < hi, ROWS, 0))
     for start_n in range(lo, hi, BLOCK_N):
-        k, v = k_next, v_next
-        following = start_n + BLOCK_N + tl.arange(0, BLOCK_N)
-        fetched = following < tl.where(start_n + BLOCK_N < hi, ROWS, 0)  # none past the last tile
-        k_next = load_tile(K, base, following, offs_d, QT, fetched)
-        v_next = load_tile(V, base, following, offs_d, QT, fetched)
-        scores = _window_scores(start_n, q, k, offs_m, t_i, sin_i, cos_i, gamma_i, delta_i, T_row, FLAGS_row, CLOCK_row, s_time, s_hour,
-                                qk_scale, L, ROWS, BLOCK_N, WINDOW, CANDIDATES, PRECISION, FAST_MATH)
+        k, v, scores, _, _, _ = _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, sin_i, cos_i, gamma_i, delta_i, T_row, FLAGS_row,
+                                             CLOCK_row, s_time, s_hour, 1.0, qk_scale, L, ROWS, QT, BLOCK_N, WINDOW, CANDIDATES, False,
+                                             PRECISION, FAST_MATH)
         acc, l_i, m_i = online_softmax_step(acc, l_i, m_i, scores, v, PRECISION)
     if CANDIDATES:
         for start_n in range(candidates_lo, candidates_hi, BLOCK_N):
@@ -235,21 +214,11 @@ def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, GATE, T, FLAGS, CLOCK, SCALES, D
     dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, D], dtype=tl.float32)
     # history queries whose window reaches the block
-    # the next query tile's q and dO are loaded while this one's gradients are built (the loads' latency
-    # stalled the loop: Nsight Compute, session 20 call 1)
-    first_m, end_m = start_n // BLOCK_M * BLOCK_M, tl.minimum(start_n + BLOCK_N + WINDOW - 1, L)
-    q_next = load_tile(Q, base, first_m + tl.arange(0, BLOCK_M), offs_d, QT, first_m + tl.arange(0, BLOCK_M) < L)
-    do_next = load_tile(DO, do_base, first_m + tl.arange(0, BLOCK_M), offs_d, GT, first_m + tl.arange(0, BLOCK_M) < L)
-    for start_m in range(first_m, end_m, BLOCK_M):
+    for start_m in range(start_n // BLOCK_M * BLOCK_M, tl.minimum(start_n + BLOCK_N + WINDOW - 1, L), BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
-        q_tile, do_tile = q_next, do_next
-        following = offs_m + BLOCK_M
-        fetched = following < end_m  # no row past the block's reach (end_m <= L): they see none of its keys
-        q_next = load_tile(Q, base, following, offs_d, QT, fetched)
-        do_next = load_tile(DO, do_base, following, offs_d, GT, fetched)
-        dk, dv = _key_block_gradients(dk, dv, q_tile, do_tile, k, v, t_j, sin_j, cos_j, w_j, reach_j, T_row, FLAGS_row, CLOCK_row, s_time,
-                                      s_hour, s_weekend, sm_scale, L, ROWS, LSE, DELTA, GATE, DS, DS_ROWS, pid_bh, offs_m, offs_n,
-                                      offs_m < L, CANDIDATES, WEEKEND_BOTH, PRECISION, FAST_MATH, GATED, STORE_SCORES, SCORE_BLOCK)
+        dk, dv = _key_block_update(dk, dv, k, v, t_j, sin_j, cos_j, w_j, reach_j, T_row, FLAGS_row, CLOCK_row, s_time, s_hour, s_weekend,
+                                   sm_scale, L, ROWS, Q, DO, LSE, DELTA, GATE, DS, DS_ROWS, base, QT, do_base, GT, pid_bh, offs_m, offs_n,
+                                   offs_d, offs_m < L, CANDIDATES, WEEKEND_BOTH, PRECISION, FAST_MATH, GATED, STORE_SCORES, SCORE_BLOCK)
     if CANDIDATES:  # all candidates see the last WINDOW history keys, each one its own key
         candidates_lo = tl.where(start_n >= L, start_n // BLOCK_M * BLOCK_M,
                                  tl.where(start_n + BLOCK_N > L - WINDOW, L // BLOCK_M * BLOCK_M, ROWS))
@@ -285,20 +254,7 @@ def _key_block_update(dk, dv, k, v, t_j, sin_j, cos_j, w_j, reach_j, T_row, FLAG
                       GATED: tl.constexpr, STORE_SCORES: tl.constexpr, SCORE_BLOCK: tl.constexpr):
     """One query tile's (`rows` of `offs_m`) contribution to a key block's dK and dV (STORE_SCORES: its
     dS stored); t_j .. reach_j the block's `_key_terms`."""
-    q = load_tile(Q, base, offs_m, offs_d, QT, rows)
-    do = load_tile(DO, do_base, offs_m, offs_d, GT, rows)
-    return _key_block_gradients(dk, dv, q, do, k, v, t_j, sin_j, cos_j, w_j, reach_j, T_row, FLAGS_row, CLOCK_row, s_time, s_hour, s_weekend,
-                                sm_scale, L, ROWS, LSE, DELTA, GATE, DS, DS_ROWS, pid_bh, offs_m, offs_n, rows, CANDIDATES, WEEKEND_BOTH,
-                                PRECISION, FAST_MATH, GATED, STORE_SCORES, SCORE_BLOCK)
-
-
-@triton.jit
-def _key_block_gradients(dk, dv, q, do, k, v, t_j, sin_j, cos_j, w_j, reach_j, T_row, FLAGS_row, CLOCK_row, s_time, s_hour, s_weekend,
-                         sm_scale, L, ROWS, LSE, DELTA, GATE, DS, DS_ROWS, pid_bh, offs_m, offs_n, rows, CANDIDATES: tl.constexpr,
-                         WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr, GATED: tl.constexpr,
-                         STORE_SCORES: tl.constexpr, SCORE_BLOCK: tl.constexpr):
-    """`_key_block_update` for a query tile whose q and dO are loaded (zeros outside `rows`)."""
-    lse, delta_row = backward_row_stats(LSE, DELTA, pid_bh.to(tl.int64) * ROWS, offs_m, rows)
+    q, do, lse, delta_row = load_backward_rows(Q, base, QT, DO, do_base, GT, LSE, DELTA, pid_bh.to(tl.int64) * ROWS, offs_m, offs_d, rows)
     gate = row_gates(GATE, pid_bh.to(tl.int64) * ROWS, offs_m, rows, GATED)
     t_i, sin_i, cos_i, gamma_i, delta_i = _query_terms(T_row, FLAGS_row, CLOCK_row, offs_m, rows, ROWS, WEEKEND_BOTH)
     qk_scale = sm_scale * 1.4426950408889634

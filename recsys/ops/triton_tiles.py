@@ -99,12 +99,6 @@ def _backward_row_stats(LSE, row_base, offs_m, rows):
 
 
 @triton.jit
-def backward_row_stats(LSE, DELTA, row_base, offs_m, rows):
-    """`load_backward_rows`' log-sum-exp (log2 units) and row term, for a kernel that loads q and dO itself."""
-    return _backward_row_stats(LSE, row_base, offs_m, rows), tl.load(DELTA + row_base + offs_m, mask=rows, other=0.0)
-
-
-@triton.jit
 def load_backward_rows(Q, q_base, q_stride, DO, do_base, do_stride, LSE, DELTA, row_base, offs_m, offs_d, rows):
     """q, dO (each at its base and row stride), the log-sum-exp in log2 units (+inf for rows without
     keys or past the end, so their probabilities are 0) and the row term rowsum(dO·O) - dLSE (dense
