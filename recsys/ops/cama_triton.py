@@ -40,8 +40,8 @@ import triton.language as tl
 from torch import Tensor
 
 from recsys.ops.temporal import LOG_BUCKET_PER_OCTAVE, log_bucket
-from recsys.ops.triton_tiles import (INTERPRETED, LOG2E, backward_row_term, finish_rows, load_backward_rows, load_tile, merge_extra_key,
-                                     online_softmax_step, pad_head_dim, padded_head_dim, program_block, store_tile, tile_configs)
+from recsys.ops.triton_tiles import (INTERPRETED, LOG2E, RELAXED, backward_row_term, finish_rows, load_backward_rows, load_tile,
+                                     merge_extra_key, online_softmax_step, pad_head_dim, padded_head_dim, program_block, store_tile, tile_configs)
 
 _REAL, _HISTORY, _CANDIDATE, _FIRST_GROUP_BIT = 1, 2, 4, 3
 DIRECT_GATHER: tl.constexpr = tl.constexpr(not INTERPRETED)  # inline PTX does not run in the interpreter
@@ -505,7 +505,7 @@ def _cama_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, SEG, POS, FLAGS, END, HEAD_GRO
     store_tile(DV, base, offs_n, offs_d, D, cols, dv)
     if TABLE_GRAD:
         bins = tl.arange(0, TABLE_BINS)
-        tl.atomic_add(DTABLE + h * HEAD_STRIDE + bins * TABLE_STRIDE, histogram, mask=bins <= NUM_BUCKETS)
+        tl.atomic_add(DTABLE + h * HEAD_STRIDE + bins * TABLE_STRIDE, histogram, mask=bins <= NUM_BUCKETS, sem=RELAXED)
 
 
 @triton.jit

@@ -13,6 +13,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from recsys.ops.triton_tiles import RELAXED
+
 
 @triton.jit
 def _floor_log2(magnitude, FAST_MATH: tl.constexpr):
@@ -186,6 +188,6 @@ def banded_terms(t_i, sin_i, cos_i, gamma_i, delta_i, t_j, sin_j, cos_j, w_j, FA
 @triton.jit
 def add_scale_gradients(DSCALES, h, H: tl.constexpr, d_time, d_hour, d_weekend):
     """Add a program's sums to the `[3, H]` scales' gradient (programs of one head share it)."""
-    tl.atomic_add(DSCALES + h, tl.sum(d_time, 0))
-    tl.atomic_add(DSCALES + H + h, tl.sum(d_hour, 0))
-    tl.atomic_add(DSCALES + 2 * H + h, tl.sum(d_weekend, 0))
+    tl.atomic_add(DSCALES + h, tl.sum(d_time, 0), sem=RELAXED)
+    tl.atomic_add(DSCALES + H + h, tl.sum(d_hour, 0), sem=RELAXED)
+    tl.atomic_add(DSCALES + 2 * H + h, tl.sum(d_weekend, 0), sem=RELAXED)
