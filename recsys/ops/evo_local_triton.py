@@ -213,6 +213,19 @@ def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, GATE, T, FLAGS, CLOCK, SCALES, D
     s_time, s_hour, s_weekend = load_scales(SCALES, h, H)
     dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, D], dtype=tl.float32)
+    # The key lists' share starts the accumulators (dK's divided by the sm_scale it is multiplied by at
+    # the end), so its dependent loads (index, then row) overlap the query tiles instead of waiting at
+    # the end of a program three tiles long: added after the loop they cost 75 us of 280 at n = 8,192
+    # (benchmarks/RESULTS.md, session 21).
+    history = cols & (offs_n < L)
+    if CHUNK_GRADS:
+        chunk = tl.load(CHUNK_ID + b * L + offs_n, mask=history, other=0)
+        dk, dv = _add_key_rows(dk, dv, DKC, DVC, pid_bh, chunk - 1, P, offs_d, history & (chunk > 0), D)
+    if TAIL_GRADS:
+        slot = tl.load(TAIL_SLOT + b * L + offs_n, mask=history, other=-1)
+        dk, dv = _add_key_rows(dk, dv, DKT, DVT, pid_bh, slot, NT, offs_d, history & (slot >= 0), D)
+    if CHUNK_GRADS or TAIL_GRADS:
+        dk = dk * (1.0 / sm_scale)
     # history queries whose window reaches the block
     for start_m in range(start_n // BLOCK_M * BLOCK_M, tl.minimum(start_n + BLOCK_N + WINDOW - 1, L), BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -230,13 +243,6 @@ def _local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, GATE, T, FLAGS, CLOCK, SCALES, D
                                        offs_m, offs_n, offs_d, (offs_m >= L) & (offs_m < ROWS), CANDIDATES, WEEKEND_BOTH, PRECISION,
                                        FAST_MATH, GATED, STORE_SCORES, SCORE_BLOCK)
     dk = dk * sm_scale
-    history = cols & (offs_n < L)
-    if CHUNK_GRADS:
-        chunk = tl.load(CHUNK_ID + b * L + offs_n, mask=history, other=0)
-        dk, dv = _add_key_rows(dk, dv, DKC, DVC, pid_bh, chunk - 1, P, offs_d, history & (chunk > 0), D)
-    if TAIL_GRADS:
-        slot = tl.load(TAIL_SLOT + b * L + offs_n, mask=history, other=-1)
-        dk, dv = _add_key_rows(dk, dv, DKT, DVT, pid_bh, slot, NT, offs_d, history & (slot >= 0), D)
     store_tile(DK, base, offs_n, offs_d, QT, cols, dk)
     store_tile(DV, base, offs_n, offs_d, QT, cols, dv)
 
