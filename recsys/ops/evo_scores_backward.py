@@ -163,12 +163,12 @@ def _dq_from_scores_kernel(DS, DSP, K, KP, DSK0, K0, KEND0, KFLAGS0, DSK1, K1, K
     # the window (entries outside it, and before the first key, were never written)
     ds = tl.where((gap >= 0) & (gap < WINDOW) & (key_rows >= 0)[None, :], ds.to(tl.float32), 0.0)
     k = load_tile(K, base, key_rows, offs_d, QT, key_rows >= 0)
-    acc = tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
-    acc = _list_share(acc, DSK0, K0, KEND0, KFLAGS0, NK0, b, pid_bh, offs_m, offs_d, SCORE_ROWS, D, KEY_BLOCK, PRECISION)
-    acc = _list_share(acc, DSK1, K1, KEND1, KFLAGS1, NK1, b, pid_bh, offs_m, offs_d, SCORE_ROWS, D, KEY_BLOCK, PRECISION)
+    # the profile key's share starts the accumulator: its loads go out with the window's, not after the lists
     ds_profile = tl.load(DSP + pid_bh.to(tl.int64) * ROWS + offs_m)
     kp = tl.load(KP + pid_bh.to(tl.int64) * D + offs_d).to(tl.float32)
-    acc += ds_profile[:, None] * kp[None, :]
+    acc = tl.dot(ds.to(k.dtype), k, ds_profile[:, None] * kp[None, :], input_precision=PRECISION)
+    acc = _list_share(acc, DSK0, K0, KEND0, KFLAGS0, NK0, b, pid_bh, offs_m, offs_d, SCORE_ROWS, D, KEY_BLOCK, PRECISION)
+    acc = _list_share(acc, DSK1, K1, KEND1, KFLAGS1, NK1, b, pid_bh, offs_m, offs_d, SCORE_ROWS, D, KEY_BLOCK, PRECISION)
     store_tile(DQ, base, offs_m, offs_d, QT, offs_m < SCORE_ROWS, acc * sm_scale)
 
 
