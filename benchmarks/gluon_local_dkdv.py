@@ -13,10 +13,8 @@ only one half of the block's keys, computed as one tile.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -27,7 +25,8 @@ from triton.experimental.gluon.language.nvidia.hopper import async_copy, fence_a
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gluon_local_forward import _async_load, _block_barrier, _pair_bias, compile_offline, make_inputs, time_ms  # noqa: E402
+from gluon_local_forward import (_block_barrier, _pair_bias, compile_offline, make_inputs, parse_variants, prefetch_window_tiles,  # noqa: E402
+                                 probe_arguments, time_ms, weekend_coefficients)
 
 
 @gluon.jit
@@ -41,12 +40,7 @@ def _query_terms(start_q, T_row, FLAGS_row, CLOCK_row, LSE_row, DELTA_row, s_wee
     sin_i = gl.load(CLOCK_row + offs_q, mask=rows, other=0.0)
     cos_i = gl.load(CLOCK_row + L + offs_q, mask=rows, other=1.0)
     w_i = ((gl.load(FLAGS_row + offs_q, mask=rows, other=0) >> 1) & 1).to(gl.float32)
-    if WEEKEND_BOTH:
-        gamma_i = w_i * s_weekend
-        delta_i = (w_i * 0.0 - 1.0) * s_weekend
-    else:
-        gamma_i = (2.0 * w_i - 1.0) * s_weekend
-        delta_i = -w_i * s_weekend
+    gamma_i, delta_i = weekend_coefficients(w_i, s_weekend, WEEKEND_BOTH)
     lse = gl.load(LSE_row + offs_q, mask=rows, other=float("inf")) * 1.4426950408889634
     return offs_q, t_i, sin_i, cos_i, gamma_i, delta_i, lse, gl.load(DELTA_row + offs_q, mask=rows, other=0.0)
 
@@ -73,20 +67,9 @@ def _gluon_local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, FLAGS, CLOCK, SCALES, D
     start_n = gl.program_id(0) * BLOCK_N
     base = pid_bh.to(gl.int64) * L * D
 
-    # every q/dO tile of the rows that reach the block first (FOLD: the middle tiles, then both corners in one group)
-    q_smem = gl.allocate_shared_memory(gl.bfloat16, [NT, BLOCK_M, D], smem_layout)
-    do_smem = gl.allocate_shared_memory(gl.bfloat16, [NT, BLOCK_M, D], smem_layout)
-    tile_rows = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, load_layout))
+    # every q/dO tile of the rows that reach the block first
+    q_smem, do_smem = prefetch_window_tiles(Q, DO, base, start_n, L, NT, BLOCK_M, D, FOLD, load_layout, smem_layout)
     dims = gl.arange(0, D, layout=gl.SliceLayout(0, load_layout))
-    for i in gl.static_range(NT):
-        t = (i + 1) % NT if FOLD else i
-        query_rows = start_n + t * BLOCK_M + tile_rows
-        offsets = base + query_rows.to(gl.int64)[:, None] * D + dims[None, :]
-        valid = (query_rows < L)[:, None] & (dims < D)[None, :]
-        _async_load(q_smem.index(t), Q + offsets, mask=valid)
-        _async_load(do_smem.index(t), DO + offsets, mask=valid)
-        if (not FOLD) or (i < NT - 2) or (i == NT - 1):
-            async_copy.commit_group()
 
     key_rows = start_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, load_layout))
     key_valid = (key_rows < L)[:, None] & (dims < D)[None, :]
@@ -184,15 +167,6 @@ def gluon_local_dkdv(q, k, v, grad_out, lse, delta, times, flags, clock, scales3
 VARIANTS = [(32, False, None), (32, True, None), (32, False, 168), (32, True, 168), (16, False, None), (16, False, 128)]
 
 
-def parse_variants(text: str) -> list:
-    """'32,1,0,128;64,0,0,0' -> VARIANTS entries (0 as a register cap: none)."""
-    variants = []
-    for item in text.split(";"):
-        fields = [int(x) for x in item.split(",")]
-        variants.append((fields[0], *[bool(x) for x in fields[1:-1]], fields[-1] or None))
-    return variants
-
-
 def variant_name(block_m: int, fold: bool, cap) -> str:
     return f"gluon 64 keys x {block_m} rows{' folded' if fold else ''}{f' cap {cap}' if cap else ''}"
 
@@ -235,16 +209,7 @@ def run_gpu(args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=8192)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--variants", type=parse_variants, help="';'-separated variants in VARIANTS' order of fields, e.g. '32,1,0,128' "
-                        "(0/1 for flags, 0 for no register cap)")
-    parser.add_argument("--check-only", action="store_true", help="compile for sm_90 offline; no GPU")
-    parser.add_argument("--out", default=os.environ.get("OUT", "."))
+    parser = probe_arguments(__doc__)
     args = parser.parse_args()
     if args.variants:
         VARIANTS[:] = args.variants

@@ -53,6 +53,16 @@ def _abs_int(x):
 
 
 @gluon.jit
+def weekend_coefficients(w_i, s_weekend, WEEKEND_BOTH: gl.constexpr):
+    """Per query (gamma, delta), times the weekend scale, with b_weekend = gamma·w_j + delta
+    (`evo_bias_triton.weekend_coefficients`)."""
+    if WEEKEND_BOTH:
+        return w_i * s_weekend, (w_i * 0.0 - 1.0) * s_weekend
+    else:
+        return (2.0 * w_i - 1.0) * s_weekend, -w_i * s_weekend
+
+
+@gluon.jit
 def _key_terms(start_n, T_row, FLAGS_row, CLOCK_row, L, WINDOW: gl.constexpr, BLOCK_N: gl.constexpr, cols_layout: gl.constexpr):
     """A key tile's positions, int32 times, clock sines and cosines, weekend values and reach `[BN]`
     (a real key is visible from its row to WINDOW - 1 rows later, so visibility is one unsigned compare)."""
@@ -102,6 +112,29 @@ def _folded_bias(top, first_n, last_n, offs_m, t_i, sin_i, cos_i, gamma_i, delta
 
 
 @gluon.jit
+def prefetch_window_tiles(A, B, base, first_row, L, NT: gl.constexpr, BLOCK: gl.constexpr, D: gl.constexpr, FOLD: gl.constexpr,
+                          load_layout: gl.constexpr, smem_layout: gl.constexpr):
+    """Two `[NT, BLOCK, D]` shared buffers of the rows `first_row + t·BLOCK ..` of A and B (dense
+    `[.., L, D]` at `base`; zeros outside [0, L)), fetched by cp.async, one commit group per tile, so a
+    tile's wait leaves the later tiles' copies in flight. FOLD: the middle tiles first, then both
+    corner tiles in one group, since they are used together."""
+    a_smem = gl.allocate_shared_memory(gl.bfloat16, [NT, BLOCK, D], smem_layout)
+    b_smem = gl.allocate_shared_memory(gl.bfloat16, [NT, BLOCK, D], smem_layout)
+    tile_rows = gl.arange(0, BLOCK, layout=gl.SliceLayout(1, load_layout))
+    dims = gl.arange(0, D, layout=gl.SliceLayout(0, load_layout))
+    for i in gl.static_range(NT):
+        t = (i + 1) % NT if FOLD else i
+        rows = first_row + t * BLOCK + tile_rows
+        offsets = base + rows.to(gl.int64)[:, None] * D + dims[None, :]
+        valid = ((rows >= 0) & (rows < L))[:, None] & (dims < D)[None, :]
+        _async_load(a_smem.index(t), A + offsets, mask=valid)
+        _async_load(b_smem.index(t), B + offsets, mask=valid)
+        if (not FOLD) or (i < NT - 2) or (i == NT - 1):
+            async_copy.commit_group()
+    return a_smem, b_smem
+
+
+@gluon.jit
 def _gluon_local_forward_kernel(Q, K, V, KP, VP, T, FLAGS, CLOCK, SCALES, O, LSE, sm_scale, L,
                                 H: gl.constexpr, D: gl.constexpr, WINDOW: gl.constexpr, WEEKEND_BOTH: gl.constexpr,
                                 BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, FOLD: gl.constexpr, PV_ASYNC: gl.constexpr,
@@ -123,22 +156,9 @@ def _gluon_local_forward_kernel(Q, K, V, KP, VP, T, FLAGS, CLOCK, SCALES, O, LSE
     start_m = gl.program_id(0) * BLOCK_M
     base = pid_bh.to(gl.int64) * L * D
 
-    # every k/v tile of the window first, one commit group per tile
-    k_smem = gl.allocate_shared_memory(gl.bfloat16, [NT, BLOCK_N, D], smem_layout)
-    v_smem = gl.allocate_shared_memory(gl.bfloat16, [NT, BLOCK_N, D], smem_layout)
-    tile_rows = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, load_layout))
-    dims = gl.arange(0, D, layout=gl.SliceLayout(0, load_layout))
     first_key = start_m - WINDOW
-    # FOLD: the middle tiles first, then both corner tiles in one group (they are used together)
-    for i in gl.static_range(NT):
-        t = (i + 1) % NT if FOLD else i
-        key_rows = first_key + t * BLOCK_N + tile_rows
-        key_offsets = base + key_rows.to(gl.int64)[:, None] * D + dims[None, :]
-        key_valid = ((key_rows >= 0) & (key_rows < L))[:, None] & (dims < D)[None, :]
-        _async_load(k_smem.index(t), K + key_offsets, mask=key_valid)
-        _async_load(v_smem.index(t), V + key_offsets, mask=key_valid)
-        if (not FOLD) or (i < NT - 2) or (i == NT - 1):
-            async_copy.commit_group()
+    k_smem, v_smem = prefetch_window_tiles(K, V, base, first_key, L, NT, BLOCK_N, D, FOLD, load_layout, smem_layout)
+    dims = gl.arange(0, D, layout=gl.SliceLayout(0, load_layout))
 
     q_rows = start_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, load_layout))
     q_valid = (q_rows < L)[:, None] & (dims < D)[None, :]
@@ -158,12 +178,7 @@ def _gluon_local_forward_kernel(Q, K, V, KP, VP, T, FLAGS, CLOCK, SCALES, O, LSE
     s_time = gl.load(SCALES + h) * 1.4426950408889634
     s_hour = gl.load(SCALES + H + h) * 1.4426950408889634
     s_weekend = gl.load(SCALES + 2 * H + h) * 1.4426950408889634
-    if WEEKEND_BOTH:
-        gamma_i = w_i * s_weekend
-        delta_i = (w_i * 0.0 - 1.0) * s_weekend
-    else:
-        gamma_i = (2.0 * w_i - 1.0) * s_weekend
-        delta_i = -w_i * s_weekend
+    gamma_i, delta_i = weekend_coefficients(w_i, s_weekend, WEEKEND_BOTH)
     qk_scale = sm_scale * 1.4426950408889634
 
     kp = gl.load(KP + pid_bh.to(gl.int64) * D + dims).to(gl.float32)
@@ -348,17 +363,24 @@ def run_gpu(args) -> dict:
     return {"device": torch.cuda.get_device_name(), "n": args.n, "batch": args.batch, "heads": args.heads, "rows": rows}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def probe_arguments(description: str, variants: bool = True) -> argparse.ArgumentParser:
+    """The probes' common options (shape, timing, seed, output; the variants to run)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=8192)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--variants", type=parse_variants, help="';'-separated variants in VARIANTS' order of fields, e.g. '32,1,0,128' "
-                        "(0/1 for flags, 0 for no register cap)")
-    parser.add_argument("--check-only", action="store_true", help="compile for sm_90 offline; no GPU")
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
+    if variants:
+        parser.add_argument("--variants", type=parse_variants, help="';'-separated variants in VARIANTS' order of fields, e.g. "
+                            "'32,1,0,128' (0/1 for flags, 0 for no register cap)")
+        parser.add_argument("--check-only", action="store_true", help="compile for sm_90 offline; no GPU")
+    return parser
+
+
+def main() -> None:
+    parser = probe_arguments(__doc__)
     args = parser.parse_args()
     if args.variants:
         VARIANTS[:] = args.variants

@@ -10,16 +10,14 @@ runs 300 (`gpu_suite.py --profile`). This splits the difference.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gluon_local_forward import make_inputs, time_ms  # noqa: E402
+from gluon_local_forward import make_inputs, probe_arguments, time_ms  # noqa: E402
 
 
 def run_gpu(args) -> dict:
@@ -73,13 +71,7 @@ def run_gpu(args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=8192)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=os.environ.get("OUT", "."))
+    parser = probe_arguments(__doc__, variants=False)
     args = parser.parse_args()
     result = run_gpu(args)
     print(f"{'local dK/dV kernel':<28} {'us':>8} {'x plain':>8}")
