@@ -25,7 +25,7 @@ from triton.experimental.gluon.language.nvidia.hopper import async_copy, fence_a
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gluon_local_forward import (_block_barrier, _pair_bias, compile_offline, make_inputs, parse_variants, prefetch_window_tiles,  # noqa: E402
+from gluon_local_forward import (_block_barrier, _key_terms, _pair_bias, compile_offline, make_inputs, parse_variants, prefetch_window_tiles,  # noqa: E402
                                  probe_arguments, time_ms, weekend_coefficients)
 
 
@@ -82,14 +82,8 @@ def _gluon_local_dkdv_kernel(Q, K, V, DO, LSE, DELTA, T, FLAGS, CLOCK, SCALES, D
     CLOCK_row = CLOCK + b * 2 * L
     LSE_row = LSE + pid_bh.to(gl.int64) * L
     DELTA_row = DELTA + pid_bh.to(gl.int64) * L
-    offs_k = start_n + gl.arange(0, BLOCK_N, layout=keys_layout)
-    keys = offs_k < L
-    flags_j = gl.load(FLAGS_row + offs_k, mask=keys, other=0)
-    t_j = gl.load(T_row + offs_k, mask=keys, other=0)[:, None]
-    sin_j = gl.load(CLOCK_row + offs_k, mask=keys, other=0.0)[:, None]
-    cos_j = gl.load(CLOCK_row + L + offs_k, mask=keys, other=1.0)[:, None]
-    reach_j = gl.where((flags_j & 1) != 0, WINDOW, 0).to(gl.uint32)[:, None]
-    w_j = ((flags_j >> 1) & 1).to(gl.float32)[:, None]
+    offs_k, t_j, sin_j, cos_j, w_j, reach_j = _key_terms(start_n, T_row, FLAGS_row, CLOCK_row, L, WINDOW, BLOCK_N, keys_layout)
+    t_j, sin_j, cos_j, w_j, reach_j = t_j[:, None], sin_j[:, None], cos_j[:, None], w_j[:, None], reach_j[:, None]
     s_time = gl.load(SCALES + h) * 1.4426950408889634
     s_hour = gl.load(SCALES + H + h) * 1.4426950408889634
     s_weekend = gl.load(SCALES + 2 * H + h) * 1.4426950408889634
@@ -180,7 +174,8 @@ def run_gpu(args) -> dict:
     sm_scale = 1.0 / math.sqrt(64)
     out, lse = torch.empty_like(q), torch.empty(args.batch, args.heads, args.n, device="cuda")
     local_forward(q, k, v, kp, vp, times, flags, clock, scales, out, lse, args.n, 64, 0, sm_scale)
-    grad_out = torch.randn_like(q)
+    generator = torch.Generator(device="cuda").manual_seed(args.seed + 1)  # the upstream gradient: seeded like the inputs
+    grad_out = torch.randn(q.shape, generator=generator, device="cuda").to(q.dtype)
     delta = (grad_out.float() * out.float()).sum(-1).contiguous()
     reference_dk, reference_dv = torch.empty_like(q), torch.empty_like(q)
     triton_step = lambda: local_key_gradients(q, k, v, grad_out, lse, delta, times, flags, clock, scales, reference_dk, reference_dv, args.n,

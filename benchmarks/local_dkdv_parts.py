@@ -34,16 +34,16 @@ def run_gpu(args) -> dict:
     pq, pk, pv = (packed[:, :, i].transpose(1, 2) for i in range(3))
     out, lse = torch.empty_like(q), torch.empty(batch, heads, length, device="cuda")
     local_forward(q, k, v, kp, vp, times, flags, clock, scales, out, lse, length, window, 0, sm_scale)
-    grad_out = torch.randn_like(q)
+    generator = torch.Generator(device="cuda").manual_seed(args.seed + 1)  # upstream gradient, gates, key lists' rows
+    grad_out = torch.randn(q.shape, generator=generator, device="cuda").to(q.dtype)
     delta = (grad_out.float() * out.float()).sum(-1).contiguous()
-    gate = torch.rand(batch, heads, length, device="cuda")
+    gate = torch.rand(batch, heads, length, generator=generator, device="cuda")
     chunks = length // 64
     positions = torch.arange(length, device="cuda")
     chunk_id = (positions // 64 + 1).to(torch.int32).expand(batch, length).contiguous()
     tail_slot = torch.where(positions % 64 >= 62, 2 * (positions // 64) + positions % 64 - 62, -1).to(torch.int32).expand(batch, length).contiguous()
-    extra = KeyGradientsIn(chunk_id, torch.randn(batch, heads, chunks, dim, device="cuda"), torch.randn(batch, heads, chunks, dim, device="cuda"),
-                           tail_slot, torch.randn(batch, heads, 2 * chunks, dim, device="cuda"),
-                           torch.randn(batch, heads, 2 * chunks, dim, device="cuda"))
+    key_rows = lambda count: torch.randn(batch, heads, count, dim, generator=generator, device="cuda")  # noqa: E731
+    extra = KeyGradientsIn(chunk_id, key_rows(chunks), key_rows(chunks), tail_slot, key_rows(2 * chunks), key_rows(2 * chunks))
     rows_stored = length // score_block(window) * score_block(window)
     store = ScoreStore([torch.empty(batch * heads, rows_stored, 2 * score_block(window), device="cuda", dtype=q.dtype)], rows_stored,
                        torch.zeros(3, heads, device="cuda"))
