@@ -474,7 +474,7 @@ def attention_table(args) -> list[dict]:
                          "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else None,
                          **({"block_mask_ms": mask_ms} if fused_cama else {})})
             if args.profile:
-                rows[-1]["profile"] = profile_step(step, args.device)
+                rows[-1]["profile"] = profile_step(step, args.device, top=32)
             print(f"  attention {kernel:<30} n={n:>6}: {seconds * 1e3:9.2f} ms", file=sys.stderr, flush=True)
             del times, q, k, v, extra, upstream, packed
             cama_triton_ablation.update(bias=True, table_grad=True, fast_log2=True, bias_steps=CAMA_BIAS_STEPS, table_layout="head_major",
@@ -701,14 +701,21 @@ class LoggedResults(dict):
 def autotuned_configs() -> dict:
     """The tile each autotuned Triton kernel chose in this run (its last tuned shape): the tables'
     times belong to these."""
-    from recsys.ops import cama_triton, evo_keyed_triton, evo_local_triton
+    from recsys.ops import cama_triton, evo_keyed_triton, evo_local_triton, evo_scores_backward
+
+    def described(config) -> dict:
+        return {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages, "maxnreg": config.maxnreg}
 
     chosen = {}
-    for module in (cama_triton, evo_keyed_triton, evo_local_triton):
+    for module in (cama_triton, evo_keyed_triton, evo_local_triton, evo_scores_backward):
         for name, kernel in vars(module).items():
             best = getattr(kernel, "best_config", None)
             if isinstance(kernel, triton.runtime.Autotuner) and best is not None:
-                chosen[name] = {**best.kwargs, "num_warps": best.num_warps, "num_stages": best.num_stages, "maxnreg": best.maxnreg}
+                chosen[name] = described(best)
+                timings = getattr(kernel, "configs_timings", None)
+                if timings:  # every candidate's time (ms) where it tuned more than one
+                    chosen[name]["candidates"] = [{**described(config), "ms": list(ms) if isinstance(ms, (list, tuple)) else ms}
+                                                  for config, ms in timings.items()]
     return chosen
 
 

@@ -47,6 +47,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from recsys.ops import evo_key_lists_triton as key_lists
 from recsys.ops.evo_attention import EvoGeometry, FusedTimes, _gather_positions, chunk_membership, chunk_summaries_matmul
 from recsys.ops.evo_keyed_triton import KeyList, KeyListBackward, KeyTimes, keyed_key_gradients
 from recsys.ops.evo_local_triton import KeyGradientsIn, local_forward, local_key_gradients, local_query_gradients, score_block
@@ -140,15 +141,18 @@ def _forward(qkv: Tensor, k_profile: Tensor, v_profile: Tensor, k_summary: Tenso
     timing = FusedTimes(*times)
     length, num_chunks = chunk_id.shape[1], timing.chunk_end.shape[1]
     global_out, transition_out, local = (_branch_output(qkv) for _ in range(3))
-    membership = chunk_membership(chunk_id, num_chunks)
-    chunk_sizes = membership.sum(-1).clamp_min(1).float()
-    if shared_summary:
-        k_chunks, v_chunks = packed_chunk_summaries(qkv, membership, chunk_sizes)
+    if shared_summary and key_lists.fits(num_chunks):  # two launches where the PyTorch ops below took about a dozen
+        k_chunks, v_chunks, k_tails, v_tails, chunk_sizes = key_lists.packed_key_lists(qkv, timing.history_chunk, num_chunks, tail_positions)
     else:
-        k_chunks = chunk_summaries_matmul(k_summary[:, :, :length], membership).contiguous()
-        v_chunks = chunk_summaries_matmul(v_summary[:, :, :length], membership).contiguous()
+        membership = chunk_membership(chunk_id, num_chunks)
+        chunk_sizes = membership.sum(-1).clamp_min(1).float()
+        if shared_summary:
+            k_chunks, v_chunks = packed_chunk_summaries(qkv, membership, chunk_sizes)
+        else:
+            k_chunks = chunk_summaries_matmul(k_summary[:, :, :length], membership).contiguous()
+            v_chunks = chunk_summaries_matmul(v_summary[:, :, :length], membership).contiguous()
+        k_tails, v_tails = _gather_positions(k, tail_positions).contiguous(), _gather_positions(v, tail_positions).contiguous()
     chunk_keys = KeyTimes(timing.chunk_times, timing.chunk_end, timing.chunk_flags, timing.chunk_clock)
-    k_tails, v_tails = _gather_positions(k, tail_positions).contiguous(), _gather_positions(v, tail_positions).contiguous()
     tail_keys = KeyTimes(timing.tail_times, timing.tail_end, timing.tail_flags, timing.tail_clock)
     local_lse = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
     gated = gates.numel() > 0
