@@ -97,8 +97,8 @@ STORED = {
                        "DS DSP K KP DSK0 K0 KEND0 KFLAGS0 DSK1 K1 KEND1 KFLAGS1 DQ sm_scale ROWS SCORE_ROWS NK0 NK1 QB QH QT",
                        "*bf16 *fp32 *bf16 *bf16" + " *bf16 *bf16 *i32 *i32" * 2 + " *bf16 fp32 i32 i32 i32 i32" + _STRIDES,
                        {"SCORE_BLOCK": 64, "KEY_BLOCK": 16}),
-    "window scale sums": (evo_scores_backward._window_scale_sums_kernel, "DS T FLAGS CLOCK PARTIAL ROWS SCORE_ROWS",
-                          "*bf16 *i32 *i32 *fp32 *fp32 i32 i32", {"SCORE_BLOCK": 64, "BAND": 64}),
+    "window scale sums": (evo_scores_backward._window_scale_sums_kernel, "DS T FLAGS CLOCK PARTIAL SLOTS ROWS SCORE_ROWS",
+                          "*bf16 *i32 *i32 *fp32 *fp32 i32 i32 i32", {"SCORE_BLOCK": 64, "BAND": 64}),
 }
 SASS_OPS = ("HGMMA", "MUFU.EX2", "MUFU.LG2", "LDL", "STL", "LDS", "BAR", "LDGSTS")
 
