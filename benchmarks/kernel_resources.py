@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 os.environ["TRITON_INTERPRET"] = "0"  # compile for real even where tests set the interpreter
 
@@ -30,7 +31,7 @@ from triton.compiler import ASTSource  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from recsys.ops import cama_triton, evo_keyed_triton, evo_local_triton, evo_scores_backward  # noqa: E402
+from recsys.ops import cama_triton, evo_key_lists_triton, evo_keyed_triton, evo_local_triton, evo_scores_backward  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
@@ -100,6 +101,27 @@ STORED = {
     "window scale sums": (evo_scores_backward._window_scale_sums_kernel, "DS T FLAGS CLOCK PARTIAL SLOTS ROWS SCORE_ROWS",
                           "*bf16 *i32 *i32 *fp32 *fp32 i32 i32 i32", {"SCORE_BLOCK": 64, "BAND": 64}),
 }
+class Launched(NamedTuple):
+    """A kernel launched without the autotuner, with its one launch configuration (the tables' shape)."""
+
+    fn: object
+    configs: list
+
+
+# SparseCTR's key lists (`recsys.ops.evo_key_lists_triton`): the chunk sums over the k and v rows, then
+# the means, sizes and tails.
+_KEY_LIST_SUMS = evo_key_lists_triton._SUM_TILE
+KEY_LISTS = {
+    "chunk sums": (Launched(evo_key_lists_triton._chunk_sum_kernel,
+                            [triton.Config({"BLOCK_L": _KEY_LIST_SUMS["BLOCK_L"], "BLOCK_C": _KEY_LIST_SUMS["BLOCK_C"]},
+                                           num_warps=_KEY_LIST_SUMS["num_warps"], num_stages=_KEY_LIST_SUMS["num_stages"])]),
+                   "KV CHUNK_ID PARTS COUNTS L STRIDE_B STRIDE_T", "*bf16 *i32 *fp32 *fp32 i32 i32 i32",
+                   {"WIDTH": 1024, "P": 16, "P_PAD": 16, "SLICE": evo_key_lists_triton._SLICE_ROWS, "PRECISION": "tf32"}),
+    "chunk finish": (Launched(evo_key_lists_triton._chunk_finish_kernel, [triton.Config({}, num_warps=4)]),
+                     "PARTS COUNTS KV TAIL_POSITIONS K_CHUNKS V_CHUNKS SIZES K_TAILS V_TAILS SLICES STRIDE_B STRIDE_T NT",
+                     "*fp32 *fp32 *bf16 *i64 *bf16 *bf16 *fp32 *bf16 *bf16 i32 i32 i32 i32", {"H": 8, "D": 64, "P": 16, "HD_PAD": 512}),
+}
+
 SASS_OPS = ("HGMMA", "MUFU.EX2", "MUFU.LG2", "LDL", "STL", "LDS", "BAR", "LDGSTS")
 
 
@@ -115,7 +137,8 @@ STORED_CONSTANTS = {"local dkdv stored": LOCAL_CONSTANTS, "keyed dkdv stored": K
 KERNELS = {**{name: (entry, CAMA_CONSTANTS) for name, entry in POINTERS_AND_SCALARS.items()},
            **{name: (entry, LOCAL_CONSTANTS) for name, entry in LOCAL.items()},
            **{name: (entry, KEYED_CONSTANTS) for name, entry in KEYED.items()},
-           **{name: (entry, STORED_CONSTANTS[name]) for name, entry in STORED.items()}}
+           **{name: (entry, STORED_CONSTANTS[name]) for name, entry in STORED.items()},
+           **{name: (entry, {}) for name, entry in KEY_LISTS.items()}}
 
 
 # Lengths and strides the launch specialises as multiples of 16 (see `kernel_source`).
@@ -198,6 +221,8 @@ def main() -> None:
         for config in autotuned.configs:
             constants = dict(STORED_CONSTANTS[kernel], **({"D": args.head_dim} if "D" in STORED_CONSTANTS[kernel] else {}))
             rows.append({"variant": "stored scores", **compile_report(kernel, config, constants)})
+    for kernel, (launched, *_rest) in KEY_LISTS.items() if "chunk".startswith(args.only) or not args.only else ():
+        rows.append({"variant": "key lists", **compile_report(kernel, launched.configs[0], {})})
     print(f"{'kernel':<10} {'variant':<19} {'BM':>4} {'BN':>4} {'warps':>5} {'regs':>5} {'spill B':>8} {'smem KiB':>9} "
           + " ".join(f"{op:>9}" for op in SASS_OPS))
     for r in rows:

@@ -21,9 +21,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# The kernels of benchmarks/kernel_resources.py's tables (CamA's three, SparseCTR's local and keyed, and the stored-score backward's).
+# The kernels of benchmarks/kernel_resources.py's tables (CamA's three, SparseCTR's local and keyed, the stored-score backward's,
+# and the key lists').
 KERNELS = ("forward", "dkdv", "dq", "local fwd", "local dkdv", "local dq", "keyed dkdv", "local dkdv stored", "keyed dkdv stored", "row terms",
-           "dq from scores", "window scale sums")
+           "dq from scores", "window scale sums", "chunk sums", "chunk finish")
 
 
 @pytest.fixture(scope="module")
