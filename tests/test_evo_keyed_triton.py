@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from recsys.ops import evo_keyed_triton
 from recsys.ops.chunking import personalized_chunks
 from recsys.ops.evo_attention import evo_attend, evo_attend_fused, evo_geometry, global_branch, transition_branch
 from recsys.ops.temporal import alibi_scales
@@ -29,8 +30,12 @@ def _histories(generator: torch.Generator, batch: int, length: int, candidates: 
     return torch.cat([times, request], dim=1), layout
 
 
-@pytest.mark.parametrize("dim,tail,weekend_rule,utc_offset,candidates", [(16, 2, 0, 0, 3), (8, 3, 1, 8 * 3600, 0), (16, 1, 0, -5 * 3600, 2)])
-def test_keyed_kernel_equals_structural_global_and_transition_with_gradients(dim, tail, weekend_rule, utc_offset, candidates):
+@pytest.mark.parametrize("dim,tail,weekend_rule,utc_offset,candidates,queries_per_split",
+                         [(16, 2, 0, 0, 3, None), (8, 3, 1, 8 * 3600, 0, None), (16, 1, 0, -5 * 3600, 2, 24)])
+def test_keyed_kernel_equals_structural_global_and_transition_with_gradients(dim, tail, weekend_rule, utc_offset, candidates,
+                                                                             queries_per_split, monkeypatch):
+    if queries_per_split is not None:  # several query slices per key block, their bounds off the 16-row tiles
+        monkeypatch.setattr(evo_keyed_triton, "_QUERIES_PER_SPLIT", queries_per_split)
     generator = torch.Generator().manual_seed(torch.seed() % 2**31)
     batch, length, heads, chunks, window = 4, 41, 2, 5, 8
     times, layout = _histories(generator, batch, length, candidates, chunks)
