@@ -1,6 +1,7 @@
 # session 23 call 1: the grid order of every program_rows kernel, heads first (RECSYS_GRID_ORDER=heads)
 # against the launch order (blocks), on the SparseCTR node at n = 8,192 and CamA at 4,096; GPU
 # correctness with heads first
+# (RECSYS_GRID_ORDER was an uncommitted patch of triton_tiles.program_rows; not kept, see RESULTS session 23)
 source scripts/device_env.sh || exit 1
 S="python3 benchmarks/gpu_suite.py"
 A="--dataset /tmp/none --parts attention --min-n 8192 --max-n 8192 --kernels full_causal_sdpa,sparsectr_fused_layer_graph,sparsectr_fused_layer_gated_graph"

@@ -1,6 +1,7 @@
 # session 23 call 2: the dQ pass reading only the stored dS's 16-column groups that meet each row's
 # window (RECSYS_DS_GROUPS=1) against whole rows (0); the keyed dK/dV's query slice per program
 # (RECSYS_KEYED_QUERIES 512 / 1024 / 2048); node profile at n = 8,192; GPU correctness
+# (RECSYS_DS_GROUPS and RECSYS_KEYED_QUERIES were uncommitted patches; e833313 fixed the slice at 768, see RESULTS session 23)
 source scripts/device_env.sh || exit 1
 S="python3 benchmarks/gpu_suite.py"
 A="--dataset /tmp/none --parts attention --min-n 8192 --max-n 8192 --kernels full_causal_sdpa,sparsectr_fused_layer_graph,sparsectr_fused_layer_gated_graph"

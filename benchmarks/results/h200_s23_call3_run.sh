@@ -1,5 +1,6 @@
 # session 23 call 3: the keyed dK/dV's query slice per program (RECSYS_KEYED_QUERIES 384 / 512 / 768 /
 # 1024); the node timed twice at 512; GPU correctness and the training step at L = 4,096 at 512
+# (RECSYS_KEYED_QUERIES was an uncommitted patch of evo_keyed_triton; e833313 fixed the slice at 768)
 source scripts/device_env.sh || exit 1
 mkdir -p /tmp/perf && tar xzf .gpudata/perf.tgz -C /tmp/perf
 S="python3 benchmarks/gpu_suite.py"
