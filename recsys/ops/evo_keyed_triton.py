@@ -37,8 +37,8 @@ from recsys.ops.triton_tiles import (INTERPRETED, finish_rows, head_base, head_s
                                      online_softmax_step, output_backward_rows, row_gates, store_scores, store_tile, tile_configs)
 
 # dK/dV: queries one program walks for its key block. At n = 8,192 (B = 8, 8 heads; H200, session 23
-# calls 2-3) 768 took the kernel to 108-111 us from 131-135 at 1,024 (384: 120, 512: 113-117, 2,048:
-# 125): more, shorter programs fill the chip's last wave of one-warp programs, and the partials' sum
+# calls 2-4) 768 took the kernel to 108-109 us from 131-132 at 1,024 (384: 120, 512: 113-115, 640: 118,
+# 896: 121, 2,048: 125): more, shorter programs fill the chip's last wave of one-warp programs, and the partials' sum
 # grows only from 7 to 8 us. Any count works: a slice's rows are masked at its end.
 _QUERIES_PER_SPLIT = 768
 
