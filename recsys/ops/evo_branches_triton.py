@@ -49,7 +49,7 @@ from torch import Tensor
 
 from recsys.ops import evo_key_lists_triton as key_lists
 from recsys.ops.evo_attention import EvoGeometry, FusedTimes, _gather_positions, chunk_membership, chunk_summaries_matmul
-from recsys.ops.evo_keyed_triton import KeyList, KeyListBackward, KeyTimes, keyed_key_gradients
+from recsys.ops.evo_keyed_triton import KeyList, KeyListBackward, KeyTimes, arrival_counters, keyed_key_gradients
 from recsys.ops.evo_local_triton import KeyGradientsIn, local_forward, local_key_gradients, local_query_gradients, score_block
 from recsys.ops.evo_scores_backward import SideStream, query_gradients_from_scores, row_terms, score_stores, window_scale_gradients
 from recsys.ops.triton_tiles import INTERPRETED, pad_head_dim, padded_head_dim
@@ -204,10 +204,11 @@ def _backward(grads: List[Tensor], saved: List[Tensor], times: List[Tensor], win
     d_qkv = torch.empty_like(qkv)
     dq, dk, dv = split_heads(d_qkv)
 
-    # what the kernels add into (the profile key's and value's gradients, the scales', and the
-    # recomputed rows' scratch) in one zeroed buffer: one launch where there were up to eight
-    dk_profile, dv_profile, dscales, *scratch = _zeroed_float32(q.device, k_profile.shape, k_profile.shape, scales32.shape,
-                                                                *([k_profile.shape] * 2 + [scales32.shape] if stored_scores else []))
+    # what the kernels add into (the profile key's and value's gradients, the scales', the keyed
+    # kernel's arrival counters and the recomputed rows' scratch) in one zeroed buffer: one launch where there were up to eight
+    counters = (arrival_counters(q.shape[0], q.shape[1], [k_chunks.shape[2], k_tails.shape[2]]),)
+    dk_profile, dv_profile, dscales, arrived, *scratch = _zeroed_float32(
+        q.device, k_profile.shape, k_profile.shape, scales32.shape, counters, *([k_profile.shape] * 2 + [scales32.shape] if stored_scores else []))
     keyed_lists = [KeyList(k_chunks, v_chunks, chunk_keys, global_out, grads[0], lse[0]),
                    KeyList(k_tails, v_tails, tail_keys, transition_out, grads[1], lse[1])]
     gated = gates.numel() > 0
@@ -226,15 +227,20 @@ def _backward(grads: List[Tensor], saved: List[Tensor], times: List[Tensor], win
 
     (dk_chunks, dv_chunks), (dk_tails, dv_tails) = keyed_key_gradients(
         q, [KeyListBackward(keyed_lists[0], global_delta, branch_gates[0]), KeyListBackward(keyed_lists[1], tail_delta, branch_gates[1])],
-        *keyed, scales32, *shape, store=keyed_store, chunk_sizes=chunk_sizes)
+        *keyed, scales32, *shape, arrived, store=keyed_store, chunk_sizes=chunk_sizes)
     tail_in = KeyGradientsIn(tail_slot=timing.tail_slot, d_tail_keys=dk_tails, d_tail_values=dv_tails)
     extra = tail_in._replace(chunk_id=timing.history_chunk, d_chunk_keys=dk_chunks, d_chunk_values=dv_chunks) if shared_summary else tail_in
     local_key_gradients(q, k, v, grads[2], lse[2], local_delta, *query_words, dk, dv, *local_shape, extra=extra, gate=branch_gates[2],
                         store=local_store)
     if stored_scores:
         side = SideStream(q.device if os.environ.get(OVERLAP_ENV, "1") == "1" else torch.device("cpu"))
+        # the profile gradients in their dtype: final since the row-term pass, so cast beside the dQ pass too (into memory of the
+        # caller's stream, which the side stream only writes before its join)
+        profile_grads = [torch.empty_like(k_profile), torch.empty_like(v_profile)]
         with side:  # beside the dQ pass: both only read the stored dS, and neither fills the chip (benchmarks/RESULTS.md, session 18)
             window_scale_gradients(local_store, *keyed, heads=q.shape[1], window=window, weekend_rule=weekend_rule)
+            for cast, grad in zip(profile_grads, (dk_profile, dv_profile)):
+                cast.copy_(grad)
         query_gradients_from_scores(q, k, k_profile, dq, local_store, keyed_store, keyed_lists, ds_profile, window, sm_scale)
         side.join()
         if local_store.rows < total:  # the history's remainder and the candidates, recomputed: their rows' share of the scales'
@@ -243,15 +249,16 @@ def _backward(grads: List[Tensor], saved: List[Tensor], times: List[Tensor], win
             local_query_gradients(q, k, v, k_profile, v_profile, grads[2], local, lse[2], *query_words, dq, *scratch, *local_shape,
                                   first_row=local_store.rows, **dq_inputs)
             dscales += scratch[2]
+    else:  # the recomputing dQ kernel added into the profile gradients
+        profile_grads = [dk_profile.to(k_profile.dtype, copy=True), dv_profile.to(v_profile.dtype, copy=True)]
 
     if shared_summary:
         dk_summary, dv_summary = q.new_empty(0), q.new_empty(0)  # two tensors: a custom op's returns may not alias
     else:
         dk_summary = chunk_summary_gradient(dk_chunks, timing.history_chunk, total).to(k.dtype)
         dv_summary = chunk_summary_gradient(dv_chunks, timing.history_chunk, total).to(v.dtype)
-    # copies: the profile gradients and dscales are views of one buffer, and a custom op's returns may not alias
-    return (d_qkv, dk_profile.to(k_profile.dtype, copy=True), dv_profile.to(v_profile.dtype, copy=True), dk_summary, dv_summary,
-            dscales, d_gates)
+    # the profile gradients are copies: they and dscales are views of one buffer, and a custom op's returns may not alias
+    return d_qkv, *profile_grads, dk_summary, dv_summary, dscales, d_gates
 
 
 @_backward.register_fake

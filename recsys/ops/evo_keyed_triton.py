@@ -13,8 +13,9 @@ tensors and runs SDPA with an additive mask; here the bias is computed per tile 
 int32 times, weekend bits and clock words (`evo_bias_triton.composite_terms`, shared with the local branch).
 
 The key lists are short (chunks, chunks × tail), so dK/dV splits the queries over `SPLIT` programs
-per key block and sums their float32 partials afterwards: one program per key block would leave
-most of the GPU idle. One launch serves both lists, so their programs read each q and dO tile
+per key block: one program per key block would leave most of the GPU idle. Each stores its float32
+partial, and the block's last program to finish (an arrival counter) sums the partials in slice
+order, so the result does not depend on which program came last, and no second launch sums them. One launch serves both lists, so their programs read each q and dO tile
 once from memory between them.
 
 The launchers below are driven by `recsys.ops.evo_branches_triton`, the one autograd node of the
@@ -38,8 +39,8 @@ from recsys.ops.triton_tiles import (INTERPRETED, finish_rows, head_base, head_s
 
 # dK/dV: queries one program walks for its key block. At n = 8,192 (B = 8, 8 heads; H200, session 23
 # calls 2-4) 768 took the kernel to 108-109 us from 131-132 at 1,024 (384: 120, 512: 113-115, 640: 118,
-# 896: 121, 2,048: 125): more, shorter programs fill the chip's last wave of one-warp programs, and the partials' sum
-# grows only from 7 to 8 us. Any count works: a slice's rows are masked at its end.
+# 896: 121, 2,048: 125): more, shorter programs fill the chip's last wave of one-warp programs (then with a
+# separate sum of the partials, 7-8 us). Any count works: a slice's rows are masked at its end.
 _QUERIES_PER_SPLIT = 768
 
 
@@ -134,12 +135,13 @@ def attend_key_list(q, K, V, TK, KEND, KFLAGS, KCLOCK, O, LSE, NK, b, h, pid_bh,
 
 @triton.jit
 def _key_block_gradients(block, split, b, h, pid_bh, Q, K, V, DO, LSE, DELTA, GATE, TQ, QFLAGS, QCLOCK, TK, KEND, KFLAGS, KCLOCK, s_time,
-                         s_hour, s_weekend, DK, DV, DS, DSCALES, SIZES, sm_scale, T, L, NK, QUERIES, DS_ROWS, SPLIT_STRIDE, QB, QH, QT, GB,
+                         s_hour, s_weekend, DK, DV, DKO, DVO, ARRIVED, DS, DSCALES, SIZES, sm_scale, T, L, NK, QUERIES, DS_ROWS, SPLITS,
+                         SPLIT_STRIDE, QB, QH, QT, GB,
                          GH, GT, H: tl.constexpr, D: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr,
                          FAST_MATH: tl.constexpr, GATED: tl.constexpr, STORE_SCORES: tl.constexpr, MEANS: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """One key block of one list and one slice of `QUERIES` queries: float32 partial dK, dV (summed
-    over the slices by the caller). GATED: `DO` is the gated sum's gradient and `GATE` this branch's
+    """One key block of one list and one slice of `QUERIES` queries: float32 partial dK, dV into DK,
+    DV, and the slices' sum into DKO, DVO (`_sum_slices`). GATED: `DO` is the gated sum's gradient and `GATE` this branch's
     gates (`row_gates`). STORE_SCORES (the stored-score backward, `evo_scores_backward`): also store
     the tile's dS into `DS` `[B·H, DS_ROWS, NK]` (rows past DS_ROWS not stored; rows no key of the
     block sees are not visited, so the reader masks by visibility) and add those rows' pairs' share of
@@ -184,18 +186,44 @@ def _key_block_gradients(block, split, b, h, pid_bh, Q, K, V, DO, LSE, DELTA, GA
     if MEANS:  # the keys are chunk means: each row's gradient reaches its chunk's events divided by the chunk's size
         inverse = 1.0 / tl.load(SIZES + b * NK + offs_n, mask=cols, other=1.0)
         dk, dv = dk * inverse[:, None], dv * inverse[:, None]
-    partial_base = split.to(tl.int64) * SPLIT_STRIDE + pid_bh.to(tl.int64) * NK * D
-    store_tile(DK, partial_base, offs_n, offs_d, D, cols, dk * sm_scale)
-    store_tile(DV, partial_base, offs_n, offs_d, D, cols, dv)
+    _sum_slices(dk * sm_scale, dv, split, pid_bh, offs_n, offs_d, cols, DK, DV, DKO, DVO, ARRIVED, NK, SPLITS, SPLIT_STRIDE, D)
     if STORE_SCORES:
         add_scale_gradients(DSCALES, h, H, d_time, d_hour, d_weekend)
 
 
+@triton.jit
+def _sum_slices(dk, dv, split, pid_bh, offs_n, offs_d, cols, DK, DV, DKO, DVO, ARRIVED, NK, SPLITS, SPLIT_STRIDE, D: tl.constexpr):
+    """Store this slice's partial dK, dV; the last of the key block's `SPLITS` programs to arrive sums
+    all of them, in slice order, into DKO, DVO, and resets the block's counter `ARRIVED` for the next
+    launch. At n = 8,192 on the H200 (session 25) this made the kernel 5 us slower, where the separate
+    sum it replaces was an 8 us launch on the critical path; unrolled over the slices it was 15-22 us slower."""
+    head = pid_bh.to(tl.int64) * NK * D
+    tiles = head + offs_n[:, None] * D + offs_d[None, :]
+    store_tile(DK, split.to(tl.int64) * SPLIT_STRIDE + head, offs_n, offs_d, D, cols, dk)
+    store_tile(DV, split.to(tl.int64) * SPLIT_STRIDE + head, offs_n, offs_d, D, cols, dv)
+    # every thread's stores before the counter's release; the last program's acquire then sees every slice's
+    tl.debug_barrier()
+    if tl.atomic_add(ARRIVED, 1.0) == SPLITS - 1:
+        sum_k = tl.zeros_like(dk)
+        sum_v = tl.zeros_like(dv)
+        every = cols[:, None] & (offs_d[None, :] < D)
+        slice_k, slice_v = DK + tiles, DV + tiles  # slice 0's tiles; a pointer step per slice keeps the offsets 64-bit
+        for _ in range(0, SPLITS):  # this program's own slice too: its stores precede the barrier
+            # .cg: past L1, which does not see the other SMs' stores
+            sum_k += tl.load(slice_k, mask=every, other=0.0, cache_modifier=".cg")
+            sum_v += tl.load(slice_v, mask=every, other=0.0, cache_modifier=".cg")
+            slice_k += SPLIT_STRIDE
+            slice_v += SPLIT_STRIDE
+        store_tile(DKO, head, offs_n, offs_d, D, cols, sum_k)
+        store_tile(DVO, head, offs_n, offs_d, D, cols, sum_v)
+        tl.store(ARRIVED, 0.0)
+
+
 @triton.autotune(configs=_DKDV_TILES, key=["T", "NK0", "NK1", "D", "STORE_SCORES", "MEANS0"], reset_to_zero=["DSCALES"])
 @triton.jit
-def _keyed_dkdv_kernel(Q, TQ, QFLAGS, QCLOCK, SCALES, K0, V0, DO0, LSE0, DELTA0, GATE0, TK0, KEND0, KFLAGS0, KCLOCK0, DK0, DV0, DS0, K1, V1,
-                       DO1, LSE1, DELTA1, GATE1, TK1, KEND1, KFLAGS1, KCLOCK1, DK1, DV1, DS1, DSCALES, SIZES0, sm_scale, T, L, NK0, NK1,
-                       QUERIES, DS_ROWS, SPLIT_STRIDE, QB, QH, QT, GB0, GH0, GT0, GB1, GH1, GT1, H: tl.constexpr, D: tl.constexpr,
+def _keyed_dkdv_kernel(Q, TQ, QFLAGS, QCLOCK, SCALES, K0, V0, DO0, LSE0, DELTA0, GATE0, TK0, KEND0, KFLAGS0, KCLOCK0, DK0, DV0, DKO0, DVO0,
+                       DS0, K1, V1, DO1, LSE1, DELTA1, GATE1, TK1, KEND1, KFLAGS1, KCLOCK1, DK1, DV1, DKO1, DVO1, DS1, DSCALES, SIZES0,
+                       ARRIVED, sm_scale, T, L, NK0, NK1, QUERIES, DS_ROWS, SPLIT_STRIDE, QB, QH, QT, GB0, GH0, GT0, GB1, GH1, GT1, H: tl.constexpr, D: tl.constexpr,
                        WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr, GATED: tl.constexpr,
                        STORE_SCORES: tl.constexpr, MEANS0: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """dK/dV of both key lists in one launch: the first `cdiv(NK0, BLOCK_N)` programs along axis 0
@@ -204,22 +232,26 @@ def _keyed_dkdv_kernel(Q, TQ, QFLAGS, QCLOCK, SCALES, K0, V0, DO0, LSE0, DELTA0,
     L2, where two launches each read q and dO from memory (they were bandwidth-bound, 67-76 % of
     DRAM peak under Nsight Compute: 118 against 90 us at n = 8,192; benchmarks/RESULTS.md, session 14).
     STORE_SCORES: see `_key_block_gradients`. The four partial gradients lie in one float32 buffer,
-    SPLIT_STRIDE elements per query slice, so one sum over the slices finishes them all. MEANS0: list
+    SPLIT_STRIDE elements per query slice (the grid's third axis); ARRIVED: one zeroed float32 counter
+    per program along axes 0 and 1, left zeroed (`_sum_slices`). MEANS0: list
     0's keys are chunk means, its gradients divided by the chunks' sizes SIZES0 `[B, NK0]` here."""
     pid_bh = tl.program_id(1)
     b, h, split = pid_bh // H, pid_bh % H, tl.program_id(2)
     s_time, s_hour, s_weekend = load_scales(SCALES, h, H)
     blocks0 = tl.cdiv(NK0, BLOCK_N)
     block = tl.program_id(0)
+    arrived = ARRIVED + pid_bh * tl.num_programs(0) + block
+    splits = tl.num_programs(2)
     if block < blocks0:
         _key_block_gradients(block, split, b, h, pid_bh, Q, K0, V0, DO0, LSE0, DELTA0, GATE0, TQ, QFLAGS, QCLOCK, TK0, KEND0, KFLAGS0, KCLOCK0,
-                             s_time, s_hour, s_weekend, DK0, DV0, DS0, DSCALES, SIZES0, sm_scale, T, L, NK0, QUERIES, DS_ROWS, SPLIT_STRIDE, QB,
-                             QH, QT, GB0, GH0, GT0, H, D, WEEKEND_BOTH, PRECISION, FAST_MATH, GATED, STORE_SCORES, MEANS0, BLOCK_M, BLOCK_N)
+                             s_time, s_hour, s_weekend, DK0, DV0, DKO0, DVO0, arrived, DS0, DSCALES, SIZES0, sm_scale, T, L, NK0, QUERIES,
+                             DS_ROWS, splits, SPLIT_STRIDE, QB, QH, QT, GB0, GH0, GT0, H, D, WEEKEND_BOTH, PRECISION, FAST_MATH, GATED,
+                             STORE_SCORES, MEANS0, BLOCK_M, BLOCK_N)
     else:
         _key_block_gradients(block - blocks0, split, b, h, pid_bh, Q, K1, V1, DO1, LSE1, DELTA1, GATE1, TQ, QFLAGS, QCLOCK, TK1, KEND1, KFLAGS1,
-                             KCLOCK1, s_time, s_hour, s_weekend, DK1, DV1, DS1, DSCALES, SIZES0, sm_scale, T, L, NK1, QUERIES, DS_ROWS,
-                             SPLIT_STRIDE, QB, QH, QT, GB1, GH1, GT1, H, D, WEEKEND_BOTH, PRECISION, FAST_MATH, GATED, STORE_SCORES, False,
-                             BLOCK_M, BLOCK_N)
+                             KCLOCK1, s_time, s_hour, s_weekend, DK1, DV1, DKO1, DVO1, arrived, DS1, DSCALES, SIZES0, sm_scale, T, L, NK1,
+                             QUERIES, DS_ROWS, splits, SPLIT_STRIDE, QB, QH, QT, GB1, GH1, GT1, H, D, WEEKEND_BOTH, PRECISION, FAST_MATH,
+                             GATED, STORE_SCORES, False, BLOCK_M, BLOCK_N)
 
 
 @triton.jit
@@ -305,10 +337,18 @@ class KeyListBackward(NamedTuple):
     gate: Optional[Tensor] = None
 
 
+def arrival_counters(batch: int, heads: int, key_counts: Sequence[int]) -> int:
+    """How many zeroed float32 counters `keyed_key_gradients` takes: one per key block of either list
+    and (batch, head), at the smallest key tile of its candidates."""
+    block = min(config.kwargs["BLOCK_N"] for config in _keyed_dkdv_kernel.configs)
+    return batch * heads * sum(triton.cdiv(count, block) for count in key_counts)
+
+
 def keyed_key_gradients(q: Tensor, lists: Sequence[KeyListBackward], query_times: Tensor, query_flags: Tensor, query_clock: Tensor,
-                        scales32: Tensor, history_length: int, weekend_rule: int, sm_scale: float,
+                        scales32: Tensor, history_length: int, weekend_rule: int, sm_scale: float, arrived: Tensor,
                         store: Optional[ScoreStore] = None, chunk_sizes: Optional[Tensor] = None) -> List[Tuple[Tensor, Tensor]]:
-    """float32 dK, dV `[B, H, K, D]` of the global and the transition key lists, in one launch. With
+    """float32 dK, dV `[B, H, K, D]` of the global and the transition key lists, in one launch.
+    `arrived`: `arrival_counters(...)` zeroed float32 counters, which the kernel leaves zeroed. With
     `store` (one dS buffer `[B·H, store.rows, K]` per list) also each list's dS, and those rows'
     share of the scales' gradient added into `store.dscales`. With `chunk_sizes` (float32 `[B, K0]`,
     the global list's keys being chunk means) the global list's gradients come divided by them: what
@@ -318,23 +358,25 @@ def keyed_key_gradients(q: Tensor, lists: Sequence[KeyListBackward], query_times
     batch, heads, total, dim = q.shape
     splits = triton.cdiv(total, _QUERIES_PER_SPLIT)
     counts = [item.entry.k.shape[2] for item in lists]
-    # the four partial gradients (dK, dV of each list) in one buffer, so that one sum over the query
-    # slices finishes them: four sums were four launches of about 5 us each (session 19 profile)
+    if arrived.numel() < arrival_counters(batch, heads, counts) or arrived.dtype != torch.float32:
+        raise ValueError(f"arrived must hold {arrival_counters(batch, heads, counts)} float32 counters, got {arrived.numel()} {arrived.dtype}")
+    # the four partial gradients (dK, dV of each list) side by side in one buffer per query slice, and their sums
     sizes = [batch * heads * count * dim for count in counts]
     parts = torch.empty(splits, 2 * sum(sizes), device=q.device, dtype=torch.float32)
-    pieces = parts.split([sizes[0], sizes[0], sizes[1], sizes[1]], dim=1)
+    summed = torch.empty(2 * sum(sizes), device=q.device, dtype=torch.float32)
+    widths = [sizes[0], sizes[0], sizes[1], sizes[1]]
+    pieces, sums = parts.split(widths, dim=1), summed.split(widths)
     arguments, strides = [], []
     for index, item in enumerate(lists):
         entry = item.entry
         arguments += [entry.k.contiguous(), entry.v.contiguous(), entry.grad_out, entry.lse, item.delta,
                       item.delta if item.gate is None else item.gate, *entry.keys, pieces[2 * index], pieces[2 * index + 1],
-                      parts if store is None else store.scores[index]]
+                      sums[2 * index], sums[2 * index + 1], parts if store is None else store.scores[index]]
         strides += head_strides(entry.grad_out)
     _keyed_dkdv_kernel[lambda meta: (triton.cdiv(counts[0], meta["BLOCK_N"]) + triton.cdiv(counts[1], meta["BLOCK_N"]), batch * heads, splits)](
         q, query_times, query_flags, query_clock, scales32, *arguments, parts if store is None else store.dscales,
-        parts if chunk_sizes is None else chunk_sizes.contiguous(), sm_scale, total, history_length, counts[0], counts[1], _QUERIES_PER_SPLIT,
-        0 if store is None else store.rows, parts.stride(0), *head_strides(q), *strides, GATED=lists[0].gate is not None,
+        parts if chunk_sizes is None else chunk_sizes.contiguous(), arrived, sm_scale, total, history_length, counts[0], counts[1],
+        _QUERIES_PER_SPLIT, 0 if store is None else store.rows, parts.stride(0), *head_strides(q), *strides, GATED=lists[0].gate is not None,
         STORE_SCORES=store is not None, MEANS0=chunk_sizes is not None, **_launch(q, weekend_rule))
-    summed = (parts[0] if splits == 1 else parts.sum(0)).split([sizes[0], sizes[0], sizes[1], sizes[1]])
     shapes = [(batch, heads, count, dim) for count in counts]
-    return [(summed[0].view(shapes[0]), summed[1].view(shapes[0])), (summed[2].view(shapes[1]), summed[3].view(shapes[1]))]
+    return [(sums[0].view(shapes[0]), sums[1].view(shapes[0])), (sums[2].view(shapes[1]), sums[3].view(shapes[1]))]
