@@ -13,7 +13,7 @@ achieved TFLOP/s next to the measured bf16 matmul ceiling.
    `sparsectr_fused_layer`: the node as a layer runs it, the geometry built once outside the timed
    call (the model builds it once per batch for all its layers), each output taking dO;
    `sparsectr_fused_layer_gated`: as the model runs it, the branches' gated sum done in the kernels,
-   one output and one dO),
+   one output and one dO; both layer variants take the temporal scales in float32, as the model's parameter),
    CamA with its temporal bias (dense: n ≤ --dense-max-n; cama_flex; cama_triton). Suffixes:
    `_fwd` times the forward alone (against flash's forward), `cama_triton_nobias` /
    `cama_triton_notablegrad` switch the bias or its table gradient off, `cama_triton_exactlog2` uses
@@ -409,6 +409,9 @@ def attention_table(args) -> list[dict]:
                 packed = torch.stack([x.detach().transpose(1, 2) for x in (q, k, v)], dim=2).requires_grad_()
             if variant.startswith("sparsectr_fused_layer"):
                 layer_geometry = evo_geometry(times, *extra["layout"], 0, args.tail, args.window, 0, 0, fused=True)
+                # as the model holds them: a float32 parameter, which autocast leaves alone (bf16 scales
+                # added a cast each way, 2 + 4 us in session 25, that training never runs)
+                extra["scales"] = extra["scales"].detach().float().requires_grad_()
             if variant == "sparsectr_fused_layer_gated":
                 extra["gates"] = torch.rand(3, batch, args.heads, n, device=args.device, requires_grad=True)
             fused_cama = base == "cama" and variant != base

@@ -204,11 +204,12 @@ def _backward(grads: List[Tensor], saved: List[Tensor], times: List[Tensor], win
     d_qkv = torch.empty_like(qkv)
     dq, dk, dv = split_heads(d_qkv)
 
-    # what the kernels add into (the profile key's and value's gradients, the scales', the keyed
-    # kernel's arrival counters and the recomputed rows' scratch) in one zeroed buffer: one launch where there were up to eight
+    # what the kernels add into (the profile key's and value's gradients, the scales', the keyed kernel's
+    # arrival counters and the recomputed rows' scratch) in one zeroed buffer: one launch where there were up to eight
     counters = (arrival_counters(q.shape[0], q.shape[1], [k_chunks.shape[2], k_tails.shape[2]]),)
-    dk_profile, dv_profile, dscales, arrived, *scratch = _zeroed_float32(
-        q.device, k_profile.shape, k_profile.shape, scales32.shape, counters, *([k_profile.shape] * 2 + [scales32.shape] if stored_scores else []))
+    scratch_shapes = [k_profile.shape] * 2 + [scales32.shape] if stored_scores else []
+    dk_profile, dv_profile, dscales, arrived, *scratch = _zeroed_float32(q.device, k_profile.shape, k_profile.shape, scales32.shape,
+                                                                         counters, *scratch_shapes)
     keyed_lists = [KeyList(k_chunks, v_chunks, chunk_keys, global_out, grads[0], lse[0]),
                    KeyList(k_tails, v_tails, tail_keys, transition_out, grads[1], lse[1])]
     gated = gates.numel() > 0

@@ -15,8 +15,8 @@ int32 times, weekend bits and clock words (`evo_bias_triton.composite_terms`, sh
 The key lists are short (chunks, chunks × tail), so dK/dV splits the queries over `SPLIT` programs
 per key block: one program per key block would leave most of the GPU idle. Each stores its float32
 partial, and the block's last program to finish (an arrival counter) sums the partials in slice
-order, so the result does not depend on which program came last, and no second launch sums them. One launch serves both lists, so their programs read each q and dO tile
-once from memory between them.
+order, so the result does not depend on which program came last, and no second launch sums them.
+One launch serves both lists, so their programs read each q and dO tile once from memory between them.
 
 The launchers below are driven by `recsys.ops.evo_branches_triton`, the one autograd node of the
 three branches. Runs on CUDA; on CPU
@@ -141,8 +141,8 @@ def _key_block_gradients(block, split, b, h, pid_bh, Q, K, V, DO, LSE, DELTA, GA
                          FAST_MATH: tl.constexpr, GATED: tl.constexpr, STORE_SCORES: tl.constexpr, MEANS: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One key block of one list and one slice of `QUERIES` queries: float32 partial dK, dV into DK,
-    DV, and the slices' sum into DKO, DVO (`_sum_slices`). GATED: `DO` is the gated sum's gradient and `GATE` this branch's
-    gates (`row_gates`). STORE_SCORES (the stored-score backward, `evo_scores_backward`): also store
+    DV, and the slices' sum into DKO, DVO (`_sum_slices`). GATED: `DO` is the gated sum's gradient
+    and `GATE` this branch's gates (`row_gates`). STORE_SCORES (the stored-score backward, `evo_scores_backward`): also store
     the tile's dS into `DS` `[B·H, DS_ROWS, NK]` (rows past DS_ROWS not stored; rows no key of the
     block sees are not visited, so the reader masks by visibility) and add those rows' pairs' share of
     the temporal scales' gradient into `DSCALES`, which the dQ kernel sums otherwise."""
@@ -223,9 +223,10 @@ def _sum_slices(dk, dv, split, pid_bh, offs_n, offs_d, cols, DK, DV, DKO, DVO, A
 @triton.jit
 def _keyed_dkdv_kernel(Q, TQ, QFLAGS, QCLOCK, SCALES, K0, V0, DO0, LSE0, DELTA0, GATE0, TK0, KEND0, KFLAGS0, KCLOCK0, DK0, DV0, DKO0, DVO0,
                        DS0, K1, V1, DO1, LSE1, DELTA1, GATE1, TK1, KEND1, KFLAGS1, KCLOCK1, DK1, DV1, DKO1, DVO1, DS1, DSCALES, SIZES0,
-                       ARRIVED, sm_scale, T, L, NK0, NK1, QUERIES, DS_ROWS, SPLIT_STRIDE, QB, QH, QT, GB0, GH0, GT0, GB1, GH1, GT1, H: tl.constexpr, D: tl.constexpr,
-                       WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr, GATED: tl.constexpr,
-                       STORE_SCORES: tl.constexpr, MEANS0: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                       ARRIVED, sm_scale, T, L, NK0, NK1, QUERIES, DS_ROWS, SPLIT_STRIDE, QB, QH, QT, GB0, GH0, GT0, GB1, GH1, GT1,
+                       H: tl.constexpr, D: tl.constexpr, WEEKEND_BOTH: tl.constexpr, PRECISION: tl.constexpr, FAST_MATH: tl.constexpr,
+                       GATED: tl.constexpr, STORE_SCORES: tl.constexpr, MEANS0: tl.constexpr, BLOCK_M: tl.constexpr,
+                       BLOCK_N: tl.constexpr):
     """dK/dV of both key lists in one launch: the first `cdiv(NK0, BLOCK_N)` programs along axis 0
     take list 0's key blocks, the rest list 1's. The programs of both lists for one (batch, head,
     query slice) run side by side and read the same q and dO tiles, so the second read comes from
