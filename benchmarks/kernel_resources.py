@@ -77,11 +77,11 @@ LOCAL = {
 # SparseCTR's global and transition branches (keys: chunk summaries or chunk tails).
 KEYED = {
     "keyed dkdv": (evo_keyed_triton._keyed_dkdv_kernel,
-                   "Q TQ QFLAGS QCLOCK SCALES K0 V0 DO0 LSE0 DELTA0 GATE0 TK0 KEND0 KFLAGS0 KCLOCK0 DK0 DV0 DS0 K1 V1 DO1 LSE1 DELTA1 GATE1 TK1"
-                   " KEND1 KFLAGS1 KCLOCK1 DK1 DV1 DS1 DSCALES SIZES0 sm_scale T L NK0 NK1 QUERIES DS_ROWS SPLIT_STRIDE QB QH QT GB0 GH0 GT0 GB1 GH1"
-                   " GT1",
-                   "*bf16 *i32 *i32 *fp32 *fp32" + " *bf16 *bf16 *bf16 *fp32 *fp32 *fp32 *i32 *i32 *i32 *fp32 *fp32 *fp32 *bf16" * 2
-                   + " *fp32 *fp32 fp32 i32 i32 i32 i32 i32 i32 i32" + _STRIDES * 3, {"GATED": True, "STORE_SCORES": False, "MEANS0": True}),
+                   "Q TQ QFLAGS QCLOCK SCALES K0 V0 DO0 LSE0 DELTA0 GATE0 TK0 KEND0 KFLAGS0 KCLOCK0 DK0 DV0 DKO0 DVO0 DS0 K1 V1 DO1 LSE1 DELTA1"
+                   " GATE1 TK1 KEND1 KFLAGS1 KCLOCK1 DK1 DV1 DKO1 DVO1 DS1 DSCALES SIZES0 ARRIVED sm_scale T L NK0 NK1 QUERIES DS_ROWS SPLIT_STRIDE"
+                   " QB QH QT GB0 GH0 GT0 GB1 GH1 GT1",
+                   "*bf16 *i32 *i32 *fp32 *fp32" + " *bf16 *bf16 *bf16 *fp32 *fp32 *fp32 *i32 *i32 *i32 *fp32 *fp32 *fp32 *fp32 *fp32 *bf16" * 2
+                   + " *fp32 *fp32 *fp32 fp32 i32 i32 i32 i32 i32 i32 i32" + _STRIDES * 3, {"GATED": True, "STORE_SCORES": False, "MEANS0": True}),
 }
 # The stored-score backward (`recsys.ops.evo_scores_backward`): the dK/dV kernels as it runs them
 # (they store dS; the keyed one sums its pairs' share of the scales' gradient), its row-term pass, its dQ
