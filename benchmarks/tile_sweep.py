@@ -11,6 +11,8 @@ tiles the kernels keep can be chosen from medians rather than from one autotunin
 
     python3 benchmarks/tile_sweep.py [--family cama] [--cases sparsectr:8192] [--steps 20] [--variants]   # on the GPU machine
 
+`--grid FILE` (JSON: kernel name -> `[BLOCK_M, BLOCK_N, warps, stages, register cap]` lists, null
+for a size the kernel does not take or for no cap) times those tiles after each named kernel's own.
 `--family sparsectr_stored` sweeps the kernels of the stored-score backward (the default), `--family
 sparsectr` those of the recomputing one (`RECSYS_EVO_BACKWARD=recompute`, set by the sweep).
 Cases: `sparsectr:N` (the node's three outputs summed), `sparsectr_gated:N` (the gated sum inside the
@@ -63,6 +65,16 @@ def with_variants(configs: list) -> list:
     return configs + variants
 
 
+def grid_configs(path: Path) -> dict:
+    """The tiles of a `--grid` file, as Triton configurations by kernel name."""
+    grid = json.loads(path.read_text())
+    unknown = sorted(set(grid) - set(KERNELS))
+    if unknown:
+        raise SystemExit(f"{path}: no kernel {unknown} in this family (it has {sorted(KERNELS)})")
+    return {name: [triton.Config({} if m is None else {"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st, maxnreg=cap)
+                   for m, n, w, st, cap in tiles] for name, tiles in grid.items()}
+
+
 def describe(config) -> str:
     cap = f"r{config.maxnreg}" if config.maxnreg else ""
     tile = f"{config.kwargs['BLOCK_M']}x{config.kwargs['BLOCK_N']}" if "BLOCK_M" in config.kwargs else "-"
@@ -92,6 +104,7 @@ def main() -> None:
     parser.add_argument("--cases", default=None, help="default sparsectr:8192 (also sparsectr_gated:N), or cama:4096 for --family cama")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--variants", action="store_true", help="also the first tile at 1, 2, 4 stages and 2, 8 warps")
+    parser.add_argument("--grid", type=Path, default=None, help="JSON of further tiles per kernel (see above)")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "benchmarks/out")))
     args = parser.parse_args()
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cases": {}}
@@ -102,6 +115,8 @@ def main() -> None:
         os.environ[BACKWARD_ENV] = "stored" if args.family == "sparsectr_stored" else "recompute"
     if args.variants:
         ALL_CONFIGS.update({name: with_variants(configs) + EXTRA_TILES.get(name, []) for name, configs in ALL_CONFIGS.items()})
+    if args.grid:
+        ALL_CONFIGS.update({name: ALL_CONFIGS[name] + tiles for name, tiles in grid_configs(args.grid).items()})
     for case in args.cases.split(","):
         step = attention_steps([case])[0]
         rows = defaultdict(dict)
@@ -115,6 +130,9 @@ def main() -> None:
                 continue
             for name, micros in measured.items():
                 rows[name][describe(KERNELS[name].configs[0])] = micros
+            # as it goes, so that a run cut short still says what it measured
+            print(f"  set {index}: " + "  ".join(f"{name} {describe(KERNELS[name].configs[0])} {us:.1f}" for name, us in measured.items()),
+                  flush=True)
         report["cases"][case] = rows
         print(f"\n{case}: device us per forward + backward (a kernel's launches in one step summed)")
         for name, by_config in rows.items():
