@@ -50,8 +50,8 @@ from torch import Tensor
 from recsys.ops.evo_bias_triton import banded_terms, weekend_coefficients, weekend_value
 from recsys.ops.evo_keyed_triton import KEY_TILE, KeyList, ScoreStore, first_visible_query
 from recsys.ops.evo_local_triton import score_block
-from recsys.ops.triton_tiles import (INTERPRETED, head_base, head_strides, load_tile, output_row_terms, profile_score_gradients,
-                                     program_rows, store_tile, tile_configs)
+from recsys.ops.triton_tiles import (INTERPRETED, backward_row_stats, branch_row_term, head_base, head_strides, load_tile,
+                                     profile_score_gradients, program_rows, store_tile, tile_configs)
 
 # One configuration each (an autotuner of one candidate runs no benchmark; benchmarks/kernel_resources.py
 # reads the tables). The row-term pass is bandwidth-bound: one 64-row tile of each operand per program,
@@ -87,13 +87,14 @@ def _row_terms_kernel(Q, KP, VP, DO, O, LSE, DELTA, DO0, O0, LSE0, DELTA0, DO1, 
     else:
         do_global = load_tile(DO0, head_base(b, h, GB0, GH0), offs_m, offs_d, GT0, rows)
         do_transition = load_tile(DO1, head_base(b, h, GB1, GH1), offs_m, offs_d, GT1, rows)
-    output_row_terms(do_global, O0, out_base, OT, LSE0, DELTA0, GATES, DGATES, row_base, offs_m, offs_d, rows, GATED)
-    output_row_terms(do_transition, O1, out_base, OT, LSE1, DELTA1, GATES + branch_rows, DGATES + branch_rows, row_base, offs_m, offs_d,
-                     rows, GATED)
+    branch_row_term(do_global, O0, out_base, OT, DELTA0, GATES, DGATES, row_base, offs_m, offs_d, rows, GATED)
+    branch_row_term(do_transition, O1, out_base, OT, DELTA1, GATES + branch_rows, DGATES + branch_rows, row_base, offs_m, offs_d, rows, GATED)
     q = load_tile(Q, head_base(b, h, QB, QH), offs_m, offs_d, QT, rows)
-    do, lse, delta = output_row_terms(do_local, O, out_base, OT, LSE, DELTA, GATES + 2 * branch_rows, DGATES + 2 * branch_rows, row_base,
-                                      offs_m, offs_d, rows, GATED)
-    ds, _ = profile_score_gradients(q, do, lse, delta, KP, VP, DKP, DVP, pid_bh, offs_d, sm_scale, D)
+    # the local dO unscaled: the profile's sums take the gates per row (`profile_score_gradients`)
+    delta, gate = branch_row_term(do_local, O, out_base, OT, DELTA, GATES + 2 * branch_rows, DGATES + 2 * branch_rows, row_base, offs_m,
+                                  offs_d, rows, GATED)
+    ds, _ = profile_score_gradients(q, do_local, backward_row_stats(LSE, row_base, offs_m, rows), delta, gate, KP, VP, DKP, DVP, pid_bh,
+                                    offs_d, sm_scale, D)
     tl.store(DSP + row_base + offs_m, ds, mask=rows)
 
 

@@ -139,16 +139,31 @@ def output_backward_rows(DO, do_base, do_stride, O, o_base, o_stride, LSE, DELTA
 def output_row_terms(do, O, o_base, o_stride, LSE, DELTA, GATE, DGATE, row_base, offs_m, offs_d, rows, GATED: tl.constexpr):
     """`output_backward_rows` for a dO tile already loaded: where the branches share one dO (the
     gated sum's gradient, or one tensor given to all three outputs) the row-term pass loads it once."""
+    delta, gate = branch_row_term(do, O, o_base, o_stride, DELTA, GATE, DGATE, row_base, offs_m, offs_d, rows, GATED)
+    if GATED:  # once per program here; the dK/dV kernels, which load dO per query tile, scale P and dP instead
+        do = (do.to(tl.float32) * gate[:, None]).to(do.dtype)
+    return do, _backward_row_stats(LSE, row_base, offs_m, rows), delta
+
+
+@triton.jit
+def branch_row_term(do, O, o_base, o_stride, DELTA, GATE, DGATE, row_base, offs_m, offs_d, rows, GATED: tl.constexpr):
+    """A branch's row term rowsum(dO·O) `[BM]`, stored into DELTA, and its gates (`row_gates`). GATED:
+    `do` is the gated sum's gradient, rowsum(dO·O) the gate's gradient (stored into DGATE) and the
+    branch's row term g·rowsum(dO·O)."""
     out = load_tile(O, o_base, offs_m, offs_d, o_stride, rows)
     delta = tl.sum(do.to(tl.float32) * out.to(tl.float32), 1)
+    gate = row_gates(GATE, row_base, offs_m, rows, GATED)
     if GATED:
-        gate = tl.load(GATE + row_base + offs_m, mask=rows, other=0.0)
         tl.store(DGATE + row_base + offs_m, delta, mask=rows)
         delta = delta * gate
-        # once per program here; the dK/dV kernels, which load dO per query tile, scale P and dP instead
-        do = (do.to(tl.float32) * gate[:, None]).to(do.dtype)
     tl.store(DELTA + row_base + offs_m, delta, mask=rows)
-    return do, _backward_row_stats(LSE, row_base, offs_m, rows), delta
+    return delta, gate
+
+
+@triton.jit
+def backward_row_stats(LSE, row_base, offs_m, rows):
+    """The log-sum-exps of a tile's rows in log2 units, +inf for rows without keys or past the end."""
+    return _backward_row_stats(LSE, row_base, offs_m, rows)
 
 
 @triton.jit
@@ -173,20 +188,22 @@ def profile_key_start(q, KP, VP, pid_bh, offs_d, sm_scale, BLOCK_M: tl.constexpr
 
 
 @triton.jit
-def profile_score_gradients(q, do, lse, delta_row, KP, VP, DKP, DVP, pid_bh, offs_d, sm_scale, D: tl.constexpr):
+def profile_score_gradients(q, do, lse, delta_row, gate, KP, VP, DKP, DVP, pid_bh, offs_d, sm_scale, D: tl.constexpr):
     """The profile key's score gradient dS `[BM]` of a query tile (natural units) and the tile's sums
     into the profile key's and value's float32 gradients (atomics: every query tile of the row adds
-    to them). `lse` in log2 units, +inf for rows past the end."""
+    to them). `lse` in log2 units, +inf for rows past the end. `gate` `[BM]` (or 1.0): the local
+    branch's dO is gate·`do`, applied to the rows' dP and P rather than to the `[BM, D]` tile (a
+    float32 round trip of the tile and a conversion per element otherwise)."""
     kp = tl.load(KP + pid_bh.to(tl.int64) * D + offs_d).to(tl.float32)
     vp = tl.load(VP + pid_bh.to(tl.int64) * D + offs_d).to(tl.float32)
     q32, do32 = q.to(tl.float32), do.to(tl.float32)
     p = tl.exp2(tl.sum(q32 * kp[None, :], 1) * (sm_scale * 1.4426950408889634) - lse)
-    ds = p * (tl.sum(do32 * vp[None, :], 1) - delta_row)
+    ds = p * (tl.sum(do32 * vp[None, :], 1) * gate - delta_row)
     # relaxed: the sums need no ordering, and the default acq_rel put a GPU-wide fence and an L1
     # invalidation around every add (a fifth of the row-term pass's stall samples; 107 -> 99 us at
     # n = 8,192, benchmarks/RESULTS.md session 20)
     tl.atomic_add(DKP + pid_bh.to(tl.int64) * D + offs_d, tl.sum(ds[:, None] * q32, 0) * sm_scale, sem=RELAXED)
-    tl.atomic_add(DVP + pid_bh.to(tl.int64) * D + offs_d, tl.sum(p[:, None] * do32, 0), sem=RELAXED)
+    tl.atomic_add(DVP + pid_bh.to(tl.int64) * D + offs_d, tl.sum((p * gate)[:, None] * do32, 0), sem=RELAXED)
     return ds, kp
 
 
@@ -194,7 +211,7 @@ def profile_score_gradients(q, do, lse, delta_row, KP, VP, DKP, DVP, pid_bh, off
 def profile_key_gradients(dq, q, do, lse, delta_row, KP, VP, DKP, DVP, pid_bh, offs_d, sm_scale, D: tl.constexpr):
     """dQ's share of the profile key (dq unscaled, as the dQ kernels accumulate it), and
     `profile_score_gradients`' sums into the profile key's and value's gradients."""
-    ds, kp = profile_score_gradients(q, do, lse, delta_row, KP, VP, DKP, DVP, pid_bh, offs_d, sm_scale, D)
+    ds, kp = profile_score_gradients(q, do, lse, delta_row, 1.0, KP, VP, DKP, DVP, pid_bh, offs_d, sm_scale, D)
     return dq + ds[:, None] * kp[None, :]
 
 
