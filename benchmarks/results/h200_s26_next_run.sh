@@ -3,7 +3,8 @@
 #  2. the node profiled and timed, rows against tile (the gated row-term pass, 112 us in session 26);
 #  3. the free-terms timing probe profiled: what the time-octave and hour terms cost the forward and the
 #     local dK/dV kernels (an upper bound for computing them once per batch instead of once per head);
-#  4. the tile sweep of h200_s26_grid2.json (local dK/dV with 64-key blocks; the forward at 96 and 104 registers).
+#  4. the tile sweep of h200_s26_grid2.json (local dK/dV with 64-key blocks or 2-3 stages; the forward at 96 and 104
+#     registers or 2-3 stages; the dQ pass at 3 stages).
 source scripts/device_env.sh || exit 1
 S="python3 benchmarks/gpu_suite.py"
 A="--dataset /tmp/none --parts attention --min-n 8192 --max-n 8192 --kernels full_causal_sdpa,sparsectr_fused_layer_graph,sparsectr_fused_layer_gated_graph"
