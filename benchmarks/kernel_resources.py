@@ -90,9 +90,10 @@ STORED = {
     "local dkdv stored": ((evo_local_triton._local_dkdv_stored_kernel,) + LOCAL["local dkdv"][1:3] + ({**LOCAL["local dkdv"][3], "STORE_SCORES": True},)),
     "keyed dkdv stored": (KEYED["keyed dkdv"][:3] + ({**KEYED["keyed dkdv"][3], "STORE_SCORES": True},)),
     "row terms": (evo_scores_backward._row_terms_kernel,
-                  "Q KP VP DO O LSE DELTA DO0 O0 LSE0 DELTA0 DO1 O1 LSE1 DELTA1 GATES DGATES DKP DVP DSP sm_scale ROWS QB QH QT OB OH OT GB GH GT"
+                  "Q KP VP DO O LSE DELTA DO0 O0 DELTA0 DO1 O1 DELTA1 GATES DGATES DKP DVP DSP sm_scale ROWS QB QH QT OB OH OT GB GH GT"
                   " GB0 GH0 GT0 GB1 GH1 GT1",
-                  "*bf16 *bf16 *bf16" + " *bf16 *bf16 *fp32 *fp32" * 3 + " *fp32 *fp32 *fp32 *fp32 *fp32 fp32 i32" + _STRIDES * 5,
+                  "*bf16 *bf16 *bf16 *bf16 *bf16 *fp32 *fp32" + " *bf16 *bf16 *fp32" * 2 + " *fp32 *fp32 *fp32 *fp32 *fp32 fp32 i32"
+                  + _STRIDES * 5,
                   {"GATED": True, "SHARED_DO": True}),
     "dq from scores": (evo_scores_backward._dq_from_scores_kernel,
                        "DS DSP K KP DSK0 K0 KEND0 KFLAGS0 DSK1 K1 KEND1 KFLAGS1 DQ sm_scale ROWS SCORE_ROWS NK0 NK1 QB QH QT",

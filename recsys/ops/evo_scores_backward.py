@@ -67,10 +67,10 @@ _SCALE_SUM_TILES = tile_configs([(4, 64, 1, 1)])
 
 @triton.autotune(configs=_ROW_TILES, key=["ROWS", "D", "GATED", "SHARED_DO"], reset_to_zero=["DKP", "DVP"])
 @triton.jit
-def _row_terms_kernel(Q, KP, VP, DO, O, LSE, DELTA, DO0, O0, LSE0, DELTA0, DO1, O1, LSE1, DELTA1, GATES, DGATES, DKP, DVP, DSP, sm_scale,
+def _row_terms_kernel(Q, KP, VP, DO, O, LSE, DELTA, DO0, O0, DELTA0, DO1, O1, DELTA1, GATES, DGATES, DKP, DVP, DSP, sm_scale,
                       ROWS, QB, QH, QT, OB, OH, OT, GB, GH, GT, GB0, GH0, GT0, GB1, GH1, GT1, H: tl.constexpr, D: tl.constexpr,
                       GATED: tl.constexpr, SHARED_DO: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Row terms of the local (DO, O, LSE, DELTA), global (..0) and transition (..1) branches, the
+    """Row terms of the local (DO, O, DELTA; LSE for the profile key), global (..0) and transition (..1) branches, the
     profile key's dS per row into DSP `[B·H, ROWS]` and its key's and value's gradients. GATED: every
     dO is the gated sum's gradient, GATES `[3, B·H, ROWS]` (global, transition, local) and DGATES
     their gradient, written here. SHARED_DO: the three dO are one tensor (the gated sum's gradient, or
@@ -201,7 +201,7 @@ def row_terms(q: Tensor, k_profile: Tensor, v_profile: Tensor, grads: Sequence[T
     deltas = [torch.empty(q.shape[:3], device=q.device, dtype=torch.float32) for _ in range(3)]
     ds_profile = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
     gated = gates.numel() > 0
-    branches = [(grads[index], outputs[index], lses[index], deltas[index]) for index in (2, 0, 1)]
+    branches = [(grads[2], outputs[2], lses[2], deltas[2])] + [(grads[index], outputs[index], deltas[index]) for index in (0, 1)]
     _row_terms_kernel[lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), batch * heads)](
         q, k_profile, v_profile, *[x for branch in branches for x in branch], gates if gated else deltas[0], d_gates if gated else deltas[0],
         dk_profile, dv_profile, ds_profile, sm_scale, rows, *head_strides(q), *head_strides(*outputs), *head_strides(grads[2]),

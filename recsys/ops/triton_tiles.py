@@ -96,7 +96,8 @@ def finish_rows(acc, l_i, m_i):
 
 
 @triton.jit
-def _backward_row_stats(LSE, row_base, offs_m, rows):
+def backward_row_stats(LSE, row_base, offs_m, rows):
+    """The log-sum-exps of a tile's rows in log2 units, +inf for rows without keys or past the end."""
     lse = tl.load(LSE + row_base + offs_m, mask=rows, other=float("inf"))
     return tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
 
@@ -109,7 +110,7 @@ def load_backward_rows(Q, q_base, q_stride, DO, do_base, do_stride, LSE, DELTA, 
     q = load_tile(Q, q_base, offs_m, offs_d, q_stride, rows)
     do = load_tile(DO, do_base, offs_m, offs_d, do_stride, rows)
     delta = tl.load(DELTA + row_base + offs_m, mask=rows, other=0.0)
-    return q, do, _backward_row_stats(LSE, row_base, offs_m, rows), delta
+    return q, do, backward_row_stats(LSE, row_base, offs_m, rows), delta
 
 
 @triton.jit
@@ -142,7 +143,7 @@ def output_row_terms(do, O, o_base, o_stride, LSE, DELTA, GATE, DGATE, row_base,
     delta, gate = branch_row_term(do, O, o_base, o_stride, DELTA, GATE, DGATE, row_base, offs_m, offs_d, rows, GATED)
     if GATED:  # once per program here; the dK/dV kernels, which load dO per query tile, scale P and dP instead
         do = (do.to(tl.float32) * gate[:, None]).to(do.dtype)
-    return do, _backward_row_stats(LSE, row_base, offs_m, rows), delta
+    return do, backward_row_stats(LSE, row_base, offs_m, rows), delta
 
 
 @triton.jit
@@ -158,12 +159,6 @@ def branch_row_term(do, O, o_base, o_stride, DELTA, GATE, DGATE, row_base, offs_
         delta = delta * gate
     tl.store(DELTA + row_base + offs_m, delta, mask=rows)
     return delta, gate
-
-
-@triton.jit
-def backward_row_stats(LSE, row_base, offs_m, rows):
-    """The log-sum-exps of a tile's rows in log2 units, +inf for rows without keys or past the end."""
-    return _backward_row_stats(LSE, row_base, offs_m, rows)
 
 
 @triton.jit
