@@ -18,7 +18,7 @@ instructions they issue per pair (benchmarks/RESULTS.md, sessions 11 and 16). He
    dS against them, reading only the band (half the stored bytes). Summed in the local dK/dV kernel
    instead, the per-pair terms took it from 309 to 447 µs (its registers, not its instructions: 4
    programs per SM instead of 6); in the dQ pass, per head over both blocks' keys, from 104 to 272
-   (H200, session 17, benchmarks/RESULTS.md). Here it takes 52 µs at n = 8,192, on a side stream
+   (H200, session 17, benchmarks/RESULTS.md). Here it takes 42 µs at n = 8,192 (session 27), on a side stream
    (`SideStream`) beside the dQ pass, which hides 13 of them (session 18).
 4. `query_gradients_from_scores`: per block of `SCORE_BLOCK` history rows, dQ = dS_local ·
    K[previous and own block] + Σ_lists dS_list · K_list + dS_profile ⊗ k_profile, two dense matmuls.
@@ -61,7 +61,8 @@ from recsys.ops.triton_tiles import (INTERPRETED, backward_row_stats, branch_row
 _ROW_TILES = tile_configs([(64, 64, 2, 1)])
 _DQ_TILES = [triton.Config({}, num_warps=1 if INTERPRETED else 4, num_stages=1)]
 # The window scale sums: 4 rows of every head's band per program on one warp, so no sum crosses warps
-# (H200 sweeps, session 18: 51.7 us, 57.5 for 8 rows, 90 for 16, 132-241 on 2-8 warps).
+# (H200 sweeps, session 18: 51.7 us, 57.5 for 8 rows, 90 for 16, 132-241 on 2-8 warps; session 27,
+# with the sums over rows first: 41.9 us, 47.0 for 8 rows, 51.2 for 16, 55.6 for 2, 63-66 on 2 warps).
 _SCALE_SUM_TILES = tile_configs([(4, 64, 1, 1)])
 
 
@@ -127,11 +128,14 @@ def _window_scale_sums_kernel(DS, T, FLAGS, CLOCK, PARTIAL, SLOTS, ROWS, SCORE_R
     # term-major: the sum over the slots then runs along unit-strided rows (over `[slots, 3, H]`, the
     # outer dimension of 24 columns, it took about 8 us at n = 8,192)
     partial = PARTIAL + b * tl.num_programs(0) + pid_m
+    # Each sum runs over the rows first: a thread holds its columns of all BLOCK_M rows, so that part
+    # needs no shuffle, and the warp reduces one value per (head, term). Rows last cost a warp
+    # reduction per row: 2,088 against 1,352 instructions offline, 55 against 42 us (session 27).
     for h in tl.static_range(H):
         ds = tl.load(DS + (b * H + h).to(tl.int64) * SCORE_ROWS * (2 * SCORE_BLOCK) + offsets, mask=visible, other=0.0).to(tl.float32)
-        tl.store(partial + h * SLOTS, tl.sum(tl.sum(ds * b_time, 1), 0))
-        tl.store(partial + (H + h) * SLOTS, tl.sum(tl.sum(ds * b_hour, 1), 0))
-        tl.store(partial + (2 * H + h) * SLOTS, tl.sum(tl.sum(ds * b_weekend, 1), 0))
+        tl.store(partial + h * SLOTS, tl.sum(tl.sum(ds * b_time, 0), 0))
+        tl.store(partial + (H + h) * SLOTS, tl.sum(tl.sum(ds * b_hour, 0), 0))
+        tl.store(partial + (2 * H + h) * SLOTS, tl.sum(tl.sum(ds * b_weekend, 0), 0))
 
 
 @triton.jit
