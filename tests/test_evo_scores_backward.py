@@ -52,12 +52,15 @@ def _gradients(backward: str, monkeypatch, inputs, gated: bool):
 
 # one case with three heads: the window scale sums unroll their head loop
 # one_upstream (ungated): the three outputs take one dO tensor, which the row-term pass loads once
-@pytest.mark.parametrize("length,candidates,gated,shared_summary,heads,one_upstream",
-                         [(37, 3, True, True, 2, False), (32, 0, False, True, 2, False), (45, 2, True, False, 3, False),
-                          (40, 21, False, True, 2, False), (35, 2, False, True, 2, True)])
-def test_stored_score_backward_equals_the_recomputing_one(monkeypatch, length, candidates, gated, shared_summary, heads, one_upstream):
+# 40 chunks: the global list has 40 keys and the transition list (2 tail keys per chunk) 80, so the dQ
+# pass walks each in several key blocks, the last one partly past the list's end
+@pytest.mark.parametrize("length,candidates,gated,shared_summary,heads,one_upstream,chunks",
+                         [(37, 3, True, True, 2, False, 4), (32, 0, False, True, 2, False, 4), (45, 2, True, False, 3, False, 4),
+                          (40, 21, False, True, 2, False, 4), (35, 2, False, True, 2, True, 4), (90, 2, False, True, 2, False, 40)])
+def test_stored_score_backward_equals_the_recomputing_one(monkeypatch, length, candidates, gated, shared_summary, heads, one_upstream,
+                                                          chunks):
     generator = torch.Generator().manual_seed(torch.seed() % 2**31)
-    batch, dim, chunks, window, tail = 3, 16, 4, 8, 2
+    batch, dim, window, tail = 3, 16, 8, 2
     times, layout = _histories(generator, batch, length, candidates, chunks)
     total = length + candidates
     geometry = evo_geometry(times, *layout, candidates, tail, window, 0, 0, fused=True)
