@@ -5,6 +5,8 @@ autotuning, so that `ncu --profile-from-start off` reads only the timed launches
         --section SpeedOfLight --section Occupancy --section LaunchStats -o $OUT/attn \\
         python3 benchmarks/ncu_kernels.py --cases sparsectr:8192,cama:4096,flash:4096,flash:8192
     python3 benchmarks/ncu_kernels.py --report $OUT/attn.ncu-rep     # a compact per-kernel table
+    python3 benchmarks/ncu_kernels.py --report $OUT/attn.ncu-rep --pipes   # each pipe's share of its peak
+                                     # (collected with --section ComputeWorkloadAnalysis)
 
 Cases are the attention table's (`gpu_suite.attention_table`): B·n = 65,536, 8 heads of 64, bf16,
 forward and backward with a fixed random dO. Hardware counters only; times come from `gpu_suite`.
@@ -123,14 +125,33 @@ def summarize(report: Path) -> None:
             print(f"{name:<34} " + " ".join(shown) + "  " + stalls)
 
 
+def summarize_pipes(report: Path) -> None:
+    """Per kernel, every collected pipe metric (`sm__inst_executed_pipe_*` and `sm__pipe_*`, % of peak):
+    whether a pipe other than the issue slots binds, e.g. the XU pipe that runs MUFU.EX2 and the
+    int-to-float conversions at an eighth of the FP32 rate."""
+    text = subprocess.run(["ncu", "-i", str(report), "--csv", "--page", "raw", "--print-units", "base"], check=True, capture_output=True,
+                          text=True).stdout
+    rows = list(csv.reader(io.StringIO(text)))
+    header, body = rows[0], [r for r in rows[2:] if r]
+    pipes = [i for i, name in enumerate(header) if "pipe" in name and name.endswith("pct_of_peak_sustained_active")]
+    name_column = header.index("Kernel Name")
+    for row in body:
+        values = sorted(((header[i].replace(".avg.pct_of_peak_sustained_active", ""), float(row[i].replace(",", "")))
+                         for i in pipes if row[i] not in ("", "n/a")), key=lambda kv: -kv[1])
+        print(row[name_column].split("(")[0][:40], " ".join(f"{name}={value:.1f}" for name, value in values if value >= 0.5))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default="sparsectr:8192,cama:4096,flash:4096,flash:8192")
     parser.add_argument("--report", type=Path, help="print the compact table of an .ncu-rep instead of running cases")
+    parser.add_argument("--pipes", action="store_true", help="with --report: each pipe's utilisation per kernel")
     parser.add_argument("--metrics", action="store_true", help="print the --metrics list for ncu and exit")
     args = parser.parse_args()
     if args.metrics:
         print(ncu_metric_list())
+    elif args.report and args.pipes:
+        summarize_pipes(args.report)
     elif args.report:
         summarize(args.report)
     else:
