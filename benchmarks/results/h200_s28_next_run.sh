@@ -2,11 +2,11 @@
 # (both after h200_s28_next_prepare.sh here; carry [".whl"]). About 540 s. Variants as in h200_s28_next_prepare.sh.
 #  1. Nsight Compute's pipe table (ComputeWorkloadAnalysis) of the forward, local dK/dV and window-sum kernels on base
 #     and xu: how busy the XU pipe is (MUFU.EX2 + I2F, an eighth of the FP32 rate) against the issue slots. Offline
-#     (sm_90, Triton 3.9, ungated), per thread and 64 x 32 tile, the forward's window loop issues (instructions: MUFU,
-#     I2F): base 574: 18, 24; xuw 575: 18, 16; xu 592: 18, 0; both 484: 16, 24; bothxuw 479: 16, 16; bothxu 495: 16, 0.
-#     At 8 issue cycles per XU warp instruction, base's 42 take 336 of 574 cycles (58 %), both's 40 take 320 of 484
-#     (66 %); more if FLO (16 per tile) also issues there. Other loops: local dK/dV (stored, ungated) 736 / 740 ->
-#     719 / 733 (xuw), 735 / 747 (xu); window scale sums 1,352 -> 1,224 (xuw), 1,232 (xu); keyed dK/dV ~1 % fewer (xuw).
+#     (sm_90, Triton 3.9, history only, ungated), per thread and 64 x 32 tile, the forward's window loop issues
+#     (instructions: MUFU, I2F): base 584: 18, 24; xuw 584: 18, 16 (6 spill reloads); xu 592: 18, 0; both 480: 16, 24;
+#     bothxuw 478: 16, 16 (3 reloads); bothxu 488: 16, 0. At 8 cycles per XU warp instruction, base's 42 need 336 of
+#     584 issue cycles (58 %), both's 40 need 320 of 480 (66 %); more if FLO (16 per tile) issues there too. Local
+#     dK/dV (stored): 687 -> 683 (xuw), 702 (xu); window scale sums 1,352 -> 1,224 (xuw), 1,232 (xu).
 #  2. GPU correctness on bothxu (it holds every changed line of the four);
 #  3. the node profiled (per-kernel µs) on base, xu, xuw, bothxu, bothxuw, and timed on base, bothxu, bothxuw, both, base.
 # Keep xu or xuw only where its kernels are faster in the profiles and the node in the timings.
