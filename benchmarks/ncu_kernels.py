@@ -133,10 +133,13 @@ def summarize_pipes(report: Path) -> None:
                           text=True).stdout
     rows = list(csv.reader(io.StringIO(text)))
     header, body = rows[0], [r for r in rows[2:] if r]
-    pipes = [i for i, name in enumerate(header) if "pipe" in name and name.endswith("pct_of_peak_sustained_active")]
+    pipes = [i for i, name in enumerate(header) if "pipe" in name and "pct_of_peak" in name]
+    if not pipes:
+        print(f"{report}: no pipe metrics collected (profile with --section ComputeWorkloadAnalysis)")
+        return
     name_column = header.index("Kernel Name")
     for row in body:
-        values = sorted(((header[i].replace(".avg.pct_of_peak_sustained_active", ""), float(row[i].replace(",", "")))
+        values = sorted(((header[i].replace(".avg.pct_of_peak_sustained", "~"), float(row[i].replace(",", "")))
                          for i in pipes if row[i] not in ("", "n/a")), key=lambda kv: -kv[1])
         print(row[name_column].split("(")[0][:40], " ".join(f"{name}={value:.1f}" for name, value in values if value >= 0.5))
 
