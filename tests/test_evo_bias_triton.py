@@ -2,7 +2,8 @@
 interpreted here) equal their PyTorch twins exactly: the time octave floor(log2(max(|t_i - t_j|, 1))) over the
 whole int32 range, and a key's weekend value from its flag word. The kernels' parity tests see only the gaps
 of their synthetic histories; these see every octave, the powers of two and their neighbours, where a float
-conversion or a rounding would be one octave off."""
+conversion or a rounding would be one octave off. The interpreter runs the portable octave (`FAST_MATH` off);
+the GPU's `bfind` form is checked by `benchmarks/gpu_suite.py --parts correctness`."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def _edge_times() -> torch.Tensor:
     values = {0, 1, 2**31 - 1, 2**31 - 2}
     for p in powers:
         values |= {p - 1, p, p + 1, 2**31 - 1 - p}
-    return torch.tensor(sorted(v for v in values if 0 <= v < 2**31), dtype=torch.int64)
+    return torch.tensor(sorted(values), dtype=torch.int64)
 
 
 def _octaves(t_i: torch.Tensor, t_j: torch.Tensor) -> torch.Tensor:
