@@ -7,6 +7,8 @@
 #     bothxuw 478: 16, 16 (3 reloads); bothxu 488: 16, 0. At 8 cycles per XU warp instruction, base's 42 need 336 of
 #     584 issue cycles (58 %), both's 40 need 320 of 480 (66 %); more if FLO (16 per tile) issues there too. Local
 #     dK/dV (stored): 687 -> 683 (xuw), 702 (xu); window scale sums 1,352 -> 1,224 (xuw), 1,232 (xu).
+#     Under Triton 3.6.0, the GPU's compiler (session 29, h200_s29_counts_triton36.txt), the same loops: base 563, xuw 554
+#     (no spill), xu 573, both 502, bothxuw 496, bothxu 512; local dK/dV 676 -> 668 / 687; window sums 1,336 -> 1,216 / 1,224.
 #  2. GPU correctness on bothxu (it holds every changed line of the four);
 #  3. the node profiled (per-kernel µs) on base, xu, xuw, bothxu, bothxuw, and timed on base, bothxu, bothxuw, both, base.
 # Keep xu or xuw only where its kernels are faster in the profiles and the node in the timings.
