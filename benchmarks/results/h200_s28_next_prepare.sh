@@ -1,6 +1,6 @@
 # Prepared in session 28 (no device was lent) for the next session. Run here, in the repository root: it makes session
 # 27's five variants (h200_s27_next_prepare.sh: s28_base, s28_lists, s28_fixwin, s28_fixed, s28_both, for the first call,
-# h200_s27_next_run.sh) and four more for the second call (h200_s28_next_run.sh). Delete the s28_* folders before
+# h200_s27_next_run.sh) and four more for the second call (h200_s28_next_run.sh, never run: session 31 replaced it with h200_s31_next_run.sh). Delete the s28_* folders before
 # committing. The four, each with the same files as the first five:
 # "xuw":     base + h200_s28_weekend_select.patch (a key's weekend value by a select, not an int-to-float conversion);
 # "xu":      base + h200_s28_no_conversions.patch (that, and each pair's time octave made a float by OR-ing it into the

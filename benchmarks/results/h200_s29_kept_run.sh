@@ -1,5 +1,5 @@
-# Prepared in session 29 (no device lent) for the call after h200_s27_next_run.sh and h200_s28_next_run.sh, once the
-# faster patches of those calls are applied to the tree here (git apply) and the s28_* folders deleted. Carry
+# Prepared in session 29 (no device lent) for the call after the variant calls (since session 31: h200_s31_next_run.sh),
+# once the faster patches of those calls are applied to the tree here (git apply) and the s28_* / s31_* folders deleted. Carry
 # [".whl", ".gpudata"]. About 450 s. On the kept tree:
 #  1. GPU correctness (every SparseCTR check; --skip-cama-checks, as the patches do not touch CamA);
 #  2. the node timed five times against flash at n = 8,192 (the 5x target), then once profiled (per-kernel µs);

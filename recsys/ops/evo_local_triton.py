@@ -32,8 +32,8 @@ from torch import Tensor
 from recsys.ops.evo_bias_triton import (accumulate_key_gradients, accumulate_query_gradients, add_scale_gradients,
                                         event_clock, load_scales, tile_scores, weekend_coefficients, weekend_value)
 from recsys.ops.evo_keyed_triton import KEY_TILE, KeyList, KeyTimes, ScoreStore, attend_key_list, key_list_query_gradients, list_arguments
-from recsys.ops.triton_tiles import (INTERPRETED, finish_rows, head_base, head_strides, load_backward_rows, load_tile,
-                                     online_softmax_step, pad_head_dim, padded_head_dim, profile_key_gradients, profile_key_start,
+from recsys.ops.triton_tiles import (FIXED_REFERENCE_LIMIT, INTERPRETED, finish_rows, head_base, head_strides, load_backward_rows, load_tile,
+                                     fixed_reference_step, online_softmax_step, pad_head_dim, padded_head_dim, profile_key_gradients, profile_key_start, profile_value_start,
                                      program_rows, query_backward_rows, row_gates, store_scores, store_tile, tile_configs)
 
 
@@ -156,17 +156,34 @@ def _local_forward_kernel(Q, K, V, KP, VP, T, FLAGS, CLOCK, SCALES, O, LSE, K0, 
     qk_scale = sm_scale * 1.4426950408889634
     acc, l_i, m_i = profile_key_start(q, KP, VP, pid_bh, offs_d, sm_scale, BLOCK_M, D)
     lo, hi, candidates_lo, candidates_hi = _window_key_ranges(start_m, L, ROWS, WINDOW, BLOCK_M, BLOCK_N)
+    # The profile key's score is every row's fixed reference: subtracted with the per-row constant, so
+    # the tiles need no running maximum (`fixed_reference_step`); the rare block where a score rises
+    # too far above it runs again with one.
+    delta_fixed = delta_i - m_i
     for start_n in range(lo, hi, BLOCK_N):
-        k, v, scores, _, _, _ = _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, sin_i, cos_i, gamma_i, delta_i, T_row, FLAGS_row,
-                                             CLOCK_row, s_time, s_hour, 1.0, qk_scale, L, ROWS, QT, BLOCK_N, WINDOW, CANDIDATES, False,
-                                             PRECISION, FAST_MATH)
-        acc, l_i, m_i = online_softmax_step(acc, l_i, m_i, scores, v, PRECISION)
+        k, v, scores, _, _, _ = _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, sin_i, cos_i, gamma_i, delta_fixed, T_row,
+                                             FLAGS_row, CLOCK_row, s_time, s_hour, 1.0, qk_scale, L, ROWS, QT, BLOCK_N, WINDOW, CANDIDATES,
+                                             False, PRECISION, FAST_MATH)
+        acc, l_i = fixed_reference_step(acc, l_i, scores, v, PRECISION)
     if CANDIDATES:
         for start_n in range(candidates_lo, candidates_hi, BLOCK_N):
+            k, v, scores, _, _, _ = _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, sin_i, cos_i, gamma_i, delta_fixed, T_row,
+                                                 FLAGS_row, CLOCK_row, s_time, s_hour, 1.0, qk_scale, L, ROWS, QT, BLOCK_N, WINDOW, CANDIDATES,
+                                                 False, PRECISION, FAST_MATH)
+            acc, l_i = fixed_reference_step(acc, l_i, scores, v, PRECISION)
+    if tl.max(l_i, 0) > FIXED_REFERENCE_LIMIT:
+        acc, l_i, m_i = profile_value_start(VP, pid_bh, offs_d, m_i, BLOCK_M, D)
+        for start_n in range(lo, hi, BLOCK_N):
             k, v, scores, _, _, _ = _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, sin_i, cos_i, gamma_i, delta_i, T_row,
                                                  FLAGS_row, CLOCK_row, s_time, s_hour, 1.0, qk_scale, L, ROWS, QT, BLOCK_N, WINDOW, CANDIDATES,
                                                  False, PRECISION, FAST_MATH)
             acc, l_i, m_i = online_softmax_step(acc, l_i, m_i, scores, v, PRECISION)
+        if CANDIDATES:
+            for start_n in range(candidates_lo, candidates_hi, BLOCK_N):
+                k, v, scores, _, _, _ = _window_tile(start_n, q, K, V, base, offs_m, offs_d, t_i, sin_i, cos_i, gamma_i, delta_i, T_row,
+                                                     FLAGS_row, CLOCK_row, s_time, s_hour, 1.0, qk_scale, L, ROWS, QT, BLOCK_N, WINDOW,
+                                                     CANDIDATES, False, PRECISION, FAST_MATH)
+                acc, l_i, m_i = online_softmax_step(acc, l_i, m_i, scores, v, PRECISION)
     out, lse = finish_rows(acc, l_i, m_i)
     store_tile(O, head_base(b, h, OB, OH), offs_m, offs_d, OT, rows, out)
     tl.store(LSE + pid_bh.to(tl.int64) * ROWS + offs_m, lse, mask=rows)

@@ -86,6 +86,22 @@ def online_softmax_step(acc, l_i, m_i, scores, v, PRECISION: tl.constexpr):
     return acc, l_i, m_new
 
 
+# A row's softmax sum past this (exp2 overflows float32 at 2^128) means a key's score went too far above
+# the row's fixed reference (`fixed_reference_step`): the row's program recomputes with a running maximum.
+FIXED_REFERENCE_LIMIT = tl.constexpr(2.0**100)
+
+
+@triton.jit
+def fixed_reference_step(acc, l_i, scores, v, PRECISION: tl.constexpr):
+    """One key tile of the forward against a fixed per-row reference: `scores` in log2 units with the
+    reference already subtracted (-inf where a key is not visible). No running maximum, so no row
+    maximum per tile and no rescaling of the accumulator and the sum. The caller checks the sums
+    against FIXED_REFERENCE_LIMIT at the end (a score above the reference by more than about 100 in
+    log2 units would overflow) and recomputes with `online_softmax_step` where one does."""
+    p = tl.exp2(scores)
+    return tl.dot(p.to(v.dtype), v, acc, input_precision=PRECISION), l_i + tl.sum(p, 1)
+
+
 @triton.jit
 def finish_rows(acc, l_i, m_i):
     """Normalised output and the natural log-sum-exp (-inf for a row that saw no key)."""
@@ -177,9 +193,15 @@ def profile_key_start(q, KP, VP, pid_bh, offs_d, sm_scale, BLOCK_M: tl.constexpr
     `[D]` key/value for every query of a (batch, head) row (SparseCTR's profile token): every row
     then has a key, so no row needs the empty-row case."""
     kp = tl.load(KP + pid_bh.to(tl.int64) * D + offs_d).to(tl.float32)
+    return profile_value_start(VP, pid_bh, offs_d, tl.sum(q.to(tl.float32) * kp[None, :], 1) * (sm_scale * 1.4426950408889634), BLOCK_M, D)
+
+
+@triton.jit
+def profile_value_start(VP, pid_bh, offs_d, profile_scores, BLOCK_M: tl.constexpr, D: tl.constexpr):
+    """`profile_key_start` from the rows' profile scores (log2 units) already computed: the state
+    again without q (a recomputing forward keeps the scores, not the q tile's registers)."""
     vp = tl.load(VP + pid_bh.to(tl.int64) * D + offs_d).to(tl.float32)
-    m_i = tl.sum(q.to(tl.float32) * kp[None, :], 1) * (sm_scale * 1.4426950408889634)
-    return tl.zeros([BLOCK_M, D], dtype=tl.float32) + vp[None, :], tl.full([BLOCK_M], 1.0, dtype=tl.float32), m_i
+    return tl.zeros([BLOCK_M, D], dtype=tl.float32) + vp[None, :], tl.full([BLOCK_M], 1.0, dtype=tl.float32), profile_scores
 
 
 @triton.jit
