@@ -14,7 +14,7 @@ rm -rf s31_base s31_nofix s31_xuw s31_xu
 for v in base nofix xuw xu; do
   for f in $FILES; do mkdir -p s31_$v/$(dirname $f); cp $f s31_$v/$f; done
 done
-patch -s -R -p1 -d s31_nofix < benchmarks/results/h200_s27_fixed_reference.patch
+git apply -R --include="s31_nofix/recsys/*" --directory=s31_nofix benchmarks/results/h200_s27_fixed_reference.patch  # its test hunk predates the kept test (which passes on both)
 patch -s -p1 -d s31_xuw < benchmarks/results/h200_s28_weekend_select.patch
 patch -s -p1 -d s31_xu < benchmarks/results/h200_s28_no_conversions.patch
 echo "prepared s31_base s31_nofix s31_xuw s31_xu"
