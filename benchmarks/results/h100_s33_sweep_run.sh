@@ -1,6 +1,6 @@
 # Session 33, one device call (carry [".whl"]). About 480 s. The stored-score backward's bandwidth-heavy kernels
 # (row terms, dQ from scores, window sums) were swept on the H200 only (sessions 17-18, 27); on the H100, the card
-# issue 7 names, they run 24-34 us slower than there. This sweeps every kernel of the family with --variants plus
+# issue 7 names, they run 24-34 us slower than there. This sweeps the family with
 # h100_s33_grid.json's row-term and dQ tiles at n = 8,192 (the ungated node, as the 5x target times it). Where a
 # row-term or dQ tile beats the kept one by 3 us (h100_s33_pick_tiles.py), the node is then timed with it ("tuned")
 # against the kept tiles ("base"), three times each, and profiled once.
@@ -8,7 +8,7 @@ source scripts/device_env.sh || exit 1
 S="python3 benchmarks/gpu_suite.py"
 A="--dataset /tmp/none --parts attention --min-n 8192 --max-n 8192 --kernels full_causal_sdpa,sparsectr_fused_layer_graph,sparsectr_fused_layer_gated_graph"
 date -u +%H:%M:%S
-timeout 300 python3 benchmarks/tile_sweep.py --family sparsectr_stored --cases sparsectr:8192 --steps 20 --variants \
+timeout 300 python3 benchmarks/tile_sweep.py --family sparsectr_stored --cases sparsectr:8192 --steps 20 \
   --grid benchmarks/results/h100_s33_grid.json --out $OUT/sweep 2>&1 | grep -vE "Warning|warn"
 date -u +%H:%M:%S
 python3 benchmarks/results/h100_s33_pick_tiles.py $OUT/sweep/tile_sweep.json || exit 0
