@@ -24,11 +24,15 @@ for name, kept in KEPT.items():
     cap_text = f", {cap}" if cap else ""
     if name == "_row_terms_kernel":
         m, n = tile.split("x")
-        source = source.replace("_ROW_TILES = tile_configs([(64, 64, 2, 1)])", f"_ROW_TILES = tile_configs([({m}, {n}, {warps}, {stages}{cap_text})])")
+        kept_line = "_ROW_TILES = tile_configs([(64, 64, 2, 1)])"
+        new_line = f"_ROW_TILES = tile_configs([({m}, {n}, {warps}, {stages}{cap_text})])"
     else:
         cap_kw = f", maxnreg={cap}" if cap else ""
-        source = source.replace("_DQ_TILES = [triton.Config({}, num_warps=1 if INTERPRETED else 4, num_stages=1)]",
-                                f"_DQ_TILES = [triton.Config({{}}, num_warps=1 if INTERPRETED else {warps}, num_stages={stages}{cap_kw})]")
+        kept_line = "_DQ_TILES = [triton.Config({}, num_warps=1 if INTERPRETED else 4, num_stages=1)]"
+        new_line = f"_DQ_TILES = [triton.Config({{}}, num_warps=1 if INTERPRETED else {warps}, num_stages={stages}{cap_kw})]"
+    if kept_line not in source:  # else "tuned" would silently time the kept tiles
+        sys.exit(f"{name}: the kept tile line is no longer `{kept_line}` in recsys/ops/evo_scores_backward.py")
+    source = source.replace(kept_line, new_line)
     changed = True
 if not changed:
     sys.exit(1)

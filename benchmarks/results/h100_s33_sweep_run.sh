@@ -1,7 +1,6 @@
-# Session 33, one device call (carry [".whl"]). About 480 s. The stored-score backward's bandwidth-heavy kernels
-# (row terms, dQ from scores, window sums) were swept on the H200 only (sessions 17-18, 27); on the H100, the card
-# issue 7 names, they run 24-34 us slower than there. This sweeps the family with
-# h100_s33_grid.json's row-term and dQ tiles at n = 8,192 (the ungated node, as the 5x target times it). Where a
+# Session 33, one device call (carry [".whl"]). About 480 s. The stored-score backward's row-term and dQ kernels
+# were swept on the H200 only (sessions 17-18); on the H100, the card issue 7 names, they run 24-34 us slower than
+# there. This runs the family's kept tiles, then h100_s33_grid.json's row-term and dQ tiles, at n = 8,192 (the ungated node, as the 5x target times it). Where a
 # row-term or dQ tile beats the kept one by 3 us (h100_s33_pick_tiles.py), the node is then timed with it ("tuned")
 # against the kept tiles ("base"), three times each, and profiled once.
 source scripts/device_env.sh || exit 1
