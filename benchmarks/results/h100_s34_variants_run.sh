@@ -1,6 +1,6 @@
-# Session 34, second device call (not run: no machine came; RESULTS session 34) (carry [".whl"]; the folders of h100_s34_profile_prepare.sh, plus s34_end: the working
-# tree's recsys/ with the profile key's sums at the end of the local dK/dV kernel, every other program taking 64 rows).
-# About 250 s. GPU correctness on end; the node profiled with end; timed base, new, end alternately twice each.
+# Session 34, a third device call, not run (no machine came; RESULTS session 34). Carry [".whl"], after
+# h100_s34_profile_prepare.sh here: its s34_end is the profile key's sums at the end of the local dK/dV kernel, every
+# other program taking 64 rows. About 250 s. GPU correctness on end; the node profiled with end; timed base, new, end alternately twice each.
 source scripts/device_env.sh || exit 1
 S="python3 benchmarks/gpu_suite.py"
 A="--dataset /tmp/none --parts attention --min-n 8192 --max-n 8192 --kernels full_causal_sdpa,sparsectr_fused_layer_graph,sparsectr_fused_layer_gated_graph"
